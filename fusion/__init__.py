@@ -1,0 +1,1 @@
+"""fusion stage of the MambaVL harness."""

@@ -1,0 +1,1 @@
+"""sweeps stage of the MambaVL harness."""
