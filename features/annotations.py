@@ -77,7 +77,9 @@ def _parse_list(path: Path, index: int, field: str, cell: object) -> list:
             f"{_row(path, index)}: field '{field}': {cell!r} is not a Python list literal"
         ) from None
     if not isinstance(value, list | tuple):
-        raise AnnotationError(f"{_row(path, index)}: field '{field}': expected a list, got {cell!r}")
+        raise AnnotationError(
+            f"{_row(path, index)}: field '{field}': expected a list, got {cell!r}"
+        )
     return list(value)
 
 
