@@ -44,7 +44,7 @@ VERB_TEMPLATES = (
     "What is the person doing with the {noun}?",
     "Which action does the person perform on the {noun}?",
     "What does the person do to the {noun}, which belongs to the {noun_category}?",
-    "How is the {noun} being manipulated right now?",
+    "How is the {noun} being manipulated at this moment?",
     "In the narration \"{narration}\", what is happening to the {noun}?",
     "Which movement involves the {noun} ({noun_category})?",
 )
@@ -62,7 +62,7 @@ NEXT_VERB_TEMPLATES = (
     "What is the next action of the person who was doing \"{verb}\" to the {noun}?",
 )
 NEXT_NOUN_TEMPLATES = (
-    "After the person does \"{verb}\" with the {noun}, which object will they use next?",
+    "After the person does \"{verb}\" with the {noun}, which object will they need next?",
     "The person just did \"{verb}\" to the {noun}; which object comes next?",
     "Which object will the person reach for after \"{verb}\" on the {noun}?",
 )

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.masking import content_words
+from extract.questions import (
+    NEXT_NOUN_TEMPLATES,
+    NEXT_VERB_TEMPLATES,
+    NOUN_TEMPLATES,
+    VERB_TEMPLATES,
+    QuestionsConfig,
+    generate,
+    read_questions,
+)
+from features.annotations import load_classes
+
+FIELDS = {"narration_id", "verb_question", "noun_question", "verb", "noun", "verb_class",
+          "noun_class", "generator", "mask"}
+
+
+def _run(annotations: Path, out: Path, **kw: object) -> dict[str, int]:
+    return generate(QuestionsConfig(annotations=annotations, out=out, **kw))
+
+
+def test_jsonl_fields_and_determinism(tiny_ek100: Path, tmp_path: Path) -> None:
+    csv = tiny_ek100 / "EPIC_100_validation.csv"
+    _run(csv, tmp_path / "a.jsonl", seed=3)
+    _run(csv, tmp_path / "b.jsonl", seed=3)
+    _run(csv, tmp_path / "c.jsonl", seed=4)
+    a = (tmp_path / "a.jsonl").read_text()
+    assert a == (tmp_path / "b.jsonl").read_text() != (tmp_path / "c.jsonl").read_text()
+    records = [json.loads(line) for line in a.splitlines()]
+    assert len(records) == 6 and all(set(r) == FIELDS for r in records)
+    assert records[2]["noun_class"] == 0 and records[2]["generator"] == "template"
+
+
+def test_paper_mask_hides_the_other_label(tiny_ek100: Path, tmp_path: Path) -> None:
+    audit = _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="paper")
+    assert audit["verb_question_leaks_noun"] == audit["noun_question_leaks_verb"] == 0
+    questions = read_questions(tmp_path / "q.jsonl")
+    assert questions["verb_question"].str.contains("<mask>").all()
+
+
+def test_strict_mask_leaves_no_label_word(tiny_ek100: Path, tmp_path: Path) -> None:
+    audit = _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="strict")
+    assert sum(v for k, v in audit.items() if "leaks" in k) == 0
+
+
+def test_none_mask_keeps_labels(tiny_ek100: Path, tmp_path: Path) -> None:
+    audit = _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="none")
+    assert audit["verb_question_leaks_noun"] > 0
+
+
+def test_predictions_generator_uses_predicted_classes(tiny_ek100: Path, tmp_path: Path) -> None:
+    ids = [f"P01_01_{i}" for i in range(4)] + ["P02_01_0", "P02_01_1"]
+    verb_scores = np.zeros((6, 3), np.float32)
+    noun_scores = np.zeros((6, 4), np.float32)
+    verb_scores[:, 2] = 1  # every clip predicted "open"
+    noun_scores[:, 1] = 1  # ... the "knife"
+    np.savez(tmp_path / "p.npz", narration_id=np.array(ids), verb_scores=verb_scores,
+             noun_scores=noun_scores)
+    _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="none",
+         generator="predictions", predictions=tmp_path / "p.npz")
+    questions = read_questions(tmp_path / "q.jsonl")
+    assert (questions["verb_class"] == 2).all() and (questions["noun_class"] == 1).all()
+    assert questions["noun_question"].str.contains("open").all()
+    assert questions["verb_question"].str.contains("knife").all()
+
+
+def test_cli_writes_file_and_prints_audit(tiny_ek100: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "extract.questions", "--annotations",
+         str(tiny_ek100 / "EPIC_100_validation.csv"), "--classes-dir", str(tiny_ek100),
+         "--generator", "template", "--mask", "strict", "--seed", "0", "--out", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "leakage audit" in result.stdout and len(out.read_text().splitlines()) == 6
+
+
+def test_bad_annotation_is_one_line_error(tiny_ek100: Path, tmp_path: Path) -> None:
+    csv = tiny_ek100 / "EPIC_100_validation.csv"
+    csv.write_text(csv.read_text().replace(",113,", ",0,", 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "extract.questions", "--annotations", str(csv),
+         "--out", str(tmp_path / "q.jsonl")], capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "line 2: field 'stop_frame'" in result.stderr
+
+
+def test_templates_never_contain_a_class_word(ek100_root: Path) -> None:
+    """The scaffolding words must survive masking: none may be a word of an EK100 class."""
+    words: set[str] = set()
+    for name in ("verb", "noun"):
+        table = load_classes(ek100_root / f"EPIC_100_{name}_classes.csv")
+        for key, instances in zip(table.keys, table.instances, strict=True):
+            words |= content_words((key, *instances))
+    templates = VERB_TEMPLATES + NOUN_TEMPLATES + NEXT_VERB_TEMPLATES + NEXT_NOUN_TEMPLATES
+    scaffold = {
+        w for t in templates for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", t.lower()))
+    }
+    assert scaffold & words == set()
+
+
+@pytest.mark.slow
+def test_real_validation_file_strict(ek100_root: Path, tmp_path: Path) -> None:
+    audit = _run(ek100_root / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="strict")
+    assert audit["questions"] == 2 * 9668
+    assert sum(v for k, v in audit.items() if "leaks" in k) == 0
+    assert len((tmp_path / "q.jsonl").read_text().splitlines()) == 9668
