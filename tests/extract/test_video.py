@@ -1,0 +1,245 @@
+"""Frame sampling, decoding (PyAV and JPEG folders), preprocessing and the clip dataset.
+
+Every synthetic frame shows its own 1-based number in binary (8 vertical stripes, white =
+1), so a decoded frame proves which frame it is even after lossy compression.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from extract.video import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ClipDataset,
+    VideoError,
+    anticipation_window,
+    preprocess_clip,
+    probe_video,
+    read_frame_folder,
+    read_video_frames,
+    sample_frame_ids,
+    select_frames,
+    video_path,
+)
+
+W, H, STRIPES = 64, 48, 8
+
+
+def numbered_frame(number: int) -> np.ndarray:
+    bits = [(number >> (STRIPES - 1 - b)) & 1 for b in range(STRIPES)]
+    row = np.repeat(np.array(bits, dtype=np.uint8) * 255, W // STRIPES)
+    return np.repeat(np.repeat(row[None, :, None], H, 0), 3, 2)
+
+
+def frame_number(frame: np.ndarray) -> int:
+    stripes = frame.reshape(frame.shape[0], STRIPES, -1, 3).mean(axis=(0, 2, 3))
+    return int("".join("1" if s > 127 else "0" for s in stripes), 2)
+
+
+def write_video(path: Path, n_frames: int, fps: Fraction = Fraction(50), gop: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"crf": "10", "g": str(gop), "preset": "ultrafast", "bf": "2"}
+        for n in range(1, n_frames + 1):
+            frame = av.VideoFrame.from_ndarray(numbered_frame(n), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_jpegs(folder: Path, n_frames: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, n_frames + 1):
+        Image.fromarray(numbered_frame(n)).save(folder / f"frame_{n:010d}.jpg", quality=95)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ek100_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`<root>/P01/videos/P01_01.MP4` (200 frames, 50 fps) and its `rgb_frames` twin."""
+    root = tmp_path_factory.mktemp("ek100")
+    write_video(root / "videos" / "P01" / "videos" / "P01_01.MP4", 200)
+    write_video(root / "videos" / "P02" / "videos" / "P02_01.MP4", 90, fps=Fraction(30000, 1001))
+    write_jpegs(root / "rgb_frames" / "P01" / "P01_01", 200)
+    return root
+
+
+def segments(*rows: tuple[str, int, int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(nid, nid[:3], nid[:6], a, b) for nid, a, b in rows],
+        columns=["narration_id", "participant_id", "video_id", "start_frame", "stop_frame"],
+    )
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def test_sampling_is_avions_segment_centres() -> None:
+    # AVION get_frame_ids(1, 33, 16, jitter=False): midpoints of linspace(1, 33, 17), floored
+    assert sample_frame_ids(1, 33) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32]
+    assert sample_frame_ids(100, 260, 4) == [120, 160, 200, 240]
+    short = sample_frame_ids(10, 14)
+    assert len(short) == 16 and set(short) <= set(range(10, 15)) and short == sorted(short)
+    assert sample_frame_ids(7, 7, 3) == [7, 7, 7]
+    with pytest.raises(ValueError):
+        sample_frame_ids(10, 9)
+
+
+def test_anticipation_window_from_fps() -> None:
+    assert anticipation_window(1000, 30) == (910, 970)  # 2 s ending 1 s before, at 30 fps
+    assert anticipation_window(1000, 50) == (850, 950)
+    assert anticipation_window(1000, 59.94) == (820, 940)
+    sel = select_frames(1000, 1100, task="anticipation", fps=50)
+    assert sel.ids == tuple(sample_frame_ids(850, 950)) and not sel.clamped
+    assert max(sel.ids) < 1000 - 50
+
+
+def test_clamping_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="extract.video"):
+        sel = select_frames(150, 260, total_frames=200, name="P01_01 P01_01_7")
+    assert (sel.first, sel.last, sel.clamped) == (150, 200, True)
+    assert max(sel.ids) <= 200
+    [record] = caplog.records
+    assert "P01_01 P01_01_7" in record.message and "260" in record.message
+    assert "\n" not in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="extract.video"):
+        early = select_frames(40, 80, task="anticipation", fps=30, total_frames=200, name="v")
+    assert early.first == 1 and early.last == 10 and early.clamped and len(caplog.records) == 1
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_probe(ek100_videos: Path) -> None:
+    info = probe_video(ek100_videos / "videos" / "P01" / "videos" / "P01_01.MP4")
+    assert (info.fps, info.num_frames, info.width, info.height) == (50.0, 200, W, H)
+
+
+@pytest.mark.parametrize("video", ["P01/videos/P01_01.MP4", "P02/videos/P02_01.MP4"])
+def test_decoded_frame_is_the_one_asked_for(ek100_videos: Path, video: str) -> None:
+    path = ek100_videos / "videos" / video
+    n = probe_video(path).num_frames
+    ids = [1, 2, 37, 38, 64, n - 1, n, 37]  # keyframes, B-frames, repeats, out of order
+    frames = read_video_frames(path, ids)
+    assert frames.shape == (len(ids), H, W, 3) and frames.dtype == np.uint8
+    assert [frame_number(f) for f in frames] == ids
+    deep = sample_frame_ids(n - 40, n)  # a segment deep in the video: seek, not decode all
+    assert [frame_number(f) for f in read_video_frames(path, deep)] == deep
+
+
+def test_frames_past_the_real_end_repeat_the_last(ek100_videos: Path) -> None:
+    path = ek100_videos / "videos" / "P01" / "videos" / "P01_01.MP4"
+    assert [frame_number(f) for f in read_video_frames(path, [199, 200, 205])] == [199, 200, 200]
+
+
+def test_jpeg_folder(ek100_videos: Path) -> None:
+    folder = ek100_videos / "rgb_frames" / "P01" / "P01_01"
+    assert [frame_number(f) for f in read_frame_folder(folder, [5, 1, 200])] == [5, 1, 200]
+    with pytest.raises(VideoError, match="frame_0000000201.jpg"):
+        read_frame_folder(folder, [201])
+
+
+def test_missing_and_corrupt_videos_raise_video_error(tmp_path: Path) -> None:
+    missing = tmp_path / "P09" / "videos" / "P09_01.MP4"
+    with pytest.raises(VideoError, match=str(missing)):
+        read_video_frames(missing, [1])
+    broken = tmp_path / "broken.MP4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(VideoError, match="broken.MP4") as info:
+        probe_video(broken)
+    assert info.value.path == str(broken)
+
+
+# ---------------------------------------------------------------------------- preprocess
+
+
+def test_preprocess_resizes_crops_and_normalises() -> None:
+    frames = np.zeros((3, 120, 200, 3), dtype=np.uint8)
+    frames[..., 0] = 255
+    clip = preprocess_clip(frames, size=64)
+    assert clip.shape == (3, 3, 64, 64) and clip.dtype == torch.float32
+    expect = [(1 - CLIP_MEAN[0]) / CLIP_STD[0], -CLIP_MEAN[1] / CLIP_STD[1]]
+    torch.testing.assert_close(clip[0].mean(), torch.tensor(expect[0]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(clip[1].mean(), torch.tensor(expect[1]), rtol=1e-4, atol=1e-4)
+    # centre crop of a portrait frame keeps the middle rows
+    tall = np.zeros((1, 200, 64, 3), dtype=np.uint8)
+    tall[:, 100:, :] = 255
+    out = preprocess_clip(tall, size=64)
+    assert out[0, 0, 0].mean() < out[0, 0, -1].mean()
+
+
+# ------------------------------------------------------------------------------- dataset
+
+
+def test_paths(tmp_path: Path) -> None:
+    assert video_path(tmp_path, "P01", "P01_01") == tmp_path / "P01/videos/P01_01.MP4"
+    assert video_path(tmp_path, "P01", "P01_01", "rgb_frames") == tmp_path / "P01/P01_01"
+
+
+def test_dataset_video_and_jpeg_layouts_agree(ek100_videos: Path) -> None:
+    rows = segments(("P01_01_0", 20, 60), ("P01_01_1", 150, 160))
+    video = ClipDataset(rows, ek100_videos / "videos", num_frames=4, size=32)
+    jpeg = ClipDataset(
+        rows, ek100_videos / "rgb_frames", layout="rgb_frames", num_frames=4, size=32
+    )
+    assert video.frames(0).ids == (25, 35, 45, 55)
+    clip, nid, error = video[0]
+    assert clip.shape == (3, 4, 32, 32) and nid == "P01_01_0" and error == ""
+    jclip, _, jerror = jpeg[0]
+    assert jerror == "" and (clip - jclip).abs().mean() < 0.1  # same frames, codec noise only
+
+
+def test_dataset_marks_failures_and_clamps(
+    ek100_videos: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = segments(("P01_01_0", 190, 230), ("P03_01_0", 1, 10), ("P01_01_1", 1, 5))
+    data = ClipDataset(rows, ek100_videos / "videos", num_frames=4, size=32)
+    with caplog.at_level(logging.WARNING, logger="extract.video"):
+        clip, _, error = data[0]
+    assert error == "" and "P01_01 P01_01_0" in caplog.text
+    assert data.frames(0).last == 200
+    clip, nid, error = data[1]
+    assert nid == "P03_01_0" and "P03_01.MP4" in error and "not found" in error
+    assert torch.count_nonzero(clip) == 0
+    loader = DataLoader(data, batch_size=3, num_workers=2)
+    [(clips, ids, errors)] = list(loader)
+    assert clips.shape == (3, 3, 4, 32, 32) and list(ids) == list(rows.narration_id)
+    assert [bool(e) for e in errors] == [False, True, False]
+    strict = ClipDataset(rows, ek100_videos / "videos", num_frames=4, size=32, on_error="raise")
+    with pytest.raises(VideoError, match="P03_01.MP4"):
+        strict[1]
+
+
+def test_dataset_anticipation(ek100_videos: Path) -> None:
+    rows = segments(("P01_01_0", 180, 190))
+    data = ClipDataset(rows, ek100_videos / "videos", task="anticipation", num_frames=4, size=32)
+    sel = data.frames(0)
+    assert (sel.first, sel.last) == (30, 130)  # 50 fps: [start - 150, start - 50]
+    clip, _, error = data[0]
+    assert error == ""
+    with pytest.raises(ValueError, match="fps"):
+        ClipDataset(rows, ek100_videos / "rgb_frames", layout="rgb_frames", task="anticipation")
+    jpeg = ClipDataset(
+        rows,
+        ek100_videos / "rgb_frames",
+        layout="rgb_frames",
+        task="anticipation",
+        fps=50,
+        num_frames=4,
+        size=32,
+    )
+    assert jpeg.frames(0) == sel
