@@ -1,6 +1,6 @@
 """Frame sampling, decoding (PyAV and JPEG folders), preprocessing and the clip dataset.
 
-Every synthetic frame shows its own 1-based number in binary (8 vertical stripes, white =
+Every synthetic frame shows its own 1-based number in binary (10 vertical stripes, white =
 1), so a decoded frame proves which frame it is even after lossy compression.
 """
 
@@ -33,7 +33,7 @@ from extract.video import (
     video_path,
 )
 
-W, H, STRIPES = 64, 48, 8
+W, H, STRIPES = 80, 48, 10
 
 
 def numbered_frame(number: int) -> np.ndarray:
@@ -243,3 +243,17 @@ def test_dataset_anticipation(ek100_videos: Path) -> None:
         size=32,
     )
     assert jpeg.frames(0) == sel
+
+
+def test_decoder_seeks_instead_of_decoding_everything(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "long.MP4", 600, gop=10)
+    stats: dict[str, int] = {}
+    ids = [580, 590, 600]
+    assert [frame_number(f) for f in read_video_frames(path, ids, stats=stats)] == ids
+    assert stats["seeks"] == 1 and stats["decoded"] < 40
+    spread = sample_frame_ids(1, 600, 8)  # a long segment: one seek per sampled frame
+    frames = read_video_frames(path, spread, stats=stats)
+    assert [frame_number(f) for f in frames] == spread
+    assert stats["seeks"] >= 7 and stats["decoded"] < 150
+    every = list(range(1, 601, 7))  # keyframe neighbours with B-frames, all found
+    assert [frame_number(f) for f in read_video_frames(path, every, seek_gap_s=0.05)] == every
