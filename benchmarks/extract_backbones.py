@@ -139,7 +139,7 @@ def synthetic_segments(c: BenchConfig, root: Path) -> pd.DataFrame:
     if todo:
         print(f"writing {len(todo)} synthetic videos to {root} ...", flush=True)
         with ProcessPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
-            list(pool.map(write_video, *zip(*todo)))
+            list(pool.map(write_video, *zip(*todo, strict=True)))
     rng = np.random.default_rng(c.seed)
     rows = []
     for i in range(c.decode_clips):
