@@ -219,3 +219,66 @@ def test_checkpoint_embeddings_are_interpolated(tmp_path: Path) -> None:
     # linear interpolation 8 -> 4 frames averages neighbouring pairs
     pairs = source.temporal_embedding.detach().reshape(4, 2, 128).mean(1)
     torch.testing.assert_close(target.temporal_embedding.detach(), pairs)
+
+
+def avion_reference_cls(sd: dict[str, torch.Tensor], x: torch.Tensor, heads: int) -> torch.Tensor:
+    """AVION's non-flash VisionTransformer forward (Conv2d, LND nn.MultiheadAttention math)."""
+    b, c, t, h, w = x.shape
+    weight = sd["conv1.weight"]  # 4-D, as in CLIP checkpoints
+    d, p = weight.shape[0], weight.shape[-1]
+    f = F.conv2d(x.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w), weight, stride=p)
+    f = f.flatten(2).transpose(2, 1).reshape(b, -1, d)
+    f = torch.cat([sd["class_embedding"] + torch.zeros(b, 1, d), f], dim=1)
+    pos, temporal = sd["positional_embedding"], sd["temporal_embedding"]
+    tiled = pos[1:].repeat(t, 1) + temporal.repeat_interleave(pos.shape[0] - 1, 0)
+    f = f + torch.cat([pos[:1], tiled], dim=0)
+
+    def ln(z: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(z, (d,), sd[f"{name}.weight"], sd[f"{name}.bias"], eps=1e-6)
+
+    f = ln(f, "ln_pre").permute(1, 0, 2)  # NLD -> LND
+    for i in range(sum(k.endswith("ln_1.weight") for k in sd)):
+        r = f"transformer.resblocks.{i}."
+        z = ln(f, r + "ln_1")
+        f = (
+            f
+            + F.multi_head_attention_forward(
+                z,
+                z,
+                z,
+                d,
+                heads,
+                sd[r + "attn.in_proj_weight"],
+                sd[r + "attn.in_proj_bias"],
+                None,
+                None,
+                False,
+                0.0,
+                sd[r + "attn.out_proj.weight"],
+                sd[r + "attn.out_proj.bias"],
+                training=False,
+                need_weights=False,
+            )[0]
+        )
+        z = F.linear(ln(f, r + "ln_2"), sd[r + "mlp.c_fc.weight"], sd[r + "mlp.c_fc.bias"])
+        f = f + F.linear(F.gelu(z), sd[r + "mlp.c_proj.weight"], sd[r + "mlp.c_proj.bias"])
+    return ln(f.permute(1, 0, 2)[:, 0], "ln_post")
+
+
+def test_matches_avion_reference_forward(tmp_path: Path) -> None:
+    """A CLIP-layout checkpoint gives the class token AVION's own forward computes."""
+    source = small(seed=5)
+    with torch.no_grad():
+        source.temporal_embedding.normal_(std=0.1)
+    path = avion_checkpoint(source, tmp_path / "clip.pt", "clip")
+    sd = {
+        k.removeprefix("module.visual."): v
+        for k, v in torch.load(path)["state_dict"].items()
+        if k.startswith("module.visual.")
+    }
+    model = small(seed=6)
+    load_avion_checkpoint(model, path)
+    x = clip(model)
+    with torch.no_grad():
+        ref = avion_reference_cls(sd, x, heads=2)
+        torch.testing.assert_close(model(x, "cls")[:, 0], ref, atol=1e-5, rtol=1e-5)

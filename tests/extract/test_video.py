@@ -162,6 +162,11 @@ def test_missing_and_corrupt_videos_raise_video_error(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="broken.MP4") as info:
         probe_video(broken)
     assert info.value.path == str(broken)
+    whole = write_video(tmp_path / "whole.MP4", 30).read_bytes()
+    truncated = tmp_path / "truncated.MP4"
+    truncated.write_bytes(whole[: len(whole) // 2])  # moov atom lost, as in a killed copy
+    with pytest.raises(VideoError, match="truncated.MP4"):
+        read_video_frames(truncated, [1, 2])
 
 
 # ---------------------------------------------------------------------------- preprocess
