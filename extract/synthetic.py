@@ -106,7 +106,8 @@ SHAPES = (
     "disc", "square", "triangle", "diamond", "hexagon", "star",
     "ring", "cross", "ellipse", "pentagon", "half-disc", "bar",
 )
-TEXTURES = ("solid", "stripes", "checker", "dots", "diagonal", "grid")
+# every texture has an orientation, so a turning disc or ring visibly turns
+TEXTURES = ("half", "stripes", "checker", "dots", "diagonal", "grid")
 SPRITE_FRACTION = 0.2  # object size relative to the shorter frame side, at scale 1
 NOISE_BANK = 8  # sensor-noise frames drawn per video and reused at random
 
@@ -121,11 +122,11 @@ class SyntheticConfig:
     videos: int = 13
     """Videos over all splits; participants P01, P02, ... get --videos-per-participant each."""
     videos_per_participant: int = 3
-    val_videos: int = 3
-    """Validation videos: all of the last participant's (unseen in train), then the last
-    video of earlier participants."""
-    test_videos: int = 1
-    """Videos listed (without labels) in `EPIC_100_test_timestamps.csv`."""
+    val_videos: int | None = None
+    """Validation videos (default: a quarter): all of the last participant's, who is so
+    unseen in train, then the last video of earlier participants."""
+    test_videos: int | None = None
+    """Videos listed without labels in `EPIC_100_test_timestamps.csv` (default: a tenth)."""
     segments_per_video: int = 22
     num_verbs: int = 8
     num_nouns: int = 12
@@ -234,7 +235,9 @@ def _check(config: SyntheticConfig) -> None:
         problems.append("need --fps > 0 and 0 < --min-duration <= --max-duration")
     if config.segments_per_video < 1 or config.videos_per_participant < 1:
         problems.append("--segments-per-video and --videos-per-participant must be >= 1")
-    if config.val_videos < 1 or config.test_videos < 0:
+    if (config.val_videos is not None and config.val_videos < 1) or (
+        config.test_videos is not None and config.test_videos < 0
+    ):
         problems.append("need --val-videos >= 1 and --test-videos >= 0")
     if problems:
         raise ValueError("; ".join(problems))
@@ -249,7 +252,11 @@ def plan_videos(config: SyntheticConfig) -> list[Video]:
     last = owners[-1] if owners else 0
     split = ["train"] * config.videos
     unseen = [i for i, owner in enumerate(owners) if owner == last]
-    if last == 0 or len(unseen) > config.val_videos:
+    val_videos = config.val_videos
+    if val_videos is None:
+        val_videos = max(len(unseen), round(config.videos / 4))
+    test_videos = config.videos // 10 if config.test_videos is None else config.test_videos
+    if last == 0 or len(unseen) > val_videos:
         raise ValueError(
             f"validation needs a participant unseen in train: with --videos {config.videos} "
             f"and --videos-per-participant {per} the last participant has {len(unseen)} "
@@ -260,24 +267,24 @@ def plan_videos(config: SyntheticConfig) -> list[Video]:
     # then the last video of earlier participants, newest participant first
     lasts = [max(i for i, o in enumerate(owners) if o == owner) for owner in range(last)]
     for i in reversed(lasts):
-        if split.count("validation") >= config.val_videos:
+        if split.count("validation") >= val_videos:
             break
         split[i] = "validation"
     # test: the last remaining video of earlier participants, oldest first
     for owner in range(last):
-        if split.count("test") >= config.test_videos:
+        if split.count("test") >= test_videos:
             break
         mine = [i for i, o in enumerate(owners) if o == owner and split[i] == "train"]
         if len(mine) > 1:
             split[mine[-1]] = "test"
     counts = {name: split.count(name) for name in ("train", "validation", "test")}
     if (
-        counts["validation"] < config.val_videos
-        or counts["test"] < config.test_videos
+        counts["validation"] < val_videos
+        or counts["test"] < test_videos
         or not counts["train"]
     ):
         raise ValueError(
-            f"cannot place {config.val_videos} validation and {config.test_videos} test videos "
+            f"cannot place {val_videos} validation and {test_videos} test videos "
             f"among {config.videos} videos and keep train videos; use more --videos"
         )
     return [Video(*row) for row in zip(people, names, split, strict=True)]
@@ -469,7 +476,7 @@ def noun_sprite(noun_class: int, num_nouns: int, size: int) -> Image.Image:
     yy, xx = np.mgrid[0:big, 0:big] / big * 6.0  # six texture periods across the sprite
     texture = TEXTURES[noun_class % len(TEXTURES)]
     pattern = {
-        "solid": np.zeros_like(xx),
+        "half": xx < 3.0,
         "stripes": (yy % 1.0) < 0.5,
         "checker": ((np.floor(xx) + np.floor(yy)) % 2) == 1,
         "dots": ((xx % 1.0 - 0.5) ** 2 + (yy % 1.0 - 0.5) ** 2) < 0.09,
