@@ -33,7 +33,10 @@ Public API (stable; the extraction CLI and the feature store build on it):
   `torch.utils.flop_counter.FlopCounterMode` counts them, on the meta device),
   `state_dict_sha256(model)` (a digest of the weights, for random-init manifests).
 
-`python -m extract.backbones --backbone vitb --json` prints parameters and GFLOPs per clip.
+`python -m extract.backbones --backbone vitb --json` prints parameters and GFLOPs per clip:
+vitb 85,811,712 params, 899.3 GFLOPs per 16x224 clip; vitl 303,196,160 params, 4129.5
+GFLOPs. These are OpenAI CLIP's visual towers (86.19 M / 303.97 M) without the output
+projection (heads are not part of the encoder) plus the 16 x D temporal embedding.
 
 Architecture (matching `avion/models/transformer.py::VisionTransformer` as the EK100
 checkpoints were trained: `use_fast_conv1=True`, `use_flash_attn=True`): the patch
