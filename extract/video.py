@@ -31,6 +31,7 @@ Public API (stable; the extraction CLI builds on it):
   comes back as zeros with `error` = the `VideoError` message, so the caller writes a
   failure report and goes on; with `on_error="raise"` the `VideoError` propagates.
   The default collate gives `(B, 3, T, S, S)`, a list of ids and a list of errors.
+  `dataset.manifest()` describes sampling and preprocessing for the store's manifest.
 """
 
 from __future__ import annotations
@@ -460,6 +461,22 @@ class ClipDataset(Dataset):
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
         return (3, self.num_frames, self.size, self.size)
+
+    def manifest(self) -> dict[str, Any]:
+        """How clips are made, for the feature store's manifest."""
+        info: dict[str, Any] = {
+            "task": self.task,
+            "layout": self.layout,
+            "num_frames": self.num_frames,
+            "sampling": "AVION test-time: floored centres of num_frames equal segments",
+            "resize": f"short side {self.size}, bilinear antialias",
+            "crop": f"centre {self.size}x{self.size}",
+            "normalisation": {"mean": list(self.mean), "std": list(self.std), "scale": "[0,1]"},
+            "frame_numbers": "EK100 1-based, clamped to the video",
+        }
+        if self.task == "anticipation":
+            info.update(observed_s=self.observed_s, gap_s=self.gap_s)
+        return info
 
     def source(self, index: int) -> Path:
         """The video file or frame folder of item `index`."""

@@ -202,6 +202,7 @@ def test_dataset_video_and_jpeg_layouts_agree(ek100_videos: Path) -> None:
         rows, ek100_videos / "rgb_frames", layout="rgb_frames", num_frames=4, size=32
     )
     assert video.frames(0).ids == (25, 35, 45, 55)
+    assert video.manifest()["normalisation"]["mean"] == list(CLIP_MEAN)
     clip, nid, error = video[0]
     assert clip.shape == (3, 4, 32, 32) and nid == "P01_01_0" and error == ""
     jclip, _, jerror = jpeg[0]
