@@ -74,7 +74,7 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("take", ("take", "pick-up", "grab", "get"), "retrieve", "up"),
     ("put", ("put", "put-down", "place", "set-down"), "leave", "down"),
     ("open", ("open", "open-up", "unclose"), "access", "grow"),
-    ("close", ("close", "shut", "close-up"), "access", "shrink"),
+    ("close", ("close", "shut", "close-off"), "access", "shrink"),
     ("turn", ("turn", "rotate", "twist"), "manipulate", "rotate-cw"),
     ("shake", ("shake", "jiggle", "rattle"), "manipulate", "shake-x"),
     ("move", ("move", "slide", "push-along"), "manipulate", "right"),
@@ -119,23 +119,29 @@ class SyntheticConfig:
     out: Path = Path("data/demo")
     """Dataset root: `annotations/`, `videos/` and (with --rgb-frames) `rgb_frames/`."""
     seed: int = 0
+    """Everything (labels, timing, motion, scenes, noise) follows from it."""
     videos: int = 13
     """Videos over all splits; participants P01, P02, ... get --videos-per-participant each."""
     videos_per_participant: int = 3
     val_videos: int | None = None
-    """Validation videos (default: a quarter): all of the last participant's, who is so
-    unseen in train, then the last video of earlier participants."""
+    """Validation videos (default: a quarter). The last participant's videos all go here,
+    so that participant is unseen in train; then the last video of earlier participants."""
     test_videos: int | None = None
     """Videos listed without labels in `EPIC_100_test_timestamps.csv` (default: a tenth)."""
     segments_per_video: int = 22
     num_verbs: int = 8
+    """Verb classes, at most 12; each is one motion (up, down, grow, shrink, turn, ...)."""
     num_nouns: int = 12
+    """Noun classes, at most 16; each is one shape + hue + texture."""
     width: int = 320
+    """Frame width in pixels (even, for yuv420p)."""
     height: int = 240
     fps: float = 30.0
+    """Frame rate (EK100 itself is mostly 60 or 50; 30 keeps the demo small)."""
     min_duration: float = 1.0
     """Shortest segment, seconds."""
     max_duration: float = 3.0
+    """Longest segment, seconds."""
     imbalance: float = 0.8
     """Class k has weight 1/(k+1)**imbalance: higher ids are rarer (0 = balanced)."""
     tail_share: float = 0.2
@@ -147,6 +153,7 @@ class SyntheticConfig:
     rgb_frames: bool = False
     """Also write every frame as `rgb_frames/<participant>/<video_id>/frame_%010d.jpg`."""
     codec: Literal["libx264", "mpeg4"] = "libx264"
+    """Video codec; mpeg4 is there for FFmpeg builds without libx264."""
     crf: int = 23
     """libx264 constant rate factor (lower = better); mpeg4 uses qscale = crf // 8."""
     workers: int = 2
@@ -695,6 +702,12 @@ def generate(config: SyntheticConfig) -> Path:
             with ProcessPoolExecutor(max_workers=min(config.workers, len(jobs))) as pool:
                 for future in as_completed([pool.submit(render_video, job) for job in jobs]):
                     bar.update(future.result()[1])
+    # left alone (they may be someone's), but said, since loaders would find them
+    planned = {video_path(config.out, v) for v in videos}
+    stale = sorted(set((config.out / "videos").glob("*/videos/*.MP4")) - planned)
+    if stale:
+        print(f"note: {len(stale)} video(s) under {config.out / 'videos'} are not in this "
+              f"dataset (an earlier run?), e.g. {stale[0]}", file=sys.stderr)
     return config.out
 
 

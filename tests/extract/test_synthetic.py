@@ -84,7 +84,7 @@ def header(path: Path) -> str:
 
 def tiny(out: Path, **overrides: object) -> SyntheticConfig:
     fields = dict(out=out, videos=4, segments_per_video=3, width=64, height=48, fps=10.0,
-                  max_duration=1.5, rgb_frames=True)  # fmt: skip
+                  max_duration=1.5, rgb_frames=True)
     fields.update(overrides)
     return SyntheticConfig(**fields)
 
@@ -166,7 +166,7 @@ def test_timestamps_match_frames_and_segments_do_not_overlap(demo: Path) -> None
         assert durations.min() >= 1.0 - 1 / fps and durations.max() <= 2.0 + 1 / fps
         for row in rows.itertuples():
             seconds = [sum(float(p) * 60**i for i, p in enumerate(reversed(t.split(":"))))
-                       for t in (row.start_timestamp, row.stop_timestamp)]  # fmt: skip
+                       for t in (row.start_timestamp, row.stop_timestamp)]
             assert round(seconds[0] * fps) + 1 == row.start_frame
             assert round(seconds[1] * fps) == row.stop_frame
 
@@ -294,7 +294,7 @@ def test_cli_summary_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = tmp_path / "cli"
     main(["--out", str(out), "--videos", "4", "--segments-per-video", "2", "--width", "64",
           "--height", "48", "--fps", "10", "--num-verbs", "3", "--num-nouns", "4",
-          "--test-videos", "1", "--codec", "mpeg4"])  # fmt: skip
+          "--test-videos", "1", "--codec", "mpeg4"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("wrote 4 train / 2 validation / 2 test segments in 4 videos")
     assert str(out / "annotations") in line and str(out / "videos") in line
