@@ -417,7 +417,8 @@ def plan_segments(
                     angle=angle,
                 )
             )
-            frame += frames + round(rng.uniform(0.15, 0.6) * config.fps)
+            # a gap of background-only frames (>= 2) keeps segments apart and visible as such
+            frame += frames + max(2, round(rng.uniform(0.15, 0.6) * config.fps))
         lengths[video.video_id] = frame + round(rng.uniform(0.0, 0.4) * config.fps) - 1
     return segments, lengths
 
