@@ -47,8 +47,9 @@ demo: venv demo-data ## whole pipeline on the synthetic dataset, offline
 	$(MAKE) questions SPLIT=validation
 	@echo "demo done: data in $(DATA)"
 
-demo-data: venv ## generate the synthetic EK100-format dataset in $(DATA)
-	$(PY) -m extract.synthetic --out $(DATA) --seed $(SEED)
+demo-data: venv ## generate the synthetic EK100-format dataset in $(DATA) (once)
+	@test -f $(DATA)/annotations/EPIC_100_train.csv \
+		|| $(PY) -m extract.synthetic --out $(DATA) --seed $(SEED)
 
 questions: venv ## verb/noun questions of SPLIT (GENERATOR=template|llm|predictions MASK=paper|strict)
 	$(PY) -m extract.questions --annotations $(ANNOTATIONS)/EPIC_100_$(SPLIT).csv \
