@@ -1,0 +1,10 @@
+"""`python -m sweeps --fusion mamba --trials 50 [--workers N] [--parallel K] ...`"""
+
+from __future__ import annotations
+
+from features.config import cli
+from sweeps.config import SweepConfig
+from sweeps.launch import main
+
+if __name__ == "__main__":
+    main(cli(SweepConfig))

@@ -1,0 +1,121 @@
+"""Start a sweep: open the study and its MLflow parent, run the workers, log the summary.
+
+`workers x parallel` processes share the study through its storage. Each GPU worker is
+pinned with CUDA_VISIBLE_DEVICES; `parallel` processes on one GPU keep several small-head
+trials in flight there (each its own CUDA context: simple, and a crash stays local). The
+workers are plain `python -m sweeps.worker` processes, so the same code runs on other
+machines pointed at the same PostgreSQL study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import SweepConfig
+from sweeps.study import (
+    base_train_config,
+    counts,
+    make_storage,
+    open_study,
+    run_worker,
+    sigterm_as_interrupt,
+    visible_gpus,
+)
+from sweeps.tracking import ensure_parent_run, log_summary
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM when the launcher dies (even by SIGKILL): no orphan trainings."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def worker_env(index: int, config: SweepConfig, gpus: list[str]) -> dict[str, str]:
+    """Process `index`'s environment: its GPU, or a fair share of CPU threads."""
+    env = dict(os.environ)
+    total = config.workers * config.parallel
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[(index // config.parallel) % len(gpus)]
+    else:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // total)))
+    return env
+
+
+def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path) -> list[int]:
+    """Run every worker process to the end; returns their exit codes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "sweep-config.json"
+    config_file.write_text(config.to_json() + "\n")
+    gpus = visible_gpus()
+    total = config.workers * config.parallel
+    if gpus and config.workers > len(gpus):
+        print(f"{config.workers} workers on {len(gpus)} GPUs: sharing round robin",
+              file=sys.stderr)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sweeps.worker", str(config_file), str(i), parent_run_id],
+            env=worker_env(i, config, gpus), preexec_fn=_die_with_parent,
+        )
+        for i in range(total)
+    ]
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        # Ctrl-C reached the children too; SIGTERM is for a launcher stopped by a scheduler.
+        deadline = time.monotonic() + 10
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+
+
+def sweep(config: SweepConfig) -> dict[str, Any]:
+    """Run (or continue) the sweep to `config.trials` finished trials."""
+    storage = make_storage(config)
+    study = open_study(config, storage)
+    base = base_train_config(config)
+    parent = ensure_parent_run(study, config, base)
+    print(f"study {study.study_name!r} in {config.storage}: {counts(study)}; "
+          f"MLflow parent run {parent}", file=sys.stderr)
+    try:
+        with sigterm_as_interrupt():
+            if config.workers * config.parallel == 1:
+                run_worker(config, 0, parent)
+            else:
+                codes = spawn_workers(config, parent, base.out)
+                if any(codes):
+                    raise SystemExit(f"worker exit codes {codes}")
+    except (KeyboardInterrupt, SystemExit):
+        from mlflow.tracking import MlflowClient
+
+        from fusion.tracking import tracking_uri
+
+        MlflowClient(tracking_uri(base.tracking_uri)).update_run(parent, status="KILLED")
+        raise
+    result: dict[str, Any] = {"study": study.study_name, "parent_run_id": parent,
+                              **counts(study)}
+    if config.summary:
+        result.update(log_summary(study, parent, config, base) or {})
+    return result
+
+
+def main(config: SweepConfig) -> None:
+    try:
+        result = sweep(config)
+    except KeyboardInterrupt:
+        print("sweep interrupted: rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(result, default=str))

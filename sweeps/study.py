@@ -1,0 +1,356 @@
+"""One resumable Optuna study per sweep, and the loop every worker process runs.
+
+Why the loop is not a bare `study.optimize(n_trials=...)`:
+
+* `n_trials` counts per process and restarts at zero on a rerun; the target here is the
+  study's number of finished (COMPLETE + PRUNED) trials, whatever stopped or restarted.
+* A trial killed mid-run (SIGKILL, lost machine) stays RUNNING in the database. The storage
+  heartbeat marks it FAIL once it is silent for the grace period, and
+  `RetryHeartbeatStaleTrialCallback` queues a WAITING copy with the same parameters; the
+  copy trains in the original trial's folder, so it resumes from `last.pt`. Ctrl-C/SIGTERM
+  fail the running trial at once and queue the same retry.
+* Several workers must not overshoot the target: a worker starts a trial only while
+  finished + running < target (or a retry waits), and a trial that still lands beyond the
+  target (two workers asked at the same instant) is failed before it trains. So a study
+  never holds more than `trials` finished trials and never loses one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.config import SweepConfig
+from sweeps.space import Space, apply, in_space, load_space
+
+if TYPE_CHECKING:
+    from fusion.train import TrainConfig
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message=".*failed_trial_callback.*", category=FutureWarning)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class OverTarget(Exception):
+    """This trial would exceed the study's target; it is failed before training."""
+
+
+# --- storage and study ---------------------------------------------------------------------
+
+def make_storage(config: SweepConfig) -> RDBStorage:
+    """RDB storage with heartbeats; SQLite waits on locks instead of failing at once."""
+    url = config.storage
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=config.heartbeat,
+        grace_period=config.grace or 2 * config.heartbeat,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+            max_retry=config.max_retry, inherit_intermediate_values=True
+        ),
+    )
+
+
+def make_pruner(config: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=config.prune_warmup)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(config: SweepConfig, worker: int, n_trials: int) -> optuna.samplers.TPESampler:
+    """TPE seeded from (seed, worker, trials so far): a resumed single-worker sweep asks the
+    same questions as an uninterrupted one, and parallel workers do not sample alike."""
+    seed = int(np.random.SeedSequence([config.seed, worker, n_trials]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials,
+                                      multivariate=True, constant_liar=True)
+
+
+def base_train_config(config: SweepConfig) -> TrainConfig:
+    """The preset every trial starts from, with the sweep's task, data and budget."""
+    from fusion.train import PRESETS
+
+    name = config.preset or (
+        f"{'mambavl' if config.fusion == 'mamba' else config.fusion}-{config.backbone or 'vitl'}"
+    )
+    if name not in PRESETS:
+        raise KeyError(f"no fusion.train preset {name!r}; have {sorted(PRESETS)}")
+    base = PRESETS[name]
+    backbone = config.backbone or base.backbone
+    overrides: dict[str, Any] = {
+        "fusion": config.fusion, "task": config.task, "backbone": backbone,
+        "early_stop_metric": config.metric, "out": config.out / config.study_name(backbone),
+    }
+    for key in ("epochs", "data", "device", "tracking_uri", "experiment"):
+        if getattr(config, key) is not None:
+            overrides[key] = getattr(config, key)
+    return dataclasses.replace(base, **overrides)
+
+
+def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna.Study:
+    """Create the study or load it, refusing to continue a study of a different sweep."""
+    base = base_train_config(config)
+    name = config.study_name(base.backbone)
+    study = optuna.create_study(
+        study_name=name, storage=storage or make_storage(config), direction="maximize",
+        sampler=make_sampler(config, 0, 0), pruner=make_pruner(config, base.epochs),
+        load_if_exists=True,
+    )
+    identity = {"fusion": config.fusion, "task": config.task, "backbone": base.backbone,
+                "metric": config.metric, "epochs": base.epochs}
+    stored = study.user_attrs
+    if "fusion" in stored:
+        clash = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
+        if clash:
+            raise SystemExit(f"study {name!r} was started with other settings "
+                             f"(stored vs now: {clash}); pick another --study name")
+    else:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+        space = load_space(config.fusion, config.space)
+        study.set_user_attr("space", space.describe())
+        if config.enqueue_reference and not study.trials:
+            enqueue_reference(study, space)
+    study.set_user_attr("target_trials", config.trials)
+    return study
+
+
+def enqueue_reference(study: optuna.Study, space: Space) -> None:
+    reference = {k: v for k, v in space.reference.items()}
+    if not in_space(space, {**{s.name: _any_in(s) for s in space.params}, **reference}):
+        raise ValueError(f"{space.fusion}: reference values lie outside the search space")
+    study.enqueue_trial(reference, user_attrs={"reference": True})
+
+
+def _any_in(spec: Any) -> Any:
+    return spec.choices[0] if spec.type == "categorical" else spec.low
+
+
+# --- counting ------------------------------------------------------------------------------
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _rank(study: optuna.Study, number: int) -> int:
+    numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=COUNTED))
+    return numbers.index(number) if number in numbers else len(numbers)
+
+
+def root_number(trial: optuna.Trial | FrozenTrial) -> int:
+    """The first trial of a retry chain: its folder holds the checkpoint to resume."""
+    if isinstance(trial, FrozenTrial):
+        attrs = trial.system_attrs
+    else:  # a live Trial no longer exposes its system attrs (Optuna 5): ask the storage
+        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    original = attrs.get("failed_trial")
+    return trial.number if original is None else int(original)
+
+
+# --- objective -----------------------------------------------------------------------------
+
+TrainFn = Callable[..., dict[str, Any]]
+
+
+def load_train_fn(path: str) -> TrainFn:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name or "train")
+
+
+@dataclasses.dataclass
+class Objective:
+    """Trains one trial with fusion.train and returns its best validation metric."""
+
+    config: SweepConfig
+    study_name: str
+    base: TrainConfig
+    space: Space
+    parent_run_id: str | None
+    worker: int
+    train_fn: TrainFn
+    last_number: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.last_number = trial.number
+        if _rank(trial.study, trial.number) >= self.config.trials:
+            trial.set_user_attr("over_target", True)
+            raise OverTarget(f"trial {trial.number} is beyond the target of "
+                             f"{self.config.trials}; another worker took the last slot")
+        values = self.space.suggest(trial)
+        root = root_number(trial)
+        tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number),
+                "optuna.trial_root": str(root), "sweep.worker": str(self.worker)}
+        train_config = dataclasses.replace(
+            apply(self.base, self.space, values),
+            run_name=f"trial-{root:04d}",
+            parent_run_id=self.parent_run_id,
+            seed=self.base.seed,
+            tags=(*self.base.tags, *(f"{k}={v}" for k, v in tags.items())),
+        )
+        from sweeps.tracking import close_orphan_runs
+
+        folder = train_config.out / train_config.run_name
+        trial.set_user_attr("run_folder", str(folder))
+        trial.set_user_attr("worker", self.worker)
+        if root != trial.number:
+            print(f"trial {trial.number} retries trial {root}: resuming {folder}",
+                  file=sys.stderr)
+            close_orphan_runs(train_config, self.study_name, root, folder)
+        metric = self.config.metric
+        first = [True]
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if first[0]:
+                first[0] = False
+                from sweeps.tracking import tag_active_run
+
+                run_id = tag_active_run(tags)
+                if run_id:
+                    trial.set_user_attr("mlflow_run_id", run_id)
+            value = float(metrics[metric])
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {metric} {value:.4f}")
+
+        try:
+            result = self.train_fn(train_config, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as error:
+            from sweeps.tracking import end_active_runs
+
+            end_active_runs("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            raise
+        from sweeps.tracking import tag_run
+
+        tag_run(train_config, result.get("run_id"), tags)
+        trial.set_user_attr("mlflow_run_id", result.get("run_id"))
+        trial.set_user_attr("epochs_run", result.get("epochs_run"))
+        best = result.get("best") or {}
+        if metric not in best:
+            raise RuntimeError(f"training returned no {metric!r} (best: {sorted(best)})")
+        if "epoch" in best:
+            trial.set_user_attr("best_epoch", best["epoch"])
+        return float(best[metric])
+
+
+# --- worker loop ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, or the launcher) stops like Ctrl-C: fail + retry, no stale wait."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None = None,
+               poll: float | None = None) -> dict[str, int]:
+    """Run trials until the study holds `config.trials` finished ones; safe to run anywhere,
+    any number of times, alongside other workers of the same study."""
+    storage = make_storage(config)
+    study = open_study(config, storage)
+    base = base_train_config(config)
+    objective = Objective(config, study.study_name, base, load_space(config.fusion, config.space),
+                          parent_run_id or study.user_attrs.get("mlflow_parent_run_id"),
+                          worker, load_train_fn(config.train_fn))
+    poll = poll if poll is not None else max(1.0, config.heartbeat / 2)
+    failures, ran = 0, 0
+    with sigterm_as_interrupt():
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if done >= config.trials:
+                break
+            if not waiting and done + running >= config.trials:
+                time.sleep(poll)  # the last trials run elsewhere (or went silent: wait it out)
+                continue
+            study.sampler = make_sampler(config, worker, len(trials))
+            objective.last_number = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            except KeyboardInterrupt:
+                _retry_interrupted(study, objective.last_number, config.max_retry)
+                raise
+            if objective.last_number is None:
+                continue
+            trial = study.get_trials(deepcopy=False)[objective.last_number]
+            if trial.state == TrialState.FAIL and not trial.user_attrs.get("over_target"):
+                failures += 1
+                if failures >= config.max_failures:
+                    raise SystemExit(f"worker {worker}: {failures} trials in a row failed; "
+                                     "see the errors above")
+            elif trial.state in FINISHED:
+                failures, ran = 0, ran + 1
+    return {"ran": ran, **counts(study)}
+
+
+def _retry_interrupted(study: optuna.Study, number: int | None, max_retry: int) -> None:
+    """Queue the interrupted trial again (same params, its folder resumes from last.pt)."""
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.RUNNING:  # interrupted before Optuna could tell it
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        trial = study._storage.get_trial(trial._trial_id)
+    if trial.state == TrialState.FAIL and not trial.user_attrs.get("over_target"):
+        RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(
+            study, trial
+        )
+        print(f"trial {number} interrupted: queued to resume from its checkpoint",
+              file=sys.stderr)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES, else every device torch sees."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
