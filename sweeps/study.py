@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -53,9 +54,18 @@ class OverTarget(Exception):
 
 # --- storage and study ---------------------------------------------------------------------
 
+def storage_url(url: str) -> str:
+    """`postgresql://` with the driver that is installed: SQLAlchemy 2.1 picks psycopg 3 for
+    the bare scheme, while the project installs psycopg2-binary."""
+    bare = url.startswith(("postgresql://", "postgres://"))
+    if bare and not importlib.util.find_spec("psycopg") and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def make_storage(config: SweepConfig) -> RDBStorage:
     """RDB storage with heartbeats; SQLite waits on locks instead of failing at once."""
-    url = config.storage
+    url = storage_url(config.storage)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs: dict[str, Any] = (

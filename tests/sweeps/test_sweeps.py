@@ -1,0 +1,318 @@
+"""Sweeps: search spaces, kill-and-rerun to an exact trial count, two workers on PostgreSQL.
+
+The process-level tests swap `fusion.train.train` for `fake_train` below (`--train-fn`):
+it keeps train()'s contract (run folder, `last.pt`-style resume, a nested MLflow run,
+`on_epoch` after each checkpoint, the result dict) at a fraction of a second per epoch, so
+what is tested is the sweep's bookkeeping, not the heads.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+FUSIONS = ("mamba", "mlp", "transformer_6x4", "transformer_12x12")
+PY = sys.executable
+
+
+# --- a train() stand-in with the same contract ---------------------------------------------
+
+def fake_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
+    """Deterministic metric of the params; resumable; logs one MLflow run like fusion.train."""
+    import mlflow
+
+    folder = Path(config.out) / config.run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    state_file = folder / "last.json"
+    state = (json.loads(state_file.read_text()) if state_file.exists()
+             else {"epoch": 0, "history": [], "run_id": None})
+    if state["epoch"]:
+        with open(folder / "epochs.log", "a") as log:
+            log.write(f"resume {state['epoch']}\n")
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_experiment(config.experiment)
+    if state["run_id"]:
+        run = mlflow.start_run(run_id=state["run_id"])
+    else:
+        tags = dict(tag.split("=", 1) for tag in config.tags)
+        if config.parent_run_id:
+            tags["mlflow.parentRunId"] = config.parent_run_id
+        run = mlflow.start_run(run_name=folder.name, tags=tags)
+    state["run_id"] = run.info.run_id
+    quality = 1.0 - abs(math.log10(config.peak_lr) + 3.0) / 3.0
+    for epoch in range(state["epoch"], config.epochs):
+        time.sleep(float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05")))
+        value = quality * (epoch + 1) / config.epochs
+        state["epoch"], state["history"] = epoch + 1, [*state["history"], value]
+        tmp = folder / "last.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_file)
+        with open(folder / "epochs.log", "a") as log:
+            log.write(f"epoch {epoch + 1}\n")
+        mlflow.log_metric(config.early_stop_metric, value, step=epoch + 1)
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch + 1, {config.early_stop_metric: value})
+            except BaseException:
+                mlflow.end_run(status="KILLED")
+                raise
+    mlflow.end_run()
+    best = max(range(len(state["history"])), key=state["history"].__getitem__)
+    return {"run_id": state["run_id"], "folder": str(folder), "epochs_run": state["epoch"],
+            "best": {"epoch": best + 1, config.early_stop_metric: state["history"][best]}}
+
+
+def sweep_cmd(tmp: Path, storage: str, *extra: str, trials: int = 4, epochs: int = 3) -> list[str]:
+    return [PY, "-m", "sweeps", "--fusion", "mamba", "--preset", "demo", "--study", "t",
+            "--trials", str(trials), "--epochs", str(epochs), "--storage", storage,
+            "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp / 'mlruns.db'}",
+            "--experiment", "sweep-test", "--pruner", "none", "--startup-trials", "2",
+            "--heartbeat", "1", "--grace", "2",
+            "--train-fn", "tests.sweeps.test_sweeps:fake_train", *extra]
+
+
+def env(epoch_seconds: float) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "FAKE_EPOCH_SECONDS": str(epoch_seconds), "PYTHONPATH": path,
+            "OMP_NUM_THREADS": "1"}
+
+
+def load(storage: str) -> Any:
+    from sweeps.study import storage_url
+
+    return optuna.load_study(study_name="t", storage=storage_url(storage))
+
+
+def wait_until(storage: str, condition: Any, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the sweep ended before the test could stop it"
+        try:
+            study = load(storage)
+            if condition(study.get_trials(deepcopy=False)):
+                return
+        except KeyError:  # study not created yet
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("condition not reached")
+
+
+def check_study(storage: str, out: Path, trials: int, epochs: int) -> list[Any]:
+    """Exactly `trials` finished trials, each trained once to the end in its own folder."""
+    from sweeps.study import root_number
+
+    study = load(storage)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == trials
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    roots = [root_number(t) for t in done]
+    assert len(set(roots)) == trials, "a trial was counted twice"
+    folders = sorted(p.name for p in (out / "t").glob("trial-*"))
+    assert folders == sorted(f"trial-{r:04d}" for r in roots), "a folder without a trial"
+    for root in roots:
+        log = (out / "t" / f"trial-{root:04d}" / "epochs.log").read_text().split("\n")
+        assert [x for x in log if x.startswith("epoch")] == [
+            f"epoch {e}" for e in range(1, epochs + 1)], f"trial-{root:04d} retrained epochs"
+    return done
+
+
+def check_mlflow(tmp: Path, trials: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert len(parents) == 1, "a rerun must reuse the sweep's parent run"
+    parent = parents[0]
+    assert parent.data.tags["optuna.study"] == "t" and parent.data.tags["fusion"] == "mamba"
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == trials
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags["optuna.study"] == "t" and "optuna.trial" in r.data.tags
+               for r in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    for name in ("best.json", "trials.csv", "optimization_history.png",
+                 "param_importances.png", "parallel_coordinate.png"):
+        assert f"sweep/{name}" in artifacts
+    best = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "sweep/best.json", str(tmp))).read_text())
+    assert best["finished_trials"] == trials and best["best_run_id"] in {
+        r.info.run_id for r in children}
+    assert parent.data.metrics["best_value"] == pytest.approx(best["best_value"])
+
+
+# --- search spaces -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_space_sets_real_config_fields(fusion: str) -> None:
+    from sweeps.config import SweepConfig
+    from sweeps.space import apply, in_space, load_space
+    from sweeps.study import base_train_config
+
+    space = load_space(fusion)
+    names = {p.name for p in space.params}
+    assert {"peak_lr", "weight_decay", "warmup_fraction", "batch_size", "label_smoothing",
+            "dropout", "d_model"} <= names
+    if fusion == "mamba":
+        assert {"ssm_peak_lr", "d_state", "expand", "depth"} <= names
+    base = base_train_config(SweepConfig(fusion=fusion, preset="demo", epochs=10))
+    trial = optuna.trial.FixedTrial({**{p.name: p.choices[-1] if p.choices else p.high
+                                        for p in space.params}})
+    config = apply(base, space, space.suggest(trial))
+    assert config.fusion == fusion and config.epochs == 10
+    assert config.warmup_epochs == pytest.approx(1.0)  # 0.1 of 10 epochs
+    assert config.head.d_model == space.params[[p.name for p in space.params].index(
+        "d_model")].choices[-1]
+    full = {p.name: (p.choices[0] if p.choices else p.low) for p in space.params}
+    assert in_space(space, {**full, **space.reference})
+
+
+def test_mamba_reference_is_the_authors_recipe() -> None:
+    from reports.paper import CODE_RECIPE
+    from sweeps.space import load_space
+
+    code = CODE_RECIPE["avion_recognition"]
+    reference = load_space("mamba").reference
+    assert reference["peak_lr"] == code["base_lr"]
+    assert reference["ssm_peak_lr"] == code["mamba_lr"]
+    assert reference["weight_decay"] == code["weight_decay"]
+    assert reference["batch_size"] == code["batch_size"]
+    assert reference["warmup_fraction"] == code["warmup_epochs"] / code["epochs"]
+    for key in ("d_state", "expand", "depth"):
+        assert reference[key] == CODE_RECIPE["fusion"][key]
+
+
+def test_bad_space_is_rejected(tmp_path: Path) -> None:
+    from sweeps.space import load_space
+
+    bad = tmp_path / "spaces.yaml"
+    bad.write_text("heads:\n  mamba:\n    params:\n      peak_lrr: {type: float, low: 1, "
+                   "high: 2}\n")
+    with pytest.raises(ValueError, match="not a TrainConfig field"):
+        load_space("mamba", bad)
+
+
+# --- stop at any moment, rerun the same command ----------------------------------------------
+
+def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(tmp_path: Path) -> None:
+    """SIGKILL mid-trial (stale heartbeat -> retry), then SIGTERM mid-trial (fail + retry at
+    once), then the same command finishes with exactly the target, each epoch trained once."""
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    cmd = sweep_cmd(tmp_path, storage, "--enqueue-reference")
+    slow = env(0.4)
+
+    def mid_trial(number: int) -> Any:
+        return lambda trials: len(trials) > number and trials[number].intermediate_values
+
+    first = subprocess.Popen(cmd, cwd=REPO, env=slow, stderr=subprocess.DEVNULL)
+    wait_until(storage, mid_trial(1), first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    second = subprocess.Popen(cmd, cwd=REPO, env=slow, stderr=subprocess.PIPE, text=True)
+    wait_until(storage, lambda trials: any(
+        t.state == TrialState.RUNNING and t.intermediate_values and t.number >= 2
+        and t.number != 1 for t in trials), second)
+    second.send_signal(signal.SIGTERM)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 130, err[-3000:]
+    assert "queued to resume" in err
+
+    final = subprocess.run(cmd, cwd=REPO, env=env(0.05), capture_output=True, text=True,
+                           timeout=120)
+    assert final.returncode == 0, final.stderr[-3000:]
+    done = check_study(storage, tmp_path / "runs", trials=4, epochs=3)
+    study = load(storage)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2, "one trial per stop"
+    retried = [t for t in done if t.system_attrs.get("failed_trial") is not None]
+    chains = {n for t in retried for n in t.system_attrs["retry_history"]}
+    assert chains == {f.number for f in failed}, "every stopped trial was finished by a retry"
+    for trial in retried:  # resumed from its checkpoint, not restarted
+        log = Path(trial.user_attrs["run_folder"], "epochs.log").read_text()
+        assert "resume" in log
+    assert study.trials[0].user_attrs.get("reference") is True
+    assert study.trials[0].params["peak_lr"] == pytest.approx(1e-3)
+    summary = json.loads(final.stdout.strip().splitlines()[-1])
+    assert summary["complete"] == 4 and summary["finished_trials"] == 4
+    check_mlflow(tmp_path, trials=4)
+
+    again = subprocess.run(cmd, cwd=REPO, env=env(0.05), capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(load(storage).trials) == 6  # nothing new
+
+
+# --- two workers on one PostgreSQL study ---------------------------------------------------
+
+def _pg_binary(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture
+def postgres_url() -> Any:
+    """A throwaway PostgreSQL server on loopback (as `nobody` when the test runs as root)."""
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (Debian package postgresql) are not installed")
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "nobody", "--"]
+    root = Path(tempfile.mkdtemp(prefix="sweeps-pg-"))
+    root.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, log = root / "data", root / "server.log"
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "30",
+                        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off", "start"], check=True, capture_output=True)
+    except subprocess.CalledProcessError as error:
+        text = log.read_text() if log.exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"could not start PostgreSQL: {error.stderr!r} {text[-500:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
+    cmd = sweep_cmd(tmp_path, postgres_url, "--workers", "2", trials=6, epochs=2)
+    result = subprocess.run(cmd, cwd=REPO, env=env(0.4), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = check_study(postgres_url, tmp_path / "runs", trials=6, epochs=2)
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}, "both workers must run trials"
+    study = load(postgres_url)
+    over = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get("over_target") for t in over)  # only lost races, no errors
+    check_mlflow(tmp_path, trials=6)
