@@ -302,7 +302,7 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
     objective = Objective(config, study.study_name, base, load_space(config.fusion, config.space),
                           parent_run_id or study.user_attrs.get("mlflow_parent_run_id"),
                           worker, load_train_fn(config.train_fn))
-    poll = poll if poll is not None else max(1.0, config.heartbeat / 2)
+    poll = poll if poll is not None else min(2.0, max(0.2, config.heartbeat / 2))
     failures, ran = 0, 0
     with sigterm_as_interrupt():
         while True:
