@@ -1,0 +1,589 @@
+"""Rebuild the paper's four tables from the MLflow store, ours beside the published values.
+
+    python -m reports.tables [--tracking-uri URI] [--experiment mambavl] [--select best|latest]
+                             [--dataset ek100] [--out reports/out] [--html/--no-html]
+
+Why this shape: a number in a table is only worth something if one can trace it. Every row
+picks its run by tags (fusion, backbone, task, features), names the run id, prints the
+published value and the difference beside ours, and says *why* a cell is empty. Every
+caption names the dataset the runs used, so a synthetic-demo number never passes for EK100.
+Writes `tableN.{md,tex,csv}`, `tables.md`, plots (`plots/`) and `index.html` to `--out`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reports import paper
+
+Select = Literal["best", "latest"]
+VNA = ("verb", "noun", "action")
+PAPER_BACKBONES = ("orvit", "vitb", "vitl")
+HEADS = ("mlp", "transformer_6x4", "transformer_12x12", "mamba")
+HEAD_NAMES = {"mlp": "MLP", "transformer_6x4": "Transformer 6×4",
+              "transformer_12x12": "Transformer 12×12", "mamba": "MambaVL"}
+BACKBONE_NAMES = {"orvit": "ORViT", "vitb": "AVION ViT-B", "vitl": "AVION ViT-L"}
+PAPER_KEY = {"orvit": "orvit", "vitb": "avion_vit_b", "vitl": "avion_vit_l"}
+README_KEY = {**PAPER_KEY, "orvit": "orvit_motionformer"}
+SELECT_METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
+BACKBONE_ALIAS = {"demo": "vit-demo"}  # the demo's feature store name -> registered encoder
+
+
+# --------------------------------------------------------------------------- runs and picks
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The part of an MLflow run a table needs (final metric values, tags)."""
+
+    run_id: str
+    name: str
+    start_time: int
+    tags: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+    @property
+    def dataset(self) -> str:
+        return self.tags.get("dataset", "unknown")
+
+
+@dataclass(frozen=True)
+class Missing:
+    """An empty cell and the reason it is empty (rendered "—" with a footnote)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """Tags a row's run must carry; `fusion=None` accepts any head (backbone-alone rows)."""
+
+    task: str
+    backbone: str
+    features: str = "video+questions"
+    fusion: str | None = None
+
+    def matches(self, run: RunInfo) -> bool:
+        tags = run.tags
+        return (tags.get("task") == self.task and tags.get("backbone") == self.backbone
+                and tags.get("features") == self.features
+                and (self.fusion is None or tags.get("fusion") == self.fusion))
+
+    def describe(self) -> str:
+        fusion = f"fusion={self.fusion}, " if self.fusion else ""
+        return f"{fusion}backbone={self.backbone}, task={self.task}, features={self.features}"
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The run chosen for a row, out of `candidates`, or why there is none."""
+
+    run: RunInfo | None
+    candidates: int
+    mode: Select
+    reason: str = ""
+
+    def cell(self) -> str | Missing:
+        if self.run is None:
+            return Missing(self.reason)
+        return f"{self.run.run_id} ({self.mode} of {self.candidates})"
+
+
+def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
+           dataset: str | None = None) -> Pick:
+    """Best run by the validation `best_<metric>`, or the latest; ties go to the latest."""
+    tagged = [r for r in runs if query.matches(r) and (dataset is None or r.dataset == dataset)]
+    where = f"tagged {query.describe()}" + (f", dataset={dataset}" if dataset else "")
+    if not tagged:
+        return Pick(None, 0, mode, f"no finished run {where}")
+    usable = [r for r in tagged if f"best_{metric}" in r.metrics]
+    if not usable:
+        return Pick(None, 0, mode, f"{len(tagged)} run(s) {where} but none logged best_{metric}")
+    def key(run: RunInfo) -> tuple[float, int]:
+        return (run.metrics[f"best_{metric}"] if mode == "best" else 0.0, run.start_time)
+
+    return Pick(max(usable, key=key), len(usable), mode)
+
+
+def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
+    """Finished training runs of `experiment` (sweep parents left out), or a problem note."""
+    path = tracking_uri.removeprefix("sqlite:///")
+    if tracking_uri.startswith("sqlite:///") and not Path(path).exists():
+        return [], f"no tracking store at {tracking_uri} (nothing has been trained yet)"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [], f"no experiment {experiment!r} in {tracking_uri}"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}  # of any status
+    infos = [RunInfo(r.info.run_id, r.info.run_name or "", r.info.start_time or 0,
+                     dict(r.data.tags), dict(r.data.metrics))
+             for r in runs if r.info.status == "FINISHED" and "task" in r.data.tags
+             and r.info.run_id not in parents]
+    if not infos:
+        return [], f"no finished training run in experiment {experiment!r} at {tracking_uri}"
+    return infos, ""
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: Literal["text", "pct", "delta", "num"] = "text"
+
+
+@dataclass
+class Table:
+    """Rows of plain values (float, str, Missing) plus the words that make them honest."""
+
+    name: str
+    title: str
+    caption: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    picks: list[tuple[str, Pick]] = field(default_factory=list)
+    """(row label, pick) pairs: the runs behind the table, for plots."""
+
+    def notes(self) -> dict[str, str]:
+        """Reason -> footnote letter, in order of first appearance."""
+        letters: dict[str, str] = {}
+        for row in self.rows:
+            for col in self.columns:
+                value = row.get(col.key)
+                if isinstance(value, Missing) and value.reason not in letters:
+                    letters[value.reason] = _letter(len(letters))
+        return letters
+
+
+def _letter(i: int) -> str:
+    return chr(ord("a") + i % 26) * (1 + i // 26)
+
+
+def fmt(value: Any, kind: str, notes: Mapping[str, str]) -> str:
+    if isinstance(value, Missing):
+        return f"— ({notes[value.reason]})"
+    if value is None:
+        return ""
+    if kind == "pct" or (kind == "num" and abs(value) >= 10):
+        return f"{value:.1f}"
+    if kind == "num":
+        return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
+    if kind == "delta":
+        return f"{value:+.1f}".replace("-", "−")
+    return str(value)
+
+
+def datasets_line(picks: Iterable[Pick], dataset_filter: str | None) -> str:
+    """The caption's dataset sentence: what the runs in this table were trained on."""
+    used = sorted({p.run.dataset for p in picks if p.run is not None})
+    if not used:
+        return "Dataset: none (no runs)" + (f"; filter dataset={dataset_filter}."
+                                            if dataset_filter else ".")
+    text = f"Dataset of our runs: {', '.join(used)}"
+    if any(d != "ek100" for d in used):
+        text += " — NOT EK100: these numbers are not comparable with the published ones"
+    if len(used) > 1:
+        text += " (mixed datasets; see the dataset column)"
+    return text + "."
+
+
+def _published(table: dict, readme_task: str, backbone: str, method: str
+               ) -> tuple[dict[str, float | None], str]:
+    """Published top-1/recall values: the paper's if retrieved, else the authors' README's."""
+    key = PAPER_KEY.get(backbone)
+    values = table.get((key, method), {}) if key else {}
+    if any(v is not None for v in values.values()):
+        return dict(values), "paper"
+    readme = paper.README_MODEL_ZOO.get((README_KEY.get(backbone), method, readme_task))
+    if readme:
+        return dict(readme), "authors' README"
+    return {}, ""
+
+
+def _ours_vs_published(row: dict[str, Any], pick: Pick, metrics: Sequence[str],
+                       published: Mapping[str, float | None], source: str) -> None:
+    """Fill `<m>`, `<m>_pub`, `<m>_diff` (all in %) for each of `metrics` ('verb_top1'…)."""
+    no_pub = Missing("no published value retrieved (reports/paper.py holds None: "
+                     "the paper body could not be read)")
+    for metric in metrics:
+        head = metric.split("_")[0]
+        ours: float | Missing = Missing(pick.reason)
+        if pick.run is not None:
+            value = pick.run.metrics.get(f"best_{metric}")
+            ours = Missing(f"run logged no best_{metric}") if value is None else 100 * value
+        pub = published.get(head)
+        row[metric] = ours
+        row[f"{metric}_pub"] = no_pub if pub is None else pub
+        # an empty difference repeats the cause of the empty side (no extra footnote)
+        row[f"{metric}_diff"] = (ours if isinstance(ours, Missing) else
+                                 no_pub if pub is None else ours - pub)
+    row["source"] = source or Missing("no published value retrieved (reports/paper.py holds "
+                                      "None: the paper body could not be read)")
+
+
+def _metric_columns(metrics: Sequence[str], label: str) -> list[Column]:
+    cols = []
+    for m in metrics:
+        head = m.split("_")[0]
+        cols += [Column(m, f"{head} {label}", "pct"), Column(f"{m}_pub", f"{head} published",
+                                                             "pct"),
+                 Column(f"{m}_diff", f"{head} Δ", "delta")]
+    return cols
+
+
+def _backbones(runs: Sequence[RunInfo], task: str, first: Sequence[str]) -> list[str]:
+    found = sorted({r.tags.get("backbone", "") for r in runs if r.tags.get("task") == task})
+    return list(first) + [b for b in found if b and b not in first]
+
+
+def _name(backbone: str) -> str:
+    return BACKBONE_NAMES.get(backbone, backbone)
+
+
+def _accuracy_table(name: str, title: str, task: str, metrics: Sequence[str], label: str,
+                    paper_table: dict, backbones: Sequence[str], runs: Sequence[RunInfo],
+                    mode: Select, dataset: str | None) -> Table:
+    """Tables 1 and 2: backbone alone (video features, any head) and MambaVL per backbone."""
+    cols = [Column("backbone", "backbone"), Column("method", "method"), Column("head", "head"),
+            *_metric_columns(metrics, label), Column("source", "published by"),
+            Column("dataset", "dataset"), Column("run", "run (selection)")]
+    table = Table(name, title, "", cols)
+    for backbone in backbones:
+        for method, query in (
+            ("backbone", Query(task, backbone, features="video")),
+            ("mambavl", Query(task, backbone, fusion="mamba")),
+        ):
+            pick = select(runs, query, SELECT_METRIC[task], mode, dataset)
+            label_ = _name(backbone) if method == "backbone" else f"{_name(backbone)} + MambaVL"
+            row: dict[str, Any] = {"backbone": _name(backbone),
+                                   "method": "alone" if method == "backbone" else "+ MambaVL"}
+            row["head"] = pick.run.tags.get("fusion", "?") if pick.run else Missing(pick.reason)
+            published, source = _published(paper_table, task, backbone, method)
+            _ours_vs_published(row, pick, metrics, published, source)
+            row["dataset"] = pick.run.dataset if pick.run else Missing(pick.reason)
+            row["run"] = pick.cell()
+            table.rows.append(row)
+            table.picks.append((label_, pick))
+    return table
+
+
+def table1(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None) -> Table:
+    backbones = _backbones(runs, "recognition", PAPER_BACKBONES)
+    table = _accuracy_table("table1", "Table 1 — EK100 action recognition, top-1 (%)",
+                            "recognition", [f"{h}_top1" for h in VNA], "top-1", paper.TABLE1,
+                            backbones, runs, mode, dataset)
+    table.caption = (
+        f"Validation top-1 accuracy (%) per backbone: the backbone alone (video features only, "
+        f"tag features=video) and with MambaVL (fusion=mamba, features=video+questions). "
+        f"Each row is the {_mode_words(mode)} run for its tags. Δ = ours − published. "
+        f"{datasets_line((p for _, p in table.picks), dataset)}")
+    return table
+
+
+def table2(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None) -> Table:
+    backbones = _backbones(runs, "anticipation", ("orvit",))
+    table = _accuracy_table("table2", "Table 2 — EK100 action anticipation, class-mean recall@5 "
+                            "(%)", "anticipation", [f"{h}_recall5" for h in VNA], "recall@5",
+                            paper.TABLE2, backbones, runs, mode, dataset)
+    table.caption = (
+        f"Validation class-mean recall@5 (%) for anticipation (task=anticipation). "
+        f"Each row is the {_mode_words(mode)} run for its tags. Δ = ours − published; the "
+        f"authors' README labels its anticipation row top-1, so its metric may differ. "
+        f"{datasets_line((p for _, p in table.picks), dataset)}")
+    return table
+
+
+def table3(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
+           backbones: Sequence[str] | None = None) -> Table:
+    """Fusion ablation: every head on the same features, recognition top-1."""
+    if backbones is None:
+        backbones = [b for b in _backbones(runs, "recognition", PAPER_BACKBONES)
+                     if any(Query("recognition", b).matches(r) for r in runs)] or ["vitl"]
+    metrics = [f"{h}_top1" for h in VNA]
+    cols = [Column("backbone", "backbone"), Column("head", "fusion head"),
+            *_metric_columns(metrics, "top-1"), Column("source", "published by"),
+            Column("params_m", "head params (M)", "num"),
+            Column("gflops", "head GFLOPs", "num"),
+            Column("dataset", "dataset"), Column("run", "run (selection)")]
+    table = Table("table3", "Table 3 — fusion ablation, action recognition top-1 (%)", "", cols)
+    for backbone in backbones:
+        for head in HEADS:
+            pick = select(runs, Query("recognition", backbone, fusion=head),
+                          "action_top1", mode, dataset)
+            row: dict[str, Any] = {"backbone": _name(backbone), "head": HEAD_NAMES[head]}
+            published = paper.TABLE3.get("mambavl" if head == "mamba" else head, {})
+            _ours_vs_published(row, pick, metrics, published,
+                               "paper" if any(v is not None for v in published.values()) else "")
+            _head_cost(row, pick)
+            row["dataset"] = pick.run.dataset if pick.run else Missing(pick.reason)
+            row["run"] = pick.cell()
+            table.rows.append(row)
+            table.picks.append((f"{HEAD_NAMES[head]} ({_name(backbone)})", pick))
+    table.caption = (
+        f"Fusion heads on the same video and question features (features=video+questions, "
+        f"task=recognition); backbone(s): {', '.join(_name(b) for b in backbones)} (the paper's "
+        f"ablation backbone was not retrieved). Head cost from the run's params/flops metrics "
+        f"(fusion.profile). Each row is the {_mode_words(mode)} run. Δ = ours − published. "
+        f"{datasets_line((p for _, p in table.picks), dataset)}")
+    return table
+
+
+def _head_cost(row: dict[str, Any], pick: Pick) -> None:
+    for key, metric, scale in (("params_m", "params", 1e6), ("gflops", "flops", 1e9)):
+        value = pick.run.metrics.get(metric) if pick.run else None
+        row[key] = (value / scale if value is not None else
+                    Missing(pick.reason if pick.run is None else f"run logged no {metric}"))
+
+
+BackboneCost = Callable[[str], "tuple[float | Missing, float | Missing, str]"]
+
+
+def backbone_cost(backbone: str) -> tuple[float | Missing, float | Missing, str]:
+    """(params, FLOPs per clip, source) of a backbone: counted, else the paper's, else why not."""
+    from extract.backbones import describe_backbone, list_backbones
+
+    name = BACKBONE_ALIAS.get(backbone, backbone)
+    if name in list_backbones():
+        d = describe_backbone(name)
+        alias = f" ({backbone!r} taken as {name!r})" if name != backbone else ""
+        return (float(d["params"]), float(d["flops_per_clip"]),
+                f"extract.backbones{alias}, {d['num_frames']}×{d['image_size']} clip")
+    published = paper.TABLE4.get(backbone, {})
+    if published.get("params_m") is not None:
+        flops = (published["gflops"] * 1e9 if published.get("gflops") is not None else
+                 Missing(f"{backbone} GFLOPs unknown (not in extract.backbones; paper "
+                         f"value not retrieved)"))
+        return published["params_m"] * 1e6, flops, f"paper, {paper.TABLE4_SOURCE}"
+    why = Missing(f"backbone {backbone!r} is neither in extract.backbones nor in paper.TABLE4")
+    return why, why, ""
+
+
+def table4(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
+           cost: BackboneCost = backbone_cost) -> Table:
+    """GFLOPs and parameters: backbone alone, + Transformer 12×12 fusion, + MambaVL."""
+    cols = [Column("backbone", "backbone"), Column("model", "model"),
+            Column("params_m", "params (M)", "num"), Column("params_pub", "params published",
+                                                            "num"),
+            Column("params_diff", "params Δ", "delta"), Column("gflops", "GFLOPs", "num"),
+            Column("gflops_pub", "GFLOPs published", "num"),
+            Column("gflops_diff", "GFLOPs Δ", "delta"), Column("head_params_m", "head params (M)",
+                                                             "num"),
+            Column("cost_source", "backbone cost from"), Column("dataset", "dataset"),
+            Column("run", "head cost run (selection)")]
+    table = Table("table4", "Table 4 — parameters and GFLOPs per clip", "", cols)
+    for backbone in _backbones(runs, "recognition", PAPER_BACKBONES):
+        params, flops, source = cost(backbone)
+        key = PAPER_KEY.get(backbone, backbone)
+        for model, fusion, pub_key in (("backbone alone", None, backbone),
+                                       ("+ Transformer 12×12 fusion", "transformer_12x12",
+                                        f"{backbone}+transformer_fusion"),
+                                       ("+ MambaVL", "mamba", f"{backbone}+mambavl")):
+            row: dict[str, Any] = {"backbone": _name(backbone), "model": model,
+                                   "cost_source": source or params}
+            if fusion is None:
+                head_p, head_f = 0.0, 0.0
+                alone = Missing("backbone alone: cost counted or published, no run involved")
+                row.update(head_params_m=0.0, dataset=alone, run=alone)
+            else:
+                pick = select(runs, Query("recognition", backbone, fusion=fusion),
+                              "action_top1", mode, dataset)
+                cost_row: dict[str, Any] = {}
+                _head_cost(cost_row, pick)
+                head_p, head_f = cost_row["params_m"], cost_row["gflops"]
+                row["head_params_m"] = head_p
+                row["dataset"] = pick.run.dataset if pick.run else Missing(pick.reason)
+                row["run"] = pick.cell()
+                table.picks.append((f"{model} ({_name(backbone)})", pick))
+            row["params_m"] = _add(params, 1e6, head_p)
+            row["gflops"] = _add(flops, 1e9, head_f)
+            published = paper.TABLE4.get(pub_key, {}) if key == "orvit" else {}
+            for ours_key, pub_name in (("params_m", "params_m"), ("gflops", "gflops")):
+                short = ours_key.split("_")[0]
+                pub = published.get(pub_name)
+                row[f"{short}_pub"] = pub if pub is not None else Missing(
+                    f"no published {short} for {_name(backbone)} in reports/paper.py")
+                ours = row[ours_key]
+                row[f"{short}_diff"] = (ours if isinstance(ours, Missing) else
+                                        row[f"{short}_pub"] if pub is None else ours - pub)
+            table.rows.append(row)
+    table.caption = (
+        f"Parameters (M) and GFLOPs per clip (2 FLOPs per multiply-add). Backbone cost from "
+        f"extract.backbones (counted on the meta device) or, for ORViT, the paper's parameter "
+        f"count {paper.TABLE4_SOURCE}; head cost from the params/flops metrics of the "
+        f"{_mode_words(mode)} recognition run with that head (fusion.profile, at the run's "
+        f"feature shapes). {datasets_line((p for _, p in table.picks), dataset)}")
+    return table
+
+
+def _add(backbone: float | Missing, scale: float, head: float | Missing) -> float | Missing:
+    if isinstance(backbone, Missing):
+        return backbone
+    if isinstance(head, Missing):
+        return head
+    return backbone / scale + head
+
+
+def _mode_words(mode: Select) -> str:
+    return ("best (highest validation best_<metric>: action top-1, or action recall@5 for "
+            "anticipation)" if mode == "best" else "latest finished")
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def to_markdown(table: Table) -> str:
+    notes = table.notes()
+    lines = [f"### {table.title}", "", table.caption, "",
+             "| " + " | ".join(c.header for c in table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    for row in table.rows:
+        cells = [fmt(row.get(c.key), c.fmt, notes).replace("|", "\\|") for c in table.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *(f"({letter}) {reason}" for reason, letter in notes.items())]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_TEX = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+        "—": "---", "−": "$-$", "×": r"$\times$", "Δ": r"$\Delta$", "~": r"\textasciitilde{}",
+        "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A standalone `table*` (booktabs); run ids shortened to 8 characters to fit a page."""
+    notes = table.notes()
+    out = [r"\begin{table*}[t]", r"\centering", r"\scriptsize",
+           r"\begin{tabular}{" + "l" * 2 + "r" * (len(table.columns) - 2) + "}", r"\toprule",
+           " & ".join(_tex(c.header) for c in table.columns) + r" \\", r"\midrule"]
+    for row in table.rows:
+        cells = []
+        for c in table.columns:
+            text = fmt(row.get(c.key), c.fmt, notes)
+            if c.key == "run" and not isinstance(row.get(c.key), Missing):
+                text = text[:8] + text[32:]
+            cells.append(_tex(text))
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}",
+            r"\caption{" + _tex(table.title + ". " + table.caption) + " " +
+            " ".join(_tex(f"({letter}) {reason}.") for reason, letter in notes.items()) + "}",
+            r"\label{tab:" + table.name + "}", r"\end{table*}"]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Raw numbers (in % / M / G), full run ids; empty cells' reasons in the `notes` column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.key for c in table.columns] + ["notes"])
+    for row in table.rows:
+        values, why = [], {}
+        for c in table.columns:
+            value = row.get(c.key)
+            if isinstance(value, Missing):
+                why.setdefault(value.reason, []).append(c.key)
+                values.append("")
+            elif isinstance(value, float):
+                values.append(f"{value:.4f}")
+            else:
+                values.append("" if value is None else str(value))
+        writer.writerow(values + ["; ".join(f"{','.join(keys)}: {reason}"
+                                            for reason, keys in why.items())])
+    return buffer.getvalue()
+
+
+def build_tables(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
+                 cost: BackboneCost = backbone_cost) -> list[Table]:
+    return [table1(runs, mode, dataset), table2(runs, mode, dataset),
+            table3(runs, mode, dataset), table4(runs, mode, dataset, cost)]
+
+
+def write_tables(tables: Sequence[Table], out: Path, header: str = "") -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in tables:
+        for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
+            path = out / f"{table.name}{suffix}"
+            path.write_text(render(table), encoding="utf-8")
+            written.append(path)
+    combined = out / "tables.md"
+    combined.write_text(header + "\n".join(to_markdown(t) for t in tables), encoding="utf-8")
+    return [*written, combined]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@dataclass
+class TablesConfig:
+    """Write the paper's four tables (Markdown, LaTeX, CSV), plots and an HTML page."""
+
+    tracking_uri: str | None = None
+    """Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
+    experiment: str = "mambavl"
+    select: Select = "best"
+    """best: highest validation metric among matching runs; latest: most recent run."""
+    dataset: str | None = None
+    """Only runs tagged with this dataset (ek100, synthetic-demo); default: all."""
+    out: Path = Path("reports/out")
+    html: bool = True
+    """Also render plots and the static `index.html`."""
+    benchmark: Path = Path("benchmarks/results/fusion_heads.json")
+    """Fusion benchmark results for the sequence-length scaling plot (skipped if absent)."""
+
+
+def main(args: Sequence[str] | None = None) -> list[Path]:
+    from features.config import cli
+
+    config = cli(TablesConfig, args=args)
+    uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    runs, problem = load_runs(uri, config.experiment)
+    tables = build_tables(runs, config.select, config.dataset)
+    header = (f"# MambaVL tables\n\nRuns: experiment `{config.experiment}` at `{uri}`, "
+              f"selection `{config.select}`, {len(runs)} finished training run(s).\n\n")
+    written = write_tables(tables, config.out, header)
+    if config.html:
+        from reports.html import write_page
+        from reports.plots import make_plots
+
+        plots = make_plots(tables, uri, config.out / "plots", config.benchmark)
+        written.append(write_page(tables, plots, config.out, uri, config.experiment,
+                                  config.select, problem))
+    if problem:
+        print(f"reports.tables: {problem}. Every cell is '—' with its reason; train runs first "
+              f"(`make demo`, or `python -m fusion.train --preset ...`), or pass "
+              f"--tracking-uri / --experiment.", file=sys.stderr)
+    filled = sum(1 for t in tables for _, p in t.picks if p.run is not None)
+    total = sum(len(t.picks) for t in tables)
+    print(f"{len(runs)} run(s) in {uri} [{config.experiment}]: {filled}/{total} table rows "
+          f"have a run; wrote {len(written)} files to {config.out}")
+    if config.html:
+        print(f"open {(config.out / 'index.html').resolve().as_uri()}")
+    return written
+
+
+if __name__ == "__main__":
+    # run the imported module, not `__main__`, so html/plots share its classes (Missing)
+    from reports.tables import main as _main
+
+    _main()
