@@ -1,0 +1,1 @@
+"""Tests of the reports stage (tables, plots, HTML page)."""

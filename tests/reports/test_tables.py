@@ -1,0 +1,220 @@
+"""reports.tables against a real (temporary SQLite) MLflow store with fusion.train's schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reports import paper
+from reports.tables import (
+    Missing,
+    build_tables,
+    load_runs,
+    main,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+
+EXPERIMENT = "mambavl"
+VNA = ("verb", "noun", "action")
+
+
+def log_run(client, experiment_id: str, *, fusion: str, backbone: str, task: str = "recognition",
+            features: str = "video+questions", dataset: str = "synthetic-demo",
+            best: float = 0.3, start: int = 0, status: str = "FINISHED",
+            parent: str | None = None, epochs: int = 3, extra_tags: dict | None = None) -> str:
+    """One run as fusion.train/fusion.tracking log it: tags, per-epoch curves, best_*, cost."""
+    tags = {"fusion": fusion, "backbone": backbone, "task": task, "features": features,
+            "text_model": "demo", "dataset": dataset, "git_revision": "abc1234",
+            "manifest.video": "v" * 8, "manifest.text": "t" * 8, **(extra_tags or {})}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(experiment_id, start_time=1_700_000_000_000 + start, tags=tags,
+                            run_name=f"{fusion}-{backbone}-{task}")
+    run_id = run.info.run_id
+    kind = "top1" if task == "recognition" else "recall5"
+    for epoch in range(1, epochs + 1):
+        client.log_metric(run_id, "train_loss", 3.0 / epoch, step=epoch)
+        for i, head in enumerate(VNA):
+            client.log_metric(run_id, f"{head}_{kind}", best * epoch / epochs + 0.1 * (2 - i),
+                              step=epoch)
+    for i, head in enumerate(VNA):
+        client.log_metric(run_id, f"best_{head}_top1", best + 0.1 * (2 - i))
+        client.log_metric(run_id, f"best_{head}_top5", min(1.0, 2 * best))
+        client.log_metric(run_id, f"best_{head}_recall5", best + 0.05 * (2 - i))
+    sizes = {"mlp": 1.0e6, "transformer_6x4": 20e6, "transformer_12x12": 94e6, "mamba": 9e6}
+    client.log_metric(run_id, "params", sizes[fusion])
+    client.log_metric(run_id, "flops", 40 * sizes[fusion])
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A store holding the cases selection must get right; returns the URI and run ids."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT, artifact_location=str(root / "artifacts"))
+    ids = {
+        # two MambaVL runs on ViT-L: the older is better (best), the newer is latest
+        "mamba_best": log_run(client, exp, fusion="mamba", backbone="vitl", best=0.40, start=1),
+        "mamba_latest": log_run(client, exp, fusion="mamba", backbone="vitl", best=0.30,
+                                start=5),
+        # a killed (pruned) run with a higher value must never be picked
+        "killed": log_run(client, exp, fusion="mamba", backbone="vitl", best=0.90, start=9,
+                          status="KILLED"),
+        "alone": log_run(client, exp, fusion="mlp", backbone="vitl", features="video",
+                         best=0.20, start=2),
+        "mlp": log_run(client, exp, fusion="mlp", backbone="vitl", best=0.25, start=3),
+        "t6x4": log_run(client, exp, fusion="transformer_6x4", backbone="vitl", best=0.28,
+                        start=4),
+        "ant": log_run(client, exp, fusion="mamba", backbone="orvit", task="anticipation",
+                       best=0.15, start=6),
+        "ek100": log_run(client, exp, fusion="mamba", backbone="vitb", dataset="ek100",
+                         best=0.45, start=7),
+    }
+    # a sweep: the parent run (summary) must be left out, its trial kept
+    parent = client.create_run(exp, start_time=1_700_000_000_100, run_name="sweep",
+                               tags={"task": "recognition", "fusion": "mamba",
+                                     "backbone": "vitl", "features": "video+questions",
+                                     "dataset": "synthetic-demo"})
+    client.log_metric(parent.info.run_id, "best_action_top1", 0.99)
+    client.set_terminated(parent.info.run_id)
+    ids["parent"] = parent.info.run_id
+    ids["trial"] = log_run(client, exp, fusion="mamba", backbone="vitl", best=0.35, start=8,
+                           parent=parent.info.run_id,
+                           extra_tags={"optuna.study": "mamba-vitl", "optuna.trial": "0"})
+    return {"uri": uri, "ids": ids, "root": root}
+
+
+def fake_cost(backbone: str):
+    """Backbone costs without counting FLOPs (main() below uses the real extract.backbones)."""
+    known = {"vitl": (303.2e6, 4129.5e9, "extract.backbones"),
+             "vitb": (85.8e6, 899.3e9, "extract.backbones")}
+    if backbone in known:
+        return known[backbone]
+    from reports.tables import backbone_cost
+
+    return backbone_cost(backbone) if backbone == "orvit" else (Missing("?"), Missing("?"), "")
+
+
+def rows(table, **match):
+    return [r for r in table.rows if all(r[k] == v for k, v in match.items())]
+
+
+def test_load_runs_keeps_finished_training_runs(store: dict) -> None:
+    runs, problem = load_runs(store["uri"], EXPERIMENT)
+    ids = {r.run_id for r in runs}
+    assert problem == ""
+    assert store["ids"]["killed"] not in ids
+    assert store["ids"]["parent"] not in ids
+    assert store["ids"]["trial"] in ids
+    assert len(runs) == 8
+
+
+def test_best_and_latest_selection(store: dict) -> None:
+    runs, _ = load_runs(store["uri"], EXPERIMENT)
+    ids = store["ids"]
+    best = build_tables(runs, "best", cost=fake_cost)
+    latest = build_tables(runs, "latest", cost=fake_cost)
+    row = rows(best[0], backbone="AVION ViT-L", method="+ MambaVL")[0]
+    assert row["run"] == f"{ids['mamba_best']} (best of 3)"
+    assert row["action_top1"] == pytest.approx(40.0)
+    newest = rows(latest[0], backbone="AVION ViT-L", method="+ MambaVL")[0]
+    assert newest["run"] == f"{ids['trial']} (latest of 3)"
+    alone = rows(best[0], backbone="AVION ViT-L", method="alone")[0]
+    assert alone["run"].startswith(ids["alone"]) and alone["head"] == "mlp"
+    # the run id is printed in every format
+    assert ids["mamba_best"] in to_markdown(best[0])
+    assert ids["mamba_best"] in to_csv(best[0])
+    assert ids["mamba_best"][:8] in to_latex(best[0])
+
+
+def test_published_values_and_differences(store: dict) -> None:
+    runs, _ = load_runs(store["uri"], EXPERIMENT)
+    t1, t2, _, t4 = build_tables(runs, "best", cost=fake_cost)
+    published = paper.README_MODEL_ZOO[("avion_vit_l", "mambavl", "recognition")]
+    row = rows(t1, backbone="AVION ViT-L", method="+ MambaVL")[0]
+    assert row["action_top1_pub"] == published["action"]
+    assert row["action_top1_diff"] == pytest.approx(40.0 - published["action"])
+    assert row["source"] == "authors' README"
+    assert "−15.0" in to_markdown(t1)  # 40.0 − 55.0, typeset with a minus sign
+    ant = rows(t2, backbone="ORViT", method="+ MambaVL")[0]
+    assert ant["action_recall5"] == pytest.approx(15.0)
+    assert ant["action_recall5_diff"] == pytest.approx(15.0 - 23.9)
+    # Table 4: ORViT's published parameters (issue 3), our ViT-L totals = backbone + head
+    orvit = rows(t4, backbone="ORViT", model="backbone alone")[0]
+    assert orvit["params_pub"] == 148.0
+    assert isinstance(orvit["gflops"], Missing)
+    vitl = rows(t4, backbone="AVION ViT-L", model="+ MambaVL")[0]
+    assert vitl["params_m"] == pytest.approx(303.2 + 9.0)
+    assert vitl["gflops"] == pytest.approx(4129.5 + 0.36)
+    assert vitl["run"].startswith(store["ids"]["mamba_best"])
+
+
+def test_missing_cells_say_why(store: dict) -> None:
+    runs, _ = load_runs(store["uri"], EXPERIMENT)
+    t1, _, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    orvit = rows(t1, backbone="ORViT", method="+ MambaVL")[0]
+    assert isinstance(orvit["run"], Missing)
+    assert "no finished run tagged fusion=mamba, backbone=orvit, task=recognition" in \
+        orvit["run"].reason
+    text = to_markdown(t3)
+    t12 = rows(t3, head="Transformer 12×12")[0]
+    letter = t3.notes()[t12["run"].reason]
+    assert f"— ({letter})" in text and f"({letter}) no finished run tagged " \
+        "fusion=transformer_12x12" in text
+    assert "no published value retrieved" in text  # the paper's Table 3 is all None
+    assert "transformer_12x12" in to_csv(t4)  # the CSV notes column carries the reason
+
+
+def test_captions_name_the_dataset(store: dict) -> None:
+    runs, _ = load_runs(store["uri"], EXPERIMENT)
+    tables = build_tables(runs, "best", cost=fake_cost)
+    for table in tables:
+        assert "synthetic-demo" in table.caption, table.name
+        assert "NOT EK100" in table.caption
+        assert "Dataset" in to_latex(table)
+    only = build_tables(runs, "best", dataset="ek100", cost=fake_cost)
+    assert "Dataset of our runs: ek100." in only[0].caption
+    assert rows(only[0], backbone="AVION ViT-B", method="+ MambaVL")[0]["action_top1"] == \
+        pytest.approx(45.0)
+    vitl = rows(only[0], backbone="AVION ViT-L", method="+ MambaVL")[0]["run"]
+    assert "dataset=ek100" in vitl.reason
+
+
+def test_cli_writes_every_file(store: dict, tmp_path: Path, capsys) -> None:
+    bench = tmp_path / "fusion_heads.json"
+    bench.write_text('[{"head": "mamba", "seq_len": 16, "fwd_bwd_ms": 1.0, "peak_mem_mb": 10},'
+                     '{"head": "mamba", "seq_len": 64, "fwd_bwd_ms": 3.5, "peak_mem_mb": 30}]')
+    out = tmp_path / "out"
+    main(["--tracking-uri", store["uri"], "--out", str(out), "--select", "latest",
+          "--benchmark", str(bench)])
+    for n in range(1, 5):
+        for suffix in ("md", "tex", "csv"):
+            assert (out / f"table{n}.{suffix}").stat().st_size > 0
+    for plot in ("cost_accuracy", "scaling", "training_curves"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+        assert (out / "plots" / f"{plot}.pdf").exists()
+    page = (out / "index.html").read_text()
+    assert 'id="table4"' in page and 'src="plots/training_curves.png"' in page
+    assert "table rows have a run" in capsys.readouterr().out
+    # real backbone costs: ViT-L alone is 303.2 M parameters / 4129.5 GFLOPs
+    assert "303.2" in (out / "table4.md").read_text()
+
+
+def test_empty_store_explains(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "none.db"
+    out = tmp_path / "out"
+    main(["--tracking-uri", f"sqlite:///{db}", "--out", str(out), "--no-html"])
+    assert not db.exists()  # reading never creates a store
+    err = capsys.readouterr().err
+    assert "no tracking store" in err and "make demo" in err
+    text = (out / "table1.md").read_text()
+    assert "no finished run tagged" in text and "Dataset: none" in text
+    assert not (out / "index.html").exists()
