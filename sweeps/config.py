@@ -47,7 +47,7 @@ class SweepConfig:
     tracking_uri: str | None = None
     experiment: str | None = None
     startup_trials: int = 10
-    """Random trials before TPE models the history."""
+    """Random trials before TPE models the history (and before the median pruner prunes)."""
     prune_warmup: int = 2
     """Median pruner: never prune before this many epochs."""
     heartbeat: int = 30

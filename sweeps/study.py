@@ -41,8 +41,14 @@ from sweeps.space import Space, apply, in_space, load_space
 if TYPE_CHECKING:
     from fusion.train import TrainConfig
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message=".*failed_trial_callback.*", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Heartbeats, the retry callback and multivariate TPE are "experimental" in Optuna 5."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -71,6 +77,11 @@ def make_storage(config: SweepConfig) -> RDBStorage:
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
+    with quiet():
+        return _rdb_storage(url, engine_kwargs, config)
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], config: SweepConfig) -> RDBStorage:
     return RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
@@ -84,7 +95,8 @@ def make_storage(config: SweepConfig) -> RDBStorage:
 
 def make_pruner(config: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=config.prune_warmup)
+        return optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials,
+                                           n_warmup_steps=config.prune_warmup)
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
                                               reduction_factor=3)
@@ -95,8 +107,9 @@ def make_sampler(config: SweepConfig, worker: int, n_trials: int) -> optuna.samp
     """TPE seeded from (seed, worker, trials so far): a resumed single-worker sweep asks the
     same questions as an uninterrupted one, and parallel workers do not sample alike."""
     seed = int(np.random.SeedSequence([config.seed, worker, n_trials]).generate_state(1)[0])
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials,
-                                      multivariate=True, constant_liar=True)
+    with quiet():
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials,
+                                          multivariate=True, constant_liar=True)
 
 
 def base_train_config(config: SweepConfig) -> TrainConfig:
@@ -306,7 +319,8 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
     failures, ran = 0, 0
     with sigterm_as_interrupt():
         while True:
-            optuna.storages.fail_stale_trials(study)
+            with quiet():
+                optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
             done = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -319,7 +333,8 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
             study.sampler = make_sampler(config, worker, len(trials))
             objective.last_number = None
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                with quiet():
+                    study.optimize(objective, n_trials=1, catch=(Exception,))
             except KeyboardInterrupt:
                 _retry_interrupted(study, objective.last_number, config.max_retry)
                 raise
@@ -346,9 +361,10 @@ def _retry_interrupted(study: optuna.Study, number: int | None, max_retry: int) 
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         trial = study._storage.get_trial(trial._trial_id)
     if trial.state == TrialState.FAIL and not trial.user_attrs.get("over_target"):
-        RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(
-            study, trial
-        )
+        with quiet():
+            RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(
+                study, trial
+            )
         print(f"trial {number} interrupted: queued to resume from its checkpoint",
               file=sys.stderr)
 

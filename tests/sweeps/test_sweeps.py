@@ -316,3 +316,44 @@ def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str)
     over = [t for t in study.trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs.get("over_target") for t in over)  # only lost races, no errors
     check_mlflow(tmp_path, trials=6)
+
+
+# --- in-process: pruning, summary, GPU placement ---------------------------------------------
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruning_on_the_per_epoch_metric(tmp_path: Path, pruner: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.config import SweepConfig
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = SweepConfig(
+        fusion="mamba", preset="demo", study="t", trials=8, epochs=4, pruner=pruner,
+        storage=f"sqlite:///{tmp_path / 'sweeps.db'}", out=tmp_path / "runs",
+        tracking_uri=uri, experiment="sweep-test", startup_trials=3, prune_warmup=1,
+        heartbeat=5, train_fn="tests.sweeps.test_sweeps:fake_train")
+    result = sweep(config)
+    assert result["complete"] + result["pruned"] == 8 and result["finished_trials"] == 8
+    assert result["pruned"] > 0
+    study = load(config.storage)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert all(len(t.intermediate_values) < 4 for t in pruned)
+    client = MlflowClient(uri)
+    for trial in pruned:  # the training run of a pruned trial ends KILLED, not FINISHED
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert result["best_value"] == pytest.approx(study.best_value)
+
+
+def test_workers_are_spread_over_visible_gpus() -> None:
+    from sweeps.config import SweepConfig
+    from sweeps.launch import worker_env
+
+    config = SweepConfig(workers=2, parallel=2)
+    gpus = [worker_env(i, config, ["3", "5"])["CUDA_VISIBLE_DEVICES"] for i in range(4)]
+    assert gpus == ["3", "3", "5", "5"]
+    cpu = worker_env(0, SweepConfig(workers=3), [])
+    assert "CUDA_VISIBLE_DEVICES" not in cpu or cpu["CUDA_VISIBLE_DEVICES"] == os.environ.get(
+        "CUDA_VISIBLE_DEVICES")
