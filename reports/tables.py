@@ -93,7 +93,9 @@ class Pick:
     def cell(self) -> str | Missing:
         if self.run is None:
             return Missing(self.reason)
-        return f"{self.run.run_id} ({self.mode} of {self.candidates})"
+        study = self.run.tags.get("optuna.study")
+        sweep = f"; sweep {study} trial {self.run.tags.get('optuna.trial', '?')}" if study else ""
+        return f"{self.run.run_id} ({self.mode} of {self.candidates}{sweep})"
 
 
 def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
@@ -113,7 +115,11 @@ def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
 
 
 def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
-    """Finished training runs of `experiment` (sweep parents left out), or a problem note."""
+    """Finished training runs of `experiment` (sweep parents left out), or a problem note.
+
+    Sweep parents (tag sweep=true, or any run that has child runs) summarise their trials;
+    the trials themselves are ordinary training runs and compete like any other.
+    """
     path = tracking_uri.removeprefix("sqlite:///")
     if tracking_uri.startswith("sqlite:///") and not Path(path).exists():
         return [], f"no tracking store at {tracking_uri} (nothing has been trained yet)"
@@ -134,7 +140,7 @@ def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
     infos = [RunInfo(r.info.run_id, r.info.run_name or "", r.info.start_time or 0,
                      dict(r.data.tags), dict(r.data.metrics))
              for r in runs if r.info.status == "FINISHED" and "task" in r.data.tags
-             and r.info.run_id not in parents]
+             and r.data.tags.get("sweep") != "true" and r.info.run_id not in parents]
     if not infos:
         return [], f"no finished training run in experiment {experiment!r} at {tracking_uri}"
     return infos, ""

@@ -89,6 +89,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ids["trial"] = log_run(client, exp, fusion="mamba", backbone="vitl", best=0.35, start=8,
                            parent=parent.info.run_id,
                            extra_tags={"optuna.study": "mamba-vitl", "optuna.trial": "0"})
+    # a sweep parent as sweeps.tracking opens it (tag sweep=true), before any trial finished
+    lone = client.create_run(exp, start_time=1_700_000_000_200, run_name="sweep-2",
+                             tags={"sweep": "true", "task": "recognition", "fusion": "mamba",
+                                   "backbone": "vitl", "features": "video+questions"})
+    client.log_metric(lone.info.run_id, "best_action_top1", 0.98)
+    client.set_terminated(lone.info.run_id)
+    ids["sweep_parent"] = lone.info.run_id
     return {"uri": uri, "ids": ids, "root": root}
 
 
@@ -113,6 +120,7 @@ def test_load_runs_keeps_finished_training_runs(store: dict) -> None:
     assert problem == ""
     assert store["ids"]["killed"] not in ids
     assert store["ids"]["parent"] not in ids
+    assert store["ids"]["sweep_parent"] not in ids
     assert store["ids"]["trial"] in ids
     assert len(runs) == 8
 
@@ -126,7 +134,7 @@ def test_best_and_latest_selection(store: dict) -> None:
     assert row["run"] == f"{ids['mamba_best']} (best of 3)"
     assert row["action_top1"] == pytest.approx(40.0)
     newest = rows(latest[0], backbone="AVION ViT-L", method="+ MambaVL")[0]
-    assert newest["run"] == f"{ids['trial']} (latest of 3)"
+    assert newest["run"] == f"{ids['trial']} (latest of 3; sweep mamba-vitl trial 0)"
     alone = rows(best[0], backbone="AVION ViT-L", method="alone")[0]
     assert alone["run"].startswith(ids["alone"]) and alone["head"] == "mlp"
     # the run id is printed in every format
