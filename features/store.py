@@ -28,8 +28,9 @@ name)` = `<root>/<dataset>/<split>/<kind>-<name>.zarr`, e.g.
 Group attributes: `schema`, `kind`, `rows`, `shard_rows`, `arrays` (name -> row shape and
 dtype), `manifest` (what produced the features: extractor and backbone config, checkpoint
 sha256, sampling/preprocessing, token granularity, text model and max length, package
-versions, git revision, creation time) and `manifest_hash` (sha256 of the manifest without
-`created`; training runs record it to name the exact features they used).
+versions, git revision, creation time, input paths) and `manifest_hash` (sha256 of the
+manifest without `created`, `environment` and `sources`, i.e. of what determines the
+features; training runs record it to name the exact features they used).
 
 Writing: `open_writer(...)` creates the store atomically (built in a temp folder, then
 renamed) or reopens an existing one after checking it was made by the same config, and
@@ -66,7 +67,9 @@ import zarr
 
 SCHEMA = "mambavl.features/1"
 DEFAULT_SHARD_ROWS = 256
-VOLATILE_KEYS = ("created", "environment")  # not part of a store's identity or hash
+# Not part of a store's identity or hash: when and where it was made, and the input paths
+# (their content is identified by the sha256 fields).
+VOLATILE_KEYS = ("created", "environment", "sources")
 PACKAGES = ("torch", "numpy", "zarr", "transformers", "tokenizers", "av", "h5py", "mambavl-harness")
 NOT_WRITTEN = "not written"
 
@@ -136,10 +139,8 @@ def identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the manifest, creation time left out."""
-    text = json.dumps(
-        {k: v for k, v in manifest.items() if k != "created"}, sort_keys=True, default=str
-    )
+    """sha256 of the canonical JSON of the manifest's identity: equal hash, equal features."""
+    text = json.dumps(identity(manifest), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

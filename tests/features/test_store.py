@@ -95,6 +95,8 @@ def test_manifest_and_hash(tmp_path: Path) -> None:
     assert store.manifest_hash == manifest_hash(manifest)
     later = dict(manifest, created="2000-01-01T00:00:00+00:00")
     assert manifest_hash(later) == store.manifest_hash  # creation time is not identity
+    moved = dict(manifest, sources={"videos": "elsewhere"}, environment={})
+    assert manifest_hash(moved) == store.manifest_hash  # nor paths and host
     assert manifest_hash(dict(manifest, frames=8)) != store.manifest_hash
 
 

@@ -1,0 +1,7 @@
+"""`python -m extract {video,text,tiny-roberta} ...`: see `extract.run`."""
+
+import sys
+
+from extract.run import main
+
+sys.exit(main())

@@ -1,0 +1,670 @@
+"""Extraction drivers: video clips and question texts of one split into a feature store.
+
+    python -m extract video --preset vitl --annotations A --split validation --videos V
+    python -m extract text --questions Q.jsonl --text-model roberta-base --split validation
+    python -m extract tiny-roberta --out DIR    # random-init RoBERTa for tests and the demo
+
+Why it is built this way: a backbone pass over EK100 takes hours, so the driver must
+survive being killed and being spread over GPUs without coordination. Work is cut into
+the store's shards; each process takes the pending shards `k % world_size == rank` and
+writes each shard whole, marking it done last (see `features.store`). Batches never cross
+a shard boundary and always start at its first row, so a row is computed in the same batch
+whatever the interruption or the number of processes: a resumed or multi-process store is
+bitwise equal to an uninterrupted one on CPU.
+
+Failures (unreadable or missing videos) become zero rows with their error in the store;
+`<store stem>.failures.json` next to the store lists them and the command exits 1 at the
+end unless `--allow-missing`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from features.annotations import load_split
+from features.config import cli, to_dict
+from features.store import (
+    DEFAULT_SHARD_ROWS,
+    ArraySpec,
+    FeatureStore,
+    StoreWriter,
+    make_manifest,
+    open_writer,
+    store_path,
+)
+
+SHARD_BYTES = 256 << 20  # cap for automatic shard sizes (patch tokens are ~6 MB a clip)
+
+
+# ------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class VideoConfig:
+    """Extract video features of one EK100 split into a feature store (resumable)."""
+
+    annotations: Path = Path("data/demo/annotations")
+    """Folder with the EK100 annotation CSVs; rows are stored in the split file's order."""
+    split: str = "validation"
+    videos: Path = Path("data/demo/videos")
+    """Video root: `<root>/<participant>/videos/<video_id>.MP4` or rgb_frames folders."""
+    layout: Literal["video", "rgb_frames"] = "video"
+    task: Literal["recognition", "anticipation"] = "recognition"
+    backbone: str = "vit-demo"
+    """Registered backbone (`python -m extract.backbones --list`): vitb, vitl, vit-demo, ..."""
+    checkpoint: Path | None = None
+    """AVION checkpoint; without it the backbone is seeded random init (tests, demo)."""
+    tokens: Literal["cls", "frame", "patch"] = "frame"
+    num_frames: int = 16
+    size: int | None = None
+    """Crop size (default: the backbone's image size)."""
+    root: Path = Path("data/features")
+    dataset: str = "demo"
+    """Store at `<root>/<dataset>/<split>/video-<name>.zarr` unless --out."""
+    name: str | None = None
+    """Store name (default: backbone, plus `-<tokens>` unless frame, `-anticipation`)."""
+    out: Path | None = None
+    batch_size: int = 32
+    workers: int = 8
+    """DataLoader processes decoding while the model runs (0: decode in this process)."""
+    shard_rows: int | None = None
+    """Clips per shard (default: 256, fewer when a shard would pass 256 MB)."""
+    device: str = "auto"
+    """auto: cuda (the LOCAL_RANK GPU) when available, else cpu."""
+    amp: bool = True
+    """bf16 autocast on CUDA (CPU runs in float32)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    limit: int | None = None
+    """Only the first N segments of the split (smoke tests)."""
+    rank: int | None = None
+    """This process's rank (default: $RANK from torchrun, else 0)."""
+    world_size: int | None = None
+    """Number of processes (default: $WORLD_SIZE, else 1)."""
+    allow_missing: bool = False
+    """Exit 0 even when clips failed (they stay zeros, listed in the failure report)."""
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TextConfig:
+    """Embed the verb and noun questions of a questions JSONL with a RoBERTa-style model."""
+
+    questions: Path = Path("data/demo/questions/validation.jsonl")
+    text_model: str = "roberta-base"
+    """Hugging Face name or local folder (AutoTokenizer/AutoModel.from_pretrained)."""
+    max_length: int = 32
+    """Tokens per question, special tokens included; longer questions are truncated."""
+    annotations: Path | None = None
+    """If given, rows follow this annotation folder's split file (aligned to video stores);
+    else the questions file's order."""
+    split: str = "validation"
+    root: Path = Path("data/features")
+    dataset: str = "demo"
+    name: str | None = None
+    """Store name (default: model folder name, plus the questions' generator and mask)."""
+    out: Path | None = None
+    batch_size: int = 128
+    shard_rows: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    threads: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TinyRobertaConfig:
+    """Write a tiny random-init RoBERTa (config, weights, BPE tokenizer) for tests and demos."""
+
+    out: Path = Path("data/demo/tiny-roberta")
+    questions: tuple[Path, ...] = ()
+    """Questions JSONL files whose text trains the tokenizer (default: a built-in corpus)."""
+    hidden_size: int = 32
+    layers: int = 2
+    heads: int = 2
+    vocab_size: int = 400
+    seed: int = 0
+
+
+VIDEO_PRESETS = {
+    "demo": VideoConfig(
+        backbone="vit-demo", batch_size=8, workers=2, root=Path("data/demo/features")
+    ),
+    "vitb": VideoConfig(
+        annotations=Path("data/ek100/annotations"),
+        videos=Path("data/ek100/videos"),
+        dataset="ek100",
+        backbone="vitb",
+        batch_size=64,
+    ),
+    "vitl": VideoConfig(
+        annotations=Path("data/ek100/annotations"),
+        videos=Path("data/ek100/videos"),
+        dataset="ek100",
+        backbone="vitl",
+        batch_size=32,
+    ),
+}
+TEXT_PRESETS = {
+    "demo": TextConfig(
+        text_model="data/demo/tiny-roberta",
+        annotations=Path("data/demo/annotations"),
+        root=Path("data/demo/features"),
+        batch_size=64,
+    ),
+    "roberta": TextConfig(
+        annotations=Path("data/ek100/annotations"),
+        dataset="ek100",
+        questions=Path("data/ek100/questions/validation.jsonl"),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size) from the flags, else torchrun's environment, else (0, 1)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world:
+        raise SystemExit(f"rank {rank} is outside world size {world}")
+    return rank, world
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def auto_shard_rows(row_bytes: int, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    return max(1, min(DEFAULT_SHARD_ROWS, SHARD_BYTES // max(row_bytes, 1)))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row batches that start at each shard's first row and never cross a shard."""
+    batches = []
+    for shard in shards:
+        start, stop = writer.shard_range(shard)
+        batches += [
+            list(range(s, min(s + batch_size, stop))) for s in range(start, stop, batch_size)
+        ]
+    return batches
+
+
+def run_shards(
+    writer: StoreWriter,
+    shards: Sequence[int],
+    batches: Iterator[tuple[list[int], dict[str, np.ndarray], list[str]]],
+    progress: tqdm,
+) -> None:
+    """Collect computed rows per shard and write each full shard in a background thread."""
+    buffers: dict[int, tuple[dict[str, np.ndarray], list[str], list[int]]] = {}
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool:
+        for rows, data, errors in batches:
+            shard = rows[0] // writer.shard_rows
+            start, stop = writer.shard_range(shard)
+            if shard not in buffers:
+                arrays = {
+                    name: np.zeros((stop - start, *spec.row_shape), dtype=spec.dtype)
+                    for name, spec in writer.arrays.items()
+                }
+                buffers[shard] = (arrays, [""] * (stop - start), [0])
+            arrays, shard_errors, count = buffers[shard]
+            local = np.asarray(rows) - start
+            for name, value in data.items():
+                arrays[name][local] = value
+            for i, error in zip(local, errors, strict=True):
+                shard_errors[i] = error
+            count[0] += len(rows)
+            progress.update(len(rows))
+            if count[0] == stop - start:
+                del buffers[shard]
+                pending.append(pool.submit(writer.write_shard, shard, arrays, shard_errors))
+                if len(pending) > 2:  # bound memory: at most two shards queued
+                    pending.pop(0).result()
+            for done in [f for f in pending if f.done()]:
+                done.result()  # surface write errors early
+        for future in pending:
+            future.result()
+    if buffers:
+        raise RuntimeError(f"shards {sorted(buffers)} were not completed")
+
+
+def finish(path: Path, rank: int, allow_missing: bool, elapsed: float, computed: int) -> int:
+    """Write the failure report next to the store, print a summary; the exit status."""
+    store = FeatureStore(path)
+    failures = store.failures()
+    report = {
+        "store": str(path),
+        "rows": store.rows,
+        "shards_done": int(store.done.sum()),
+        "shards": store.num_shards,
+        "complete": store.complete,
+        "failed": [{"narration_id": k, "error": v} for k, v in failures.items()],
+    }
+    report_path = path.with_name(path.name.removesuffix(".zarr") + ".failures.json")
+    temp = report_path.with_name(f".{report_path.name}.{os.getpid()}")
+    temp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temp, report_path)  # atomic: ranks may finish together
+    rate = computed / elapsed if elapsed > 0 else 0.0
+    state = "complete" if store.complete else f"{report['shards_done']}/{store.num_shards} shards"
+    print(
+        f"[rank {rank}] {path}: {computed} clips computed in {elapsed:.1f} s ({rate:.1f}/s); "
+        f"store {state}; {len(failures)} failed; manifest {store.manifest_hash[:12]}",
+        file=sys.stderr,
+    )
+    if failures:
+        listing = "\n".join(f"  {k}: {v}" for k, v in list(failures.items())[:50])
+        more = f"\n  ... and {len(failures) - 50} more" if len(failures) > 50 else ""
+        print(
+            f"{len(failures)} clips failed (report: {report_path}):\n{listing}{more}",
+            file=sys.stderr,
+        )
+        if not allow_missing:
+            return 1
+    return 0
+
+
+def _progress(total: int, enabled: bool, rank: int) -> tqdm:
+    return tqdm(
+        total=total,
+        unit="clip",
+        desc=f"rank {rank}",
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
+
+
+def _setup(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- video
+
+
+def video_store_name(config: VideoConfig) -> str:
+    if config.name:
+        return config.name
+    name = config.backbone
+    if config.tokens != "frame":
+        name += f"-{config.tokens}"
+    if config.task != "recognition":
+        name += f"-{config.task}"
+    return name
+
+
+def extract_video(config: VideoConfig) -> int:
+    """Extract (or resume) one split's video store; returns the exit status."""
+    from extract.backbones import build_backbone, state_dict_sha256
+    from extract.video import ClipDataset
+
+    _setup(config.threads)
+    rank, world = distributed(config.rank, config.world_size)
+    device = resolve_device(config.device)
+    split = load_split(config.annotations, config.split)
+    segments = split.segments if config.limit is None else split.segments.iloc[: config.limit]
+    overrides = {"image_size": config.size} if config.size else {}
+    model = build_backbone(config.backbone, config.checkpoint, config.num_frames, **overrides)
+    model.eval().to(device)
+    dataset = ClipDataset(
+        segments,
+        config.videos,
+        layout=config.layout,
+        task=config.task,
+        num_frames=config.num_frames,
+        size=model.config.image_size,
+        on_error="mark",
+        threads=1,
+    )
+    length, width = model.num_tokens(config.tokens), model.width
+    shard_rows = auto_shard_rows(length * width * 2, config.shard_rows)
+    amp = config.amp and device.type == "cuda"
+    report = getattr(model, "load_report", None)
+    manifest = make_manifest(
+        modality="video",
+        extractor="python -m extract video",
+        dataset=config.dataset,
+        split=config.split,
+        sources={
+            "annotations_file": str(split_file(config.annotations, config.split)),
+            "videos": str(config.videos),
+            "checkpoint": str(config.checkpoint) if config.checkpoint else None,
+        },
+        annotations_sha256=file_sha256(split_file(config.annotations, config.split)),
+        limit=config.limit,
+        backbone={
+            "name": config.backbone,
+            "config": dataclasses.asdict(model.config),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        checkpoint_sha256=report.sha256 if report else None,
+        weights_sha256=state_dict_sha256(model),
+        frames=config.num_frames,
+        resolution=model.config.image_size,
+        crop=dataset.manifest()["crop"],
+        normalisation=dataset.manifest()["normalisation"],
+        clip=dataset.manifest(),
+        tokens=config.tokens,
+        token_shape=[length, width],
+        dtype="float16",
+        compute={"device_type": device.type, "autocast": "bfloat16" if amp else None},
+        batch_size=config.batch_size,
+    )
+    path = config.out or store_path(
+        config.root, config.dataset, config.split, "video", video_store_name(config)
+    )
+    writer = open_writer(
+        path,
+        segments["narration_id"].tolist(),
+        {"tokens": ArraySpec((length, width))},
+        manifest,
+        kind="video",
+        shard_rows=shard_rows,
+        overwrite=config.overwrite and rank == 0,
+    )
+    shards = writer.pending_shards(rank, world)
+    batches = shard_batches(writer, shards, config.batch_size)
+    total = sum(len(b) for b in batches)
+    done = int(writer.done().sum())
+    print(
+        f"[rank {rank}/{world}] {path}: {writer.rows} clips, {writer.num_shards} shards of "
+        f"{shard_rows}; {done} done; this process: {len(shards)} shards, {total} clips",
+        file=sys.stderr,
+    )
+    started = time.perf_counter()
+    if batches:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=config.workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if config.workers else None,
+        )
+
+        def compute() -> Iterator[tuple[list[int], dict[str, np.ndarray], list[str]]]:
+            for rows, (clips, _, errors) in zip(batches, loader, strict=True):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+                ):
+                    out = model.forward_features(clips.to(device, non_blocking=True), config.tokens)
+                out = out.float().cpu().numpy().astype(np.float16)
+                failed = np.asarray([bool(e) for e in errors])
+                out[failed] = 0  # a failed clip is zeros, never features of a blank input
+                yield rows, {"tokens": out}, list(errors)
+
+        with _progress(total, config.progress, rank) as progress:
+            run_shards(writer, shards, compute(), progress)
+    return finish(Path(path), rank, config.allow_missing, time.perf_counter() - started, total)
+
+
+def split_file(annotations: Path, split: str) -> Path:
+    from features.annotations import split_path
+
+    return split_path(annotations, split)
+
+
+# ----------------------------------------------------------------------------------- text
+
+
+def read_questions(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def text_store_name(config: TextConfig, records: list[dict[str, Any]]) -> str:
+    if config.name:
+        return config.name
+    name = Path(config.text_model.rstrip("/")).name
+    first = records[0] if records else {}
+    for key in ("generator", "mask"):
+        if first.get(key):
+            name += f"-{first[key]}"
+    return name
+
+
+def order_questions(
+    records: list[dict[str, Any]], config: TextConfig
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The question records in the annotation split's order (if given), checked complete."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for record in records:
+        nid = str(record["narration_id"])
+        if nid in by_id:
+            raise SystemExit(f"{config.questions}: narration id {nid!r} appears twice")
+        by_id[nid] = record
+    if config.annotations is None:
+        return records, None
+    path = split_file(config.annotations, config.split)
+    ids = load_split(config.annotations, config.split).segments["narration_id"].tolist()
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise SystemExit(
+            f"{config.questions}: no questions for {len(missing)} segments of {path}: "
+            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}"
+        )
+    return [by_id[i] for i in ids], str(path)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def extract_text(config: TextConfig) -> int:
+    """Embed (or resume) the questions of one split into a text store."""
+    from transformers import AutoModel, AutoTokenizer
+
+    _setup(config.threads)
+    rank, world = distributed(config.rank, config.world_size)
+    device = resolve_device(config.device)
+    records, annotations_file = order_questions(read_questions(config.questions), config)
+    tokenizer = AutoTokenizer.from_pretrained(config.text_model)
+    model = AutoModel.from_pretrained(config.text_model).eval().to(device)
+    hidden = int(model.config.hidden_size)
+    length = config.max_length
+    shard_rows = auto_shard_rows(2 * length * (hidden * 2 + 1), config.shard_rows)
+    amp = config.amp and device.type == "cuda"
+    first = records[0] if records else {}
+    manifest = make_manifest(
+        modality="text",
+        extractor="python -m extract text",
+        dataset=config.dataset,
+        split=config.split,
+        sources={
+            "questions_file": str(config.questions),
+            "annotations_file": annotations_file,
+            "text_model": config.text_model,
+        },
+        questions_sha256=file_sha256(config.questions),
+        generator=first.get("generator"),
+        mask=first.get("mask"),
+        row_order="annotations" if annotations_file else "questions file",
+        text_model=Path(config.text_model.rstrip("/")).name,
+        text_model_type=model.config.model_type,
+        text_model_weights_sha256=weights_sha256(model),
+        tokenizer=type(tokenizer).__name__,
+        max_length=length,
+        padding="max_length, padded positions zero (see *_mask)",
+        layer="last_hidden_state",
+        questions=["verb", "noun"],
+        token_shape=[length, hidden],
+        dtype="float16",
+        compute={"device_type": device.type, "autocast": "bfloat16" if amp else None},
+        batch_size=config.batch_size,
+    )
+    path = config.out or store_path(
+        config.root, config.dataset, config.split, "text", text_store_name(config, records)
+    )
+    arrays = {}
+    for question in ("verb", "noun"):
+        arrays[f"{question}_tokens"] = ArraySpec((length, hidden))
+        arrays[f"{question}_mask"] = ArraySpec((length,), "bool")
+    writer = open_writer(
+        path,
+        [str(r["narration_id"]) for r in records],
+        arrays,
+        manifest,
+        kind="text",
+        shard_rows=shard_rows,
+        overwrite=config.overwrite and rank == 0,
+    )
+    shards = writer.pending_shards(rank, world)
+    batches = shard_batches(writer, shards, config.batch_size)
+    total = sum(len(b) for b in batches)
+    truncated = [0]
+
+    def embed(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        full = tokenizer(texts, truncation=False)["input_ids"]
+        truncated[0] += sum(len(ids) > length for ids in full)
+        encoded = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        ).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            states = model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].bool()
+        states = states.float().masked_fill(~mask[..., None], 0)
+        return states.cpu().numpy().astype(np.float16), mask.cpu().numpy()
+
+    def compute() -> Iterator[tuple[list[int], dict[str, np.ndarray], list[str]]]:
+        for rows in batches:
+            data = {}
+            for question in ("verb", "noun"):
+                texts = [str(records[i][f"{question}_question"]) for i in rows]
+                data[f"{question}_tokens"], data[f"{question}_mask"] = embed(texts)
+            yield rows, data, [""] * len(rows)
+
+    started = time.perf_counter()
+    if batches:
+        with _progress(total, config.progress, rank) as progress:
+            run_shards(writer, shards, compute(), progress)
+    if truncated[0]:
+        print(f"warning: {truncated[0]} questions truncated to {length} tokens", file=sys.stderr)
+    return finish(Path(path), rank, False, time.perf_counter() - started, total)
+
+
+# ------------------------------------------------------------------------------ tiny model
+
+
+DEFAULT_CORPUS = (
+    "What is the person doing with the <mask>?",
+    "Which object does the person take here?",
+    "Which action does the person perform on the knife, which belongs to the cutlery?",
+    'In the narration "open the cupboard", what is happening to the door?',
+)
+
+
+def build_tiny_roberta(config: TinyRobertaConfig) -> Path:
+    """A RoBERTa config + seeded random weights + a byte-level BPE tokenizer, saved to disk.
+
+    Loadable with `AutoTokenizer`/`AutoModel.from_pretrained(out)`, so tests and the demo
+    exercise the same code path as `roberta-base` without downloading anything.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    corpus = list(DEFAULT_CORPUS)
+    for path in config.questions:
+        for record in read_questions(path):
+            corpus += [str(record["verb_question"]), str(record["noun_question"])]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        corpus,
+        vocab_size=config.vocab_size,
+        min_frequency=1,
+        special_tokens=specials,
+        show_progress=False,
+    )
+    bpe.post_processor = RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>"))
+    )
+    tokenizer = RobertaTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    model_config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        intermediate_size=4 * config.hidden_size,
+        max_position_embeddings=514,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = RobertaModel(model_config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(config.out)
+    model.save_pretrained(config.out)
+    (config.out / "tiny_roberta_config.json").write_text(json.dumps(to_dict(config), indent=2))
+    return config.out
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+COMMANDS: dict[str, tuple[type, dict[str, Any], Callable[[Any], int]]] = {
+    "video": (VideoConfig, VIDEO_PRESETS, extract_video),
+    "text": (TextConfig, TEXT_PRESETS, extract_text),
+    "tiny-roberta": (TinyRobertaConfig, {}, lambda c: print(build_tiny_roberta(c)) or 0),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        names = " | ".join(COMMANDS)
+        print(f"usage: python -m extract {{{names}}} [--preset NAME] [flags] (--help)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    config_type, presets, run = COMMANDS[argv[0]]
+    config = cli(config_type, presets or None, argv[1:])
+    return run(config)

@@ -1,0 +1,274 @@
+"""Extraction driver: video and text stores, failures, SIGKILL + resume, two ranks.
+
+Real parts throughout: synthetic EK100 videos (`extract.synthetic`), the `vit-demo`
+backbone, `ClipDataset`, template questions (`extract.questions`) and a tiny RoBERTa saved
+to disk and loaded back with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.backbones import build_backbone
+from extract.questions import QuestionsConfig
+from extract.questions import generate as generate_questions
+from extract.run import TinyRobertaConfig, build_tiny_roberta, main
+from extract.synthetic import SyntheticConfig, generate
+from extract.video import ClipDataset
+from features.annotations import load_split
+from features.store import FeatureStore, check_aligned
+
+REPO = Path(__file__).resolve().parents[2]
+SPLIT = "train"
+COMMON = ["--split", SPLIT, "--shard-rows", "4", "--batch-size", "3", "--threads", "1",
+          "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic EK100 dataset: 12 training segments (3 videos) at 64x48, 10 fps."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(
+        SyntheticConfig(
+            out=root, videos=5, videos_per_participant=2, val_videos=1, test_videos=1,
+            segments_per_video=4, width=64, height=48, fps=10.0, max_duration=1.5, workers=1,
+        )
+    )  # fmt: skip
+    return root
+
+
+def video_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "video", "--annotations", str(data / "annotations"), "--videos", str(data / "videos"),
+        "--backbone", "vit-demo", "--workers", "0", "--out", str(out), *COMMON, *extra,
+    ]  # fmt: skip
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "extract", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted single-process extraction, the baseline of the resume tests."""
+    out = tmp_path_factory.mktemp("reference") / "video-vit-demo.zarr"
+    assert main(video_args(data, out)) == 0
+    return out
+
+
+def tokens(path: Path) -> np.ndarray:
+    return FeatureStore(path).load()["tokens"].numpy()
+
+
+def shard_files(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in (path / "tokens/c").rglob("*")}
+
+
+def test_video_store(data: Path, reference: Path) -> None:
+    store = FeatureStore(reference)
+    segments = load_split(data / "annotations", SPLIT).segments
+    assert len(store) == len(segments) == 12 and store.complete and store.valid.all()
+    assert list(store.narration_ids) == segments["narration_id"].tolist()
+    assert store.arrays["tokens"].row_shape == (16, 128) and store.shard_rows == 4
+    manifest = store.manifest
+    assert manifest["backbone"]["name"] == "vit-demo" and manifest["tokens"] == "frame"
+    assert manifest["frames"] == 16 and manifest["resolution"] == 112
+    assert manifest["crop"] == "centre 112x112" and "mean" in manifest["normalisation"]
+    assert manifest["checkpoint_sha256"] is None and len(manifest["weights_sha256"]) == 64
+    assert manifest["environment"]["git_revision"] and manifest["created"]
+    report = json.loads(reference.with_name("video-vit-demo.failures.json").read_text())
+    assert report["complete"] and report["failed"] == []
+    # the stored rows are the backbone's frame tokens of the AVION-preprocessed clips
+    model = build_backbone("vit-demo").eval()
+    dataset = ClipDataset(segments, data / "videos", size=112, on_error="raise")
+    clips = torch.stack([dataset[i][0] for i in (0, 7)])
+    with torch.inference_mode():
+        expected = model.forward_features(clips, "frame").numpy()
+    np.testing.assert_allclose(store.read([0, 7])["tokens"], expected, rtol=1e-2, atol=2e-3)
+
+
+def test_rerun_of_complete_store_does_nothing(data: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.zarr"
+    shutil.copytree(reference, out)
+    before = shard_files(out)
+    result = run_cli(video_args(data, out))
+    assert result.returncode == 0, result.stderr
+    assert "3 done; this process: 0 shards, 0 clips" in result.stderr
+    assert shard_files(out) == before
+
+
+def test_sigkill_before_marking_done_then_resume(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "v.zarr"
+    killed = run_cli(video_args(data, out), env={"MAMBAVL_KILL_BEFORE_DONE": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = FeatureStore(out)
+    assert store.done.tolist() == [True, False, False]  # shard 1's data written, not marked
+    assert store.valid.sum() == 4
+    first = {k: v for k, v in shard_files(out).items() if k.startswith("0")}
+    resumed = run_cli(video_args(data, out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 done; this process: 2 shards, 8 clips" in resumed.stderr
+    assert {k: v for k, v in shard_files(out).items() if k.startswith("0")} == first
+    np.testing.assert_array_equal(tokens(out), tokens(reference))  # bitwise
+    assert FeatureStore(out).manifest_hash == FeatureStore(reference).manifest_hash
+
+
+def test_sigkill_at_an_arbitrary_moment_then_resume(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "v.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extract", *video_args(data, out, "--batch-size", "1")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "done/c/0").exists():  # first shard marked done: kill mid-run
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # killed mid-run, not after finishing
+    resumed = run_cli(video_args(data, out, "--batch-size", "1"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "this process: 3 shards" not in resumed.stderr  # finished shards were kept
+    # batch size 1 vs 3: same features up to float rounding; same batching is bitwise
+    np.testing.assert_allclose(tokens(out), tokens(reference), rtol=1e-2, atol=1e-3)
+    again = tmp_path / "again.zarr"
+    assert main(video_args(data, again, "--batch-size", "1")) == 0
+    np.testing.assert_array_equal(tokens(out), tokens(again))
+
+
+def test_two_ranks_equal_one_process(data: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.zarr"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extract",
+                *video_args(data, out, "--rank", str(r), "--world-size", "2"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "this process: 2 shards, 8 clips" in outputs[0][1]  # shards 0 and 2
+    assert "this process: 1 shards, 4 clips" in outputs[1][1]  # shard 1
+    np.testing.assert_array_equal(tokens(out), tokens(reference))
+    assert FeatureStore(out).manifest_hash == FeatureStore(reference).manifest_hash
+
+
+def test_failures_are_reported_and_good_clips_written(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    videos = tmp_path / "videos"
+    shutil.copytree(data / "videos", videos)
+    segments = load_split(data / "annotations", SPLIT).segments
+    broken, missing = segments["video_id"].unique()[:2]
+    broken_file = next(videos.glob(f"*/videos/{broken}.MP4"))
+    broken_file.write_bytes(broken_file.read_bytes()[:300])  # truncated: unreadable
+    next(videos.glob(f"*/videos/{missing}.MP4")).unlink()
+    bad = segments["video_id"].isin([broken, missing]).to_numpy()
+    args = video_args(data, tmp_path / "v.zarr")
+    args[args.index("--videos") + 1] = str(videos)
+    result = run_cli(args)
+    assert result.returncode == 1
+    assert f"{bad.sum()} clips failed" in result.stderr and "video file not found" in result.stderr
+    report = json.loads((tmp_path / "v.failures.json").read_text())
+    assert report["complete"]
+    assert {f["narration_id"] for f in report["failed"]} == set(segments["narration_id"][bad])
+    store = FeatureStore(tmp_path / "v.zarr")
+    assert store.complete and store.valid.tolist() == (~bad).tolist()
+    got, want = tokens(tmp_path / "v.zarr"), tokens(reference)
+    np.testing.assert_array_equal(got[~bad], want[~bad])
+    assert not got[bad].any()
+    assert run_cli([*args, "--allow-missing"]).returncode == 0  # complete: nothing recomputed
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    questions = tmp_path_factory.mktemp("questions") / "train.jsonl"
+    generate_questions(
+        QuestionsConfig(annotations=data / "annotations/EPIC_100_train.csv", out=questions)
+    )
+    model = build_tiny_roberta(
+        TinyRobertaConfig(out=tmp_path_factory.mktemp("tiny-roberta"), questions=(questions,))
+    )
+    return model, questions
+
+
+def test_text_store(
+    data: Path, reference: Path, tiny_roberta: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir, questions = tiny_roberta
+    records = [json.loads(line) for line in questions.read_text().splitlines()]
+    shuffled = tmp_path / "shuffled.jsonl"  # rows follow the annotations, not the file
+    shuffled.write_text("".join(json.dumps(r) + "\n" for r in records[::-1]))
+    out = tmp_path / "text.zarr"
+    args = ["text", "--questions", str(shuffled), "--text-model", str(model_dir),
+            "--annotations", str(data / "annotations"), "--max-length", "24", "--out", str(out),
+            *COMMON]  # fmt: skip
+    assert main(args) == 0
+    store = FeatureStore(out)
+    check_aligned(store, reference)
+    assert store.kind == "text" and store.complete
+    assert set(store.arrays) == {"verb_tokens", "verb_mask", "noun_tokens", "noun_mask"}
+    assert store.arrays["verb_tokens"].row_shape == (24, 32)
+    manifest = store.manifest
+    assert manifest["max_length"] == 24 and manifest["text_model"] == model_dir.name
+    assert manifest["generator"] == "template" and manifest["mask"] == "paper"
+    assert manifest["sources"]["text_model"] == str(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    row = store.get(records[3]["narration_id"])
+    encoded = tokenizer(
+        [records[3]["noun_question"]], padding="max_length", max_length=24, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        states = model(**encoded).last_hidden_state[0].numpy()
+    mask = encoded["attention_mask"][0].numpy().astype(bool)
+    np.testing.assert_array_equal(row["noun_mask"], mask)
+    np.testing.assert_allclose(row["noun_tokens"][mask], states[mask], rtol=1e-2, atol=2e-3)
+    assert not row["noun_tokens"][~mask].any()
+    assert main(args) == 0  # resume of a complete store: nothing to do
+
+
+def test_text_missing_questions(data: Path, tiny_roberta: tuple[Path, Path], tmp_path: Path):
+    model_dir, questions = tiny_roberta
+    lines = questions.read_text().splitlines()
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines[1:]) + "\n")
+    dropped = json.loads(lines[0])["narration_id"]
+    with pytest.raises(SystemExit, match=f"no questions for 1 segments.*{dropped}"):
+        main(["text", "--questions", str(partial), "--text-model", str(model_dir),
+              "--annotations", str(data / "annotations"), "--out", str(tmp_path / "t.zarr"),
+              *COMMON])  # fmt: skip
