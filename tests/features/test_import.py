@@ -1,0 +1,124 @@
+"""`python -m features.import`: HDF5 (both layouts), .npy and .pt folders, order, missing."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from features.store import FeatureStore, check_aligned
+
+importer = importlib.import_module("features.import")  # `import` is a keyword
+REPO = Path(__file__).resolve().parents[2]
+IDS = ["P01_01_0", "P01_01_1", "P01_01_2", "P01_01_3", "P02_01_0", "P02_01_1"]  # conftest
+
+
+def clips(shape: tuple[int, ...] = (4, 8)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {nid: rng.standard_normal(shape).astype(np.float32) for nid in IDS}
+
+
+def run(tiny_ek100: Path, source: Path, out: Path, *extra: str) -> int:
+    args = ["--source", str(source), "--annotations", str(tiny_ek100), "--out", str(out),
+            "--shard-rows", "4", "--no-progress", *extra]  # fmt: skip
+    return importer.main(args)
+
+
+def check(out: Path, data: dict[str, np.ndarray]) -> FeatureStore:
+    store = FeatureStore(out)
+    assert list(store.narration_ids) == IDS and store.complete and store.valid.all()
+    want = np.stack([np.atleast_2d(data[i]) for i in IDS]).astype(np.float16)
+    np.testing.assert_array_equal(store.load()["tokens"].numpy(), want)
+    return store
+
+
+def test_hdf5_dataset_per_clip(tiny_ek100: Path, tmp_path: Path) -> None:
+    data = clips()
+    with h5py.File(tmp_path / "orvit.h5", "w") as f:
+        for nid in reversed(IDS):  # file order does not matter
+            f.create_dataset(f"feats/{nid}", data=data[nid])
+        f.create_dataset("feats/P09_99_0", data=data[IDS[0]])  # extra clips are ignored
+    assert run(tiny_ek100, tmp_path / "orvit.h5", tmp_path / "s.zarr", "--tokens", "object") == 0
+    store = check(tmp_path / "s.zarr", data)
+    manifest = store.manifest
+    assert manifest["backbone"]["name"] == "orvit" and manifest["tokens"] == "object"
+    assert manifest["source_format"] == "hdf5:dataset-per-clip"
+    assert len(manifest["source_digest"]) == 64 and manifest["token_shape"] == [4, 8]
+    assert manifest["sources"]["row_order"].endswith("EPIC_100_validation.csv")
+
+
+def test_hdf5_features_and_ids_vectors(tiny_ek100: Path, tmp_path: Path) -> None:
+    data = clips((16,))
+    order = IDS[::-1]
+    with h5py.File(tmp_path / "f.hdf5", "w") as f:
+        f.create_dataset("features", data=np.stack([data[i] for i in order]))
+        f.create_dataset("narration_id", data=np.array(order, dtype="S"))
+    assert run(tiny_ek100, tmp_path / "f.hdf5", tmp_path / "s.zarr") == 0
+    store = check(tmp_path / "s.zarr", data)
+    assert store.arrays["tokens"].row_shape == (1, 16)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_folder_of_clips(tiny_ek100: Path, tmp_path: Path, suffix: str) -> None:
+    data = clips()
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for nid, value in data.items():
+        if suffix == ".npy":
+            np.save(folder / f"{nid}.npy", value)
+        else:
+            torch.save({"features": torch.from_numpy(value)}, folder / f"{nid}.pt")
+    assert run(tiny_ek100, folder, tmp_path / "s.zarr") == 0
+    check(tmp_path / "s.zarr", data)
+    assert FeatureStore(tmp_path / "s.zarr").manifest["source_format"] == f"folder:{suffix}"
+    # --order-from copies another store's rows: aligned by construction
+    assert importer.main(["--source", str(folder), "--order-from", str(tmp_path / "s.zarr"),
+                          "--out", str(tmp_path / "t.zarr"), "--no-progress"]) == 0  # fmt: skip
+    check_aligned(tmp_path / "s.zarr", tmp_path / "t.zarr")
+
+
+def test_missing_clips(tiny_ek100: Path, tmp_path: Path) -> None:
+    data = clips()
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for nid in IDS[:2] + IDS[3:5]:
+        np.save(folder / f"{nid}.npy", data[nid])
+    with pytest.raises(SystemExit, match="no features for 2 of 6 segments.*P01_01_2, P02_01_1"):
+        run(tiny_ek100, folder, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    assert run(tiny_ek100, folder, tmp_path / "s.zarr", "--allow-missing") == 0
+    store = FeatureStore(tmp_path / "s.zarr")
+    assert store.valid.tolist() == [True, True, False, True, True, False]
+    assert set(store.failures()) == {"P01_01_2", "P02_01_1"}
+    assert not store.read([2])["tokens"].any()
+
+
+def test_shape_mismatch_and_bad_source(tiny_ek100: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, nid in enumerate(IDS):
+        np.save(folder / f"{nid}.npy", np.zeros((4 + (i == 5), 8), np.float32))
+    with pytest.raises(SystemExit, match=r"P02_01_1 has shape \(5, 8\)"):
+        run(tiny_ek100, folder, tmp_path / "s.zarr")
+    with pytest.raises(SystemExit, match="not an HDF5 file"):
+        run(tiny_ek100, tmp_path / "x.csv", tmp_path / "t.zarr")
+
+
+def test_command_line(tiny_ek100: Path, tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "orvit.h5", "w") as f:
+        for nid, value in clips().items():
+            f.create_dataset(nid, data=value)
+    out = tmp_path / "features"
+    result = subprocess.run(
+        [sys.executable, "-m", "features.import", "--source", str(tmp_path / "orvit.h5"),
+         "--annotations", str(tiny_ek100), "--root", str(out), "--dataset", "ek100"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert FeatureStore(out / "ek100/validation/video-orvit.zarr").complete
