@@ -614,15 +614,18 @@ class FeatureStore:
         index = self.index_of(narration_id)
         return self.read(index, arrays)
 
-    def _shard_data(self, shard: int, arrays: Sequence[str]) -> dict[str, np.ndarray]:
+    def _shard_data(
+        self, shard: int, arrays: Sequence[str], materialise: bool = True
+    ) -> dict[str, np.ndarray]:
         start, stop = shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.rows)
         out = {}
         for name in arrays:
             reader = self._reader(name)
-            # materialised here, so a prefetch thread does the disk reads
-            out[name] = (
-                np.array(reader.slice(start, stop)) if reader else self.group[name][start:stop]
-            )
+            if reader is None:
+                out[name] = self.group[name][start:stop]
+            else:  # materialised (in the prefetch thread) unless the caller copies anyway
+                view = reader.slice(start, stop)
+                out[name] = np.array(view) if materialise else view
         return out
 
     def iter_shards(
@@ -690,53 +693,63 @@ class FeatureStore:
         arrays: Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
         require_complete: bool = True,
-        prefetch: int = 2,
     ) -> dict[str, torch.Tensor]:
         """The whole split as tensors on `device` ({array name: (N, *row_shape)}).
 
-        Allocated once on the device and filled shard by shard (streamed with prefetch),
-        so a CUDA load never holds the split in host memory. `dtype` converts floating
-        arrays (masks stay bool). Unwritten rows are zeros when `require_complete=False`.
+        Allocated once on the device and filled shard by shard straight from the mapped
+        shard files (one host copy; on CUDA into two pinned buffers that alternate, so
+        copying shard k+1 overlaps the upload of shard k and the split is never held in
+        host memory). `dtype` converts floating arrays (masks stay bool). Unwritten rows
+        are zeros when `require_complete=False`.
         """
         device = torch.device(device)
         arrays = list(arrays or self.arrays)
+        self.refresh()
+        if require_complete and not self.complete:
+            undone = np.flatnonzero(~self.done)
+            raise StoreError(
+                f"{self.path}: {len(undone)} of {self.num_shards} shards not written yet "
+                f"(first: {undone[0]}); finish the extraction or pass require_complete=False"
+            )
+        make = torch.empty if self.complete else torch.zeros
         out = {}
         for name in arrays:
-            spec = self.arrays[name]
-            torch_dtype = torch.from_numpy(np.zeros(0, spec.dtype)).dtype
-            if dtype is not None and torch_dtype.is_floating_point:
-                torch_dtype = dtype
-            out[name] = torch.zeros((self.rows, *spec.row_shape), dtype=torch_dtype, device=device)
+            stored = _torch_dtype(self.arrays[name].dtype)
+            wanted = dtype if dtype is not None and stored.is_floating_point else stored
+            out[name] = make((self.rows, *self.arrays[name].row_shape), dtype=wanted, device=device)
         cuda = device.type == "cuda"
         staging: dict[tuple[str, int], torch.Tensor] = {}
         events: list[Any] = [None, None]
-        for count, shard in enumerate(
-            self.iter_shards(arrays, prefetch, require_complete=require_complete)
-        ):
+        for count, shard in enumerate(np.flatnonzero(self.done)):
+            start, stop = shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.rows)
+            data = self._shard_data(int(shard), arrays, materialise=False)
             if not cuda:
-                for name, value in shard.data.items():
-                    out[name][shard.start : shard.stop].numpy()[...] = value
+                for name, value in data.items():
+                    out[name][start:stop].numpy()[...] = value
                 continue
-            slot = count % 2  # ping-pong pinned buffers: copy shard k+1 while k uploads
+            slot = count % 2
             if events[slot] is not None:
                 events[slot].synchronize()
-            for name, value in shard.data.items():
+            for name, value in data.items():
                 key = (name, slot)
                 if key not in staging:
-                    spec = self.arrays[name]
                     staging[key] = torch.empty(
-                        (self.shard_rows, *spec.row_shape),
-                        dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype,
+                        (self.shard_rows, *self.arrays[name].row_shape),
+                        dtype=_torch_dtype(self.arrays[name].dtype),
                         pin_memory=True,
                     )
-                buffer = staging[key][: len(value)]
+                buffer = staging[key][: stop - start]
                 buffer.numpy()[...] = value
-                out[name][shard.start : shard.stop].copy_(buffer, non_blocking=True)
+                out[name][start:stop].copy_(buffer, non_blocking=True)
             events[slot] = torch.cuda.Event()
             events[slot].record()
         if cuda:
             torch.cuda.synchronize(device)
         return out
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
 def open_store(path: str | os.PathLike) -> FeatureStore:
