@@ -1,0 +1,353 @@
+"""EK100 metrics, defined as the official `epic-kitchens` evaluation code defines them.
+
+Everything here reduces to one number per segment: the 0-based *rank* of its true class
+among the predicted scores. Top-k accuracy is `mean(rank < k)`; the anticipation metric,
+class-mean top-k recall, is the mean over the classes present in the evaluated labels of
+each class's `mean(rank < k)` (`mean_topk_recall` in C3-Action-Anticipation's
+`evaluate_anticipation_json_ek100.py`).
+
+Action scores (C1 `utils/scoring.py::compute_action_scores`, identical in C3):
+  1. take the `top_n = 100` highest verb scores and the 100 highest noun scores of the
+     segment (EK100: all 97 verbs, the best 100 of 300 nouns);
+  2. softmax each of those two score vectors on its own, so the scores are treated as
+     logits and the noun probabilities are renormalised over the 100 kept nouns only;
+  3. the score of action (verb, noun) is `p(verb) * p(noun)` for the 97 x 100 pairs, and
+     the 100 best pairs form the ranked action list; any other action is never ranked (a
+     miss at every k <= 100). The action id is `verb * 1000 + noun`.
+C1's `evaluate.py` calls `scipy.special.softmax` without `axis`, so it normalises over the
+whole batch instead of per segment; that rescales each segment's products by one constant
+and so leaves the within-segment order, which is all a rank depends on, unchanged (up to
+rounding). We use the per-segment softmax, as C3 does, in float64.
+
+Ties: the official code ranks with `np.argsort(scores)[:, ::-1]`, so among equal scores the
+candidate later in the array comes first (exactly so for a stable sort; numpy's default sort
+is not stable beyond 16 elements, so the official order under exact ties is not fully
+defined). We apply that rule deterministically: equal scores rank the higher class index
+(or the later action candidate) first. With continuous scores ties do not occur.
+
+Official breakdowns: C1 reports top-1 accuracy on tail classes and on unseen participants;
+C3 reports class-mean top-5 recall on both. A segment is a tail-verb segment when its verb
+is in `EPIC_100_tail_verbs.csv`, tail-noun likewise, and a tail-action segment when either
+its verb or its noun is a tail class. Breakdown keys are left out when their subset is empty
+or the class/participant lists are not given (C1 skips empty unseen subsets the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+TOP_N = 100
+ACTION_VERB_MULTIPLIER = 1000
+TASKS = ("verb", "noun", "action")
+_CHUNK = 512
+_NOT_RANKED = np.iinfo(np.int64).max
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A numpy view of `array`; torch tensors (any device, bf16 included) are accepted."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu()
+        if array.is_floating_point() and array.dtype not in (_torch_dtype("float32"),
+                                                              _torch_dtype("float64")):
+            array = array.float()
+        array = array.numpy()
+    return np.asarray(array)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _scores(array: Any, name: str) -> np.ndarray:
+    scores = to_numpy(array).astype(np.float64, copy=False)
+    if scores.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (segments, classes) array, got {scores.shape}")
+    if not np.isfinite(scores).all():
+        row = int(np.nonzero(~np.isfinite(scores).all(axis=1))[0][0])
+        raise ValueError(f"{name}: row {row} holds NaN or infinite scores")
+    return scores
+
+
+def _labels(array: Any, n: int, name: str, classes: int | None = None) -> np.ndarray:
+    labels = to_numpy(array).astype(np.int64, copy=False).reshape(-1)
+    if len(labels) != n:
+        raise ValueError(f"{name}: {len(labels)} labels for {n} rows of scores")
+    if classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{name}: labels must lie in 0..{classes - 1}")
+    return labels
+
+
+def action_id(verb: Any, noun: Any) -> Any:
+    """The official action id of a (verb, noun) pair: `verb * 1000 + noun`."""
+    return np.asarray(verb, dtype=np.int64) * ACTION_VERB_MULTIPLIER + np.asarray(noun)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax `exp(x - max) / sum`, the same operations as C3's `softmax`."""
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def label_ranks(scores: Any, labels: Any) -> np.ndarray:
+    """0-based rank of each row's label under the descending, later-index-first order."""
+    scores = _scores(scores, "scores")
+    labels = _labels(labels, len(scores), "labels", scores.shape[1])
+    rows = np.arange(len(scores))
+    own = scores[rows, labels][:, None]
+    later = np.arange(scores.shape[1])[None, :] > labels[:, None]
+    return ((scores > own) | ((scores == own) & later)).sum(axis=1)
+
+
+def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the `n` best classes per row, best first (later index on ties)."""
+    width = scores.shape[1]
+    n = min(n, width)
+    if n < width:
+        # a threshold from a partial sort; keep every class at or above it, then sort those
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1 : n]
+        keep = scores >= kth
+        if keep.sum(axis=1).max() <= 2 * n:
+            cand = np.argsort(~keep, axis=1, kind="stable")[:, : keep.sum(axis=1).max()]
+            values = np.where(np.take_along_axis(keep, cand, axis=1),
+                              np.take_along_axis(scores, cand, axis=1), -np.inf)
+            order = np.lexsort((-cand, -values), axis=1)[:, :n]
+            index = np.take_along_axis(cand, order, axis=1)
+            return index, np.take_along_axis(scores, index, axis=1)
+    order = width - 1 - np.argsort(-scores[:, ::-1], axis=1, kind="stable")[:, :n]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def _action_probs(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int):
+    verbs, verb_top = _top(verb_scores, top_n)
+    nouns, noun_top = _top(noun_scores, top_n)
+    return verbs, nouns, softmax(verb_top), softmax(noun_top)
+
+
+def action_label_ranks(
+    verb_scores: Any, noun_scores: Any, verb_labels: Any, noun_labels: Any, top_n: int = TOP_N
+) -> np.ndarray:
+    """Rank of each row's true action among the verb x noun products (module docstring).
+
+    Rows whose verb or noun is outside the kept `top_n` get a huge rank: never a hit.
+    Among equal products the pair later in the (verb position, noun position) order wins,
+    as a stable `argsort(...)[::-1]` over the flattened product matrix would give.
+    """
+    verb_scores = _scores(verb_scores, "verb_scores")
+    noun_scores = _scores(noun_scores, "noun_scores")
+    n = len(verb_scores)
+    verb_labels = _labels(verb_labels, n, "verb_labels", verb_scores.shape[1])
+    noun_labels = _labels(noun_labels, n, "noun_labels", noun_scores.shape[1])
+    ranks = np.full(n, _NOT_RANKED, dtype=np.int64)
+    for start in range(0, n, _CHUNK):
+        part = slice(start, min(start + _CHUNK, n))
+        verbs, nouns, pv, pn = _action_probs(verb_scores[part], noun_scores[part], top_n)
+        v_hit = verbs == verb_labels[part, None]
+        n_hit = nouns == noun_labels[part, None]
+        ranked = v_hit.any(axis=1) & n_hit.any(axis=1)
+        if not ranked.any():
+            continue
+        v_pos, n_pos = v_hit[ranked].argmax(axis=1), n_hit[ranked].argmax(axis=1)
+        pv, pn = pv[ranked], pn[ranked]
+        rows = np.arange(len(pv))
+        products = pv[:, :, None] * pn[:, None, :]
+        own = products[rows, v_pos, n_pos][:, None, None]
+        flat = np.arange(products.shape[1] * products.shape[2]).reshape(products.shape[1:])
+        later = flat[None] > (v_pos * products.shape[2] + n_pos)[:, None, None]
+        above = (products > own) | ((products == own) & later)
+        ranks[np.arange(part.start, part.stop)[ranked]] = above.sum(axis=(1, 2))
+    return ranks
+
+
+def top_actions(
+    verb_scores: Any, noun_scores: Any, n: int = TOP_N, top_n: int = TOP_N
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `n` best actions per row as (verbs, nouns, scores), each (N, n), best first.
+
+    These are the `"verb,noun": score` entries of a C3 anticipation submission.
+    """
+    verb_scores = _scores(verb_scores, "verb_scores")
+    noun_scores = _scores(noun_scores, "noun_scores")
+    rows_total = len(verb_scores)
+    kept = min(top_n, verb_scores.shape[1]) * min(top_n, noun_scores.shape[1])
+    if n > kept:
+        raise ValueError(f"asked for {n} actions but only {kept} verb x noun pairs are kept")
+    out_v = np.empty((rows_total, n), dtype=np.int64)
+    out_n = np.empty((rows_total, n), dtype=np.int64)
+    out_s = np.empty((rows_total, n), dtype=np.float64)
+    for start in range(0, rows_total, _CHUNK):
+        part = slice(start, min(start + _CHUNK, rows_total))
+        verbs, nouns, pv, pn = _action_probs(verb_scores[part], noun_scores[part], top_n)
+        products = (pv[:, :, None] * pn[:, None, :]).reshape(len(pv), -1)
+        flat, best = _top(products, n)
+        out_v[part] = np.take_along_axis(verbs, flat // pn.shape[1], axis=1)
+        out_n[part] = np.take_along_axis(nouns, flat % pn.shape[1], axis=1)
+        out_s[part] = best
+    return out_v, out_n, out_s
+
+
+def candidate_label_ranks(
+    action_verbs: Any, action_nouns: Any, action_scores: Any, verb_labels: Any, noun_labels: Any
+) -> np.ndarray:
+    """Rank of the true action within explicit per-row candidate lists (e.g. a C3 JSON).
+
+    A label missing from its row's list is never a hit; equal scores rank the later
+    candidate first, as the official `argsort(...)[::-1]` over the list would.
+    """
+    scores = _scores(action_scores, "action_scores")
+    n = len(scores)
+    cand = action_id(to_numpy(action_verbs), to_numpy(action_nouns))
+    if cand.shape != scores.shape:
+        raise ValueError(f"action ids {cand.shape} and action scores {scores.shape} differ")
+    verb_labels = _labels(verb_labels, n, "verb_labels")
+    truth = action_id(verb_labels, _labels(noun_labels, n, "noun_labels"))
+    hit = cand == truth[:, None]
+    present = hit.any(axis=1)
+    pos = hit.argmax(axis=1)
+    own = scores[np.arange(n), pos][:, None]
+    later = np.arange(scores.shape[1])[None, :] > pos[:, None]
+    ranks = ((scores > own) | ((scores == own) & later)).sum(axis=1)
+    return np.where(present, ranks, _NOT_RANKED)
+
+
+def topk_accuracy(ranks: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label ranks in the top `k`."""
+    return float(np.mean(ranks < k))
+
+
+def mean_class_recall(ranks: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Mean over the classes present in `labels` of each class's top-`k` recall."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    hits = np.bincount(inverse, weights=(ranks < k).astype(np.float64), minlength=len(classes))
+    return float(np.mean(hits / np.bincount(inverse, minlength=len(classes))))
+
+
+def _all_ranks(
+    verb_scores: Any, noun_scores: Any, verb_labels: Any, noun_labels: Any, actions: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    verb_scores = _scores(verb_scores, "verb_scores")
+    noun_scores = _scores(noun_scores, "noun_scores")
+    n = len(verb_scores)
+    if len(noun_scores) != n:
+        raise ValueError(f"{n} rows of verb scores but {len(noun_scores)} of noun scores")
+    if n == 0:
+        raise ValueError("need at least one segment to evaluate")
+    verb_labels = _labels(verb_labels, n, "verb_labels", verb_scores.shape[1])
+    noun_labels = _labels(noun_labels, n, "noun_labels", noun_scores.shape[1])
+    if actions is None:
+        action_ranks = action_label_ranks(verb_scores, noun_scores, verb_labels, noun_labels)
+    else:
+        action_ranks = candidate_label_ranks(*actions, verb_labels, noun_labels)
+    ranks = {
+        "verb": label_ranks(verb_scores, verb_labels),
+        "noun": label_ranks(noun_scores, noun_labels),
+        "action": action_ranks,
+    }
+    labels = {"verb": verb_labels, "noun": noun_labels,
+              "action": action_id(verb_labels, noun_labels)}
+    return ranks, labels
+
+
+def _subsets(
+    labels: dict[str, np.ndarray],
+    participant_ids: Any,
+    unseen_participants: Iterable[str] | None,
+    tail_verbs: Iterable[int] | None,
+    tail_nouns: Iterable[int] | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Row masks per breakdown and task: `{"tail": {...}, "unseen": {...}}`."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if tail_verbs is not None and tail_nouns is not None:
+        verb = np.isin(labels["verb"], np.asarray(list(tail_verbs), dtype=np.int64))
+        noun = np.isin(labels["noun"], np.asarray(list(tail_nouns), dtype=np.int64))
+        out["tail"] = {"verb": verb, "noun": noun, "action": verb | noun}
+    if participant_ids is not None and unseen_participants is not None:
+        ids = np.asarray(to_numpy(participant_ids)).astype(str)
+        if len(ids) != len(labels["verb"]):
+            raise ValueError(f"{len(ids)} participant ids for {len(labels['verb'])} rows")
+        unseen = np.isin(ids, np.asarray(list(unseen_participants), dtype=str))
+        out["unseen"] = {task: unseen for task in TASKS}
+    return out
+
+
+def _headline(ranks: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for k in (1, 5):
+        for task in TASKS:
+            metrics[f"{task}_top{k}"] = topk_accuracy(ranks[task], k)
+    for task in TASKS:
+        metrics[f"{task}_recall5"] = mean_class_recall(ranks[task], labels[task], 5)
+    return metrics
+
+
+def recognition_metrics(
+    verb_scores: Any,
+    noun_scores: Any,
+    verb_labels: Any,
+    noun_labels: Any,
+    *,
+    participant_ids: Any = None,
+    unseen_participants: Iterable[str] | None = None,
+    tail_verbs: Iterable[int] | None = None,
+    tail_nouns: Iterable[int] | None = None,
+    actions: tuple[Any, Any, Any] | None = None,
+) -> dict[str, float]:
+    """EK100 recognition metrics as fractions in [0, 1] (C1-Action-Recognition's set).
+
+    Keys: `{verb,noun,action}_{top1,top5,recall5}`; with tail classes
+    `tail_{verb,noun,action}_top1`; with participants `unseen_{verb,noun,action}_top1`.
+    Scores are logits (N, V) and (N, N_nouns), numpy or torch. `actions`, an optional
+    `(verbs, nouns, scores)` triple of (N, K) candidate lists, replaces the verb x noun
+    action scores (used for files that carry their own action scores).
+    """
+    ranks, labels = _all_ranks(verb_scores, noun_scores, verb_labels, noun_labels, actions)
+    metrics = _headline(ranks, labels)
+    subsets = _subsets(labels, participant_ids, unseen_participants, tail_verbs, tail_nouns)
+    for name in ("tail", "unseen"):
+        for task, mask in subsets.get(name, {}).items():
+            if mask.any():
+                metrics[f"{name}_{task}_top1"] = topk_accuracy(ranks[task][mask], 1)
+    return metrics
+
+
+def anticipation_metrics(
+    verb_scores: Any,
+    noun_scores: Any,
+    verb_labels: Any,
+    noun_labels: Any,
+    *,
+    participant_ids: Any = None,
+    unseen_participants: Iterable[str] | None = None,
+    tail_verbs: Iterable[int] | None = None,
+    tail_nouns: Iterable[int] | None = None,
+    actions: tuple[Any, Any, Any] | None = None,
+) -> dict[str, float]:
+    """EK100 anticipation metrics as fractions in [0, 1] (C3-Action-Anticipation's set).
+
+    Headline keys as `recognition_metrics` (the official number is `*_recall5`, class-mean
+    top-5 recall over the classes present); breakdowns `tail_{verb,noun,action}_recall5`
+    and `unseen_{verb,noun,action}_recall5`, each over the classes present in its subset.
+    """
+    ranks, labels = _all_ranks(verb_scores, noun_scores, verb_labels, noun_labels, actions)
+    metrics = _headline(ranks, labels)
+    subsets = _subsets(labels, participant_ids, unseen_participants, tail_verbs, tail_nouns)
+    for name in ("tail", "unseen"):
+        for task, mask in subsets.get(name, {}).items():
+            if mask.any():
+                metrics[f"{name}_{task}_recall5"] = mean_class_recall(
+                    ranks[task][mask], labels[task][mask], 5
+                )
+    return metrics
+
+
+def metrics_for(task: str, *args: Any, **kwargs: Any) -> dict[str, float]:
+    """`recognition_metrics` or `anticipation_metrics` by task name."""
+    if task == "recognition":
+        return recognition_metrics(*args, **kwargs)
+    if task == "anticipation":
+        return anticipation_metrics(*args, **kwargs)
+    raise ValueError(f"unknown task {task!r}; choose recognition or anticipation")
