@@ -172,7 +172,9 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError) as error:
-        raise PredictionsError(f"{path}: not a predictions .npz ({error})") from None
+        hint = ("; store narration_id as a str array (np.asarray(ids, dtype=str)), not objects"
+                if "allow_pickle" in str(error) else "")
+        raise PredictionsError(f"{path}: not a predictions .npz ({error}){hint}") from None
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
         raise PredictionsError(
