@@ -22,26 +22,34 @@ from typing import Any
 
 from sweeps.config import SweepConfig
 from sweeps.study import (
+    LAUNCHER_ENV,
     base_train_config,
     counts,
     make_storage,
     open_study,
     run_worker,
-    sigterm_as_interrupt,
+    stop_on_signals,
+    stop_requested,
     visible_gpus,
 )
 from sweeps.tracking import ensure_parent_run, log_summary
 
 
-def _die_with_parent() -> None:
-    """Children get SIGTERM when the launcher dies (even by SIGKILL): no orphan trainings."""
+def die_with_launcher() -> None:
+    """In a worker: get SIGTERM when the launcher dies, even by SIGKILL (no orphan trainings;
+    SIGTERM fails the running trial and queues its retry). Linux only; a no-op elsewhere."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher:
+        return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(launcher):  # it died before prctl took effect
+        raise SystemExit("sweep launcher is gone")
 
 
 def worker_env(index: int, config: SweepConfig, gpus: list[str]) -> dict[str, str]:
     """Process `index`'s environment: its GPU, or a fair share of CPU threads."""
-    env = dict(os.environ)
+    env = {**os.environ, LAUNCHER_ENV: str(os.getpid())}
     total = config.workers * config.parallel
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[(index // config.parallel) % len(gpus)]
@@ -63,23 +71,20 @@ def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path) -> list
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "sweeps.worker", str(config_file), str(i), parent_run_id],
-            env=worker_env(i, config, gpus), preexec_fn=_die_with_parent,
+            env=worker_env(i, config, gpus),
         )
         for i in range(total)
     ]
-    try:
-        return [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        # Ctrl-C reached the children too; SIGTERM is for a launcher stopped by a scheduler.
-        deadline = time.monotonic() + 10
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        raise
+    while any(p.poll() is None for p in procs):
+        if stop_requested():  # Ctrl-C reached the children too; a scheduler's TERM did not
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
+            raise KeyboardInterrupt("stop requested")
+        time.sleep(0.2)
+    return [p.returncode for p in procs]
 
 
 def sweep(config: SweepConfig) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def sweep(config: SweepConfig) -> dict[str, Any]:
     print(f"study {study.study_name!r} in {config.storage}: {counts(study)}; "
           f"MLflow parent run {parent}", file=sys.stderr)
     try:
-        with sigterm_as_interrupt():
+        with stop_on_signals():
             if config.workers * config.parallel == 1:
                 run_worker(config, 0, parent)
             else:

@@ -251,6 +251,8 @@ class Objective:
         first = [True]
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if stop_requested():  # a signal's KeyboardInterrupt may have been swallowed
+                raise KeyboardInterrupt("stop requested")
             if first[0]:
                 first[0] = False
                 from sweeps.tracking import tag_active_run
@@ -264,7 +266,8 @@ class Objective:
                 raise optuna.TrialPruned(f"epoch {epoch}: {metric} {value:.4f}")
 
         try:
-            result = self.train_fn(train_config, on_epoch=on_epoch)
+            with interruptible():
+                result = self.train_fn(train_config, on_epoch=on_epoch)
         except optuna.TrialPruned:
             raise
         except BaseException as error:
@@ -287,22 +290,61 @@ class Objective:
 
 # --- worker loop ---------------------------------------------------------------------------
 
+_STOP: dict[str, Any] = {"requested": False, "interruptible": False}
+LAUNCHER_ENV = "SWEEPS_LAUNCHER_PID"
+
+
+def stop_requested() -> bool:
+    """A stop signal arrived, or the launcher of this worker process is gone."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher and os.getppid() != int(launcher):
+        _STOP["requested"] = True
+    return bool(_STOP["requested"])
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler, or the launcher) stops like Ctrl-C: fail + retry, no stale wait."""
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT/SIGTERM stop the sweep: the running trial fails and is queued to resume.
+
+    A signal only records the stop, except inside training (`interruptible`), where it
+    raises KeyboardInterrupt at once: the last checkpoint is intact there, whereas an
+    exception landing in Optuna's own bookkeeping (tell) can leave a trial half-written.
+    The stop is acted on between trials and after every epoch too, which also covers a
+    KeyboardInterrupt that Python swallowed (raised while a finalizer ran) and the
+    launcher's death signal arriving once per thread.
+    """
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if _STOP["requested"]:
+            return
+        _STOP["requested"] = True
+        if _STOP["interruptible"]:
+            _STOP["interruptible"] = False
+            raise KeyboardInterrupt(f"signal {signum}")
 
+    _STOP["requested"] = False
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals to whoever owns them
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Training: a stop signal interrupts at once (see `stop_on_signals`)."""
+    if stop_requested():
+        raise KeyboardInterrupt("stop requested")
+    _STOP["interruptible"] = True
+    try:
+        yield
+    finally:
+        _STOP["interruptible"] = False
 
 
 def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None = None,
@@ -317,8 +359,10 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
                           worker, load_train_fn(config.train_fn))
     poll = poll if poll is not None else min(2.0, max(0.2, config.heartbeat / 2))
     failures, ran = 0, 0
-    with sigterm_as_interrupt():
+    with stop_on_signals():
         while True:
+            if stop_requested():
+                raise KeyboardInterrupt("stop requested")
             with quiet():
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)

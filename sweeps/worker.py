@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 from sweeps.config import SweepConfig
+from sweeps.launch import die_with_launcher
 from sweeps.study import run_worker
 
 
 def main(argv: list[str]) -> None:
+    die_with_launcher()
     config = SweepConfig.from_json(Path(argv[0]).read_text())
     index = int(argv[1]) if len(argv) > 1 else 0
     parent = argv[2] if len(argv) > 2 and argv[2] else None

@@ -88,6 +88,17 @@ def sweep_cmd(tmp: Path, storage: str, *extra: str, trials: int = 4, epochs: int
             "--train-fn", "tests.sweeps.test_sweeps:fake_train", *extra]
 
 
+def sweep_config(tmp: Path, storage: str, trials: int = 4, epochs: int = 3, **extra: Any) -> Any:
+    """The same sweep as `sweep_cmd`, to run in this process (saves an interpreter start)."""
+    from sweeps.config import SweepConfig
+
+    return SweepConfig(
+        fusion="mamba", preset="demo", study="t", trials=trials, epochs=epochs,
+        storage=storage, out=tmp / "runs", tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+        experiment="sweep-test", pruner="none", startup_trials=2, heartbeat=1, grace=2,
+        train_fn="tests.sweeps.test_sweeps:fake_train", **extra)
+
+
 def env(epoch_seconds: float) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "FAKE_EPOCH_SECONDS": str(epoch_seconds), "PYTHONPATH": path,
@@ -213,9 +224,13 @@ def test_bad_space_is_rejected(tmp_path: Path) -> None:
 
 # --- stop at any moment, rerun the same command ----------------------------------------------
 
-def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(tmp_path: Path) -> None:
+def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL mid-trial (stale heartbeat -> retry), then SIGTERM mid-trial (fail + retry at
-    once), then the same command finishes with exactly the target, each epoch trained once."""
+    once), then the same sweep finishes with exactly the target, each epoch trained once."""
+    from sweeps.launch import sweep
+
     storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
     cmd = sweep_cmd(tmp_path, storage, "--enqueue-reference")
     slow = env(0.4)
@@ -237,9 +252,8 @@ def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(tmp_path: Path) ->
     assert second.returncode == 130, err[-3000:]
     assert "queued to resume" in err
 
-    final = subprocess.run(cmd, cwd=REPO, env=env(0.05), capture_output=True, text=True,
-                           timeout=120)
-    assert final.returncode == 0, final.stderr[-3000:]
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.05")
+    summary = sweep(sweep_config(tmp_path, storage, enqueue_reference=True))
     done = check_study(storage, tmp_path / "runs", trials=4, epochs=3)
     study = load(storage)
     failed = study.get_trials(states=(TrialState.FAIL,))
@@ -252,14 +266,11 @@ def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(tmp_path: Path) ->
         assert "resume" in log
     assert study.trials[0].user_attrs.get("reference") is True
     assert study.trials[0].params["peak_lr"] == pytest.approx(1e-3)
-    summary = json.loads(final.stdout.strip().splitlines()[-1])
     assert summary["complete"] == 4 and summary["finished_trials"] == 4
     check_mlflow(tmp_path, trials=4)
 
-    again = subprocess.run(cmd, cwd=REPO, env=env(0.05), capture_output=True, text=True,
-                           timeout=60)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len(load(storage).trials) == 6  # nothing new
+    sweep(sweep_config(tmp_path, storage, enqueue_reference=True))  # done: a no-op
+    assert len(load(storage).trials) == 6
 
 
 # --- two workers on one PostgreSQL study ---------------------------------------------------
@@ -305,11 +316,15 @@ def postgres_url() -> Any:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_share_a_postgresql_study(tmp_path: Path, postgres_url: str) -> None:
-    cmd = sweep_cmd(tmp_path, postgres_url, "--workers", "2", trials=6, epochs=2)
-    result = subprocess.run(cmd, cwd=REPO, env=env(0.4), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_workers_share_a_postgresql_study(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
+    monkeypatch.setenv("PYTHONPATH", env(0.3)["PYTHONPATH"])
+    result = sweep(sweep_config(tmp_path, postgres_url, trials=6, epochs=2, workers=2))
+    assert result["complete"] == 6
     done = check_study(postgres_url, tmp_path / "runs", trials=6, epochs=2)
     assert {t.user_attrs["worker"] for t in done} == {0, 1}, "both workers must run trials"
     study = load(postgres_url)
