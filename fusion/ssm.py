@@ -1,0 +1,271 @@
+"""Selective scan (Mamba's S6 recurrence) with mamba-ssm's signature and layout.
+
+    y = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, backend="auto")
+
+Shapes follow `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`: `u, delta, z` are
+(batch, d, L), `A` is (d, n), `B, C` are (batch, n, L), `D, delta_bias` are (d,); the result is
+(batch, d, L) in `u`'s dtype. Per channel d and state n the recurrence is
+
+    Δ_t = softplus(delta_t + delta_bias)          (softplus only with delta_softplus)
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,        h_{-1} = 0
+    y_t = C_t · h_t + D u_t,                       y_t ← y_t · silu(z_t)
+
+Backends:
+
+* `torch`: pure PyTorch, any device. An `autograd.Function` whose forward runs a chunked
+  Hillis-Steele parallel scan (log2 T passes over a chunk of T steps, state carried from chunk
+  to chunk) and keeps only the inputs and one state per chunk; backward recomputes each
+  chunk's states and runs the adjoint recurrence `g_t = C_t gy_t + exp(Δ_{t+1} A) g_{t+1}` as a
+  reverse scan. Memory is O(b·d·n·T) working space plus O(b·d·L) saved tensors, never the
+  O(L²) of a per-step Python loop under autograd (what mamba-ssm's `selective_scan_ref` costs).
+  State and arithmetic are float32 (float64 when any input is float64).
+* `mamba_ssm`: mamba-ssm's CUDA kernel, imported lazily (it cannot import on CPU machines).
+* `auto`: `mamba_ssm` for CUDA tensors when it imports, else `torch`.
+
+`selective_scan_sequential` is the plain step-by-step recurrence, the reference for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Backend = Literal["auto", "torch", "mamba_ssm"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "mamba_ssm")
+
+# Working-space budget of the torch backend: a chunk holds about this many (b, d, T, n)
+# elements per tensor (fp32: 1 GiB), so T = this / (b·d·n), a power of two >= 16.
+CHUNK_ELEMENTS = 2**28
+
+
+@functools.cache
+def _mamba_ssm_fn() -> Callable | None:
+    """mamba-ssm's `selective_scan_fn`, or None where it does not import (CPU machines)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or OSError/RuntimeError from a CUDA extension
+        return None
+    return selective_scan_fn
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on `device` here (`torch` always can)."""
+    names = ["torch"]
+    if torch.device(device).type == "cuda" and _mamba_ssm_fn() is not None:
+        names.append("mamba_ssm")
+    return names
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend `backend` means for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {backend!r}; have {BACKENDS}")
+    if backend == "auto":
+        return available_backends(device)[-1]
+    if backend == "mamba_ssm" and backend not in available_backends(device):
+        raise RuntimeError("backend 'mamba_ssm' needs CUDA tensors and an importable mamba-ssm")
+    return backend
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    b, d, L = u.shape
+    n = A.shape[-1]
+    if delta.shape != u.shape or A.shape != (d, n):
+        raise ValueError(f"u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}: "
+                         "expected u, delta (b, d, L) and A (d, n)")
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (b, n, L):
+            raise ValueError(f"{name} is {tuple(t.shape)}, expected (b, n, L) = {(b, n, L)}")
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Selective scan of `u` (b, d, L); see the module docstring for the recurrence."""
+    _check_shapes(u, delta, A, B, C)
+    if resolve_backend(backend, u.device) == "mamba_ssm":
+        fn = _mamba_ssm_fn()
+        # the kernel wants u and delta in one dtype; A, D and delta_bias stay fp32
+        return fn(u, delta.to(u.dtype), A.float(), B, C,
+                  None if D is None else D.float(), z,
+                  None if delta_bias is None else delta_bias.float(), delta_softplus)
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def selective_scan_torch(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The `torch` backend; `chunk_size` overrides the automatic chunk length (tests)."""
+    _check_shapes(u, delta, A, B, C)
+    dtype = _compute_dtype(u, delta, A, B, C)
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    if chunk_size is None:
+        b, d, L = u.shape
+        per_step = max(1, b * d * A.shape[-1])
+        chunk_size = max(16, 1 << max(0, (CHUNK_ELEMENTS // per_step).bit_length() - 1))
+    y = _SelectiveScan.apply(u, delta, A, B, C, int(chunk_size))
+    if D is not None:
+        y = y + u.to(dtype) * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(u.dtype)
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _scan(a: Tensor, x: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Inclusive linear scan along dim -2, in place: returns (prod a, h).
+
+    Forward: h_t = a_t h_{t-1} + x_t and P_t = a_0 ... a_t. Reverse: h_t = a_t h_{t+1} + x_t and
+    P_t = a_t ... a_{T-1}. Hillis-Steele: log2(T) passes, each one full-size multiply-add.
+    """
+    T = a.shape[-2]
+    k = 1
+    while k < T:
+        if reverse:
+            x[..., :-k, :] += a[..., :-k, :] * x[..., k:, :]
+            a[..., :-k, :] = a[..., :-k, :] * a[..., k:, :]
+        else:
+            x[..., k:, :] += a[..., k:, :] * x[..., :-k, :]
+            a[..., k:, :] = a[..., k:, :] * a[..., :-k, :]
+        k *= 2
+    return a, x
+
+
+def _chunk_inputs(u, delta, A, B, C, s, e, dtype):
+    """(b, d, T, n) decay exp(Δ A) and input Δ B u of steps s..e-1, plus the chunk's pieces."""
+    uc = u[:, :, s:e].to(dtype)
+    dc = delta[:, :, s:e]
+    Bc = B[:, :, s:e].to(dtype).transpose(1, 2)[:, None]  # (b, 1, T, n)
+    Cc = C[:, :, s:e].to(dtype).transpose(1, 2)[:, None]
+    dA = torch.exp(dc[..., None] * A.to(dtype)[:, None, :])  # (b, d, T, n)
+    dBu = (dc * uc)[..., None] * Bc
+    return uc, dc, Bc, Cc, dA, dBu
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = C_t · h_t with h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t (no D, z, bias: autograd's)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size):
+        dtype = delta.dtype
+        b, d, L = u.shape
+        n = A.shape[-1]
+        starts = list(range(0, L, chunk_size))
+        h0s = u.new_zeros((b, d, len(starts), n), dtype=dtype)  # state entering each chunk
+        y = u.new_empty((b, d, L), dtype=dtype)
+        h = u.new_zeros((b, d, n), dtype=dtype)
+        for i, s in enumerate(starts):
+            e = min(s + chunk_size, L)
+            h0s[:, :, i] = h
+            _, _, _, Cc, dA, dBu = _chunk_inputs(u, delta, A, B, C, s, e, dtype)
+            P, hc = _scan(dA, dBu)
+            hc += P * h[:, :, None, :]
+            y[:, :, s:e] = (hc * Cc).sum(-1)
+            h = hc[:, :, -1]
+        ctx.save_for_backward(u, delta, A, B, C, h0s)
+        ctx.chunk_size = chunk_size
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        u, delta, A, B, C, h0s = ctx.saved_tensors
+        dtype = delta.dtype
+        chunk_size = ctx.chunk_size
+        b, d, L = u.shape
+        gy = gy.to(dtype)
+        Af = A.to(dtype)
+        gu = torch.empty_like(delta)
+        gdelta = torch.empty_like(delta)
+        gA = torch.zeros_like(Af)
+        gB = B.new_empty(B.shape, dtype=dtype)
+        gC = C.new_empty(C.shape, dtype=dtype)
+        carry = None  # exp(Δ_e A) g_e at the first step e of the chunk to the right
+        starts = list(range(0, L, chunk_size))
+        for i in reversed(range(len(starts))):
+            s = starts[i]
+            e = min(s + chunk_size, L)
+            h0 = h0s[:, :, i]
+            uc, dc, Bc, Cc, dA, dBu = _chunk_inputs(u, delta, A, B, C, s, e, dtype)
+            P, h = _scan(dA.clone(), dBu)
+            h += P * h0[:, :, None, :]
+            gyc = gy[:, :, s:e]
+            gC[:, :, s:e] = (h * gyc[..., None]).sum(1).transpose(1, 2)
+            # adjoint: g_t = C_t gy_t + exp(Δ_{t+1} A) g_{t+1}, plus the carry from the right
+            shifted = torch.cat([dA[:, :, 1:], torch.ones_like(dA[:, :, :1])], dim=2)
+            Q, g = _scan(shifted, gyc[..., None] * Cc, reverse=True)
+            if carry is not None:
+                g += Q * carry[:, :, None, :]
+            carry = dA[:, :, 0] * g[:, :, 0]
+            # h_t = a_t h_{t-1} + x_t: dL/dx_t = g_t and dL/da_t = g_t h_{t-1}
+            gBu = (g * Bc).sum(-1)  # (b, d, T)
+            gu[:, :, s:e] = gBu * dc
+            h_prev = torch.cat([h0[:, :, None], h[:, :, :-1]], dim=2)
+            g_dtA = g * h_prev * dA  # gradient w.r.t. Δ_t A
+            gdelta[:, :, s:e] = gBu * uc + (g_dtA * Af[:, None, :]).sum(-1)
+            gA += (g_dtA * dc[..., None]).sum((0, 2))
+            gB[:, :, s:e] = (g * (dc * uc)[..., None]).sum(1).transpose(1, 2)
+        return (gu.to(u.dtype), gdelta, gA.to(A.dtype), gB.to(B.dtype), gC.to(C.dtype), None)
+
+
+def selective_scan_sequential(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """The recurrence one step at a time (reference for tests; O(L) autograd graph)."""
+    _check_shapes(u, delta, A, B, C)
+    dtype = _compute_dtype(u, delta, A, B, C)
+    x, dt, A_, B_, C_ = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    h = x.new_zeros((u.shape[0], u.shape[1], A.shape[-1]))
+    ys = []
+    for t in range(u.shape[-1]):
+        h = torch.exp(dt[:, :, t, None] * A_) * h + (dt[:, :, t] * x[:, :, t])[..., None] \
+            * B_[:, None, :, t]
+        ys.append((h * C_[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + x * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(u.dtype)
