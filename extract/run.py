@@ -65,7 +65,7 @@ class VideoConfig:
     layout: Literal["video", "rgb_frames"] = "video"
     task: Literal["recognition", "anticipation"] = "recognition"
     backbone: str = "vit-demo"
-    """Registered backbone (`python -m extract.backbones --list`): vitb, vitl, vit-demo, ..."""
+    """Registered backbone (`extract.backbones.list_backbones()`): vitb, vitl, vit-demo, ..."""
     checkpoint: Path | None = None
     """AVION checkpoint; without it the backbone is seeded random init (tests, demo)."""
     tokens: Literal["cls", "frame", "patch"] = "frame"
