@@ -90,6 +90,9 @@ def _spec(name: str, raw: dict[str, Any]) -> ParamSpec:
         step=_number(raw.get("step")), choices=tuple(raw.get("choices", ())),
         times_epochs=bool(raw.get("times_epochs")),
     )
+    if kind == "int":  # YAML may say 1.0; Optuna's IntDistribution wants ints
+        spec = dataclasses.replace(spec, low=int(spec.low), high=int(spec.high),
+                                   step=None if spec.step is None else int(spec.step))
     if kind == "categorical" and not spec.choices:
         raise ValueError(f"{name}: categorical needs choices")
     if kind != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):

@@ -9,6 +9,7 @@ what is tested is the sweep's bookkeeping, not the heads.
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import math
 import os
@@ -92,11 +93,12 @@ def sweep_config(tmp: Path, storage: str, trials: int = 4, epochs: int = 3, **ex
     """The same sweep as `sweep_cmd`, to run in this process (saves an interpreter start)."""
     from sweeps.config import SweepConfig
 
-    return SweepConfig(
+    options: dict[str, Any] = dict(
         fusion="mamba", preset="demo", study="t", trials=trials, epochs=epochs,
         storage=storage, out=tmp / "runs", tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
         experiment="sweep-test", pruner="none", startup_trials=2, heartbeat=1, grace=2,
-        train_fn="tests.sweeps.test_sweeps:fake_train", **extra)
+        train_fn="tests.sweeps.test_sweeps:fake_train")
+    return SweepConfig(**{**options, **extra})
 
 
 def env(epoch_seconds: float) -> dict[str, str]:
@@ -372,3 +374,59 @@ def test_workers_are_spread_over_visible_gpus() -> None:
     cpu = worker_env(0, SweepConfig(workers=3), [])
     assert "CUDA_VISIBLE_DEVICES" not in cpu or cpu["CUDA_VISIBLE_DEVICES"] == os.environ.get(
         "CUDA_VISIBLE_DEVICES")
+
+
+# --- the real trainer ----------------------------------------------------------------------
+
+def _real_train_available() -> bool:
+    try:
+        for module in ("fusion.profile", "fusion.train"):
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_space_values_build_the_head(fusion: str) -> None:
+    """Every knob a space sets is an argument the head accepts (smallest values, tiny dims)."""
+    heads = pytest.importorskip("fusion.heads")
+    from sweeps.space import load_space
+
+    space = load_space(fusion)
+    kwargs = {p.field.removeprefix("head."): (p.choices[0] if p.choices else p.low)
+              for p in space.params if p.field.startswith("head.")}
+    head = heads.build_head(fusion, modality_dims={"video": 16, "verb_question": 8},
+                            num_verbs=3, num_nouns=4, **kwargs)
+    assert sum(p.numel() for p in head.parameters()) > 0
+
+
+@pytest.mark.skipif(not _real_train_available(), reason="fusion.train is not importable yet")
+def test_sweep_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fusion.train.train on tiny random features: nested runs, pruning hooks, summary."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("SWEEP_BENCH_SHAPES", json.dumps({
+        "train_clips": 48, "val_clips": 24, "video_shape": [4, 16], "text_shape": [2, 6, 8]}))
+    space = tmp_path / "spaces.yaml"  # a CPU-sized head; spaces.yaml reaches 1024 x depth 4
+    space.write_text("heads:\n  mamba:\n    params:\n"
+                     "      peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "      ssm_peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "      d_model: {choices: [16, 32], field: head.d_model}\n"
+                     "      depth: {type: int, low: 1, high: 2, field: head.depth}\n")
+    config = sweep_config(tmp_path, f"sqlite:///{tmp_path / 'sweeps.db'}", trials=2, epochs=2,
+                          train_fn="benchmarks.sweep_throughput:train_random",
+                          pruner="median", device="cpu", space=space)
+    result = sweep(config)
+    assert result["complete"] + result["pruned"] == 2
+    study = load(config.storage)
+    client = MlflowClient(config.tracking_uri)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.data.tags["fusion"] == "mamba"
+        assert run.data.metrics["best_action_top1"] == pytest.approx(trial.value)
+        assert Path(trial.user_attrs["run_folder"], "last.pt").exists()
