@@ -1,0 +1,60 @@
+"""Fusion heads behind one interface and a small registry (timm-style).
+
+    from fusion.heads import build_head
+    head = build_head("mamba", modality_dims={"video": 1024, "verb_question": 768,
+                                              "noun_question": 768}, num_verbs=97, num_nouns=300)
+    out = head(inputs, masks)  # {"verb": (b, 97), "noun": (b, 300)}
+
+Names: `mamba` (shared-A selective-SSM fusion), `mlp`, `transformer_6x4`, `transformer_12x12`.
+Keyword arguments go to the head's constructor (`d_model`, `dropout`, and for `mamba` also
+`d_state`, `expand`, `d_conv`, `depth`, `shared_A`, ...); the Transformer names fix depth and heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fusion.heads.base import FusionHead, left_align, masked_mean
+from fusion.heads.mamba import MambaFusion
+from fusion.heads.mlp import MLPFusion
+from fusion.heads.transformer import TransformerFusion
+
+HEADS: dict[str, Callable[..., FusionHead]] = {}
+
+
+def register(name: str, factory: Callable[..., FusionHead]) -> None:
+    if name in HEADS:
+        raise ValueError(f"fusion head {name!r} is already registered")
+    HEADS[name] = factory
+
+
+def _transformer(depth: int, num_heads: int) -> Callable[..., FusionHead]:
+    def build(**kwargs) -> FusionHead:
+        fixed = {"depth", "num_heads"} & set(kwargs)
+        if fixed:
+            raise TypeError(f"transformer_{depth}x{num_heads} fixes {sorted(fixed)}")
+        return TransformerFusion(depth=depth, num_heads=num_heads, **kwargs)
+
+    build.__doc__ = f"TransformerFusion with {depth} layers of {num_heads} heads."
+    return build
+
+
+register("mamba", MambaFusion)
+register("mlp", MLPFusion)
+register("transformer_6x4", _transformer(6, 4))
+register("transformer_12x12", _transformer(12, 12))
+
+
+def build_head(name: str, **kwargs) -> FusionHead:
+    """The head registered as `name`, built with `kwargs` (modality_dims, num_verbs, ...)."""
+    if name not in HEADS:
+        raise KeyError(f"unknown fusion head {name!r}; have {sorted(HEADS)}")
+    return HEADS[name](**kwargs)
+
+
+def list_heads() -> list[str]:
+    return sorted(HEADS)
+
+
+__all__ = ["HEADS", "FusionHead", "MLPFusion", "MambaFusion", "TransformerFusion", "build_head",
+           "left_align", "list_heads", "masked_mean", "register"]

@@ -1,0 +1,43 @@
+"""MLP fusion (Table 3 baseline): pooled modalities concatenated, then a 2-layer MLP.
+
+Each modality is mean-pooled over its real tokens at its own width, the pooled vectors are
+concatenated (video, verb question, noun question, ...) and a Linear-GELU-Linear MLP of hidden
+width `2 * d_model` maps them to `d_model` for the classifiers, like the authors' MLP(2d, 2d, d)
+baseline. No token ever meets another token, so this head measures what pooling alone gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fusion.heads.base import NUM_NOUNS, NUM_VERBS, FusionHead, masked_mean
+
+
+class MLPFusion(FusionHead):
+    def __init__(
+        self,
+        modality_dims: Mapping[str, int],
+        num_verbs: int = NUM_VERBS,
+        num_nouns: int = NUM_NOUNS,
+        d_model: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        """`d_model` defaults to the video width (the first modality's without video)."""
+        dims = dict(modality_dims)
+        d_model = d_model or dims.get("video", next(iter(dims.values()), 0))
+        super().__init__(dims, num_verbs, num_nouns, d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(sum(dims.values()), 2 * d_model), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(2 * d_model, d_model), nn.Dropout(dropout),
+        )
+
+    def forward(
+        self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        xs, ms = self.prepare(inputs, masks)
+
+        pooled = torch.cat([masked_mean(xs[m], ms[m]) for m in xs], dim=-1)
+        return self.classify(self.mlp(pooled))

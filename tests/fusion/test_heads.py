@@ -1,0 +1,199 @@
+"""fusion.heads: one interface, padding never changes outputs, every head learns on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusion.heads.mamba as mamba_module
+from fusion.heads import build_head, left_align, list_heads
+from fusion.optim import param_groups
+
+DIMS = {"video": 24, "verb_question": 16, "noun_question": 16}
+SMALL = {  # tiny widths so the whole file runs in seconds on 2 cores
+    "mamba": {"d_model": 24, "d_state": 4, "expand": 2},
+    "mlp": {"d_model": 24},
+    "transformer_6x4": {"d_model": 24, "max_len": 64},
+    "transformer_12x12": {"d_model": 24, "max_len": 64},
+}
+HEADS = sorted(SMALL)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and lose much on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_head(name: str, dims=DIMS, **kwargs):
+    torch.manual_seed(0)
+    return build_head(name, modality_dims=dims, num_verbs=5, num_nouns=7, **SMALL[name], **kwargs)
+
+
+def test_registry():
+    assert list_heads() == HEADS
+    with pytest.raises(KeyError, match="unknown fusion head"):
+        build_head("lstm", modality_dims=DIMS)
+    with pytest.raises(TypeError, match="fixes"):
+        build_head("transformer_6x4", modality_dims=DIMS, depth=3)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_interface_and_defaults(name):
+    head = build_head(name, modality_dims={"video": 48, "verb_question": 16, "noun_question": 16},
+                      **({"max_len": 64} if "transformer" in name else {}))
+    inputs = {"video": torch.randn(3, 5, 48), "verb_question": torch.randn(3, 7, 16),
+              "noun_question": torch.randn(3, 6, 16)}
+    out = head(inputs, None)
+    assert out["verb"].shape == (3, 97) and out["noun"].shape == (3, 300)
+    ones = {k: torch.ones(v.shape[:2], dtype=torch.bool) for k, v in inputs.items()}
+    head.eval()
+    torch.testing.assert_close(head(inputs, ones)["verb"], head(inputs)["verb"])
+    with pytest.raises(KeyError, match="missing modalities"):
+        head({"video": inputs["video"]})
+    with pytest.raises(ValueError, match="expected"):
+        head(dict(inputs, video=torch.randn(3, 5, 47)))
+
+
+def test_left_align():
+    x = torch.arange(6.0).view(1, 6, 1)
+    mask = torch.tensor([[False, True, False, True, True, False]])
+    y, m = left_align(x, mask)
+    assert y.flatten().tolist() == [1, 3, 4, 0, 0, 0]
+    assert m.flatten().tolist() == [True, True, True, False, False, False]
+
+
+def random_padded_batch(batch: int, seed: int, holes: bool):
+    """Rows with random real lengths; padding holds garbage, at the end or (holes) anywhere."""
+    g = torch.Generator().manual_seed(seed)
+    rows, inputs, masks = [], {}, {}
+    lengths = {"video": 6, "verb_question": 9, "noun_question": 5}
+    for name, dim in DIMS.items():
+        max_len = lengths[name] + 3
+        x = torch.randn(batch, max_len, dim, generator=g, dtype=torch.float64) * 3
+        real = torch.randint(1, max_len + 1, (batch,), generator=g)
+        mask = torch.zeros(batch, max_len, dtype=torch.bool)
+        for i in range(batch):
+            order = torch.randperm(max_len, generator=g) if holes else torch.arange(max_len)
+            mask[i, order[: real[i]]] = True
+        inputs[name], masks[name] = x, mask
+    for i in range(batch):
+        rows.append({name: inputs[name][i : i + 1, masks[name][i]] for name in DIMS})
+    return inputs, masks, rows
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("holes", [False, True])
+def test_padding_never_changes_outputs(name, holes):
+    head = small_head(name).double().eval()
+    inputs, masks, rows = random_padded_batch(4, seed=len(name) + holes, holes=holes)
+    batched = head(inputs, masks)
+    for i, row in enumerate(rows):  # each row alone, without any padding or mask
+        alone = head(row)
+        for key in ("verb", "noun"):
+            torch.testing.assert_close(batched[key][i : i + 1], alone[key], rtol=1e-9, atol=1e-9)
+    # more padding with other garbage changes nothing either
+    wider = {k: torch.cat([v, torch.randn(v.shape[0], 4, v.shape[2], dtype=v.dtype)], 1)
+             for k, v in inputs.items()}
+    wider_masks = {k: F.pad(m, (0, 4)) for k, m in masks.items()}
+    torch.testing.assert_close(head(wider, wider_masks)["verb"], batched["verb"],
+                               rtol=1e-9, atol=1e-9)
+
+
+def synthetic_task(n: int, seed: int):
+    """Verb label: a prototype hidden in the video tokens and echoed by the verb question;
+    noun label: a prototype in the noun question. Random lengths, right padding."""
+    protos = torch.Generator().manual_seed(123)  # the same classes in every split
+    verb_protos = torch.randn(5, DIMS["video"], generator=protos)
+    noun_protos = torch.randn(7, DIMS["noun_question"], generator=protos)
+    g = torch.Generator().manual_seed(seed)
+    verb = torch.randint(0, 5, (n,), generator=g)
+    noun = torch.randint(0, 7, (n,), generator=g)
+    inputs = {name: torch.randn(n, 8, dim, generator=g) for name, dim in DIMS.items()}
+    masks = {name: torch.arange(8)[None] < torch.randint(3, 9, (n, 1), generator=g)
+             for name in DIMS}
+    inputs["video"] = inputs["video"] + 1.5 * verb_protos[verb][:, None]
+    inputs["verb_question"] = inputs["verb_question"] + 0.5 * verb_protos[verb][:, None, :16]
+    inputs["noun_question"] = inputs["noun_question"] + 1.5 * noun_protos[noun][:, None]
+    return inputs, masks, verb, noun
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_head_learns_a_tiny_task(name):
+    torch.manual_seed(0)
+    head = small_head(name, dropout=0.0)
+    inputs, masks, verb, noun = synthetic_task(384, seed=1)
+    test_inputs, test_masks, test_verb, test_noun = synthetic_task(256, seed=2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    for _ in range(40):
+        index = torch.randperm(384)[:64]
+        out = head({k: v[index] for k, v in inputs.items()},
+                   {k: v[index] for k, v in masks.items()})
+        loss = F.cross_entropy(out["verb"], verb[index]) + F.cross_entropy(out["noun"], noun[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    with torch.no_grad():
+        out = head(test_inputs, test_masks)
+    verb_acc = (out["verb"].argmax(1) == test_verb).float().mean().item()
+    noun_acc = (out["noun"].argmax(1) == test_noun).float().mean().item()
+    assert verb_acc > 0.8 and noun_acc > 0.8, (verb_acc, noun_acc)  # chance: 0.2 and 0.14
+
+
+def count_scans(monkeypatch):
+    calls = []
+    original = mamba_module.selective_scan
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", counting)
+    return calls
+
+
+def test_shared_A_is_one_parameter_and_one_scan_call(monkeypatch):
+    head = small_head("mamba", depth=2)
+    assert head.A_log.shape == (2, 48, 4)
+    assert head.branches == ["video", "question"]  # the questions share one branch
+    calls = count_scans(monkeypatch)
+    inputs, masks, _, _ = synthetic_task(3, seed=0)
+    out = head(inputs, masks)
+    assert len(calls) == 2 and calls[0] == (9, 48, 8)  # video + 2 questions stacked, per layer
+    # every modality's loss reaches the shared A
+    for modality in DIMS:
+        head.zero_grad()
+        out = head({k: v if k == modality else v * 0 for k, v in inputs.items()}, masks)
+        out["verb"].sum().backward()
+        assert head.A_log.grad.abs().sum() > 0
+
+
+def test_unshared_A_ablation(monkeypatch):
+    head = small_head("mamba", shared_A=False, share_questions=False)
+    assert head.A_log.shape == (3, 1, 48, 4)
+    calls = count_scans(monkeypatch)
+    inputs, masks, _, _ = synthetic_task(2, seed=0)
+    head(inputs, masks)
+    assert len(calls) == 3
+
+
+def test_route_questions_separates_verb_and_noun():
+    head = small_head("mamba", route_questions=True).eval()
+    inputs, masks, _, _ = synthetic_task(2, seed=0)
+    changed = dict(inputs, noun_question=torch.randn_like(inputs["noun_question"]))
+    torch.testing.assert_close(head(inputs, masks)["verb"], head(changed, masks)["verb"])
+    assert not torch.allclose(head(inputs, masks)["noun"], head(changed, masks)["noun"])
+
+
+def test_optimizer_groups_see_the_ssm_block():
+    head = small_head("mamba")
+    groups = {g["name"]: g for g in param_groups(head, 1e-3, 3e-3, 0.05, head.ssm_prefixes)}
+    no_decay = {id(p) for p in groups["ssm-no_decay"]["params"]}
+    assert id(head.A_log) in no_decay
+    assert all(id(m.D) in no_decay for m in head.mixers["video"])
+    assert {"ssm", "ssm-no_decay", "rest", "rest-no_decay"} == set(groups)
