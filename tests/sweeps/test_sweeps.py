@@ -323,8 +323,8 @@ def test_two_workers_share_a_postgresql_study(
 ) -> None:
     from sweeps.launch import sweep
 
-    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
-    monkeypatch.setenv("PYTHONPATH", env(0.3)["PYTHONPATH"])
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")
+    monkeypatch.setenv("PYTHONPATH", env(0.2)["PYTHONPATH"])
     result = sweep(sweep_config(tmp_path, postgres_url, trials=6, epochs=2, workers=2))
     assert result["complete"] == 6
     done = check_study(postgres_url, tmp_path / "runs", trials=6, epochs=2)
