@@ -28,8 +28,10 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -42,6 +44,43 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "mamba_ssm")
 # Working-space budget of the torch backend: a chunk holds about this many (b, d, T, n)
 # elements per tensor (fp32: 1 GiB), so T = this / (b·d·n), a power of two >= 16.
 CHUNK_ELEMENTS = 2**28
+
+
+@dataclass
+class ScanCount:
+    """FLOPs of the selective scans run inside `count_scan_flops()` (see `scan_flops`)."""
+
+    flops: int = 0
+    calls: int = 0
+
+
+_COUNTERS: list[ScanCount] = []
+
+
+def scan_flops(b: int, d: int, L: int, n: int) -> int:
+    """Analytic FLOPs of one scan of (b, d, L) inputs with n states: b·d·L·(7n + 1).
+
+    Per channel, step and state: Δ·A (1), exp (1), (Δu)·B (1), a·h + x (2), C·h summed over
+    the states (2); per channel and step: Δ·u (1). Like FlopCounterMode, which counts only
+    matrix products and convolutions, it leaves out the elementwise work around the scan
+    (softplus, the D skip, the silu(z) gate). A multiply-add is 2 FLOPs, as in the counter.
+    """
+    return b * d * L * (7 * n + 1)
+
+
+@contextlib.contextmanager
+def count_scan_flops() -> Iterator[ScanCount]:
+    """Adds up `scan_flops` of every `selective_scan` call in the block (any backend).
+
+    `torch.utils.flop_counter.FlopCounterMode` cannot see the scan: the CUDA kernel is opaque
+    to it and the torch backend is elementwise work, which it does not count.
+    """
+    count = ScanCount()
+    _COUNTERS.append(count)
+    try:
+        yield count
+    finally:
+        _COUNTERS.remove(count)
 
 
 @functools.cache
@@ -98,6 +137,9 @@ def selective_scan(
 ) -> Tensor:
     """Selective scan of `u` (b, d, L); see the module docstring for the recurrence."""
     _check_shapes(u, delta, A, B, C)
+    for count in _COUNTERS:
+        count.flops += scan_flops(*u.shape, A.shape[-1])
+        count.calls += 1
     if resolve_backend(backend, u.device) == "mamba_ssm":
         fn = _mamba_ssm_fn()
         # the kernel wants u and delta in one dtype; A, D and delta_bias stay fp32
