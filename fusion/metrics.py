@@ -19,11 +19,14 @@ whole batch instead of per segment; that rescales each segment's products by one
 and so leaves the within-segment order, which is all a rank depends on, unchanged (up to
 rounding). We use the per-segment softmax, as C3 does, in float64.
 
-Ties: the official code ranks with `np.argsort(scores)[:, ::-1]`, so among equal scores the
-candidate later in the array comes first (exactly so for a stable sort; numpy's default sort
-is not stable beyond 16 elements, so the official order under exact ties is not fully
-defined). We apply that rule deterministically: equal scores rank the higher class index
-(or the later action candidate) first. With continuous scores ties do not occur.
+Ties: both official scripts rank with `np.argsort(scores)[:, ::-1]` (numpy's default,
+unstable sort), so under exact ties their order is whatever that call returns. We rank with
+the same call on float64 scores (what C3 sees after reading JSON), so verb, noun and
+explicit action-list ranks equal C3's on the same numpy build even with ties. For formed
+actions we count products above the label's product (exact when nothing ties with it) and
+run C3's own sort-based procedure only on the rows where a tie could change the rank.
+C1 sorts the dtype it is given (float32 `.pkl`) and normalises over the batch, so under
+exact ties of float32 products its order can differ from C3's; continuous scores never tie.
 
 Official breakdowns: C1 reports top-1 accuracy on tail classes and on unseen participants;
 C3 reports class-mean top-5 recall on both. A segment is a tail-verb segment when its verb
@@ -93,39 +96,39 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def _descending(scores: np.ndarray) -> np.ndarray:
+    """Class indices best first, in the official order: `np.argsort(scores)[:, ::-1]`."""
+    return np.argsort(scores, axis=1)[:, ::-1]
+
+
+def _position(order: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where `wanted[i]` sits in `order[i]`; `_NOT_RANKED` where it is absent."""
+    hit = order == wanted[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), _NOT_RANKED)
+
+
 def label_ranks(scores: Any, labels: Any) -> np.ndarray:
-    """0-based rank of each row's label under the descending, later-index-first order."""
+    """0-based rank of each row's label in the official `argsort(...)[::-1]` order."""
     scores = _scores(scores, "scores")
     labels = _labels(labels, len(scores), "labels", scores.shape[1])
-    rows = np.arange(len(scores))
-    own = scores[rows, labels][:, None]
-    later = np.arange(scores.shape[1])[None, :] > labels[:, None]
-    return ((scores > own) | ((scores == own) & later)).sum(axis=1)
-
-
-def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the `n` best classes per row, best first (later index on ties)."""
-    width = scores.shape[1]
-    n = min(n, width)
-    if n < width:
-        # a threshold from a partial sort; keep every class at or above it, then sort those
-        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1 : n]
-        keep = scores >= kth
-        if keep.sum(axis=1).max() <= 2 * n:
-            cand = np.argsort(~keep, axis=1, kind="stable")[:, : keep.sum(axis=1).max()]
-            values = np.where(np.take_along_axis(keep, cand, axis=1),
-                              np.take_along_axis(scores, cand, axis=1), -np.inf)
-            order = np.lexsort((-cand, -values), axis=1)[:, :n]
-            index = np.take_along_axis(cand, order, axis=1)
-            return index, np.take_along_axis(scores, index, axis=1)
-    order = width - 1 - np.argsort(-scores[:, ::-1], axis=1, kind="stable")[:, :n]
-    return order, np.take_along_axis(scores, order, axis=1)
+    return _position(_descending(scores), labels)
 
 
 def _action_probs(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int):
-    verbs, verb_top = _top(verb_scores, top_n)
-    nouns, noun_top = _top(noun_scores, top_n)
-    return verbs, nouns, softmax(verb_top), softmax(noun_top)
+    verbs = _descending(verb_scores)[:, :top_n]
+    nouns = _descending(noun_scores)[:, :top_n]
+    pv = softmax(np.take_along_axis(verb_scores, verbs, axis=1))
+    pn = softmax(np.take_along_axis(noun_scores, nouns, axis=1))
+    return verbs, nouns, pv, pn
+
+
+def _official_action_list(verbs, nouns, pv, pn, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The C3 procedure on rows of kept classes: action ids and scores, official order."""
+    products = (pv[:, :, None] * pn[:, None, :]).reshape(len(pv), -1)
+    best = _descending(products)[:, :n]
+    ids = action_id(np.take_along_axis(verbs, best // pn.shape[1], axis=1),
+                    np.take_along_axis(nouns, best % pn.shape[1], axis=1))
+    return ids, np.take_along_axis(products, best, axis=1)
 
 
 def action_label_ranks(
@@ -133,9 +136,11 @@ def action_label_ranks(
 ) -> np.ndarray:
     """Rank of each row's true action among the verb x noun products (module docstring).
 
-    Rows whose verb or noun is outside the kept `top_n` get a huge rank: never a hit.
-    Among equal products the pair later in the (verb position, noun position) order wins,
-    as a stable `argsort(...)[::-1]` over the flattened product matrix would give.
+    Fast path: the number of products above the label's. Where that number does not fix
+    the official rank (the label's product ties another product, or its verb/noun ties the
+    last kept class), the row is ranked by the official procedure itself: top-`top_n`
+    action list by `argsort(...)[::-1]`, then that list re-ranked the same way. Rows whose
+    action is not in the list get `_NOT_RANKED` (a miss at every k <= top_n).
     """
     verb_scores = _scores(verb_scores, "verb_scores")
     noun_scores = _scores(noun_scores, "noun_scores")
@@ -144,22 +149,32 @@ def action_label_ranks(
     noun_labels = _labels(noun_labels, n, "noun_labels", noun_scores.shape[1])
     ranks = np.full(n, _NOT_RANKED, dtype=np.int64)
     for start in range(0, n, _CHUNK):
-        part = slice(start, min(start + _CHUNK, n))
+        part = np.arange(start, min(start + _CHUNK, n))
         verbs, nouns, pv, pn = _action_probs(verb_scores[part], noun_scores[part], top_n)
-        v_hit = verbs == verb_labels[part, None]
-        n_hit = nouns == noun_labels[part, None]
-        ranked = v_hit.any(axis=1) & n_hit.any(axis=1)
-        if not ranked.any():
-            continue
-        v_pos, n_pos = v_hit[ranked].argmax(axis=1), n_hit[ranked].argmax(axis=1)
-        pv, pn = pv[ranked], pn[ranked]
-        rows = np.arange(len(pv))
-        products = pv[:, :, None] * pn[:, None, :]
-        own = products[rows, v_pos, n_pos][:, None, None]
-        flat = np.arange(products.shape[1] * products.shape[2]).reshape(products.shape[1:])
-        later = flat[None] > (v_pos * products.shape[2] + n_pos)[:, None, None]
-        above = (products > own) | ((products == own) & later)
-        ranks[np.arange(part.start, part.stop)[ranked]] = above.sum(axis=(1, 2))
+        v_pos, n_pos = _position(verbs, verb_labels[part]), _position(nouns, noun_labels[part])
+        kept = (v_pos != _NOT_RANKED) & (n_pos != _NOT_RANKED)
+        rows = np.nonzero(kept)[0]
+        products = pv[rows, :, None] * pn[rows, None, :]
+        own = products[np.arange(len(rows)), v_pos[rows], n_pos[rows]][:, None, None]
+        above = (products > own).sum(axis=(1, 2))
+        tied = (products == own).sum(axis=(1, 2)) > 1
+        ranks[part[rows]] = np.where(above < top_n, above, _NOT_RANKED)
+        # a label class tied with the first class left out may or may not have been kept
+        edge = np.zeros(len(part), dtype=bool)
+        for scores, labels, width in ((verb_scores, verb_labels, verbs.shape[1]),
+                                      (noun_scores, noun_labels, nouns.shape[1])):
+            if scores.shape[1] > width:
+                cut = np.sort(scores[part], axis=1)[:, ::-1][:, width - 1 : width + 1]
+                own_score = scores[part, labels[part]]
+                edge |= (cut == own_score[:, None]).all(axis=1)
+        slow = edge.copy()
+        slow[rows[tied]] = True
+        if slow.any():
+            ids, scores_ = _official_action_list(verbs[slow], nouns[slow], pv[slow], pn[slow],
+                                                 top_n)
+            reranked = np.take_along_axis(ids, _descending(scores_), axis=1)
+            truth = action_id(verb_labels[part[slow]], noun_labels[part[slow]])
+            ranks[part[slow]] = _position(reranked, truth)
     return ranks
 
 
@@ -168,26 +183,22 @@ def top_actions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The `n` best actions per row as (verbs, nouns, scores), each (N, n), best first.
 
-    These are the `"verb,noun": score` entries of a C3 anticipation submission.
+    These are the `"verb,noun": score` entries of a C3 anticipation submission, in the
+    order C3 itself lists them when it forms actions from verb and noun scores.
     """
     verb_scores = _scores(verb_scores, "verb_scores")
     noun_scores = _scores(noun_scores, "noun_scores")
-    rows_total = len(verb_scores)
+    total = len(verb_scores)
     kept = min(top_n, verb_scores.shape[1]) * min(top_n, noun_scores.shape[1])
     if n > kept:
         raise ValueError(f"asked for {n} actions but only {kept} verb x noun pairs are kept")
-    out_v = np.empty((rows_total, n), dtype=np.int64)
-    out_n = np.empty((rows_total, n), dtype=np.int64)
-    out_s = np.empty((rows_total, n), dtype=np.float64)
-    for start in range(0, rows_total, _CHUNK):
-        part = slice(start, min(start + _CHUNK, rows_total))
-        verbs, nouns, pv, pn = _action_probs(verb_scores[part], noun_scores[part], top_n)
-        products = (pv[:, :, None] * pn[:, None, :]).reshape(len(pv), -1)
-        flat, best = _top(products, n)
-        out_v[part] = np.take_along_axis(verbs, flat // pn.shape[1], axis=1)
-        out_n[part] = np.take_along_axis(nouns, flat % pn.shape[1], axis=1)
-        out_s[part] = best
-    return out_v, out_n, out_s
+    ids = np.empty((total, n), dtype=np.int64)
+    scores = np.empty((total, n), dtype=np.float64)
+    for start in range(0, total, _CHUNK):
+        part = slice(start, min(start + _CHUNK, total))
+        ids[part], scores[part] = _official_action_list(
+            *_action_probs(verb_scores[part], noun_scores[part], top_n), n)
+    return ids // ACTION_VERB_MULTIPLIER, ids % ACTION_VERB_MULTIPLIER, scores
 
 
 def candidate_label_ranks(
@@ -195,8 +206,8 @@ def candidate_label_ranks(
 ) -> np.ndarray:
     """Rank of the true action within explicit per-row candidate lists (e.g. a C3 JSON).
 
-    A label missing from its row's list is never a hit; equal scores rank the later
-    candidate first, as the official `argsort(...)[::-1]` over the list would.
+    Ranked as the official code ranks a score dict: `argsort(scores)[::-1]` over the list
+    in its given order; a label missing from its row's list is never a hit.
     """
     scores = _scores(action_scores, "action_scores")
     n = len(scores)
@@ -205,13 +216,7 @@ def candidate_label_ranks(
         raise ValueError(f"action ids {cand.shape} and action scores {scores.shape} differ")
     verb_labels = _labels(verb_labels, n, "verb_labels")
     truth = action_id(verb_labels, _labels(noun_labels, n, "noun_labels"))
-    hit = cand == truth[:, None]
-    present = hit.any(axis=1)
-    pos = hit.argmax(axis=1)
-    own = scores[np.arange(n), pos][:, None]
-    later = np.arange(scores.shape[1])[None, :] > pos[:, None]
-    ranks = ((scores > own) | ((scores == own) & later)).sum(axis=1)
-    return np.where(present, ranks, _NOT_RANKED)
+    return _position(np.take_along_axis(cand, _descending(scores), axis=1), truth)
 
 
 def topk_accuracy(ranks: np.ndarray, k: int) -> float:

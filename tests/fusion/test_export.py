@@ -214,3 +214,15 @@ def test_submission_actions_are_used_as_given(setup, tmp_path):
     assert reread.action_scores.shape == (40, 100)
     save_predictions(tmp_path / "with_actions.npz", reread)
     assert scores(tmp_path / "with_actions.npz", annotations, "anticipation") == metrics
+
+
+@pytest.mark.parametrize("task", ["recognition", "anticipation"])
+def test_round_trip_with_tied_scores(setup, tmp_path, task):
+    """Scores on a coarse grid tie a lot; the exported file must still score identically."""
+    annotations, predictions = setup
+    preds = load_predictions(predictions)
+    save_predictions(tmp_path / "ties.npz", preds.narration_id, np.round(preds.verb_scores),
+                     np.round(preds.noun_scores))
+    out = export("--predictions", str(tmp_path / "ties.npz"), "--task", task, "--annotations",
+                 str(annotations), "--out", str(tmp_path / "t.json"))
+    assert scores(out, annotations, task) == scores(tmp_path / "ties.npz", annotations, task)
