@@ -88,9 +88,42 @@ def _mamba_ssm_fn() -> Callable | None:
     """mamba-ssm's `selective_scan_fn`, or None where it does not import (CPU machines)."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or OSError/RuntimeError from a CUDA extension
+    except ImportError:
+        return _scan_interface_alone()
+    except Exception:  # OSError/RuntimeError from a CUDA extension that cannot load
         return None
     return selective_scan_fn
+
+
+def _scan_interface_alone() -> Callable | None:
+    """`selective_scan_fn` without running `mamba_ssm/__init__.py`.
+
+    That file imports mamba-ssm's whole model zoo (Mamba2/3, transformers' generation
+    classes), which can fail on an environment where the scan kernel itself loads fine.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        spec = importlib.util.find_spec("mamba_ssm")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    saved = sys.modules.get("mamba_ssm")
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = package
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_fn
+    except Exception:
+        if saved is None:
+            sys.modules.pop("mamba_ssm", None)
+        else:
+            sys.modules["mamba_ssm"] = saved
+        return None
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

@@ -68,9 +68,12 @@ class TransformerFusion(FusionHead):
         max_len: int = 5000,
         share_questions: bool = True,
     ) -> None:
-        """`d_model` defaults to the video width (the first modality's without video)."""
+        """`d_model` defaults to the video width (the first modality's without video),
+        rounded to the nearest multiple of `8 * num_heads` (1024 -> 1056 for 12 heads)."""
         dims = dict(modality_dims)
-        d_model = d_model or dims.get("video", next(iter(dims.values()), 0))
+        if d_model is None:
+            width, step = dims.get("video", next(iter(dims.values()), 0)), 8 * num_heads
+            d_model = max(step, round(width / step) * step)
         super().__init__(dims, num_verbs, num_nouns, d_model)
         self.max_len = max_len
         self.branch_of = {m: "question" if share_questions and _is_question(m) else m

@@ -197,3 +197,34 @@ def test_optimizer_groups_see_the_ssm_block():
     assert id(head.A_log) in no_decay
     assert all(id(m.D) in no_decay for m in head.mixers["video"])
     assert {"ssm", "ssm-no_decay", "rest", "rest-no_decay"} == set(groups)
+
+
+def test_scans_of_very_different_lengths_are_not_padded_together(monkeypatch):
+    head = small_head("mamba")
+    calls = count_scans(monkeypatch)
+    inputs = {"video": torch.randn(2, 40, 24), "verb_question": torch.randn(2, 4, 16),
+              "noun_question": torch.randn(2, 4, 16)}
+    head(inputs)
+    assert sorted(c[0] for c in calls) == [2, 4]  # questions (2 x 2 rows) and video apart
+
+
+@pytest.mark.gpu
+def test_mamba_head_backends_agree_on_gpu():
+    from fusion.ssm import available_backends
+
+    if "mamba_ssm" not in available_backends("cuda"):
+        pytest.skip("mamba_ssm is not installed")
+    head = small_head("mamba", depth=2).cuda()
+    inputs, masks, verb, _ = synthetic_task(16, seed=0)
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    masks = {k: v.cuda() for k, v in masks.items()}
+    results = {}
+    for backend in ("torch", "mamba_ssm"):
+        head.backend = backend
+        head.zero_grad()
+        out = head(inputs, masks)
+        F.cross_entropy(out["verb"], verb.cuda()).backward()
+        results[backend] = (out["verb"].detach(), head.A_log.grad.clone(),
+                            head.mixers["video"][0].in_proj.weight.grad.clone())
+    for torch_value, cuda_value in zip(results["torch"], results["mamba_ssm"], strict=True):
+        torch.testing.assert_close(cuda_value, torch_value, rtol=1e-4, atol=1e-5)
