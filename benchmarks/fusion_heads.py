@@ -1,7 +1,9 @@
 """Forward+backward time and peak memory of the fusion heads against sequence length.
 
     python benchmarks/fusion_heads.py                       # on the GPU: the committed results
-    python benchmarks/fusion_heads.py --quick --out /tmp/x  # CPU smoke check, seconds
+    python benchmarks/fusion_heads.py --batch 8 --lengths 1024 2048 4096 8192 16384 \
+        --transformer-max-len 16384 --out benchmarks/results/fusion_heads_long
+    python benchmarks/fusion_heads.py --quick --out /tmp/x  # CPU smoke check
 
 Why: the paper claims the Mamba fusion scales linearly with sequence length and the
 Transformer fusion quadratically. Each head (and each scan backend of the Mamba head) runs a
@@ -16,7 +18,9 @@ memory allocated during one step (`torch.cuda.max_memory_allocated`, model and i
 included). A series stops at the first out-of-memory or too-slow point (recorded as such).
 The Markdown table adds a log-log slope over the last points of each series: ~1 is linear,
 ~2 quadratic. Results: `benchmarks/results/fusion_heads.{json,md,png}` (the JSON is what
-`python -m reports` plots as "scaling").
+`python -m reports` plots as "scaling"); the second command (batch 8, up to 16k tokens) reaches
+the lengths where attention outweighs the Transformer's matrix products, which batch 128 cannot
+(out of memory first). Findings: `benchmarks/results/fusion_heads_notes.md`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class BenchConfig:
     """Tokens of each of the two questions."""
     amp: bool = True
     """bf16 autocast on CUDA."""
+    transformer_max_len: int = 5000
+    """Position-table size of the Transformer heads (their longest video sequence)."""
     target_seconds: float = 1.5
     """Timed steps per point: about this long in all (3 to 20 steps)."""
     max_step_seconds: float = 20.0
@@ -128,6 +134,8 @@ def run(config: BenchConfig) -> list[dict]:
     for series in config.series:
         name, _, backend = series.partition(":")
         kwargs = {"backend": backend} if backend else {}
+        if name.startswith("transformer"):
+            kwargs["max_len"] = config.transformer_max_len
         stopped = None
         for length in config.lengths:
             record = {"head": name, "backend": backend or None, "seq_len": length,
