@@ -72,7 +72,7 @@ class VideoConfig:
     num_frames: int = 16
     size: int | None = None
     """Crop size (default: the backbone's image size)."""
-    root: Path = Path("data/features")
+    root: Path = Path("data/demo/features")
     dataset: str = "demo"
     """Store at `<root>/<dataset>/<split>/video-<name>.zarr` unless --out."""
     name: str | None = None
@@ -114,7 +114,7 @@ class TextConfig:
     """If given, rows follow this annotation folder's split file (aligned to video stores);
     else the questions file's order."""
     split: str = "validation"
-    root: Path = Path("data/features")
+    root: Path = Path("data/demo/features")
     dataset: str = "demo"
     name: str | None = None
     """Store name (default: model folder name, plus the questions' generator and mask)."""
@@ -151,6 +151,7 @@ VIDEO_PRESETS = {
     "vitb": VideoConfig(
         annotations=Path("data/ek100/annotations"),
         videos=Path("data/ek100/videos"),
+        root=Path("data/ek100/features"),
         dataset="ek100",
         backbone="vitb",
         batch_size=64,
@@ -158,6 +159,7 @@ VIDEO_PRESETS = {
     "vitl": VideoConfig(
         annotations=Path("data/ek100/annotations"),
         videos=Path("data/ek100/videos"),
+        root=Path("data/ek100/features"),
         dataset="ek100",
         backbone="vitl",
         batch_size=32,
@@ -172,6 +174,7 @@ TEXT_PRESETS = {
     ),
     "roberta": TextConfig(
         annotations=Path("data/ek100/annotations"),
+        root=Path("data/ek100/features"),
         dataset="ek100",
         questions=Path("data/ek100/questions/validation.jsonl"),
     ),

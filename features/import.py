@@ -68,7 +68,7 @@ class ImportConfig:
     frames: int | None = None
     note: str = ""
     """Free text for the manifest: how the features were made (command, commit, checkpoint)."""
-    root: Path = Path("data/features")
+    root: Path = Path("data/ek100/features")
     dataset: str = "ek100"
     name: str | None = None
     """Store name (default: the backbone)."""
