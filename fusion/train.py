@@ -49,6 +49,8 @@ class HeadConfig:
     depth: int | None = None
     dropout: float | None = None
     shared_A: bool | None = None  # noqa: N815 - the paper's name for the matrix
+    backend: str | None = None
+    """Mamba head's selective-scan backend: auto, torch, mamba_ssm (`fusion.ssm`)."""
 
     def kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,8 +130,10 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
 
 KILL_AFTER_EPOCH_2 = """
 import os, signal, sys
+import torch
 from fusion.train import TrainConfig, train
 from features.config import cli
+torch.set_num_threads(int(os.environ["TORCH_THREADS"]))  # same float sums as the test process
 config = cli(TrainConfig, {}, args=sys.argv[1:])
 def die(epoch, metrics):
     if epoch == 2:
@@ -153,8 +156,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path:
 
     whole = train(config_for(dataset, tmp_path, run_name="whole"))
     config = config_for(dataset, tmp_path, run_name="killed")
+    env = {**os.environ, "TORCH_THREADS": str(torch.get_num_threads())}
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2, *_cli_args(config)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
     last = torch.load(config.out / "killed" / "last.pt", weights_only=False)
     assert last["state"]["epoch"] == 2

@@ -1,0 +1,126 @@
+"""Seconds per training epoch of each fusion head on EK100-sized features (GPU).
+
+    python benchmarks/train_epoch.py                       # H100: all heads, EK100 sizes
+    python benchmarks/train_epoch.py --heads mamba --backends torch mamba_ssm
+    python benchmarks/train_epoch.py --quick               # CPU smoke check
+
+Why: the training issue's goal is that a 100-epoch run on EK100-sized cached features takes
+minutes, so an epoch must take seconds. This runs the real `fusion.train.train` (GPU-resident
+split, shuffled batching on the device, bf16 autocast, AdamW, validation with the EK100
+metrics, checkpoints, MLflow logging) on random tensors of the real shapes (67,217 training and
+9,668 validation clips; video 16 x 1024; two questions of 32 x 768) generated on the device in
+place of the feature store. Reported per head (and scan backend for Mamba): the training
+epoch's seconds (`epoch_seconds`, mean of the epochs after the first, which holds compilation
+and allocator warm-up), validation seconds, and the peak GPU memory.
+
+Results go to `benchmarks/results/train_epoch.{json,md}` (`--quick`: `train_epoch_quick.*`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.sweep_throughput import SHAPES_ENV, device_name, random_features  # noqa: E402
+from features.config import cli  # noqa: E402
+
+
+@dataclass
+class EpochBenchConfig:
+    """Training-epoch time of each head on EK100-shaped random features."""
+
+    heads: tuple[str, ...] = ("mamba", "mlp", "transformer_6x4", "transformer_12x12")
+    backends: tuple[str, ...] = ("auto",)
+    """Scan backends of the Mamba head (auto, torch, mamba_ssm, ...)."""
+    epochs: int = 3
+    train_clips: int = 67217
+    val_clips: int = 9668
+    video_shape: tuple[int, int] = (16, 1024)
+    text_shape: tuple[int, int, int] = (2, 32, 768)
+    batch_size: int = 128
+    quick: bool = False
+    """CPU smoke check: a few hundred clips, small widths, 2 epochs."""
+    out: Path | None = None
+
+
+QUICK = {"epochs": 2, "train_clips": 256, "val_clips": 64, "video_shape": (16, 32),
+         "text_shape": (2, 8, 32), "batch_size": 64}
+
+
+def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> dict[str, Any]:
+    import torch
+
+    import fusion.train as fusion_train
+
+    fusion_train.load_features = random_features
+    head = fusion_train.HeadConfig(d_model=32 if c.quick else None,
+                                   backend=backend if fusion == "mamba" else None)
+    config = fusion_train.TrainConfig(
+        fusion=fusion, head=head, epochs=c.epochs, batch_size=c.batch_size, backbone="random",
+        out=folder / "runs", run_name=f"{fusion}-{backend}", experiment="train-epoch",
+        tracking_uri=f"sqlite:///{folder / 'mlruns.db'}", device="auto")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = fusion_train.train(config)
+    wall = time.perf_counter() - started
+    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]["history"]
+    steady = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
+    return {
+        "head": fusion, "backend": backend if fusion == "mamba" else "-",
+        "epoch_seconds": round(sum(steady) / len(steady), 3),
+        "first_epoch_seconds": round(history[0]["epoch_seconds"], 3),
+        "run_seconds": round(wall, 2),
+        "val_seconds_per_epoch": round(
+            (wall - sum(r["epoch_seconds"] for r in history)) / len(history), 3),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available() else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    c = cli(EpochBenchConfig, args=argv)
+    if c.quick:
+        c = dataclasses.replace(c, **QUICK)
+    shapes = {k: getattr(c, k) for k in ("train_clips", "val_clips", "video_shape", "text_shape")}
+    os.environ[SHAPES_ENV] = json.dumps(shapes)
+    out = c.out or ROOT / "benchmarks" / "results" / ("train_epoch_quick" if c.quick
+                                                        else "train_epoch")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fusion in c.heads:
+            for backend in (c.backends if fusion == "mamba" else ("auto",)):
+                rows.append(bench_one(c, fusion, backend, Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+    report = {"device": device_name(), "config": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in dataclasses.asdict(c).items()},
+              "command": "python benchmarks/train_epoch.py " + " ".join(argv or sys.argv[1:]),
+              "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Training epoch time on {report['device']}", "",
+             f"`{report['command']}`; {c.train_clips} train / {c.val_clips} val clips, video "
+             f"{c.video_shape}, text {c.text_shape}, batch {c.batch_size}, bf16 autocast on CUDA.",
+             "", "| head | scan backend | s/epoch (train) | first epoch s | validation s/epoch "
+             "| peak GiB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['head']} | {r['backend']} | {r['epoch_seconds']} | "
+              f"{r['first_epoch_seconds']} | {r['val_seconds_per_epoch']} | "
+              f"{r['peak_memory_gib']} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.md')}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
