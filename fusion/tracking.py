@@ -14,15 +14,11 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from features.config import to_dict  # noqa: E402
+from features.config import to_dict
 
 if TYPE_CHECKING:
     from torch import nn
@@ -110,6 +106,11 @@ def _per_class(split: FeatureSplit, scores: dict[str, np.ndarray]) -> pd.DataFra
 
 def _plots(folder: Path, history: list[dict], split: FeatureSplit,
            scores: dict[str, np.ndarray]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     frame = pd.DataFrame(history)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.plot(frame["epoch"], frame["train_loss"], label="train loss")
