@@ -14,19 +14,25 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
 from features.config import to_dict
 
 if TYPE_CHECKING:
+    import mlflow
     from torch import nn
 
     from fusion.data import FeatureSplit
     from fusion.train import TrainConfig
 
 DEFAULT_URI = "sqlite:///mlruns.db"
+
+
+def _mlflow():  # imported on first use: training without tracking needs no MLflow
+    import mlflow
+
+    return mlflow
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -57,10 +63,10 @@ def start_run(
     config: TrainConfig, run_id: str | None, data_info: dict, model: nn.Module, folder: Path
 ) -> mlflow.ActiveRun:
     """Open (or reopen, when resuming) the run and log params and tags once."""
-    mlflow.set_tracking_uri(tracking_uri(config.tracking_uri))
-    mlflow.set_experiment(config.experiment)
+    _mlflow().set_tracking_uri(tracking_uri(config.tracking_uri))
+    _mlflow().set_experiment(config.experiment)
     if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
+        return _mlflow().start_run(run_id=run_id)
     tags = {
         "fusion": config.fusion,
         "backbone": config.backbone,
@@ -75,18 +81,18 @@ def start_run(
     }
     if config.parent_run_id:
         tags["mlflow.parentRunId"] = config.parent_run_id
-    run = mlflow.start_run(run_name=folder.name, tags=tags)
+    run = _mlflow().start_run(run_name=folder.name, tags=tags)
     params = _flatten("", to_dict(config), {})
-    mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
+    _mlflow().log_params({k: ("None" if v is None else v) for k, v in params.items()})
     from fusion.profile import profile_model
 
     cost = profile_model(model, data_info["profile_shapes"])
-    mlflow.log_metrics({"params": cost["params"], "flops": cost["flops"]})
+    _mlflow().log_metrics({"params": cost["params"], "flops": cost["flops"]})
     return run
 
 
 def log_epoch(record: dict[str, Any], step: int) -> None:
-    mlflow.log_metrics(
+    _mlflow().log_metrics(
         {k: float(v) for k, v in record.items() if k != "epoch" and isinstance(v, int | float)},
         step=step,
     )
@@ -143,10 +149,14 @@ def _plots(folder: Path, history: list[dict], split: FeatureSplit,
     return [curves, confusion]
 
 
+def write_history(folder: Path, history: list[dict]) -> None:
+    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+
+
 def finish_run(final: dict[str, float], folder: Path, history: list[dict],
                split: FeatureSplit, data_info: dict, status: str = "FINISHED") -> None:
     """Log best metrics and artifacts, then end the run."""
-    mlflow.log_metrics(final)
+    _mlflow().log_metrics(final)
     predictions = folder / "predictions_best.npz"
     if predictions.exists():
         with np.load(predictions) as data:
@@ -154,9 +164,9 @@ def finish_run(final: dict[str, float], folder: Path, history: list[dict],
         per_class = folder / "per_class_accuracy.csv"
         _per_class(split, scores).to_csv(per_class, index=False)
         for path in [predictions, per_class, *_plots(folder, history, split, scores)]:
-            mlflow.log_artifact(str(path))
-    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+            _mlflow().log_artifact(str(path))
+    write_history(folder, history)
     for name in ("config.json", "history.csv", "best.pt"):
         if (folder / name).exists():
-            mlflow.log_artifact(str(folder / name))
-    mlflow.end_run(status=status)
+            _mlflow().log_artifact(str(folder / name))
+    _mlflow().end_run(status=status)

@@ -109,6 +109,8 @@ class TrainConfig:
     """MLflow parent run (sweeps nest their trials under it)."""
     tags: tuple[str, ...] = ()
     """Extra MLflow tags as key=value."""
+    track: bool = True
+    """Record the run in MLflow (off: checkpoints and history.csv only, e.g. benchmarks)."""
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -229,8 +231,9 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         state = checkpoint["state"]
         print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
 
-    run = tracking.start_run(config, state["run_id"], data_info, model, folder)
-    state["run_id"] = run.info.run_id
+    if config.track:
+        run = tracking.start_run(config, state["run_id"], data_info, model, folder)
+        state["run_id"] = run.info.run_id
     metric_name = config.early_stop_metric
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
 
@@ -264,7 +267,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
                   "epoch_seconds": time.perf_counter() - started,
                   "lr": optimizer.param_groups[0]["lr"], **metrics}
         state["history"].append(record)
-        tracking.log_epoch(record, step=epoch + 1)
+        if config.track:
+            tracking.log_epoch(record, step=epoch + 1)
         improved = metrics[metric_name] > state["best"]
         if improved:
             state["best"], state["best_epoch"] = metrics[metric_name], epoch
@@ -286,13 +290,17 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
             try:
                 on_epoch(epoch + 1, metrics)
             except BaseException:
-                tracking.finish_run({}, folder, state["history"], val_split, data_info,
-                                    status="KILLED")
+                if config.track:
+                    tracking.finish_run({}, folder, state["history"], val_split, data_info,
+                                        status="KILLED")
                 raise
 
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     final = {f"best_{k}": v for k, v in best.items() if isinstance(v, int | float)}
-    tracking.finish_run(final, folder, state["history"], val_split, data_info)
+    if config.track:
+        tracking.finish_run(final, folder, state["history"], val_split, data_info)
+    else:
+        tracking.write_history(folder, state["history"])
     return {"run_id": state["run_id"], "folder": str(folder), "best": best,
             "epochs_run": state["epoch"]}
 
