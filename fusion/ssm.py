@@ -1,7 +1,7 @@
 """Selective scan (Mamba's S6 recurrence) with mamba-ssm's signature and layout.
 
     y = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, backend="auto")
+                       delta_softplus=False, backend="auto", lengths=None)
 
 Shapes follow `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`: `u, delta, z` are
 (batch, d, L), `A` is (d, n), `B, C` are (batch, n, L), `D, delta_bias` are (d,); the result is
@@ -20,8 +20,19 @@ Backends:
   reverse scan. Memory is O(b·d·n·T) working space plus O(b·d·L) saved tensors, never the
   O(L²) of a per-step Python loop under autograd (what mamba-ssm's `selective_scan_ref` costs).
   State and arithmetic are float32 (float64 when any input is float64).
+* `triton`: fused Triton kernels (`fusion.ssm_triton`), forward and backward, float32
+  state; imported lazily, CUDA tensors only (CPU tensors too under `TRITON_INTERPRET=1`, for
+  tests). It skips the steps past each row's `lengths` instead of computing them.
 * `mamba_ssm`: mamba-ssm's CUDA kernel, imported lazily (it cannot import on CPU machines).
-* `auto`: `mamba_ssm` for CUDA tensors when it imports, else `torch`.
+* `auto`: for CUDA tensors `triton` when Triton imports, else `mamba_ssm` when it imports,
+  else `torch`; for CPU tensors always `torch`. CPU machines never import Triton.
+
+`lengths` (optional, (batch,) integers): row i is a sequence of `lengths[i]` steps padded to
+L. Its outputs at steps t >= lengths[i] are 0 and those steps pass no gradient to any input,
+on every backend: `torch` and `mamba_ssm` set Δ = 0 there (after bias and softplus, so the
+step is the identity on the state) and zero y; `triton` does not scan those steps at all.
+Since the scan is causal, outputs before a row's length never depend on its padding either
+way. This is what lets the Mamba head scan modalities of different lengths in one call.
 
 `selective_scan_sequential` is the plain step-by-step recurrence, the reference for tests.
 """
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -38,8 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Backend = Literal["auto", "torch", "mamba_ssm"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "mamba_ssm")
+Backend = Literal["auto", "torch", "mamba_ssm", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "mamba_ssm", "triton")
+RAGGED_BACKENDS: tuple[str, ...] = ("triton",)
+"""Backends whose cost does not grow with padding past `lengths` (they skip those steps)."""
 
 # Working-space budget of the torch backend: a chunk holds about this many (b, d, T, n)
 # elements per tensor (fp32: 1 GiB), so T = this / (b·d·n), a power of two >= 16.
@@ -126,11 +140,29 @@ def _scan_interface_alone() -> Callable | None:
         return None
 
 
+@functools.cache
+def _triton_fn() -> Callable | None:
+    """`fusion.ssm_triton.selective_scan_triton`, or None where Triton does not import."""
+    try:
+        from fusion.ssm_triton import selective_scan_triton
+    except Exception:  # ImportError, or a Triton install that fails to initialise
+        return None
+    return selective_scan_triton
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on `device` here (`torch` always can)."""
+    """Backends that can run on `device` here, least preferred first (`torch` always can);
+    `auto` takes the last: triton, then mamba_ssm, then torch on CUDA; torch on CPU."""
     names = ["torch"]
-    if torch.device(device).type == "cuda" and _mamba_ssm_fn() is not None:
-        names.append("mamba_ssm")
+    if torch.device(device).type == "cuda":
+        if _mamba_ssm_fn() is not None:
+            names.append("mamba_ssm")
+        if _triton_fn() is not None:
+            names.append("triton")
     return names
 
 
@@ -142,7 +174,24 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         return available_backends(device)[-1]
     if backend == "mamba_ssm" and backend not in available_backends(device):
         raise RuntimeError("backend 'mamba_ssm' needs CUDA tensors and an importable mamba-ssm")
+    if backend == "triton" and backend not in available_backends(device) and not (
+            _triton_interpreted() and _triton_fn() is not None):
+        raise RuntimeError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1) and an "
+                           "importable triton")
     return backend
+
+
+def _check_lengths(lengths: Tensor | None, u: Tensor) -> None:
+    if lengths is None:
+        return
+    if lengths.shape != (u.shape[0],) or lengths.dtype.is_floating_point or lengths.is_complex():
+        raise ValueError(f"lengths is {tuple(lengths.shape)} {lengths.dtype}, expected "
+                         f"({u.shape[0]},) integers")
+
+
+def _step_mask(lengths: Tensor, L: int, device: torch.device) -> Tensor:
+    """(b, 1, L) bool: step t of row i is real (t < lengths[i])."""
+    return (torch.arange(L, device=device) < lengths.to(device)[:, None])[:, None, :]
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -167,19 +216,36 @@ def selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     backend: Backend = "auto",
+    lengths: Tensor | None = None,
 ) -> Tensor:
-    """Selective scan of `u` (b, d, L); see the module docstring for the recurrence."""
+    """Selective scan of `u` (b, d, L); see the module docstring for the recurrence and
+    `lengths` (per-row sequence lengths; steps past them give 0 on every backend)."""
     _check_shapes(u, delta, A, B, C)
-    for count in _COUNTERS:
+    _check_lengths(lengths, u)
+    for count in _COUNTERS:  # the call's (b, d, L) shape, padding included, on every backend
         count.flops += scan_flops(*u.shape, A.shape[-1])
         count.calls += 1
-    if resolve_backend(backend, u.device) == "mamba_ssm":
+    name = resolve_backend(backend, u.device)
+    if name == "triton":
+        return _triton_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, lengths)
+    if name == "mamba_ssm":
         fn = _mamba_ssm_fn()
+        if lengths is not None:
+            # the kernel has no lengths: Δ = 0 (identity steps) past them, computed here
+            mask = _step_mask(lengths, u.shape[-1], u.device)
+            dt = delta.float()
+            if delta_bias is not None:
+                dt = dt + delta_bias.float()[:, None]
+            if delta_softplus:
+                dt = F.softplus(dt)
+            delta, delta_bias, delta_softplus = dt * mask, None, False
         # the kernel wants u and delta in one dtype; A, D and delta_bias stay fp32
-        return fn(u, delta.to(u.dtype), A.float(), B, C,
-                  None if D is None else D.float(), z,
-                  None if delta_bias is None else delta_bias.float(), delta_softplus)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y = fn(u, delta.to(u.dtype), A.float(), B, C,
+               None if D is None else D.float(), z,
+               None if delta_bias is None else delta_bias.float(), delta_softplus)
+        return y if lengths is None else y * mask
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                lengths=lengths)
 
 
 def selective_scan_torch(
@@ -193,15 +259,24 @@ def selective_scan_torch(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int | None = None,
+    lengths: Tensor | None = None,
 ) -> Tensor:
-    """The `torch` backend; `chunk_size` overrides the automatic chunk length (tests)."""
+    """The `torch` backend; `chunk_size` overrides the automatic chunk length (tests).
+
+    `lengths`: Δ is set to 0 past each row's length (after bias and softplus: the step is the
+    identity on the state and adds no input) and y to 0, so those steps pass no gradient.
+    """
     _check_shapes(u, delta, A, B, C)
+    _check_lengths(lengths, u)
     dtype = _compute_dtype(u, delta, A, B, C)
     delta = delta.to(dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
+    mask = None if lengths is None else _step_mask(lengths, u.shape[-1], u.device)
+    if mask is not None:
+        delta = delta * mask
     if chunk_size is None:
         b, d, L = u.shape
         per_step = max(1, b * d * A.shape[-1])
@@ -211,6 +286,8 @@ def selective_scan_torch(
         y = y + u.to(dtype) * D.to(dtype)[:, None]
     if z is not None:
         y = y * F.silu(z.to(dtype))
+    if mask is not None:
+        y = y * mask
     return y.to(u.dtype)
 
 
