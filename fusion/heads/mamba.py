@@ -17,7 +17,10 @@ shared `A` the scans of all branches run in ONE `selective_scan` call (padded to
 length and stacked along the batch), so the CUDA kernel launches once per layer, not once per
 modality. Only when padding would cost more than 1.5x the real scan work (16 video tokens
 with 2 x 32 question tokens cost 1.2x; 4096 video tokens with them 2.9x) do branches of very
-different lengths get separate calls.
+different lengths get separate calls. A backend that takes per-row `lengths` and skips the
+padded steps (`triton`, see `fusion.ssm.RAGGED_BACKENDS`) gets each row's branch length, so
+padding costs it no scan work, only memory: branches then share a call unless the padded
+tensors would hold more than 4x the real elements.
 
 Padding: tokens are left-aligned (real ones first), so the causal convolution and the scan,
 which run left to right, never carry a padded token into a real one; the eq. 5 convolution is
@@ -41,7 +44,7 @@ from torch import Tensor, nn
 
 from fusion.heads.base import NUM_NOUNS, NUM_VERBS, FusionHead, MLPProjection, masked_mean
 from fusion.heads.base import question_branch as _is_question
-from fusion.ssm import Backend, selective_scan
+from fusion.ssm import RAGGED_BACKENDS, Backend, resolve_backend, selective_scan
 
 
 class MambaMixer(nn.Module):
@@ -136,6 +139,7 @@ class MambaFusion(FusionHead):
         self.d_model, self.depth, self.shared_A = d_model, depth, shared_A
         self.route_questions, self.backend = route_questions, backend
         self.max_padding = 1.5
+        self.max_padding_ragged = 4.0  # memory only: ragged backends skip padded steps
         self.branch_of = {m: "question" if share_questions and _is_question(m) else m
                           for m in dims}
         self.branches = list(dict.fromkeys(self.branch_of.values()))
@@ -170,12 +174,20 @@ class MambaFusion(FusionHead):
     def _scan(self, layer: int, pieces: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         """Scan outputs per branch: one call per group of branches (see `scan_groups`)."""
         out = {}
-        for names in self.scan_groups({b: p["u"].shape for b, p in pieces.items()}):
+        device = next(iter(pieces.values()))["u"].device
+        ragged = resolve_backend(self.backend, device) in RAGGED_BACKENDS
+        for names in self.scan_groups({b: p["u"].shape for b, p in pieces.items()},
+                                      ragged=ragged):
             stacked = {k: _pad_cat([pieces[b][k] for b in names], dim=-1)
                        for k in ("u", "delta", "B", "C")}
             A = self._A(self.branches.index(names[0]), layer)
+            lengths = None
+            if ragged and len({pieces[b]["u"].shape[-1] for b in names}) > 1:
+                lengths = torch.cat([torch.full((pieces[b]["u"].shape[0],),
+                                                pieces[b]["u"].shape[-1], dtype=torch.int32,
+                                                device=device) for b in names])
             y = selective_scan(stacked["u"], stacked["delta"], A, stacked["B"], stacked["C"],
-                               backend=self.backend)
+                               backend=self.backend, lengths=lengths)
             start = 0
             for b in names:
                 rows, length = pieces[b]["u"].shape[0], pieces[b]["u"].shape[-1]
@@ -183,16 +195,19 @@ class MambaFusion(FusionHead):
                 start += rows
         return out
 
-    def scan_groups(self, shapes: Mapping[str, torch.Size]) -> list[list[str]]:
+    def scan_groups(self, shapes: Mapping[str, torch.Size],
+                    ragged: bool = False) -> list[list[str]]:
         """Branches whose scans run as one call: all of them with a shared A, unless padding
         them to the longest would cost more than `max_padding` (1.5x) the real work; then
-        branches of similar length go together (by length, greedily). Unshared: one each."""
+        branches of similar length go together (by length, greedily). Unshared: one each.
+        `ragged` (the backend skips padded steps): the limit is `max_padding_ragged` (4x)."""
         if not self.shared_A:
             return [[b] for b in shapes]
+        limit = self.max_padding_ragged if ragged else self.max_padding
         groups: list[list[str]] = []
         for b in sorted(shapes, key=lambda b: shapes[b][-1]):
             group = [*groups[-1], b] if groups else None
-            if group and self._padded_cost(group, shapes) <= self.max_padding * sum(
+            if group and self._padded_cost(group, shapes) <= limit * sum(
                     shapes[g][0] * shapes[g][-1] for g in group):
                 groups[-1] = group
             else:
