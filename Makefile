@@ -88,9 +88,10 @@ demo-features: venv
 	@test -f data/demo/tiny-roberta/config.json || $(PY) -m extract tiny-roberta --out data/demo/tiny-roberta
 	$(MAKE) --no-print-directory extract embed-text
 
-demo-train: venv ## train the four heads on the demo features
+demo-train: venv ## train the four heads, and the video-only baseline, on the demo features
 	for f in mamba mlp transformer_6x4 transformer_12x12; do \
 		$(MAKE) --no-print-directory train FUSION=$$f || exit 1; done
+	$(MAKE) --no-print-directory train FUSION=mlp ARGS="--questions none"
 
 # --- stages -----------------------------------------------------------------------------------
 questions: venv ## verb/noun questions of SPLIT (GENERATOR=template|llm|predictions MASK=paper|strict)

@@ -99,16 +99,22 @@ def main(argv: list[str] | None = None) -> Path:
     os.environ[SHAPES_ENV] = json.dumps(shapes)
     out = c.out or ROOT / "benchmarks" / "results" / ("train_epoch_quick" if c.quick
                                                         else "train_epoch")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    report = {"device": device_name(), "config": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in dataclasses.asdict(c).items()},
+              "command": "python benchmarks/train_epoch.py " + " ".join(argv or sys.argv[1:]),
+              "rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
         for fusion in c.heads:
             for backend in (c.backends if fusion == "mamba" else ("auto",)):
                 rows.append(bench_one(c, fusion, backend, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-    report = {"device": device_name(), "config": {k: str(v) if isinstance(v, Path) else v
-                                                  for k, v in dataclasses.asdict(c).items()},
-              "command": "python benchmarks/train_epoch.py " + " ".join(argv or sys.argv[1:]),
-              "rows": rows}
+                write_report(report, c, out)  # after every row: a cut-off run keeps its rows
+    return out
+
+
+def write_report(report: dict[str, Any], c: EpochBenchConfig, out: Path) -> None:
+    rows = report["rows"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Training epoch time on {report['device']}", "",
@@ -120,8 +126,6 @@ def main(argv: list[str] | None = None) -> Path:
               f"{r['first_epoch_seconds']} | {r['other_seconds_per_epoch']} | "
               f"{r['peak_memory_gib']} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.md')}")
-    return out
 
 
 if __name__ == "__main__":

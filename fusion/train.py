@@ -99,7 +99,7 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     out: Path = Path("runs")
     run_name: str | None = None
-    """Folder under `out` (default: fusion-backbone-task-seed); reruns resume there."""
+    """Folder under `out` (default: fusion-backbone-task[-video]-s<seed>); reruns resume there."""
     experiment: str = "mambavl"
     tracking_uri: str | None = None
     """Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
@@ -147,7 +147,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir(config: TrainConfig) -> Path:
-    name = config.run_name or f"{config.fusion}-{config.backbone}-{config.task}-s{config.seed}"
+    video_only = "-video" if config.questions == "none" else ""
+    name = config.run_name or (
+        f"{config.fusion}-{config.backbone}-{config.task}{video_only}-s{config.seed}")
     return config.out / name
 
 

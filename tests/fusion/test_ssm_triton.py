@@ -1,0 +1,452 @@
+"""The `triton` scan backend and per-row `lengths` against the torch backend.
+
+Three kinds of tests:
+
+* CPU, always: the torch backend's `lengths` (a padded row equals its truncated row; no
+  gradient past its length), the Mamba head's lengths path, and that CPU runs never import
+  Triton.
+* CPU, when Triton is installed (CI has none: skipped): the Triton kernels under Triton's
+  interpreter (`TRITON_INTERPRET=1`, which must be set before Triton is imported, hence a
+  subprocess) on small shapes, float32, against the torch backend.
+* `gpu`: the compiled kernels on CUDA against the torch backend, values and every gradient.
+  Tolerances (relative to the largest reference magnitude, at least 1; see `assert_close`):
+  float32 inputs 1e-4 (both backends compute in float32 and differ only by summation order),
+  float16 5e-3 and bfloat16 2e-2 (outputs and gradients are rounded to the input dtype:
+  1 ulp is 1e-3 / 4e-3); the A gradient, a sum over batch and time, gets 10x.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusion.heads.mamba as mamba_module
+from fusion import ssm
+from fusion.heads import build_head
+from fusion.ssm import selective_scan, selective_scan_sequential
+from tests.fusion.test_ssm import assert_close, make_inputs, run_and_grads
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def grads_equal(grads, grads_ref, tol, names=None):
+    for name in names or grads_ref:
+        assert_close(grads[name].float(), grads_ref[name].float(),
+                     tol * 10 if name == "A" else tol)
+
+
+# ------------------------------------------------------------------ CPU: lengths, torch backend
+
+
+@pytest.mark.parametrize("options", [True, False])
+def test_torch_lengths_equal_truncated_rows(options):
+    """Row i with lengths[i] = l: outputs and gradients equal the scan of its first l steps;
+    outputs past l are 0 and nothing past l gets a gradient."""
+    b, d, n, L = 4, 3, 5, 13
+    lengths = torch.tensor([13, 0, 6, 1])
+    inputs = make_inputs(b, d, n, L, torch.float64, seed=3, options=options)
+    kwargs = {"delta_softplus": options}
+    y, grads = run_and_grads(selective_scan, inputs, backend="torch", lengths=lengths, **kwargs)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for i, length in enumerate(lengths.tolist()):
+        assert (y[i, :, length:] == 0).all()
+        for name in ("u", "delta", "z", "B", "C"):
+            if name in grads:
+                assert (grads[name][i, :, length:] == 0).all(), name
+        if length == 0:
+            continue
+        row = {k: (v.detach()[i:i + 1, ..., :length] if v.dim() == 3 else v.detach())
+               .requires_grad_() for k, v in inputs.items()}
+        y_row = selective_scan_sequential(**row, **kwargs)
+        assert_close(y[i:i + 1, :, :length], y_row, 1e-12)
+        g_row = torch.autograd.grad(y_row, list(row.values()), gy[i:i + 1, :, :length])
+        for (name, g) in zip(row, g_row, strict=True):
+            if g.dim() == 3:
+                assert_close(grads[name][i:i + 1, ..., :length], g, 1e-12)
+    # parameters shared by the rows: the sum of the rows' gradients
+    per_row = []
+    for i, length in enumerate(lengths.tolist()):
+        if length:
+            row = {k: (v.detach()[i:i + 1, ..., :length] if v.dim() == 3 else v)
+                   for k, v in inputs.items()}
+            per_row.append(torch.autograd.grad(selective_scan_sequential(**row, **kwargs),
+                                               [inputs[k] for k in inputs if inputs[k].dim() < 3],
+                                               gy[i:i + 1, :, :length]))
+    shared = [k for k in inputs if inputs[k].dim() < 3]
+    for j, name in enumerate(shared):
+        assert_close(grads[name], sum(p[j] for p in per_row), 1e-12)
+
+
+def test_lengths_past_L_are_clamped_and_validated():
+    inputs = {k: v.detach() for k, v in make_inputs(2, 3, 4, 5, torch.float32).items()}
+    y = selective_scan(**inputs, backend="torch")
+    torch.testing.assert_close(selective_scan(**inputs, backend="torch",
+                                              lengths=torch.tensor([5, 9])), y)
+    with pytest.raises(ValueError, match="lengths"):
+        selective_scan(**inputs, backend="torch", lengths=torch.tensor([5]))
+    with pytest.raises(ValueError, match="lengths"):
+        selective_scan(**inputs, backend="torch", lengths=torch.tensor([5.0, 5.0]))
+
+
+def test_triton_is_never_chosen_or_imported_on_cpu():
+    code = textwrap.dedent("""
+        import sys, torch
+        from fusion import ssm
+        from fusion.heads import build_head
+        assert ssm.resolve_backend("auto", "cpu") == "torch"
+        assert ssm.available_backends("cpu") == ["torch"]
+        head = build_head("mamba", modality_dims={"video": 8, "verb_question": 4},
+                          d_model=8, d_state=2)
+        head({"video": torch.randn(2, 5, 8), "verb_question": torch.randn(2, 3, 4)})
+        assert "triton" not in sys.modules, "triton was imported on a CPU run"
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_triton_backend_refused_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    inputs = {k: v.detach() for k, v in make_inputs(1, 2, 3, 4, torch.float32).items()}
+    with pytest.raises(RuntimeError, match="triton"):
+        selective_scan(**inputs, backend="triton")
+
+
+def small_mamba(**kwargs):
+    torch.manual_seed(0)
+    return build_head("mamba", modality_dims={"video": 24, "verb_question": 16,
+                                              "noun_question": 16},
+                      num_verbs=5, num_nouns=7, d_model=24, d_state=4, **kwargs)
+
+
+def ragged_batch(n=3, video_len=12, question_len=5, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    inputs = {"video": torch.randn(n, video_len, 24, generator=g),
+              "verb_question": torch.randn(n, question_len, 16, generator=g),
+              "noun_question": torch.randn(n, question_len, 16, generator=g)}
+    masks = {k: torch.arange(v.shape[1])[None] < torch.randint(2, v.shape[1] + 1, (n, 1),
+                                                               generator=g)
+             for k, v in inputs.items()}
+    return ({k: v.to(device) for k, v in inputs.items()},
+            {k: v.to(device) for k, v in masks.items()})
+
+
+def head_results(head, inputs, masks):
+    head.zero_grad()
+    out = head(inputs, masks)
+    (out["verb"].square().sum() + out["noun"].sum()).backward()
+    return [out["verb"].detach(), out["noun"].detach(), head.A_log.grad.clone(),
+            head.mixers["video"][0].in_proj.weight.grad.clone(),
+            head.mixers["question"][0].x_proj.weight.grad.clone()]
+
+
+def test_head_lengths_path_equals_padding(monkeypatch):
+    """The head's ragged path (one call, per-row lengths) gives the padded path's results;
+    run on CPU by declaring the torch backend ragged."""
+    head = small_mamba(depth=2)
+    inputs, masks = ragged_batch()
+    expected = head_results(head, inputs, masks)
+    calls = []
+    original = mamba_module.selective_scan
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("lengths"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "RAGGED_BACKENDS", ("torch",))
+    monkeypatch.setattr(mamba_module, "selective_scan", recording)
+    got = head_results(head, inputs, masks)
+    assert len(calls) == 2  # one call per layer
+    assert calls[0].tolist() == [5] * 6 + [12] * 3  # groups run shortest branch first
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ragged_backends_group_long_and_short_branches():
+    head = small_mamba()
+    shapes = {"video": torch.Size([2, 48, 40]), "question": torch.Size([4, 48, 4])}
+    assert head.scan_groups(shapes) == [["question"], ["video"]]  # 2.5x padding > 1.5x
+    assert head.scan_groups(shapes, ragged=True) == [["question", "video"]]
+    far = {"video": torch.Size([2, 48, 400]), "question": torch.Size([20, 48, 4])}
+    assert head.scan_groups(far, ragged=True) == [["question"], ["video"]]  # 8.4x memory
+
+
+# ------------------------------------------------------------------ CPU: Triton's interpreter
+
+INTERPRETER_SCRIPT = r"""
+import sys
+import numpy as np
+import torch
+
+# Triton's interpreter turns scalars into 1-element arrays and calls int() on them for a
+# loop bound, which NumPy >= 2.4 refuses; index the element instead (test-only shim).
+try:
+    int(np.array([1]))
+except TypeError:
+    from triton.runtime import interpreter as _interp
+    _patch = _interp._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__",
+                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    _interp._patch_lang_tensor = _patch_lang_tensor
+
+from fusion import ssm
+from fusion.ssm_triton import ScanConfig
+from tests.fusion.test_ssm import assert_close, make_inputs, run_and_grads
+
+assert ssm.resolve_backend("triton", "cpu") == "triton"
+assert ssm.resolve_backend("auto", "cpu") == "torch"
+CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks and d-blocks)
+    (1, 1, 1, 1, True, None, None),
+    (2, 3, 4, 1, False, None, None),
+    (2, 5, 3, 7, True, None, ScanConfig(block_t=2, block_d_fwd=2, block_d_bwd=4)),
+    (2, 5, 3, 11, True, [11, 4], ScanConfig(block_t=4, block_d_fwd=4, block_d_bwd=2)),
+    (3, 4, 8, 20, False, [0, 20, 9], ScanConfig(block_t=4)),
+    (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
+]
+for b, d, n, L, options, lengths, config in CASES:
+    inputs = make_inputs(b, d, n, L, torch.float32, seed=L + d, options=options)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    kwargs = {"delta_softplus": options, "lengths": lengths}
+    from fusion.ssm_triton import selective_scan_triton
+
+    y, grads = run_and_grads(selective_scan_triton, inputs, config=config, **kwargs)
+    y_ref, grads_ref = run_and_grads(ssm.selective_scan, inputs, backend="torch", **kwargs)
+    errors = {"y": (y - y_ref).abs().max().item()}
+    assert y.dtype == torch.float32 and y.shape == (b, d, L)
+    assert_close(y, y_ref, 1e-5)
+    for name in inputs:
+        assert grads[name].dtype == inputs[name].dtype, name
+        assert_close(grads[name], grads_ref[name], 1e-5)
+        errors[name] = (grads[name] - grads_ref[name]).abs().max().item()
+    print((b, d, n, L, options, None if lengths is None else lengths.tolist()),
+          "max abs err", {k: f"{v:.1e}" for k, v in errors.items()})
+# float64 inputs run in float32 and come back as float64; the public entry point
+inputs = make_inputs(2, 3, 4, 9, torch.float64, seed=5)
+y, grads = run_and_grads(ssm.selective_scan, inputs, backend="triton", delta_softplus=True)
+y_ref, grads_ref = run_and_grads(ssm.selective_scan, inputs, backend="torch",
+                                 delta_softplus=True)
+assert y.dtype == torch.float64
+assert_close(y, y_ref, 1e-5)
+for name in inputs:
+    assert_close(grads[name], grads_ref[name], 1e-5)
+# half-precision inputs (A, D, delta_bias float32): outputs and gradients in the input dtype
+for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 2e-2)):
+    inputs = make_inputs(2, 5, 4, 13, torch.float32, seed=3)
+    inputs = {k: (v.detach().to(dtype) if k not in ("A", "D", "delta_bias") else v.detach())
+              .requires_grad_() for k, v in inputs.items()}
+    kwargs = {"delta_softplus": True, "lengths": torch.tensor([13, 6])}
+    y, grads = run_and_grads(selective_scan_triton, inputs, config=ScanConfig(block_t=4),
+                             **kwargs)
+    y_ref, grads_ref = run_and_grads(ssm.selective_scan, inputs, backend="torch", **kwargs)
+    assert y.dtype == dtype
+    assert_close(y.float(), y_ref.float(), tol)
+    for name in inputs:
+        assert grads[name].dtype == inputs[name].dtype, name
+        assert_close(grads[name].float(), grads_ref[name].float(), tol)
+    print(dtype, "matches the torch backend at tolerance", tol)
+print("interpreter: all cases match the torch backend")
+"""
+
+
+def test_triton_kernels_under_the_interpreter():
+    """The Triton kernels themselves, on CPU tensors, run by Triton's interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    print(result.stdout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "all cases match" in result.stdout
+
+
+# ------------------------------------------------------------------ GPU: compiled kernels
+
+
+def needs_triton():
+    if ssm._triton_fn() is None:
+        pytest.skip("triton is not installed")
+
+
+def cuda_inputs(b, d, n, L, dtype, seed, options=True):
+    """Random inputs on CUDA; u, delta, B, C, z in `dtype`, A, D, delta_bias float32."""
+    inputs = make_inputs(b, d, n, L, torch.float32, device="cuda", seed=seed, options=options)
+    return {k: (v.detach().to(dtype) if k not in ("A", "D", "delta_bias") else v.detach())
+            .requires_grad_() for k, v in inputs.items()}
+
+
+def random_shapes(count, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = []
+    for _ in range(count):
+        b = int(torch.randint(1, 6, (1,), generator=g))
+        d = int(torch.randint(1, 200, (1,), generator=g)) | 1  # odd
+        n = (1, 4, 5, 16)[int(torch.randint(0, 4, (1,), generator=g))]
+        L = int(torch.randint(1, 400, (1,), generator=g))
+        ragged = bool(torch.randint(0, 2, (1,), generator=g))
+        lengths = torch.randint(0, L + 1, (b,), generator=g).tolist() if ragged else None
+        shapes.append((b, d, n, L, lengths))
+    return shapes
+
+
+GPU_SHAPES = [  # b, d, n, L, lengths
+    (1, 1, 1, 1, None),
+    (2, 3, 16, 1, None),
+    (2, 37, 16, 77, [77, 30]),
+    (3, 129, 5, 64, [0, 64, 1]),
+    (4, 96, 16, 300, None),
+    (8, 256, 16, 512, None),
+    (2, 64, 16, 2049, [2049, 1000]),
+    *random_shapes(4),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("b", "d", "n", "L", "lengths"), GPU_SHAPES)
+def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
+    needs_triton()
+    options = (b + d + L) % 2 == 1  # half the shapes without D, z, delta_bias, softplus
+    inputs = cuda_inputs(b, d, n, L, dtype, seed=L + d, options=options)
+    kwargs = {"delta_softplus": options,
+              "lengths": None if lengths is None else torch.tensor(lengths, device="cuda")}
+    y, grads = run_and_grads(selective_scan, inputs, backend="triton", **kwargs)
+    y_ref, grads_ref = run_and_grads(selective_scan, inputs, backend="torch", **kwargs)
+    tol = TOL[dtype]
+    assert y.dtype == y_ref.dtype == dtype and y.shape == (b, d, L)
+    assert torch.isfinite(y).all()
+    assert_close(y.float(), y_ref.float(), tol)
+    for name in inputs:
+        assert grads[name].dtype == inputs[name].dtype, name
+    grads_equal(grads, grads_ref, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [
+    {"block_t": 2}, {"block_t": 4, "block_d_fwd": 1, "block_d_bwd": 1},
+    {"block_t": 32, "block_d_fwd": 4, "block_d_bwd": 2},
+    {"block_t": 64, "block_d_fwd": 2, "block_d_bwd": 1, "num_warps_fwd": 8, "num_warps_bwd": 8},
+    {"block_t": 16, "block_d_fwd": 16, "block_d_bwd": 8, "num_warps_fwd": 8, "num_warps_bwd": 2},
+])
+def test_tile_sizes_do_not_change_results(config):
+    needs_triton()
+    from fusion.ssm_triton import ScanConfig, selective_scan_triton
+
+    inputs = cuda_inputs(3, 50, 16, 200, torch.float32, seed=1)
+    lengths = torch.tensor([200, 7, 131], device="cuda")
+    kwargs = {"delta_softplus": True, "lengths": lengths}
+    y, grads = run_and_grads(selective_scan_triton, inputs, config=ScanConfig(**config),
+                             **kwargs)
+    y_ref, grads_ref = run_and_grads(selective_scan, inputs, backend="torch", **kwargs)
+    assert_close(y, y_ref, 1e-4)
+    grads_equal(grads, grads_ref, 1e-4)
+
+
+@pytest.mark.gpu
+def test_strided_inputs_and_gradients():
+    """Views as the Mamba layer makes them (z a half of in_proj's output, B and C transposed
+    slices of x_proj's), an expanded upstream gradient, and inference without states."""
+    needs_triton()
+    b, d, n, L = 3, 40, 16, 70
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xz = torch.randn(b, L, 2 * d, device="cuda", generator=g)
+    u, z = (t.detach().requires_grad_() for t in xz.transpose(1, 2).chunk(2, dim=1))
+    bc = torch.randn(b, L, 2 * n + 3, device="cuda", generator=g, requires_grad=True)
+    B, C = bc[..., 3:3 + n].transpose(1, 2), bc[..., 3 + n:].transpose(1, 2)
+    delta = (0.5 * torch.randn(b, d, L, device="cuda", generator=g)).requires_grad_()
+    A = (-torch.rand(d, n, device="cuda", generator=g) * 4).requires_grad_()
+    D = torch.randn(d, device="cuda", generator=g).requires_grad_()
+    leaves = [u, z, bc, delta, A, D]
+    results = {}
+    for backend in ("triton", "torch"):
+        y = selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, backend=backend)
+        results[backend] = (y.detach(), *torch.autograd.grad(y.sum(), leaves))
+    for a, r in zip(results["triton"], results["torch"], strict=True):
+        assert_close(a, r, 1e-4)
+    with torch.no_grad():
+        y = selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, backend="triton")
+    assert_close(y, results["torch"][0], 1e-4)
+
+
+@pytest.mark.gpu
+def test_one_ragged_call_equals_one_call_per_modality():
+    """Video (16 steps) and text (64 steps) stacked with lengths in one call give what two
+    separate calls give, values and gradients (the EK100 case of the benchmark)."""
+    needs_triton()
+    video = cuda_inputs(4, 96, 16, 16, torch.bfloat16, seed=0, options=False)
+    text = cuda_inputs(8, 96, 16, 64, torch.bfloat16, seed=1, options=False)
+    text["A"] = video["A"]  # one shared A
+    keys = ("u", "delta", "B", "C")
+    stacked = {k: torch.cat([F.pad(video[k], (0, 48)), text[k]]).detach().requires_grad_()
+               for k in keys}
+    A = video["A"].detach().requires_grad_()
+    lengths = torch.tensor([16] * 4 + [64] * 8, device="cuda")
+    y = selective_scan(**stacked, A=A, delta_softplus=True, backend="triton", lengths=lengths)
+    gy = torch.randn(y.shape, device="cuda", dtype=y.dtype)
+    g_stacked = torch.autograd.grad(y, [*stacked.values(), A], gy)
+    g_a = torch.zeros_like(A)
+    for rows, length in ((slice(0, 4), 16), (slice(4, 12), 64)):
+        part = {k: v.detach()[rows, :, :length].requires_grad_() for k, v in stacked.items()}
+        a = A.detach().requires_grad_()
+        y_part = selective_scan(**part, A=a, delta_softplus=True, backend="triton")
+        grads = torch.autograd.grad(y_part, [*part.values(), a], gy[rows, :, :length])
+        assert_close(y[rows, :, :length].float(), y_part.float(), 1e-2)
+        assert (y[rows, :, length:] == 0).all()
+        for k, g_one, g_sep in zip(keys, g_stacked, grads, strict=False):
+            assert_close(g_one[rows, :, :length].float(), g_sep.float(), 1e-2)
+            assert (g_one[rows, :, length:] == 0).all(), k
+        g_a += grads[-1]
+    assert_close(g_stacked[-1], g_a, 1e-3)
+
+
+@pytest.mark.gpu
+def test_auto_picks_triton_on_cuda():
+    needs_triton()
+    assert ssm.resolve_backend("auto", "cuda") == "triton"
+    assert ssm.available_backends("cuda")[-1] == "triton"
+
+
+@pytest.mark.gpu
+def test_mamba_head_triton_equals_torch_backend(monkeypatch):
+    """The head with the triton backend (one ragged call per layer) against the torch
+    backend (padding), float32 and under bf16 autocast as in training."""
+    needs_triton()
+    head = small_mamba(depth=2).cuda()
+    inputs, masks = ragged_batch(n=6, device="cuda")
+    results = {}
+    for backend in ("torch", "triton"):
+        head.backend = backend
+        results[backend] = head_results(head, inputs, masks)
+    for a, r in zip(results["triton"], results["torch"], strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+    calls = []
+    original = mamba_module.selective_scan
+
+    def recording(*args, **kwargs):
+        calls.append((args[0].shape, kwargs.get("lengths")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", recording)
+    head.backend = "auto"
+    with torch.autocast("cuda", torch.bfloat16):
+        out = head(inputs, masks)
+    assert len(calls) == 2 and calls[0][0][0] == 18 and calls[0][1] is not None
+    head.backend = "torch"
+    with torch.autocast("cuda", torch.bfloat16):
+        ref = head(inputs, masks)
+    torch.testing.assert_close(out["verb"].float(), ref["verb"].float(), rtol=3e-2, atol=3e-2)
