@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from features.config import cli, save_config, to_dict
 from fusion import tracking
-from fusion.data import FeatureSplit, load_features
+from fusion.data import Batch, FeatureSplit, load_features
 from fusion.heads import build_head
 from fusion.metrics import anticipation_metrics, recognition_metrics
 from fusion.optim import build_scheduler, param_groups
@@ -173,6 +173,44 @@ def evaluate(config: TrainConfig, scores: dict, split: FeatureSplit, extra: dict
     return recognition_metrics(scores["verb"], scores["noun"], verb, noun, **extra)
 
 
+def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[str, Any],
+                   steps_per_epoch: int, device: torch.device) -> tuple[Any, Any, Any]:
+    """The head, AdamW with the SSM block's own LR group, and the warmup-cosine schedule."""
+    try:
+        model = build_head(config.fusion, modality_dims=dims, num_verbs=data_info["num_verbs"],
+                           num_nouns=data_info["num_nouns"], **config.head.kwargs()).to(device)
+    except TypeError as error:  # e.g. --head.d-state given to the MLP head
+        raise ValueError(f"fusion head {config.fusion!r} rejects the head options "
+                         f"{config.head.kwargs()}: {error}") from error
+    groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
+                          getattr(model, "ssm_prefixes", ()))
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=device.type == "cuda")
+    scheduler = build_scheduler(
+        optimizer, steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch),
+        config.start_lr / config.peak_lr, config.final_lr / config.peak_lr,
+    )
+    return model, optimizer, scheduler
+
+
+def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
+               amp: bool) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (no host sync)."""
+    with torch.autocast(batch.verb.device.type, torch.bfloat16, enabled=amp):
+        out = model(batch.inputs, batch.masks)
+        loss = F.cross_entropy(out["verb"].float(), batch.verb,
+                               label_smoothing=config.label_smoothing)
+        loss = loss + F.cross_entropy(out["noun"].float(), batch.noun,
+                                      label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "shuffle": generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -204,23 +242,10 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     generator = torch.Generator().manual_seed(config.seed)
     train_split, val_split, data_info = load_features(config, device)
     extra = data_info.get("metric_extra", {})
-    num_verbs, num_nouns = data_info["num_verbs"], data_info["num_nouns"]
 
-    try:
-        model = build_head(config.fusion, modality_dims=train_split.dims, num_verbs=num_verbs,
-                           num_nouns=num_nouns, **config.head.kwargs()).to(device)
-    except TypeError as error:  # e.g. --head.d-state given to the MLP head
-        raise ValueError(f"fusion head {config.fusion!r} rejects the head options "
-                         f"{config.head.kwargs()}: {error}") from error
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
-                          getattr(model, "ssm_prefixes", ()))
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=device.type == "cuda")
-    scheduler = build_scheduler(
-        optimizer, total_steps, round(config.warmup_epochs * steps_per_epoch),
-        config.start_lr / config.peak_lr, config.final_lr / config.peak_lr,
-    )
+    model, optimizer, scheduler = build_training(config, train_split.dims, data_info,
+                                                 steps_per_epoch, device)
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "history": [], "run_id": None}
     last = folder / "last.pt"
@@ -248,19 +273,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
         for batch in bar:
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = model(batch.inputs, batch.masks)
-                loss = F.cross_entropy(out["verb"].float(), batch.verb,
-                                       label_smoothing=config.label_smoothing)
-                loss = loss + F.cross_entropy(out["noun"].float(), batch.noun,
-                                              label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach() * len(batch.index)
+            loss = train_step(model, batch, optimizer, scheduler, config, amp)
+            total_loss += loss * len(batch.index)
             seen += len(batch.index)
         train_loss = float(total_loss) / max(seen, 1)
         scores = predict(model, val_split, config.batch_size, amp)

@@ -1,0 +1,152 @@
+"""Where a training step's time goes: torch.profiler over real `fusion.train.train_step` calls.
+
+    python benchmarks/profile_step.py                         # H100: every head, EK100 widths
+    python benchmarks/profile_step.py --heads mamba --backends triton mamba_ssm torch
+    python benchmarks/profile_step.py --quick                 # CPU smoke check
+
+Why: the epoch benchmark (`train_epoch.py`) says how long an epoch takes; this says why. It
+runs the training step exactly as `fusion.train` does (the same head, AdamW groups, schedule,
+bf16 autocast, gradient clipping) on one random EK100-shaped batch (batch 128; video 16 x
+1024; two questions of 32 x 768 with ragged masks), times it with CUDA events, and profiles a
+few steps. Reported per head: ms per step, the share of GPU time spent in the selective scan
+(kernels whose name contains "scan"), GPU-busy share of the step (low = launch/CPU bound),
+kernels launched per step, and the top kernels. Results: `benchmarks/results/profile_step.md`
+(`--quick`: `profile_step_quick.md`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.sweep_throughput import device_name  # noqa: E402
+from features.config import cli  # noqa: E402
+
+
+@dataclass
+class ProfileConfig:
+    """Profile the training step of each head on one EK100-shaped batch."""
+
+    heads: tuple[str, ...] = ("mamba", "mlp", "transformer_6x4", "transformer_12x12")
+    backends: tuple[str, ...] = ("auto",)
+    """Scan backends of the Mamba head (auto, torch, mamba_ssm, triton)."""
+    batch_size: int = 128
+    video_shape: tuple[int, int] = (16, 1024)
+    text_shape: tuple[int, int] = (32, 768)
+    steps: int = 20
+    """Timed steps (after 5 warm-up steps); the profiler records 5 more."""
+    top: int = 12
+    quick: bool = False
+    out: Path | None = None
+
+
+def random_batch(c: ProfileConfig, device, num_verbs: int = 97, num_nouns: int = 300):
+    import torch
+
+    from fusion.data import Batch
+
+    g = torch.Generator(device).manual_seed(0)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    b, (lv, dv), (lt, dt) = c.batch_size, c.video_shape, c.text_shape
+    inputs = {"video": torch.randn(b, lv, dv, device=device, dtype=dtype, generator=g)}
+    masks = {"video": torch.ones(b, lv, dtype=torch.bool, device=device)}
+    for q in ("verb_question", "noun_question"):
+        inputs[q] = torch.randn(b, lt, dt, device=device, dtype=dtype, generator=g)
+        length = torch.randint(lt // 4, lt + 1, (b, 1), device=device, generator=g)
+        masks[q] = torch.arange(lt, device=device) < length
+    return Batch(torch.arange(b, device=device), inputs, masks,
+                 torch.randint(0, num_verbs, (b,), device=device, generator=g),
+                 torch.randint(0, num_nouns, (b,), device=device, generator=g))
+
+
+def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str]:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from fusion.train import HeadConfig, TrainConfig, build_training, resolve_device, train_step
+
+    device = resolve_device("auto")
+    cuda = device.type == "cuda"
+    head = HeadConfig(d_model=48 if c.quick else None,
+                      backend=backend if fusion == "mamba" else None)
+    config = TrainConfig(fusion=fusion, head=head, batch_size=c.batch_size, epochs=100)
+    batch = random_batch(c, device)
+    dims = {k: int(v.shape[-1]) for k, v in batch.inputs.items()}
+    model, optimizer, scheduler = build_training(
+        config, dims, {"num_verbs": 97, "num_nouns": 300}, 1000, device)
+    model.train()
+
+    def step() -> None:
+        train_step(model, batch, optimizer, scheduler, config, amp=cuda)
+
+    for _ in range(5):
+        step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for _ in range(c.steps):
+        step()
+    sync()
+    ms = (time.perf_counter() - started) * 1e3 / c.steps
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            step()
+        sync()
+    events = prof.key_averages()
+    key = "device_time_total" if cuda else "self_cpu_time_total"
+    kernels = [e for e in events if (getattr(e, "device_type", None) is not None
+                                     and str(e.device_type).endswith("CUDA"))] if cuda else []
+    gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels)
+    scan_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels
+                  if "scan" in e.key.lower())
+    launches = sum(e.count for e in kernels) / 5
+    row = {"head": fusion, "backend": backend if fusion == "mamba" else "-",
+           "ms_per_step": round(ms, 2),
+           "gpu_busy_share": round(gpu_us / 5 / 1e3 / ms, 3) if cuda else None,
+           "scan_share_of_gpu": round(scan_us / gpu_us, 3) if gpu_us else None,
+           "kernels_per_step": round(launches, 1) if cuda else None,
+           "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+    table = events.table(sort_by=key, row_limit=c.top)
+    return row, table
+
+
+def main(argv: list[str] | None = None) -> Path:
+    c = cli(ProfileConfig, args=argv)
+    if c.quick:
+        c = dataclasses.replace(c, batch_size=16, video_shape=(16, 32), text_shape=(8, 32),
+                                steps=3, top=8)
+    out = c.out or ROOT / "benchmarks" / "results" / ("profile_step_quick" if c.quick
+                                                        else "profile_step")
+    command = "python benchmarks/profile_step.py " + " ".join(argv or sys.argv[1:])
+    summary = [f"# Training-step profile on {device_name()}", "", f"`{command}`; batch "
+               f"{c.batch_size}, video {c.video_shape}, questions 2 x {c.text_shape} (ragged "
+               "masks), the real `fusion.train.train_step` (bf16 autocast on CUDA, AdamW, "
+               "clipping); mean of the timed steps.", "",
+               "| head | scan backend | ms/step | GPU busy share | scan share of GPU time | "
+               "kernels/step | params (M) |", "|---|---|---|---|---|---|---|"]
+    details = []
+    for fusion in c.heads:
+        for backend in (c.backends if fusion == "mamba" else ("auto",)):
+            row, table = profile_head(c, fusion, backend)
+            print(row, flush=True)
+            summary.append(f"| {row['head']} | {row['backend']} | {row['ms_per_step']} | "
+                           f"{row['gpu_busy_share']} | {row['scan_share_of_gpu']} | "
+                           f"{row['kernels_per_step']} | {row['params_m']} |")
+            details += ["", f"## {fusion} [{row['backend']}], 5 profiled steps", "", "```",
+                        table, "```"]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".md").write_text("\n".join(summary + details) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
