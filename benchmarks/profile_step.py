@@ -43,6 +43,8 @@ class ProfileConfig:
     steps: int = 20
     """Timed steps (after 5 warm-up steps); the profiler records 5 more."""
     top: int = 12
+    compile: bool = False
+    """torch.compile the head (TrainConfig.compile)."""
     quick: bool = False
     out: Path | None = None
 
@@ -83,8 +85,10 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
         config, dims, {"num_verbs": 97, "num_nouns": 300}, 1000, device)
     model.train()
 
+    forward = torch.compile(model) if c.compile else model
+
     def step() -> None:
-        train_step(model, batch, optimizer, scheduler, config, amp=cuda)
+        train_step(forward, batch, optimizer, scheduler, config, amp=cuda)
 
     for _ in range(5):
         step()
@@ -109,7 +113,8 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     scan_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels
                   if "scan" in e.key.lower())
     launches = sum(e.count for e in kernels) / 5
-    row = {"head": fusion, "backend": backend if fusion == "mamba" else "-",
+    row = {"head": fusion + (" (compiled)" if c.compile else ""),
+           "backend": backend if fusion == "mamba" else "-",
            "ms_per_step": round(ms, 2),
            "gpu_busy_share": round(gpu_us / 5 / 1e3 / ms, 3) if cuda else None,
            "scan_share_of_gpu": round(scan_us / gpu_us, 3) if gpu_us else None,

@@ -52,6 +52,8 @@ class EpochBenchConfig:
     video_shape: tuple[int, int] = (16, 1024)
     text_shape: tuple[int, int, int] = (2, 32, 768)
     batch_size: int = 128
+    compile: bool = False
+    """torch.compile the heads (TrainConfig.compile)."""
     quick: bool = False
     """CPU smoke check: a few hundred clips, small widths, 2 epochs."""
     out: Path | None = None
@@ -72,7 +74,7 @@ def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> d
     config = fusion_train.TrainConfig(
         fusion=fusion, head=head, epochs=c.epochs, batch_size=c.batch_size, backbone="random",
         out=folder / "runs", run_name=f"{fusion}-{backend}", experiment="train-epoch",
-        device="auto", track=False)
+        device="auto", track=False, compile=c.compile)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -81,7 +83,8 @@ def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> d
     history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]["history"]
     steady = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
     return {
-        "head": fusion, "backend": backend if fusion == "mamba" else "-",
+        "head": fusion + (" (compiled)" if c.compile else ""),
+        "backend": backend if fusion == "mamba" else "-",
         "epoch_seconds": round(sum(steady) / len(steady), 3),
         "first_epoch_seconds": round(history[0]["epoch_seconds"], 3),
         "run_seconds": round(wall, 2),

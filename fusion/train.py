@@ -97,6 +97,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """torch.compile the head's forward (fuses its small elementwise kernels on GPU)."""
     out: Path = Path("runs")
     run_name: str | None = None
     """Folder under `out` (default: fusion-backbone-task[-video]-s<seed>); reruns resume there."""
@@ -258,6 +260,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         state = checkpoint["state"]
         print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
 
+    forward = torch.compile(model) if config.compile else model  # shares model's weights
     if config.track:
         run = tracking.start_run(config, state["run_id"], data_info, model, folder)
         state["run_id"] = run.info.run_id
@@ -273,11 +276,11 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
         for batch in bar:
-            loss = train_step(model, batch, optimizer, scheduler, config, amp)
+            loss = train_step(forward, batch, optimizer, scheduler, config, amp)
             total_loss += loss * len(batch.index)
             seen += len(batch.index)
         train_loss = float(total_loss) / max(seen, 1)
-        scores = predict(model, val_split, config.batch_size, amp)
+        scores = predict(forward, val_split, config.batch_size, amp)
         metrics = evaluate(config, scores, val_split, extra)
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "epoch_seconds": time.perf_counter() - started,
