@@ -31,15 +31,22 @@ Why the kernels look the way they do
 
       g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1}      (gy' = gy · silu(z))
 
-  as a reverse associative scan. Its coefficient exp(Δ_{t+1} A) belongs to the NEXT step,
-  and a register tile cannot be shifted by one step; instead the scan carries a 4-tuple (the
-  affine map of g̃_t = exp(Δ_t A) g_t, which has the step's own coefficient, plus the map
-  that yields g_t itself; see `_bwd_combine`), so no second exp and no shifted load is
-  needed. exp(Δ_t A) h_{t-1}, which the Δ and A gradients need, is h_t - Δ_t B_t u_t.
+  as a reverse associative scan (two values, the same combine as forward's). Its
+  coefficient exp(Δ_{t+1} A) belongs to the NEXT step and a register tile cannot be shifted
+  by one step, so backward loads Δ a second time one step later (an L1/L2 hit) and
+  recomputes its bias, softplus and exp; that is cheaper than the 4-value scan that carries
+  the shift inside the combine (fewer shuffles and live tiles). exp(Δ_t A) h_{t-1}, which the
+  Δ and A gradients need, is h_t - Δ_t B_t u_t.
 * Gradients of the per-channel parameters (A, D, delta_bias) are summed over time in
-  registers and written per row; the wrapper sums the rows. Gradients of B and C (shared by
-  all channels of a row) are summed over the program's channels in registers and added to a
-  float32 (b, n, L) buffer with atomics, one add per (block of channels, n, t).
+  registers (A's as a (BLOCK_N, BLOCK_D, BLOCK_T) tile, reduced over time once after the
+  loop, not per chunk) and written per row; the wrapper sums the rows. Gradients of B and C
+  (shared by all channels of a row) are summed over the program's channels in registers and
+  added to a float32 (b, n, L) buffer with atomics, one add per (block of channels, n, t).
+  A (b, d / BLOCK_D, n, L) buffer of partial sums instead would not fit at one channel per
+  program (b·d·n·L floats: 51 GB at batch 128, d 1536, L 4096).
+* Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
+  exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
+  negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
 """
 
 from __future__ import annotations
@@ -79,13 +86,19 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     """Concrete tile sizes and warps (fields of `config` that are set win).
 
     BLOCK_N = n rounded up to a power of two; BLOCK_T = 16 (less for shorter sequences, at
-    least 2); 4 warps. BLOCK_D follows from how Triton lays out a (BLOCK_N, BLOCK_D, BLOCK_T)
-    tile by default: the time axis across the lanes of a warp (scans by shuffles), the rest
-    of the 32 lanes and then the warps across channels, and what is left of the state axis in
-    each thread. BLOCK_D = (32 / BLOCK_T) lanes x warps then keeps all n states of a channel
-    in one thread, so the C·h sum over states needs no shared memory; for n > 16 fewer warps
-    go to channels so that a thread holds at most 16 states (checked with ptxas for sm_90:
-    no spills at n = 16 and 64). Backward keeps ~2x more tiles live (~250 registers).
+    least 2). Forward: 4 warps; BLOCK_D follows from how Triton lays out a
+    (BLOCK_N, BLOCK_D, BLOCK_T) tile by default: the time axis across the lanes of a warp
+    (scans by shuffles), the rest of the 32 lanes and then the warps across channels, and what
+    is left of the state axis in each thread. BLOCK_D = (32 / BLOCK_T) lanes x warps then
+    keeps all n states of a channel in one thread, so the C·h sum over states needs no shared
+    memory; for n > 16 fewer warps go to channels so that a thread holds at most 16 states.
+
+    Backward (n <= 16): ONE channel per program and one warp (16 time lanes x 2 state lanes,
+    8 states a thread, 168 registers, no spills for sm_90), the fastest of the tile sweep on
+    the H100 (batch 128, d 1536, bf16, fwd+bwd: 0.75x / 0.59x / 0.59x the 4-warp 8-channel
+    tiles at L = 16 / 256 / 4096, benchmarks/results/scan_backends.md). With 8 channels and 4
+    warps each thread held all 16 states of every tile (~255 registers). For n > 16 the
+    backward keeps the forward's rule with 4 warps.
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
@@ -98,10 +111,14 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
         warps_d = warps if block_n <= 16 else max(1, warps * 16 // block_n)
         return max(1, min(_pow2(d), lanes_d * warps_d))
 
-    warps_fwd, warps_bwd = config.num_warps_fwd or 4, config.num_warps_bwd or 4
+    small_n = block_n <= 16
+    warps_fwd = config.num_warps_fwd or 4
+    warps_bwd = config.num_warps_bwd or (1 if small_n else 4)
+    block_d_bwd = (_pow2(config.block_d_bwd) if config.block_d_bwd else
+                   1 if small_n else block_d(None, warps_bwd))
     return {"BLOCK_N": block_n, "BLOCK_T": block_t,
             "BLOCK_D_FWD": block_d(config.block_d_fwd, warps_fwd),
-            "BLOCK_D_BWD": block_d(config.block_d_bwd, warps_bwd),
+            "BLOCK_D_BWD": block_d_bwd,
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd}
 
 
@@ -112,18 +129,6 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
 def _fwd_combine(a_left, b_left, a_right, b_right):
     """h -> a h + b maps, the earlier (left) one applied first: h_t = a_t h_{t-1} + b_t."""
     return a_left * a_right, b_left * a_right + b_right
-
-
-@triton.jit
-def _bwd_combine(a_r, b_r, g0_r, g1_r, a_l, b_l, g0_l, g1_l):
-    """Composition for the reverse adjoint scan; `_r` is the later segment (scanned first).
-
-    A segment [t..k] maps v = g̃_{k+1} (g̃_s = exp(Δ_s A) g_s: what step s hands back to step
-    s - 1) to g̃_t = a v + b, and to g_t = g0 v + g1. One step t is
-    (a, b, g0, g1) = (exp(Δ_t A), exp(Δ_t A) x_t, 1, x_t) with x_t = C_t gy'_t, since
-    g_t = x_t + g̃_{t+1}. The left segment's maps take the right segment's g̃ as their v.
-    """
-    return a_l * a_r, a_l * b_r + b_l, g0_l * a_r, g0_l * b_r + g1_l
 
 
 @triton.jit
@@ -147,6 +152,18 @@ def _load_bc(ptr, row_offset, s_n, s_l, n_offs, t_offs, mask):
     """A (BLOCK_N, BLOCK_T) tile of a (b, n, L) tensor as float32 (0 where masked)."""
     ptrs = ptr + row_offset + n_offs[:, None] * s_n + t_offs[None, :] * s_l
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_tile(delta_ptr, row_offset, s_d, s_l, d_offs, t_offs, mask, bias,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ of a (BLOCK_D, BLOCK_T) tile after bias and softplus, float32, 0 where masked."""
+    dt = _load_tile(delta_ptr, row_offset, s_d, s_l, d_offs, t_offs, mask)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -235,6 +252,7 @@ def _scan_bwd_kernel(
     A = tl.load(A_ptr + n_offs[:, None] * s_an + d_offs[None, :] * s_ad, mask=nd_mask,
                 other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
     if HAS_D:
@@ -243,8 +261,8 @@ def _scan_bwd_kernel(
     if HAS_LEN:
         length = tl.minimum(tl.maximum(tl.load(len_ptr + row).to(tl.int32), 0), L)
     n_chunks = (length + BLOCK_T - 1) // BLOCK_T
-    carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # g̃ at the next chunk's first step
-    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # g at the next chunk's first step
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for i in range(0, n_chunks):
@@ -281,13 +299,19 @@ def _scan_bwd_kernel(
             sig = tl.sigmoid(zt)
             tl.store(dz_ptr + out_offs, gy * y * sig * (1.0 + zt * (1.0 - sig)), mask=mask)
             gy = gy * zt * sig
-        # adjoint g_t (see _bwd_combine), with the carry from the chunk to the right
+        # adjoint g_t = x_t + a_{t+1} g_{t+1} (x_t = C_t gy'_t) as a reverse scan of the maps
+        # v -> a_{t+1} v + x_t; the next step's a_{t+1} comes from Δ loaded one step later
+        # (the last step of the chunk reads the next chunk's first Δ; past the length: a = 1,
+        # and g = 0 there anyway). v at the chunk's end is `carry`, g at the next chunk's start.
         x = gy[None, :, :] * Ct[:, None, :]
-        ones = tl.full((BLOCK_N, BLOCK_D, BLOCK_T), 1.0, tl.float32)
-        _, _, g0, g1 = tl.associative_scan((dA, dA * x, ones, x), axis=2,
-                                             combine_fn=_bwd_combine, reverse=True)
-        g = g0 * carry[:, :, None] + g1
-        carry = tl.sum(tl.where(t_loc[None, None, :] == 0, dA * g, 0.0), axis=2)  # g̃ here
+        dt_next = _delta_tile(delta_ptr, row * s_db, s_dd, s_dl, d_offs, t_offs + 1,
+                              d_mask[:, None] & (t_offs + 1 < length)[None, :], bias,
+                              HAS_BIAS, SOFTPLUS)
+        a_next = tl.exp2(dt_next[None, :, :] * A2[:, :, None])
+        G0, G1 = tl.associative_scan((a_next, x), axis=2, combine_fn=_fwd_combine,
+                                     reverse=True)
+        g = G0 * carry[:, :, None] + G1
+        carry = tl.sum(tl.where(t_loc[None, None, :] == 0, g, 0.0), axis=2)
         # h_t = a_t h_{t-1} + Δ_t B_t u_t with a_t = exp(Δ_t A): dL/d(Δ_t B_t u_t) = g_t and
         # dL/d(Δ_t A) = g_t a_t h_{t-1} = g_t (h_t - Δ_t B_t u_t)
         gBu = tl.sum(g * Bt[:, None, :], axis=0)  # (BLOCK_D, BLOCK_T)
@@ -298,7 +322,7 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + out_offs, du, mask=mask)
         g_dtA = g * (hs - dBu)
         ddt = gBu * u + tl.sum(g_dtA * A[:, :, None], axis=0)
-        dA_acc += tl.sum(g_dtA * dt[None, :, :], axis=2)
+        dA_acc += g_dtA * dt[None, :, :]  # summed over time once, after the loop
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(mask, ddt, 0.0)
@@ -310,7 +334,8 @@ def _scan_bwd_kernel(
                       sem="relaxed")
         tl.atomic_add(dC_ptr + bc_offs, tl.sum(hs * gy[None, :, :], axis=1), mask=bc_mask,
                       sem="relaxed")
-    tl.store(dA_ptr + (row * d + d_offs[None, :]) * n + n_offs[:, None], dA_acc, mask=nd_mask)
+    tl.store(dA_ptr + (row * d + d_offs[None, :]) * n + n_offs[:, None],
+             tl.sum(dA_acc, axis=2), mask=nd_mask)
     if HAS_D:
         tl.store(dD_ptr + row * d + d_offs, dD_acc, mask=d_mask)
     if HAS_BIAS:

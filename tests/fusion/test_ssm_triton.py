@@ -284,8 +284,16 @@ def needs_triton():
 
 
 def cuda_inputs(b, d, n, L, dtype, seed, options=True):
-    """Random inputs on CUDA; u, delta, B, C, z in `dtype`, A, D, delta_bias float32."""
+    """Random inputs on CUDA; u, delta, B, C, z in `dtype`, A, D, delta_bias float32.
+
+    Without `options` (no softplus) Δ is |N(0, 0.25)|: Δ > 0 as in real use (the head applies
+    softplus before the call). A raw normal Δ < 0 makes exp(Δ A) > 1, so the recurrence grows
+    like exp(|Δ A| t) and overflows fp16 (and, at L = 512, float32) on every backend, the
+    torch reference included: that compares infinities, not the kernels.
+    """
     inputs = make_inputs(b, d, n, L, torch.float32, device="cuda", seed=seed, options=options)
+    if not options:
+        inputs["delta"] = inputs["delta"].detach().abs()
     return {k: (v.detach().to(dtype) if k not in ("A", "D", "delta_bias") else v.detach())
             .requires_grad_() for k, v in inputs.items()}
 
@@ -329,6 +337,7 @@ def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
     y_ref, grads_ref = run_and_grads(selective_scan, inputs, backend="torch", **kwargs)
     tol = TOL[dtype]
     assert y.dtype == y_ref.dtype == dtype and y.shape == (b, d, L)
+    assert torch.isfinite(y_ref).all()  # the inputs keep the reference in range (Δ > 0)
     assert torch.isfinite(y).all()
     assert_close(y.float(), y_ref.float(), tol)
     for name in inputs:
