@@ -19,8 +19,11 @@ modality. Only when padding would cost more than 1.5x the real scan work (16 vid
 with 2 x 32 question tokens cost 1.2x; 4096 video tokens with them 2.9x) do branches of very
 different lengths get separate calls. A backend that takes per-row `lengths` and skips the
 padded steps (`triton`, see `fusion.ssm.RAGGED_BACKENDS`) gets each row's branch length, so
-padding costs it no scan work, only memory: branches then share a call unless the padded
-tensors would hold more than 4x the real elements.
+padding costs it no scan work, only memory and the copies that stack the branches. Measured
+on the H100 (`benchmarks/results/scan_backends.md`, video 16 + 2 x 32 question tokens), those
+copies cost more than a second launch (triton: one call 4.2 ms, two calls 2.5 ms), so by
+default ragged backends share a call only when no padding is needed
+(`max_padding_ragged = 1.0`); raise it to trade copies for launches (e.g. many tiny branches).
 
 Padding: tokens are left-aligned (real ones first), so the causal convolution and the scan,
 which run left to right, never carry a padded token into a real one; the eq. 5 convolution is
@@ -139,7 +142,7 @@ class MambaFusion(FusionHead):
         self.d_model, self.depth, self.shared_A = d_model, depth, shared_A
         self.route_questions, self.backend = route_questions, backend
         self.max_padding = 1.5
-        self.max_padding_ragged = 4.0  # memory only: ragged backends skip padded steps
+        self.max_padding_ragged = 1.0  # ragged backends skip padded steps, not the copies
         self.branch_of = {m: "question" if share_questions and _is_question(m) else m
                           for m in dims}
         self.branches = list(dict.fromkeys(self.branch_of.values()))
@@ -200,7 +203,7 @@ class MambaFusion(FusionHead):
         """Branches whose scans run as one call: all of them with a shared A, unless padding
         them to the longest would cost more than `max_padding` (1.5x) the real work; then
         branches of similar length go together (by length, greedily). Unshared: one each.
-        `ragged` (the backend skips padded steps): the limit is `max_padding_ragged` (4x)."""
+        `ragged` (the backend skips padded steps): the limit is `max_padding_ragged`."""
         if not self.shared_A:
             return [[b] for b in shapes]
         limit = self.max_padding_ragged if ragged else self.max_padding

@@ -155,6 +155,7 @@ def test_head_lengths_path_equals_padding(monkeypatch):
     """The head's ragged path (one call, per-row lengths) gives the padded path's results;
     run on CPU by declaring the torch backend ragged."""
     head = small_mamba(depth=2)
+    head.max_padding_ragged = 4.0  # group the branches into one ragged call
     inputs, masks = ragged_batch()
     expected = head_results(head, inputs, masks)
     calls = []
@@ -177,6 +178,8 @@ def test_ragged_backends_group_long_and_short_branches():
     head = small_mamba()
     shapes = {"video": torch.Size([2, 48, 40]), "question": torch.Size([4, 48, 4])}
     assert head.scan_groups(shapes) == [["question"], ["video"]]  # 2.5x padding > 1.5x
+    assert head.scan_groups(shapes, ragged=True) == [["question"], ["video"]]  # default 1x
+    head.max_padding_ragged = 4.0
     assert head.scan_groups(shapes, ragged=True) == [["question", "video"]]
     far = {"video": torch.Size([2, 48, 400]), "question": torch.Size([20, 48, 4])}
     assert head.scan_groups(far, ragged=True) == [["question"], ["video"]]  # 8.4x memory
