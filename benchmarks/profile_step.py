@@ -45,6 +45,8 @@ class ProfileConfig:
     top: int = 12
     compile: bool = False
     """torch.compile the head (TrainConfig.compile)."""
+    cuda_graphs: bool = False
+    """Replay the step as a CUDA graph (TrainConfig.cuda_graphs)."""
     quick: bool = False
     out: Path | None = None
 
@@ -72,13 +74,15 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from fusion.graphs import GraphedTrainStep
     from fusion.train import HeadConfig, TrainConfig, build_training, resolve_device, train_step
 
     device = resolve_device("auto")
     cuda = device.type == "cuda"
     head = HeadConfig(d_model=48 if c.quick else None,
                       backend=backend if fusion == "mamba" else None)
-    config = TrainConfig(fusion=fusion, head=head, batch_size=c.batch_size, epochs=100)
+    config = TrainConfig(fusion=fusion, head=head, batch_size=c.batch_size, epochs=100,
+                         cuda_graphs=c.cuda_graphs)
     batch = random_batch(c, device)
     dims = {k: int(v.shape[-1]) for k, v in batch.inputs.items()}
     model, optimizer, scheduler = build_training(
@@ -86,9 +90,14 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     model.train()
 
     forward = torch.compile(model) if c.compile else model
+    graphed = GraphedTrainStep(forward, optimizer, scheduler, config, cuda) if (
+        c.cuda_graphs and cuda) else None
 
     def step() -> None:
-        train_step(forward, batch, optimizer, scheduler, config, amp=cuda)
+        if graphed is not None:
+            graphed(batch)
+        else:
+            train_step(forward, batch, optimizer, scheduler, config, amp=cuda)
 
     for _ in range(5):
         step()
@@ -113,7 +122,8 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     scan_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels
                   if "scan" in e.key.lower())
     launches = sum(e.count for e in kernels) / 5
-    row = {"head": fusion + (" (compiled)" if c.compile else ""),
+    row = {"head": fusion + (" (compiled)" if c.compile else "")
+           + (" (CUDA graph)" if c.cuda_graphs else ""),
            "backend": backend if fusion == "mamba" else "-",
            "ms_per_step": round(ms, 2),
            "gpu_busy_share": round(gpu_us / 5 / 1e3 / ms, 3) if cuda else None,

@@ -54,6 +54,8 @@ class EpochBenchConfig:
     batch_size: int = 128
     compile: bool = False
     """torch.compile the heads (TrainConfig.compile)."""
+    cuda_graphs: bool = False
+    """Replay full-batch steps as CUDA graphs (TrainConfig.cuda_graphs)."""
     quick: bool = False
     """CPU smoke check: a few hundred clips, small widths, 2 epochs."""
     out: Path | None = None
@@ -74,7 +76,8 @@ def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> d
     config = fusion_train.TrainConfig(
         fusion=fusion, head=head, epochs=c.epochs, batch_size=c.batch_size, backbone="random",
         out=folder / "runs", run_name=f"{fusion}-{backend}", experiment="train-epoch",
-        device="auto", track=False, compile=c.compile)
+        device="auto", track=False, compile=c.compile,
+        cuda_graphs=c.cuda_graphs)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -83,7 +86,8 @@ def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> d
     history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]["history"]
     steady = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
     return {
-        "head": fusion + (" (compiled)" if c.compile else ""),
+        "head": fusion + (" (compiled)" if c.compile else "")
+        + (" (CUDA graph)" if c.cuda_graphs else ""),
         "backend": backend if fusion == "mamba" else "-",
         "epoch_seconds": round(sum(steady) / len(steady), 3),
         "first_epoch_seconds": round(history[0]["epoch_seconds"], 3),

@@ -12,6 +12,7 @@ result as an uninterrupted run (bitwise on CPU).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -24,11 +25,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from features.config import cli, save_config, to_dict
 from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
+from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head
 from fusion.metrics import anticipation_metrics, recognition_metrics
 from fusion.optim import build_scheduler, param_groups
@@ -99,6 +102,8 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """torch.compile the head's forward (fuses its small elementwise kernels on GPU)."""
+    cuda_graphs: bool = False
+    """Replay each full-batch step as one CUDA graph (`fusion.graphs`): no launch overhead."""
     out: Path = Path("runs")
     run_name: str | None = None
     """Folder under `out` (default: fusion-backbone-task[-video]-s<seed>); reruns resume there."""
@@ -186,7 +191,9 @@ def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[st
                          f"{config.head.kwargs()}: {error}") from error
     groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
                           getattr(model, "ssm_prefixes", ()))
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=device.type == "cuda")
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=cuda,
+                                  capturable=cuda and config.cuda_graphs)
     scheduler = build_scheduler(
         optimizer, steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch),
         config.start_lr / config.peak_lr, config.final_lr / config.peak_lr,
@@ -194,16 +201,22 @@ def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[st
     return model, optimizer, scheduler
 
 
+def step_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig, amp: bool) -> Tensor:
+    """Verb + noun cross-entropy of one batch (autocast's weight cache off: CUDA-graph safe)."""
+    with torch.autocast(batch.verb.device.type, torch.bfloat16, enabled=amp,
+                        cache_enabled=False):
+        out = model(batch.inputs, batch.masks)
+        loss = F.cross_entropy(out["verb"].float(), batch.verb,
+                               label_smoothing=config.label_smoothing)
+        return loss + F.cross_entropy(out["noun"].float(), batch.noun,
+                                      label_smoothing=config.label_smoothing)
+
+
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
                amp: bool) -> torch.Tensor:
     """One optimisation step; returns the detached loss (no host sync)."""
-    with torch.autocast(batch.verb.device.type, torch.bfloat16, enabled=amp):
-        out = model(batch.inputs, batch.masks)
-        loss = F.cross_entropy(out["verb"].float(), batch.verb,
-                               label_smoothing=config.label_smoothing)
-        loss = loss + F.cross_entropy(out["noun"].float(), batch.noun,
-                                      label_smoothing=config.label_smoothing)
+    loss = step_loss(model, batch, config, amp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
@@ -261,6 +274,11 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
 
     forward = torch.compile(model) if config.compile else model  # shares model's weights
+    if config.cuda_graphs and device.type == "cuda":
+        step = GraphedTrainStep(forward, optimizer, scheduler, config, amp)
+    else:
+        step = functools.partial(train_step, forward, optimizer=optimizer, scheduler=scheduler,
+                                 config=config, amp=amp)
     if config.track:
         run = tracking.start_run(config, state["run_id"], data_info, model, folder)
         state["run_id"] = run.info.run_id
@@ -276,7 +294,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
         for batch in bar:
-            loss = train_step(forward, batch, optimizer, scheduler, config, amp)
+            loss = step(batch)
             total_loss += loss * len(batch.index)
             seen += len(batch.index)
         train_loss = float(total_loss) / max(seen, 1)
@@ -284,7 +302,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         metrics = evaluate(config, scores, val_split, extra)
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "epoch_seconds": time.perf_counter() - started,
-                  "lr": optimizer.param_groups[0]["lr"], **metrics}
+                  "lr": float(optimizer.param_groups[0]["lr"]), **metrics}
         state["history"].append(record)
         if config.track:
             tracking.log_epoch(record, step=epoch + 1)
