@@ -102,8 +102,9 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """torch.compile the head's forward (fuses its small elementwise kernels on GPU)."""
-    cuda_graphs: bool = False
-    """Replay each full-batch step as one CUDA graph (`fusion.graphs`): no launch overhead."""
+    cuda_graphs: bool = True
+    """On CUDA, replay each full-batch step as one CUDA graph (`fusion.graphs`): small heads
+    are launch-bound without it (MLP epoch 3.9 s -> 1.2 s on the H100)."""
     out: Path = Path("runs")
     run_name: str | None = None
     """Folder under `out` (default: fusion-backbone-task[-video]-s<seed>); reruns resume there."""
