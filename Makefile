@@ -27,6 +27,8 @@ TEXT_PRESET ?= $(if $(filter demo,$(BACKBONE)),demo,roberta)
 # training / sweeps
 TRAIN_PRESET ?= $(if $(filter demo,$(BACKBONE)),demo$(if $(filter mamba,$(FUSION)),,-$(FUSION)),$(if $(filter mamba,$(FUSION)),mambavl,$(FUSION))-$(BACKBONE))
 TRIALS ?= 50
+# the demo's CPU-sized search space; EK100 sweeps use sweeps/spaces.yaml
+SWEEP_SPACE ?= $(if $(filter demo,$(BACKBONE)),--space sweeps/spaces_demo.yaml)
 WORKERS ?= 1
 PARALLEL ?= 1
 STUDY ?=
@@ -121,7 +123,8 @@ train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x1
 
 sweep: venv ## Optuna sweep of a head (FUSION= TRIALS=50 WORKERS=1 PARALLEL=1 STUDY= BACKBONE= TASK=)
 	$(PY) -m sweeps --fusion $(FUSION) --preset $(TRAIN_PRESET) --task $(TASK) --trials $(TRIALS) \
-		--workers $(WORKERS) --parallel $(PARALLEL) $(if $(STUDY),--study $(STUDY)) $(ARGS)
+		--workers $(WORKERS) --parallel $(PARALLEL) $(if $(STUDY),--study $(STUDY)) \
+		$(SWEEP_SPACE) $(ARGS)
 
 tables: venv ## the paper's four tables, plots and index.html from MLflow into reports/out
 	$(PY) -m reports.tables $(ARGS)
