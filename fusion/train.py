@@ -38,6 +38,7 @@ from fusion.optim import build_scheduler, param_groups
 from fusion.predictions import save_predictions
 
 Task = Literal["recognition", "anticipation"]
+HEADLINE_METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
 
 
@@ -93,8 +94,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
-    early_stop_metric: str = "action_top1"
-    """Selects `best.pt`; `action_recall5` for anticipation."""
+    early_stop_metric: str | None = None
+    """Validation metric that selects `best.pt` and early stopping (default: the task's
+    EK100 headline metric, action_top1 for recognition, action_recall5 for anticipation)."""
     patience: int = 0
     """Stop after this many epochs without improvement (0: never)."""
     device: str = "auto"
@@ -283,7 +285,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     if config.track:
         run = tracking.start_run(config, state["run_id"], data_info, model, folder)
         state["run_id"] = run.info.run_id
-    metric_name = config.early_stop_metric
+    metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
 
     for epoch in range(state["epoch"], config.epochs):

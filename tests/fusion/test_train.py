@@ -197,3 +197,13 @@ def test_missing_and_misaligned_stores_are_clear_errors(tmp_path: Path) -> None:
         load_features(config_for(data, tmp_path), torch.device("cpu"))
     with pytest.raises(FileNotFoundError, match="video-vitl.zarr.*make extract"):
         load_features(config_for(data, tmp_path, backbone="vitl"), torch.device("cpu"))
+
+
+def test_anticipation_selects_by_class_mean_recall(dataset: Path, tmp_path: Path) -> None:
+    config = config_for(dataset, tmp_path, task="anticipation", epochs=3, track=False,
+                        video_store="demo", text_store=TEXT_STORE, run_name="anticipation")
+    result = train(config)
+    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]
+    recalls = [r["action_recall5"] for r in history["history"]]
+    assert history["best_epoch"] == int(np.argmax(recalls))  # first best, as `>` keeps it
+    assert (Path(result["folder"]) / "history.csv").exists()
