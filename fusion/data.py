@@ -4,11 +4,19 @@ EK100-sized frame tokens fit in GPU memory (67,217 x 16 x 1024 fp16 is 2.2 GB), 
 is loaded once and every epoch is index arithmetic on the GPU: no DataLoader, no host copy
 per step. Shuffling uses an explicit `torch.Generator`, whose state goes into checkpoints
 so a resumed run sees the same batches as an uninterrupted one.
+
+A split too large for the device (`--stream auto` decides from free GPU memory, or
+`always`) is streamed instead (`StreamedSplit`): windows of whole store shards are read from
+the memory-mapped Zarr shards by a prefetching thread, in a shuffled window order, rows
+shuffled within each window, and each batch is copied to the device. Same interface, same
+generator, so resume stays exact.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +64,11 @@ class FeatureSplit:
     @property
     def dims(self) -> dict[str, int]:
         return {name: int(t.shape[-1]) for name, t in self.inputs.items()}
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """Per-clip (L, D) of each modality (FLOP counting)."""
+        return {name: (int(t.shape[1]), int(t.shape[2])) for name, t in self.inputs.items()}
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FeatureSplit:
         def move(t: Tensor) -> Tensor:
@@ -127,7 +140,7 @@ def _labels(reference: Reference, ids: np.ndarray, store: Path) -> tuple[Tensor,
 
 
 def load_split(config: TrainConfig, split: str, device: torch.device
-               ) -> tuple[FeatureSplit, Reference, dict[str, str]]:
+               ) -> tuple[FeatureSplit | StreamedSplit, Reference, dict[str, str]]:
     """One split's aligned video (+ question) features on `device`, with its labels."""
     root = config.data / "features"
     dataset = config.dataset or config.data.name
@@ -142,24 +155,161 @@ def load_split(config: TrainConfig, split: str, device: torch.device
                                     f"{split!r} first (or pass --{kind}-store NAME)")
     stores = {kind: FeatureStore(path) for kind, path in paths.items()}
     ids = check_aligned(*stores.values())
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    video = stores["video"].load(device, arrays=["tokens"], dtype=dtype)["tokens"]
-    inputs = {"video": video}
-    masks = {"video": torch.ones(video.shape[:2], dtype=torch.bool, device=device)}
-    if "text" in stores:
-        text = stores["text"].load(device, dtype=dtype)
+    reference = load_reference(split_path(config.data / "annotations", split))
+    verb, noun = _labels(reference, ids, video_path)
+    narration_ids = [str(i) for i in ids]
+    manifests = {k: s.manifest_hash for k, s in stores.items()}
+    if _stream(config, stores, device):
+        print(f"streaming {split} from {video_path.parent} (larger than free device memory)",
+              file=sys.stderr)
+        return StreamedSplit(narration_ids, stores, verb, noun, device), reference, manifests
+    dtype = feature_dtype(device)
+    video = stores["video"].load(device, arrays=["tokens"], dtype=dtype)
+    text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
+    inputs, masks = modality_tensors(video, text)
+    features = FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
+    return features, reference, manifests
+
+
+def feature_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, as stored (the heads run under bf16 autocast); fp32 on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def modality_tensors(video: dict[str, Tensor], text: dict[str, Tensor] | None
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Store arrays -> the heads' modalities: `video`, `verb_question`, `noun_question`."""
+    tokens = video["tokens"]
+    inputs = {"video": tokens}
+    masks = {"video": torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)}
+    if text is not None:
         for question in ("verb", "noun"):
             inputs[f"{question}_question"] = text[f"{question}_tokens"]
             masks[f"{question}_question"] = text[f"{question}_mask"]
-    reference = load_reference(split_path(config.data / "annotations", split))
-    verb, noun = _labels(reference, ids, video_path)
-    features = FeatureSplit([str(i) for i in ids], inputs, masks, verb.to(device),
-                            noun.to(device))
-    return features, reference, {k: s.manifest_hash for k, s in stores.items()}
+    return inputs, masks
+
+
+def _row_bytes(store: FeatureStore, dtype: torch.dtype) -> int:
+    total = 0
+    for spec in store.arrays.values():
+        item = np.dtype(spec.dtype).itemsize
+        if np.dtype(spec.dtype).kind == "f":
+            item = torch.empty((), dtype=dtype).element_size()
+        total += int(np.prod(spec.row_shape)) * item
+    return total
+
+
+def _stream(config: TrainConfig, stores: dict[str, FeatureStore], device: torch.device) -> bool:
+    """Whether to stream: `always`, or `auto` on CUDA when the split would take more than
+    60 % of the free device memory (both splits, the head and activations need the rest)."""
+    if config.stream != "auto":
+        return config.stream == "always"
+    if device.type != "cuda":
+        return False
+    need = sum(s.rows * _row_bytes(s, feature_dtype(device)) for s in stores.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    return need > 0.6 * free
+
+
+class StreamedSplit:
+    """A split read window by window from its stores, with `FeatureSplit`'s interface.
+
+    A window is `window_shards` consecutive shards of the video store; windows come in a
+    shuffled order (or in file order without a generator), rows are shuffled within a window,
+    and a background thread reads the next `prefetch` windows while batches are trained on.
+    """
+
+    def __init__(self, narration_ids: list[str], stores: dict[str, FeatureStore],
+                 verb: Tensor, noun: Tensor, device: torch.device, window_shards: int = 8,
+                 prefetch: int = 2) -> None:
+        self.narration_ids, self.stores, self.device = narration_ids, stores, device
+        self.verb, self.noun = verb.to(device), noun.to(device)
+        self.window_rows = stores["video"].shard_rows * window_shards
+        self.prefetch = prefetch
+        first = self._read(0, min(1, len(narration_ids)))
+        self._shapes = {k: (int(v.shape[1]), int(v.shape[2])) for k, v in first[0].items()}
+
+    def __len__(self) -> int:
+        return len(self.narration_ids)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: d for name, (_, d) in self._shapes.items()}
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return dict(self._shapes)
+
+    def _read(self, start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Rows [start, stop) of every store as host tensors (memory-mapped shard reads)."""
+        dtype = feature_dtype(self.device)
+
+        def host(store: FeatureStore, names: list[str] | None = None) -> dict[str, Tensor]:
+            arrays = store.read(slice(start, stop), names)
+            return {k: torch.from_numpy(np.ascontiguousarray(v)).to(
+                dtype if v.dtype.kind == "f" else None) for k, v in arrays.items()}
+
+        text = host(self.stores["text"]) if "text" in self.stores else None
+        return modality_tensors(host(self.stores["video"], ["tokens"]), text)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[Batch]:
+        starts = torch.arange(0, len(self), self.window_rows)
+        if generator is not None:
+            starts = starts[torch.randperm(len(starts), generator=generator)]
+        # the window permutations are drawn up front, so the generator's use (and a resumed
+        # run's batches) does not depend on how far the reader thread has got
+        windows = []
+        for start in starts.tolist():
+            stop = min(start + self.window_rows, len(self))
+            order = (torch.randperm(stop - start, generator=generator) if generator is not None
+                     else torch.arange(stop - start))
+            windows.append((start, stop, order))
+        pending: list[Batch] = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(self._read, a, b) for a, b, _ in windows[: self.prefetch]]
+            for i, (start, _, order) in enumerate(windows):
+                inputs, masks = futures[i].result()
+                if i + self.prefetch < len(windows):
+                    a, b, _ = windows[i + self.prefetch]
+                    futures.append(pool.submit(self._read, a, b))
+                rows = order.to(self.device)
+                inputs = {k: v.to(self.device, non_blocking=True)[rows] for k, v in
+                          inputs.items()}
+                masks = {k: v.to(self.device, non_blocking=True)[rows] for k, v in
+                         masks.items()}
+                index = rows + start
+                ids = [self.narration_ids[start + i] for i in order.tolist()]
+                window = FeatureSplit(ids, inputs, masks, self.verb[index], self.noun[index])
+                # carry the window's remainder into the next so batches stay full
+                pending_split = _concat(pending, window)
+                full = len(pending_split) - len(pending_split) % batch_size
+                for b in range(0, full, batch_size):
+                    yield pending_split.batch(torch.arange(b, b + batch_size,
+                                                           device=self.device))
+                pending = [pending_split.batch(torch.arange(full, len(pending_split),
+                                                            device=self.device))]
+        rest = pending[0] if pending else None
+        if rest is not None and len(rest.index) and not drop_last:
+            yield rest
+
+
+def _concat(pending: list[Batch], window: FeatureSplit) -> FeatureSplit:
+    """`window` with the rows left over from the previous window in front of it."""
+    if not pending or not len(pending[0].index):
+        return window
+    left = pending[0]
+    n = len(left.index) + len(window)
+    return FeatureSplit(
+        [""] * n,
+        {k: torch.cat([left.inputs[k], v]) for k, v in window.inputs.items()},
+        {k: torch.cat([left.masks[k], v]) for k, v in window.masks.items()},
+        torch.cat([left.verb, window.verb]), torch.cat([left.noun, window.noun]))
 
 
 def load_features(config: TrainConfig, device: torch.device
-                  ) -> tuple[FeatureSplit, FeatureSplit, dict[str, Any]]:
+                  ) -> tuple[FeatureSplit | StreamedSplit, FeatureSplit | StreamedSplit,
+                             dict[str, Any]]:
     """Train and validation splits on `device` plus what training and tracking need.
 
     The info dict: class counts, the dataset's name for captions, the stores' manifest
@@ -175,7 +325,7 @@ def load_features(config: TrainConfig, device: torch.device
         "dataset": DATASET_NAMES.get(dataset, dataset),
         "manifests": {**{f"{k}.{config.train_split}": v for k, v in manifests.items()},
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
-        "profile_shapes": {k: tuple(v.shape[1:]) for k, v in train.inputs.items()},
+        "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": _participants(reference, val.narration_ids),
             "unseen_participants": reference.unseen_participants,

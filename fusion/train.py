@@ -81,6 +81,9 @@ class TrainConfig:
     """Text store name (default: `<text_model>-<template|predictions>-<question_mask>`)."""
     train_split: str = "train"
     val_split: str = "validation"
+    stream: Literal["auto", "never", "always"] = "auto"
+    """Stream features from the stores instead of loading splits onto the device (`auto`:
+    when a split would take over 60 % of free GPU memory)."""
     questions: Literal["both", "none"] = "both"
     """`none` trains on video alone (the "backbone alone" rows)."""
     epochs: int = 100
