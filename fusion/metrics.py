@@ -349,6 +349,10 @@ def anticipation_metrics(
     return metrics
 
 
+HEADLINE_METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
+"""The EK100 leaderboard metric of each task: selects best checkpoints, sweeps and table rows."""
+
+
 def metrics_for(task: str, *args: Any, **kwargs: Any) -> dict[str, float]:
     """`recognition_metrics` or `anticipation_metrics` by task name."""
     if task == "recognition":

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,12 +34,11 @@ from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
 from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head
-from fusion.metrics import anticipation_metrics, recognition_metrics
+from fusion.metrics import HEADLINE_METRIC, metrics_for
 from fusion.optim import build_scheduler, param_groups
 from fusion.predictions import save_predictions
 
 Task = Literal["recognition", "anticipation"]
-HEADLINE_METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
 
 
@@ -179,13 +179,6 @@ def predict(model: torch.nn.Module, split: FeatureSplit, batch_size: int, amp: b
     return {"verb": torch.cat(verb).numpy(), "noun": torch.cat(noun).numpy()}
 
 
-def evaluate(config: TrainConfig, scores: dict, split: FeatureSplit, extra: dict) -> dict:
-    verb, noun = split.verb.cpu().numpy(), split.noun.cpu().numpy()
-    if config.task == "anticipation":
-        return anticipation_metrics(scores["verb"], scores["noun"], verb, noun, **extra)
-    return recognition_metrics(scores["verb"], scores["noun"], verb, noun, **extra)
-
-
 def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[str, Any],
                    steps_per_epoch: int, device: torch.device) -> tuple[Any, Any, Any]:
     """The head, AdamW with the SSM block's own LR group, and the warmup-cosine schedule."""
@@ -305,7 +298,9 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
             seen += len(batch.index)
         train_loss = float(total_loss) / max(seen, 1)
         scores = predict(forward, val_split, config.batch_size, amp)
-        metrics = evaluate(config, scores, val_split, extra)
+        metrics = metrics_for(config.task, scores["verb"], scores["noun"],
+                              val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy(),
+                              **extra)
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "epoch_seconds": time.perf_counter() - started,
                   "lr": float(optimizer.param_groups[0]["lr"]), **metrics}
@@ -322,10 +317,10 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": _rng_state(generator),
                       "state": state, "config": to_dict(config)}
+        torch.save(checkpoint, folder / "last.tmp")  # serialised once, copied for best.pt
         if improved:
-            torch.save(checkpoint, folder / "best.tmp")
+            shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
             (folder / "best.tmp").replace(folder / "best.pt")
-        torch.save(checkpoint, folder / "last.tmp")
         (folder / "last.tmp").replace(last)  # atomic: a kill never leaves a torn checkpoint
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                           for k, v in record.items()}), file=sys.stderr)

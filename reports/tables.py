@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fusion.metrics import HEADLINE_METRIC
 from reports import paper
 
 Select = Literal["best", "latest"]
@@ -32,7 +33,6 @@ HEAD_NAMES = {"mlp": "MLP", "transformer_6x4": "Transformer 6×4",
 BACKBONE_NAMES = {"orvit": "ORViT", "vitb": "AVION ViT-B", "vitl": "AVION ViT-L"}
 PAPER_KEY = {"orvit": "orvit", "vitb": "avion_vit_b", "vitl": "avion_vit_l"}
 README_KEY = {**PAPER_KEY, "orvit": "orvit_motionformer"}
-SELECT_METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
 BACKBONE_ALIAS = {"demo": "vit-demo"}  # the demo's feature store name -> registered encoder
 
 
@@ -277,7 +277,7 @@ def _accuracy_table(name: str, title: str, task: str, metrics: Sequence[str], la
             ("backbone", Query(task, backbone, features="video")),
             ("mambavl", Query(task, backbone, fusion="mamba")),
         ):
-            pick = select(runs, query, SELECT_METRIC[task], mode, dataset)
+            pick = select(runs, query, HEADLINE_METRIC[task], mode, dataset)
             label_ = _name(backbone) if method == "backbone" else f"{_name(backbone)} + MambaVL"
             row: dict[str, Any] = {"backbone": _name(backbone),
                                    "method": "alone" if method == "backbone" else "+ MambaVL"}

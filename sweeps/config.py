@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fusion.metrics import HEADLINE_METRIC
+
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
-METRIC = {"recognition": "action_top1", "anticipation": "action_recall5"}
 
 
 @dataclass
@@ -68,7 +69,7 @@ class SweepConfig:
 
     @property
     def metric(self) -> str:
-        return METRIC[self.task]
+        return HEADLINE_METRIC[self.task]
 
     def to_json(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v
