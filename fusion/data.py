@@ -14,6 +14,7 @@ generator, so resume stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,17 +71,12 @@ class FeatureSplit:
         """Per-clip (L, D) of each modality (FLOP counting)."""
         return {name: (int(t.shape[1]), int(t.shape[2])) for name, t in self.inputs.items()}
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FeatureSplit:
-        def move(t: Tensor) -> Tensor:
-            return t.to(device, dtype=dtype if dtype and t.is_floating_point() else None)
-
-        return FeatureSplit(
-            self.narration_ids,
-            {k: move(v) for k, v in self.inputs.items()},
-            {k: v.to(device) for k, v in self.masks.items()},
-            self.verb.to(device),
-            self.noun.to(device),
-        )
+    def rows(self, index: Tensor) -> FeatureSplit:
+        """The rows `index` as a split of their own (narration ids kept)."""
+        return FeatureSplit([self.narration_ids[i] for i in index.tolist()],
+                            {k: v[index] for k, v in self.inputs.items()},
+                            {k: v[index] for k, v in self.masks.items()},
+                            self.verb[index], self.noun[index])
 
     def batch(self, index: Tensor) -> Batch:
         return Batch(
@@ -127,16 +123,19 @@ def text_store_name(config: TrainConfig) -> str:
     return f"{config.text_model}-{generator}-{config.question_mask}"
 
 
-def _labels(reference: Reference, ids: np.ndarray, store: Path) -> tuple[Tensor, Tensor]:
-    """Verb and noun labels in the store's row order; clear error on a missing clip."""
+def _aligned(reference: Reference, ids: np.ndarray, store: Path) -> Reference:
+    """The reference's per-segment arrays in the store's row order; clear error on a clip
+    the annotations lack."""
     row = {narration_id: i for i, narration_id in enumerate(reference.narration_id)}
     missing = [n for n in ids if n not in row]
     if missing:
         raise ValueError(f"{store}: {len(missing)} clip(s) not in the annotations "
                          f"(first {missing[0]!r}); extract from the same annotation folder")
     index = np.fromiter((row[n] for n in ids), dtype=np.int64, count=len(ids))
-    return (torch.from_numpy(reference.verb_labels[index].astype(np.int64)),
-            torch.from_numpy(reference.noun_labels[index].astype(np.int64)))
+    return dataclasses.replace(
+        reference, narration_id=reference.narration_id[index],
+        verb_labels=reference.verb_labels[index], noun_labels=reference.noun_labels[index],
+        participant_ids=reference.participant_ids[index])
 
 
 def load_split(config: TrainConfig, split: str, device: torch.device
@@ -155,8 +154,10 @@ def load_split(config: TrainConfig, split: str, device: torch.device
                                     f"{split!r} first (or pass --{kind}-store NAME)")
     stores = {kind: FeatureStore(path) for kind, path in paths.items()}
     ids = check_aligned(*stores.values())
-    reference = load_reference(split_path(config.data / "annotations", split))
-    verb, noun = _labels(reference, ids, video_path)
+    reference = _aligned(load_reference(split_path(config.data / "annotations", split)), ids,
+                         video_path)
+    verb = torch.from_numpy(reference.verb_labels.astype(np.int64))
+    noun = torch.from_numpy(reference.noun_labels.astype(np.int64))
     narration_ids = [str(i) for i in ids]
     manifests = {k: s.manifest_hash for k, s in stores.items()}
     if _stream(config, stores, device):
@@ -226,8 +227,10 @@ class StreamedSplit:
         self.verb, self.noun = verb.to(device), noun.to(device)
         self.window_rows = stores["video"].shard_rows * window_shards
         self.prefetch = prefetch
-        first = self._read(0, min(1, len(narration_ids)))
-        self._shapes = {k: (int(v.shape[1]), int(v.shape[2])) for k, v in first[0].items()}
+        empty = {kind: {name: torch.empty(0, *spec.row_shape) for name, spec in
+                        store.arrays.items()} for kind, store in stores.items()}
+        inputs, _ = modality_tensors(empty["video"], empty.get("text"))
+        self._shapes = {k: (int(v.shape[1]), int(v.shape[2])) for k, v in inputs.items()}
 
     def __len__(self) -> int:
         return len(self.narration_ids)
@@ -265,7 +268,7 @@ class StreamedSplit:
             order = (torch.randperm(stop - start, generator=generator) if generator is not None
                      else torch.arange(stop - start))
             windows.append((start, stop, order))
-        pending: list[Batch] = []
+        leftover: FeatureSplit | None = None  # a window's last rows, carried to fill a batch
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures = [pool.submit(self._read, a, b) for a, b, _ in windows[: self.prefetch]]
             for i, (start, _, order) in enumerate(windows):
@@ -281,30 +284,23 @@ class StreamedSplit:
                 index = rows + start
                 ids = [self.narration_ids[start + i] for i in order.tolist()]
                 window = FeatureSplit(ids, inputs, masks, self.verb[index], self.noun[index])
-                # carry the window's remainder into the next so batches stay full
-                pending_split = _concat(pending, window)
-                full = len(pending_split) - len(pending_split) % batch_size
+                if leftover is not None:
+                    window = _concat(leftover, window)
+                full = len(window) - len(window) % batch_size
                 for b in range(0, full, batch_size):
-                    yield pending_split.batch(torch.arange(b, b + batch_size,
-                                                           device=self.device))
-                pending = [pending_split.batch(torch.arange(full, len(pending_split),
-                                                            device=self.device))]
-        rest = pending[0] if pending else None
-        if rest is not None and len(rest.index) and not drop_last:
-            yield rest
+                    yield window.batch(torch.arange(b, b + batch_size, device=self.device))
+                leftover = window.rows(torch.arange(full, len(window), device=self.device))
+        if leftover is not None and len(leftover) and not drop_last:
+            yield leftover.batch(torch.arange(len(leftover), device=self.device))
 
 
-def _concat(pending: list[Batch], window: FeatureSplit) -> FeatureSplit:
-    """`window` with the rows left over from the previous window in front of it."""
-    if not pending or not len(pending[0].index):
-        return window
-    left = pending[0]
-    n = len(left.index) + len(window)
+def _concat(first: FeatureSplit, second: FeatureSplit) -> FeatureSplit:
+    """The rows of `first`, then those of `second`."""
     return FeatureSplit(
-        [""] * n,
-        {k: torch.cat([left.inputs[k], v]) for k, v in window.inputs.items()},
-        {k: torch.cat([left.masks[k], v]) for k, v in window.masks.items()},
-        torch.cat([left.verb, window.verb]), torch.cat([left.noun, window.noun]))
+        first.narration_ids + second.narration_ids,
+        {k: torch.cat([first.inputs[k], v]) for k, v in second.inputs.items()},
+        {k: torch.cat([first.masks[k], v]) for k, v in second.masks.items()},
+        torch.cat([first.verb, second.verb]), torch.cat([first.noun, second.noun]))
 
 
 def load_features(config: TrainConfig, device: torch.device
@@ -327,7 +323,7 @@ def load_features(config: TrainConfig, device: torch.device
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
         "profile_shapes": train.shapes,
         "metric_extra": {
-            "participant_ids": _participants(reference, val.narration_ids),
+            "participant_ids": reference.participant_ids,  # aligned to val's rows
             "unseen_participants": reference.unseen_participants,
             "tail_verbs": reference.tail_verbs,
             "tail_nouns": reference.tail_nouns,
@@ -335,7 +331,3 @@ def load_features(config: TrainConfig, device: torch.device
     }
     return train, val, info
 
-
-def _participants(reference: Reference, ids: list[str]) -> np.ndarray:
-    row = {n: i for i, n in enumerate(reference.narration_id)}
-    return reference.participant_ids[[row[n] for n in ids]]
