@@ -70,7 +70,7 @@ class GraphedTrainStep:
                 group["lr"] = tensor
 
     def _capture(self, batch: Batch) -> None:
-        from fusion.train import step_loss
+        from fusion.train import apply_gradients, step_loss
 
         self.static_batch = Batch(batch.index.clone(),
                                   {k: v.clone() for k, v in batch.inputs.items()},
@@ -80,10 +80,7 @@ class GraphedTrainStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             loss = step_loss(self.model, self.static_batch, self.config, self.amp)
-            loss.backward()
-            if self.config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
+            apply_gradients(self.model, loss, self.optimizer, self.config)
             self.static_loss = loss.detach()
 
     def __call__(self, batch: Batch) -> Tensor:

@@ -217,12 +217,18 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
     """One optimisation step; returns the detached loss (no host sync)."""
     loss = step_loss(model, batch, config, amp)
     optimizer.zero_grad(set_to_none=True)
+    apply_gradients(model, loss, optimizer, config)
+    scheduler.step()
+    return loss.detach()
+
+
+def apply_gradients(model: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
+                    config: TrainConfig) -> None:
+    """Backward, gradient clipping and the optimizer update (the caller zeroes gradients)."""
     loss.backward()
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
-    scheduler.step()
-    return loss.detach()
 
 
 def _rng_state(generator: torch.Generator) -> dict:
