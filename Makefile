@@ -85,7 +85,7 @@ demo-data: venv ## generate the synthetic EK100-format dataset in data/demo (onc
 	@test -f data/demo/annotations/EPIC_100_train.csv \
 		|| $(PY) -m extract.synthetic --out data/demo --seed $(SEED)
 
-demo-features: venv
+demo-features: venv ## questions, tiny RoBERTa, video and text stores of the demo
 	for s in $(SPLITS); do $(MAKE) --no-print-directory questions SPLIT=$$s || exit 1; done
 	@test -f data/demo/tiny-roberta/config.json || $(PY) -m extract tiny-roberta --out data/demo/tiny-roberta
 	$(MAKE) --no-print-directory extract embed-text
