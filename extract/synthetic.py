@@ -32,7 +32,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -595,6 +594,8 @@ def video_path(root: Path, video: Video) -> Path:
 
 def render_video(job: VideoJob) -> tuple[str, int]:
     """Encode one video (and its JPEG frames); returns (video_id, frames written)."""
+    import av  # only encoding needs PyAV; annotation-only callers (training tests) do not
+
     config = job.config
     path = video_path(config.out, job.video)
     path.parent.mkdir(parents=True, exist_ok=True)
