@@ -1,7 +1,7 @@
 """Sweep throughput: trials per hour of a Mamba-head sweep, one trial at a time vs several.
 
     python benchmarks/sweep_throughput.py                   # on the GPU machine (H100)
-    python benchmarks/sweep_throughput.py --parallel 4      # one setting per command
+    python benchmarks/sweep_throughput.py --parallel 4      # only this setting's row
     python benchmarks/sweep_throughput.py --quick           # CPU smoke check, ~1 minute
 
 Why: a small fusion head leaves an H100 mostly idle (kernel launches, Python, validation),
@@ -47,8 +47,8 @@ SHAPES_ENV = "SWEEP_BENCH_SHAPES"
 class BenchConfig:
     """Trials/hour of a Mamba sweep with K trials in flight on one GPU."""
 
-    parallel: tuple[int, ...] = (1, 4)
-    trials_per_process: int = 2
+    parallel: tuple[int, ...] = (1, 2, 4)
+    trials_per_process: int = 1
     """Each of the K processes runs this many trials (K x this per setting)."""
     epochs: int = 20
     train_clips: int = 67217
