@@ -104,7 +104,11 @@ class MambaMixer(nn.Module):
 
 
 def _pad_cat(tensors: list[Tensor], dim: int) -> Tensor:
-    """Right-pads `tensors` along `dim` to a common length and stacks them along dim 0."""
+    """Right-pads `tensors` along `dim` to a common length and stacks them along dim 0.
+    A single tensor comes back as is when contiguous (the scan kernels read contiguous rows;
+    `torch.cat` of one tensor would copy it every step)."""
+    if len(tensors) == 1:
+        return tensors[0].contiguous()
     length = max(t.shape[dim] for t in tensors)
     padded = []
     for t in tensors:
