@@ -33,7 +33,10 @@ class SweepConfig:
     workers: int = 1
     """Worker processes: one per visible GPU (round robin when more), N processes on CPU."""
     parallel: int = 1
-    """Trials in flight per worker's GPU (each its own process): small heads leave a GPU idle."""
+    """Trials in flight per worker's GPU (each its own process, with its own copy of the
+    features). Pays for small heads (H100, d_model 256 Mamba: 1.66x trials/hour at 4); the
+    paper's d_model 1024 Mamba already fills the GPU (1.05x at 2). See
+    benchmarks/results/sweep_throughput*.md."""
     seed: int = 0
     epochs: int | None = None
     """Epochs per trial (default: the preset's)."""
