@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.sweep_throughput import device_name  # noqa: E402
+from benchmarks.sweep_throughput import device_name, random_tensors  # noqa: E402
 from features.config import cli  # noqa: E402
 
 
@@ -51,23 +51,16 @@ class ProfileConfig:
     out: Path | None = None
 
 
-def random_batch(c: ProfileConfig, device, num_verbs: int = 97, num_nouns: int = 300):
+def random_batch(c: ProfileConfig, device):
+    """One batch of two ragged questions and a video (`random_tensors`)."""
     import torch
 
     from fusion.data import Batch
 
     g = torch.Generator(device).manual_seed(0)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    b, (lv, dv), (lt, dt) = c.batch_size, c.video_shape, c.text_shape
-    inputs = {"video": torch.randn(b, lv, dv, device=device, dtype=dtype, generator=g)}
-    masks = {"video": torch.ones(b, lv, dtype=torch.bool, device=device)}
-    for q in ("verb_question", "noun_question"):
-        inputs[q] = torch.randn(b, lt, dt, device=device, dtype=dtype, generator=g)
-        length = torch.randint(lt // 4, lt + 1, (b, 1), device=device, generator=g)
-        masks[q] = torch.arange(lt, device=device) < length
-    return Batch(torch.arange(b, device=device), inputs, masks,
-                 torch.randint(0, num_verbs, (b,), device=device, generator=g),
-                 torch.randint(0, num_nouns, (b,), device=device, generator=g))
+    inputs, masks, verb, noun = random_tensors(c.batch_size, c.video_shape,
+                                               (2, *c.text_shape), device, g)
+    return Batch(torch.arange(c.batch_size, device=device), inputs, masks, verb, noun)
 
 
 def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str]:

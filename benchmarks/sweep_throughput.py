@@ -76,31 +76,42 @@ QUICK = {"parallel": (1, 2), "trials_per_process": 1, "epochs": 2, "train_clips"
 
 # --- random features in place of the store (runs inside each worker process) ----------------
 
+def random_tensors(n: int, video_shape: Any, text_shape: Any, device: Any,
+                   generator: Any) -> tuple[dict, dict, Any, Any]:
+    """n EK100-shaped random clips on `device` (fp16 like the stores on CUDA): inputs, masks
+    (questions ragged), verb and noun labels over 97 x 300."""
+    import torch
+
+    frames, width = video_shape
+    questions, tokens, text_width = text_shape
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    inputs = {"video": torch.randn(n, frames, width, device=device, dtype=dtype,
+                                   generator=generator)}
+    masks = {"video": torch.ones(n, frames, dtype=torch.bool, device=device)}
+    for q in ("verb_question", "noun_question")[:questions]:
+        inputs[q] = torch.randn(n, tokens, text_width, device=device, dtype=dtype,
+                                generator=generator)
+        length = torch.randint(tokens // 4, tokens + 1, (n, 1), device=device,
+                               generator=generator)
+        masks[q] = torch.arange(tokens, device=device) < length
+    verb, noun = (torch.randint(0, c, (n,), device=device, generator=generator)
+                  for c in (97, 300))
+    return inputs, masks, verb, noun
+
+
 def random_features(config: Any, device: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """EK100-shaped random splits on `device` (fp16 like the stores), labels over 97 x 300."""
+    """EK100-shaped random splits on `device` in place of the stores (`random_tensors`)."""
     import torch
 
     from fusion.data import FeatureSplit
 
     shapes = json.loads(os.environ[SHAPES_ENV])
-    frames, width = shapes["video_shape"]
-    questions, tokens, text_width = shapes["text_shape"]
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
     generator = torch.Generator(device).manual_seed(config.seed)
 
     def split(n: int) -> FeatureSplit:
-        inputs = {"video": torch.randn(n, frames, width, device=device, dtype=dtype,
-                                       generator=generator)}
-        masks = {"video": torch.ones(n, frames, dtype=torch.bool, device=device)}
-        for q in ("verb_question", "noun_question")[:questions]:
-            inputs[q] = torch.randn(n, tokens, text_width, device=device, dtype=dtype,
-                                    generator=generator)
-            length = torch.randint(tokens // 4, tokens + 1, (n, 1), device=device,
-                                   generator=generator)
-            masks[q] = torch.arange(tokens, device=device) < length
-        labels = {k: torch.randint(0, c, (n,), device=device, generator=generator)
-                  for k, c in (("verb", 97), ("noun", 300))}
-        return FeatureSplit([f"r{i}" for i in range(n)], inputs, masks, **labels)
+        inputs, masks, verb, noun = random_tensors(n, shapes["video_shape"],
+                                                   shapes["text_shape"], device, generator)
+        return FeatureSplit([f"r{i}" for i in range(n)], inputs, masks, verb=verb, noun=noun)
 
     train, val = split(shapes["train_clips"]), split(shapes["val_clips"])
     info = {"num_verbs": 97, "num_nouns": 300, "dataset": "random-ek100-shapes",
