@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,7 +53,7 @@ class HeadConfig:
     dropout: float | None = None
     shared_A: bool | None = None  # noqa: N815 - the paper's name for the matrix
     backend: str | None = None
-    """Mamba head's selective-scan backend: auto, torch, mamba_ssm (`fusion.ssm`)."""
+    """Mamba head's selective-scan backend: auto, torch, mamba_ssm, triton (`fusion.ssm`)."""
 
     def kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -289,6 +288,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
         state["run_id"] = run.info.run_id
     metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
+    val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
 
     for epoch in range(state["epoch"], config.epochs):
         if config.patience and stale >= config.patience:
@@ -304,9 +304,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
             seen += len(batch.index)
         train_loss = float(total_loss) / max(seen, 1)
         scores = predict(forward, val_split, config.batch_size, amp)
-        metrics = metrics_for(config.task, scores["verb"], scores["noun"],
-                              val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy(),
-                              **extra)
+        metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "epoch_seconds": time.perf_counter() - started,
                   "lr": float(optimizer.param_groups[0]["lr"]), **metrics}
@@ -357,5 +355,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()
