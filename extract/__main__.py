@@ -3,5 +3,6 @@
 import sys
 
 from extract.run import main
+from features.errors import run_cli
 
-sys.exit(main())
+sys.exit(run_cli(main))

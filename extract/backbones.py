@@ -56,6 +56,7 @@ import json
 import math
 import os
 import pickle
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from features.errors import HarnessError
 
 TOKENS = ("cls", "frame", "patch")
 
@@ -299,7 +302,7 @@ def build_backbone(
 # ------------------------------------------------------------------------------ checkpoints
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(HarnessError, ValueError):
     """A checkpoint whose keys or shapes do not fit the model; the message lists them."""
 
 
@@ -616,4 +619,6 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))

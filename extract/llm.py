@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 from tqdm import tqdm
 
+from features.errors import HarnessError
+
 if TYPE_CHECKING:
     from extract.questions import Labels
     from features.annotations import ClassTable
@@ -63,7 +65,7 @@ class LLMConfig:
     temperature: float = 0.7
 
 
-class LLMError(RuntimeError):
+class LLMError(HarnessError, RuntimeError):
     """A request that still failed after every retry."""
 
 

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from features.errors import HarnessError
+
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -59,7 +61,7 @@ LAYOUTS = ("video", "rgb_frames")
 FRAME_TEMPLATE = "frame_{:010d}.jpg"
 
 
-class VideoError(RuntimeError):
+class VideoError(HarnessError, RuntimeError):
     """A missing, unreadable or corrupt video; the message starts with the file's path."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

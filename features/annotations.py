@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.errors import HarnessError
+
 SPLITS = ("train", "validation", "test")
 TIMING_COLUMNS = (
     "narration_id",
@@ -32,7 +34,7 @@ LIST_COLUMNS = ("all_nouns", "all_noun_classes")
 ENV_VAR = "EK100_ANNOTATIONS"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(HarnessError, ValueError):
     """A problem in an annotation file, always phrased as `file:row: field: what to do`."""
 
 

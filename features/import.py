@@ -298,4 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -65,6 +65,8 @@ import numpy as np
 import torch
 import zarr
 
+from features.errors import HarnessError
+
 SCHEMA = "mambavl.features/1"
 DEFAULT_SHARD_ROWS = 256
 # Not part of a store's identity or hash: when and where it was made, and the input paths
@@ -74,7 +76,7 @@ PACKAGES = ("torch", "numpy", "zarr", "transformers", "tokenizers", "av", "h5py"
 NOT_WRITTEN = "not written"
 
 
-class StoreError(ValueError):
+class StoreError(HarnessError, ValueError):
     """A store that cannot be used as asked; the message says which store and what to do."""
 
 

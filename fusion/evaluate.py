@@ -184,4 +184,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))

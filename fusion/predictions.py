@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from features.errors import HarnessError
 from fusion.metrics import to_numpy
 
 REQUIRED = ("narration_id", "verb_scores", "noun_scores")
@@ -23,7 +24,7 @@ ACTION_FIELDS = ("action_verbs", "action_nouns", "action_scores")
 SHOWN_IDS = 5
 
 
-class PredictionsError(ValueError):
+class PredictionsError(HarnessError, ValueError):
     """Predictions that cannot be evaluated or exported; the message names the segment."""
 
 

@@ -163,4 +163,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))

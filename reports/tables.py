@@ -590,6 +590,7 @@ def main(args: Sequence[str] | None = None) -> list[Path]:
 
 if __name__ == "__main__":
     # run the imported module, not `__main__`, so html/plots share its classes (Missing)
+    from features.errors import run_cli
     from reports.tables import main as _main
 
-    _main()
+    sys.exit(run_cli(_main))

@@ -7,4 +7,8 @@ from sweeps.config import SweepConfig
 from sweeps.launch import main
 
 if __name__ == "__main__":
-    main(cli(SweepConfig))
+    import sys
+
+    from features.errors import run_cli
+
+    sys.exit(run_cli(lambda argv: main(cli(SweepConfig, args=argv))))

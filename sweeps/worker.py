@@ -28,4 +28,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))
