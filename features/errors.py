@@ -106,3 +106,28 @@ def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_ERROR
     return result if isinstance(result, int) else 0
+
+
+def resolve_device(name: str) -> Any:
+    """`auto` -> CUDA when present, else CPU; a device that is not there is a HarnessError.
+
+    Checked before any work, so a run on a missing GPU fails in its first second and leaves
+    nothing behind (no run folder, no sweep trial).
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise HarnessError(f"--device {name!r}: not a device ({error}); use auto, cpu, "
+                           "cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"--device {name}: no CUDA GPU is visible here "
+                               "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HarnessError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                               "device(s) are visible")
+    return device

@@ -68,3 +68,17 @@ def test_real_cli_prints_one_line(tmp_path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_missing_gpu_is_a_harness_error() -> None:
+    import torch
+
+    from features.errors import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(HarnessError, match="not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(HarnessError, match="no CUDA GPU"):
+            resolve_device("cuda")
