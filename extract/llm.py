@@ -7,12 +7,14 @@ answer with a JSON object; anything else is retried and finally reported.
 The endpoint comes from the environment (`MAMBAVL_LLM_BASE_URL`, `MAMBAVL_LLM_API_KEY`,
 `MAMBAVL_LLM_MODEL`, falling back to the `OPENAI_*` names): the config stores only the
 variable names, so the key never reaches a config dump, a log or a tracking server.
-Answers are cached in SQLite keyed by (model, prompt version, narration id), so a rerun
-costs nothing and an interrupted run resumes.
+Answers are cached in SQLite keyed by the model, the prompts and everything of the row a
+prompt reads (narration id, narration, verb, noun): a rerun costs nothing, an interrupted
+run resumes, and an edited annotation row is asked again instead of reusing stale questions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -74,7 +76,11 @@ def _env(name: str, fallback: str) -> str | None:
 
 
 class ChatClient:
-    """Minimal chat-completions client with retries on 429, 5xx, timeouts and bad JSON."""
+    """Minimal chat-completions client with retries on 429, 5xx, timeouts and bad JSON.
+
+    A 200 whose body is not JSON (a proxy's or gateway's error page) is retried like a 5xx:
+    it is the infrastructure failing, not the model answering badly.
+    """
 
     def __init__(self, config: LLMConfig) -> None:
         base_url = _env(config.base_url_env, "OPENAI_BASE_URL")
@@ -118,15 +124,27 @@ class ChatClient:
                     if retry_after.replace(".", "", 1).isdigit():
                         delay = float(retry_after)
                 elif response.status_code != 200:
-                    raise LLMError(f"HTTP {response.status_code}: {response.text[:200]}")
+                    raise LLMError(f"{self.url}: HTTP {response.status_code}: "
+                                   f"{_start(response.text)}")
                 else:
-                    parsed = _parse_answer(response.json(), keys)
-                    if parsed is not None:
-                        return parsed
-                    last = "answer was not the expected JSON"
+                    try:
+                        payload = response.json()
+                    except requests.JSONDecodeError:
+                        last = f"HTTP 200 with a body that is not JSON: {_start(response.text)}"
+                    else:
+                        parsed = _parse_answer(payload, keys)
+                        if parsed is not None:
+                            return parsed
+                        last = "answer was not the expected JSON"
             if attempt < self.config.max_retries:
                 time.sleep(delay)
-        raise LLMError(f"gave up after {self.config.max_retries + 1} attempts ({last})")
+        raise LLMError(f"{self.url}: gave up after {self.config.max_retries + 1} attempts "
+                       f"(last: {last})")
+
+
+def _start(body: str, size: int = 120) -> str:
+    """The start of a response body on one line, quoted (enough to recognise an error page)."""
+    return repr(" ".join(body.split())[:size])
 
 
 def _parse_answer(payload: dict[str, Any], keys: Sequence[str]) -> dict[str, str] | None:
@@ -164,6 +182,18 @@ class AnswerCache:
             )
 
 
+def cache_key(model: str | None, narration_id: str, narration: str, verb: str, noun: str
+              ) -> str:
+    """Everything an answer depends on: the model, the prompts and the row's fields they read.
+
+    Readable prefix for inspecting the cache; the digest changes when any input does.
+    """
+    inputs = [model, PROMPT_VERSION, DESCRIBE_PROMPT, QUESTION_PROMPT, narration_id, narration,
+              verb, noun]
+    digest = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+    return f"{model}|{PROMPT_VERSION}|{narration_id}|{digest}"
+
+
 def generate_llm_questions(
     items: Sequence[tuple[str, Labels]],
     verbs: ClassTable,
@@ -180,12 +210,12 @@ def generate_llm_questions(
 
     def one(item: tuple[str, Labels]) -> tuple[str, dict[str, str]]:
         narration_id, labels = item
-        key = f"{client.model}|{PROMPT_VERSION}|{narration_id}"
+        verb = verbs.keys[labels.verb_class]
+        noun = nouns.keys[labels.noun_class]
+        key = cache_key(client.model, narration_id, labels.narration, verb, noun)
         cached = cache.get(key)
         if cached is not None:
             return narration_id, cached
-        verb = verbs.keys[labels.verb_class]
-        noun = nouns.keys[labels.noun_class]
         described = client.ask_json(
             DESCRIBE_PROMPT.format(narration=labels.narration, verb=verb, noun=noun),
             ["description"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +16,8 @@ from extract.llm import LLMConfig, LLMError
 from extract.questions import QuestionsConfig, generate, read_questions
 
 SECRET = "sk-test-secret-123"
+REPO = Path(__file__).resolve().parents[2]
+ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -21,7 +25,8 @@ class ChatServer(ThreadingHTTPServer):
 
     def __init__(self, failures: list[str]) -> None:
         super().__init__(("127.0.0.1", 0), ChatHandler)
-        self.failures = list(failures)  # "429", "500", "badjson", "forever"
+        self.failures = list(failures)  # "429", "500", "badjson", "html", "forever"
+        self.always = ""  # a failure for every request ("html": a proxy's error page)
         self.requests: list[dict] = []
         self.auth: set[str] = set()
         self.lock = threading.Lock()
@@ -41,12 +46,19 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.server.requests.append(body)
             self.server.auth.add(self.headers.get("Authorization", ""))
             failure = self.server.failures.pop(0) if self.server.failures else ""
+            failure = self.server.always or failure
         if "Verb: open" in prompt or failure == "forever":
             failure = "500"
         if failure in ("429", "500"):
             self.send_response(int(failure))
             self.send_header("Retry-After", "0")
             self.end_headers()
+            return
+        if failure == "html":  # a proxy in front of the endpoint answers with its error page
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(ERROR_PAGE.encode())
             return
         if "description" in prompt and "Description:" not in prompt:
             answer = {"description": "A person carefully handles something in a kitchen."}
@@ -114,3 +126,67 @@ def test_failures_are_reported_not_dropped(server: ChatServer, tiny_ek100: Path,
     with pytest.raises(LLMError):
         generate(config)
     assert len(server.requests) - before == 2 * 4  # 2 clips x (1 + 3 retries), stage (a) only
+
+
+@pytest.mark.parametrize("server", [["html"]], indirect=True)
+def test_html_body_with_200_is_retried(server: ChatServer, tiny_ek100: Path,
+                                       tmp_path: Path) -> None:
+    """A proxy's error page served as 200 is retried like a 5xx; the next answer is used."""
+    _drop_open_rows(tiny_ek100)
+    config = _config(tiny_ek100, tmp_path)
+    generate(config)
+    assert len(read_questions(config.out)) == 4
+    assert len(server.requests) == 4 * 2 + 1  # the error page cost one retry
+
+
+def test_html_body_always_is_one_line_error(server: ChatServer, tiny_ek100: Path,
+                                            tmp_path: Path) -> None:
+    """Every answer an error page: the CLI exits 2 with one line naming endpoint and body."""
+    server.always = "html"
+    _drop_open_rows(tiny_ek100)
+    out = tmp_path / "q.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "extract.questions", "--annotations",
+         str(tiny_ek100 / "EPIC_100_validation.csv"), "--out", str(out), "--generator", "llm",
+         "--llm.cache", str(tmp_path / "cache.sqlite"), "--llm.max-retries", "2",
+         "--llm.backoff-s", "0.01"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert f"127.0.0.1:{server.server_port}/v1/chat/completions" in lines[0]
+    assert "not JSON" in lines[0] and "502 Bad Gateway" in lines[0]
+    assert len(server.requests) == 4 * 3  # each clip's first stage, 1 + 2 retries
+    assert not out.exists()
+
+
+def _edit_row(ek100: Path, narration_id: str, old: str, new: str) -> None:
+    csv = ek100 / "EPIC_100_validation.csv"
+    rows = csv.read_text().splitlines(True)
+    edited = [r.replace(old, new) if r.startswith(narration_id + ",") else r for r in rows]
+    assert edited != rows
+    csv.write_text("".join(edited))
+
+
+def test_cache_follows_the_rows_content(server: ChatServer, tiny_ek100: Path,
+                                        tmp_path: Path) -> None:
+    """An edited narration or label is asked again; unchanged rows come from the cache."""
+    _drop_open_rows(tiny_ek100)
+    config = _config(tiny_ek100, tmp_path)
+    generate(config)
+    first = len(server.requests)
+    assert first == 4 * 2
+
+    _edit_row(tiny_ek100, "P01_01_0", ",take plate,", ",take the dinner plate,")
+    generate(config)
+    assert len(server.requests) == first + 2  # only the edited clip, both stages
+    narrations = [json.loads(r["messages"][0]["content"].split("Narration: ")[1].split("\n")[0])
+                  for r in server.requests[first:] if "Narration: " in r["messages"][0]["content"]]
+    assert narrations == ["take the dinner plate"]
+
+    _edit_row(tiny_ek100, "P02_01_0", ",plate,2,['plate'],[2]", ",knife,1,['knife'],[1]")
+    generate(config)
+    assert len(server.requests) == first + 4  # a changed noun label is asked again too
+
+    generate(config)  # nothing changed: every answer from the cache
+    assert len(server.requests) == first + 4
