@@ -19,7 +19,8 @@ name)` = `<root>/<dataset>/<split>/<kind>-<name>.zarr`, e.g.
   Uncompressed by default: float16 activations barely compress, and raw chunks let the
   reader map shard files directly (`_RawShards`).
 - `error` (N,) string, one chunk per shard: "" for a good row, else why it is zeros
-  (unreadable video, missing clip in an import).
+  (unreadable video, segment outside its video, missing clip in an import); every chunk
+  is written (attribute `error_chunks_written`), so a deleted one is noticed.
 - `done` (num_shards,) bool, one chunk (file) per shard: set only after all of the shard's
   rows, arrays and errors are written. Zarr writes each file atomically (temp + rename), a
   shard is written in one call, so a SIGKILL leaves either the old or the new shard and a
@@ -41,6 +42,15 @@ Reading: `FeatureStore(path)`: `read(index)` / `get(narration_id)` for random ac
 `load(device=...)` a whole split as torch tensors, `iter_shards(prefetch=...)` streams
 shards for stores larger than memory, `check_aligned(*stores)` refuses stores whose rows
 differ.
+
+A store cannot lie to its reader: opening it verifies `manifest_hash` against the manifest
+(an edited manifest or hash is a StoreError), and every open/refresh stats the files that
+the `done` record promises: each data array's shard file must exist and have the exact size
+of an uncompressed raw shard (compressed: exist and be non-empty), each error chunk must
+exist. A shard whose files fail this is `damaged`: it counts as not written (`complete` is
+False, its rows are not `valid`, reads refuse it, a rerun of the extraction rewrites it),
+so missing data never comes back as the fill value. Rows holding NaN or inf are refused by
+`load`, `read` and `iter_shards`, naming the store, split, row and count.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ DEFAULT_SHARD_ROWS = 256
 VOLATILE_KEYS = ("created", "environment", "sources")
 PACKAGES = ("torch", "numpy", "zarr", "transformers", "tokenizers", "av", "h5py", "mambavl-harness")
 NOT_WRITTEN = "not written"
+ERROR_CHUNKS = "error_chunks_written"  # attribute: every shard's error chunk is on disk
 
 
 class StoreError(HarnessError, ValueError):
@@ -201,7 +212,7 @@ def _create_group(
         )
     group.create_array("error", shape=(n,), dtype=str, chunks=(shard_rows,))
     group.create_array("done", shape=(shards,), dtype=bool, chunks=(1,), fill_value=False)
-    group.attrs.update(attrs)
+    group.attrs.update({**attrs, ERROR_CHUNKS: True})
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -239,7 +250,10 @@ class StoreWriter:
         return start, min(start + self.shard_rows, self.rows)
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:], dtype=bool)
+        """Shards marked done whose files are intact (damaged ones are rewritten on resume)."""
+        done = np.asarray(self.group["done"][:], dtype=bool)
+        done[list(damaged_shards(self.group, self.path, done))] = False
+        return done
 
     def pending_shards(self, rank: int = 0, world_size: int = 1) -> list[int]:
         """Shards of `rank` (k % world_size == rank) not yet done, in order."""
@@ -270,11 +284,17 @@ class StoreWriter:
                     f"{self.path}: {name} of shard {shard} has shape {value.shape}, expected "
                     f"{(stop - start, *spec.row_shape)}"
                 )
-            self.group[name][start:stop] = value
+            array = self.group[name]
+            file = _shard_file(array, self.path, shard)
+            expected = _raw_size(array, shard) if _RawShards.supported(array) else None
+            if file.exists() and _file_problem(file, self.path, expected):
+                file.unlink()  # zarr would merge into the damaged file and fail its checksum
+            array[start:stop] = value
         errors = [""] * (stop - start) if errors is None else [str(e) for e in errors]
         if len(errors) != stop - start:
             raise StoreError(f"{self.path}: {len(errors)} errors for {stop - start} rows")
-        self.group["error"][start:stop] = np.asarray(errors, dtype=object)
+        error_array = self.group["error"].with_config({"write_empty_chunks": True})
+        error_array[start:stop] = np.asarray(errors, dtype=object)
         _kill_hook(shard)
         self.group["done"][shard : shard + 1] = np.ones(1, dtype=bool)
 
@@ -370,6 +390,58 @@ def _check_resumable(path: Path, ids: list[str], attrs: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------- reading
 
 
+def _shard_file(array: zarr.Array, root: Path, shard: int) -> Path:
+    """The file holding shard `shard` of `array` (chunk `shard` for unsharded arrays)."""
+    key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
+    return root / array.path / key
+
+
+def _raw_size(array: zarr.Array, shard: int) -> int:
+    """Bytes of an uncompressed raw shard file: every row's chunk, then the shard index."""
+    shard_rows = int(array.shards[0])
+    rows = min(shard_rows, int(array.shape[0]) - shard * shard_rows)
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+    return rows * row_bytes + shard_rows * 16 + 4
+
+
+def _file_problem(file: Path, root: Path, expected: int | None) -> str | None:
+    """Why `file` cannot hold its data (missing, empty, wrong size), or None."""
+    name = file.relative_to(root).as_posix()
+    try:
+        size = file.stat().st_size
+    except FileNotFoundError:
+        return f"{name} is missing"
+    if size == 0:
+        return f"{name} is empty"
+    if expected is not None and size != expected:
+        return f"{name} has {size} bytes, expected {expected} (truncated or overwritten)"
+    return None
+
+
+def damaged_shards(group: zarr.Group, root: Path, done: np.ndarray) -> dict[int, str]:
+    """{shard: why} for shards marked done whose files are missing, empty or mis-sized.
+
+    Stat calls only (one per data array and shard, plus the error chunk), so it runs on
+    every open/refresh. Only local stores are checked (the only kind `FeatureStore` opens).
+    """
+    if not isinstance(group.store_path.store, zarr.storage.LocalStore):
+        return {}
+    attrs = group.attrs
+    names = list(attrs["arrays"]) + (["error"] if attrs.get(ERROR_CHUNKS) else [])
+    damaged: dict[int, str] = {}
+    for name in names:
+        array = group[name]
+        raw = name != "error" and _RawShards.supported(array)
+        for shard in np.flatnonzero(done):
+            if int(shard) in damaged:
+                continue
+            file = _shard_file(array, root, int(shard))
+            problem = _file_problem(file, root, _raw_size(array, int(shard)) if raw else None)
+            if problem:
+                damaged[int(shard)] = problem
+    return damaged
+
+
 class _RawShards:
     """Direct reads of uncompressed sharded arrays from memory-mapped shard files.
 
@@ -385,6 +457,7 @@ class _RawShards:
         self.row_shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.shard_rows = int(array.shards[0]) if array.shards else 0
+        self.store_root = root
         self.root = root / array.path
         self._maps: dict[int, np.ndarray | None] = {}
 
@@ -414,15 +487,14 @@ class _RawShards:
     def _map(self, shard: int) -> np.ndarray | None:
         key = self.array.metadata.encode_chunk_key((shard,) + (0,) * len(self.row_shape))
         file = self.root / key
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            return None
+        problem = _file_problem(file, self.store_root, _raw_size(self.array, shard))
+        if problem:  # deleted or cut after the store was opened: never read as fill values
+            raise StoreError(f"{self.store_root}: shard {shard} is damaged ({problem}); rerun the "
+                             "extraction command to rewrite it, or re-extract with --overwrite")
+        size = file.stat().st_size
         rows = min(self.shard_rows, self.rows - shard * self.shard_rows)  # edge shard: fewer
         row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
         index_bytes = self.shard_rows * 16 + 4
-        if size != rows * row_bytes + index_bytes:
-            return None
         with open(file, "rb") as handle:
             handle.seek(size - index_bytes)
             index = np.frombuffer(handle.read(index_bytes - 4), dtype="<u8").reshape(-1, 2)
@@ -486,15 +558,32 @@ class FeatureStore:
                 f"{self.path}: not a feature store of schema {SCHEMA} "
                 f"(schema {self.attrs.get('schema')!r})"
             )
+        missing = [k for k in ("kind", "rows", "shard_rows", "arrays", "manifest",
+                               "manifest_hash") if k not in self.attrs]
+        if missing:
+            raise StoreError(f"{self.path}: store attributes {missing} are missing (zarr.json "
+                             "edited or damaged); re-extract the store (--overwrite)")
         self.kind: str = self.attrs["kind"]
         self.rows = int(self.attrs["rows"])
         self.shard_rows = int(self.attrs["shard_rows"])
         self.num_shards = -(-self.rows // self.shard_rows)
         self.manifest: dict[str, Any] = self.attrs["manifest"]
         self.manifest_hash: str = self.attrs["manifest_hash"]
+        if manifest_hash(self.manifest) != self.manifest_hash:
+            raise StoreError(
+                f"{self.path}: the manifest does not match its manifest_hash (the manifest or "
+                "the hash in zarr.json was edited), so what produced these features is "
+                "unknown; re-extract the store (--overwrite)"
+            )
         self.arrays: dict[str, ArraySpec] = {
             k: ArraySpec(tuple(v["row_shape"]), v["dtype"]) for k, v in self.attrs["arrays"].items()
         }
+        if self.rows:
+            problem = _file_problem(_shard_file(self.group["narration_id"], self.path, 0),
+                                    self.path, None)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}, so its rows are unknown; re-extract "
+                                 "the store (--overwrite)")
         self._ids: np.ndarray | None = None
         self._index: dict[str, int] | None = None
         self._raw: dict[str, _RawShards | None] = {}
@@ -510,10 +599,17 @@ class FeatureStore:
         return self.rows
 
     def refresh(self) -> None:
-        """Re-read the completion record and errors (a writer may still be running)."""
+        """Re-read the completion record and errors (a writer may still be running).
+
+        Shards marked done whose files are missing or damaged count as not written
+        (`damaged` says why), so `complete` and `valid` never vouch for absent data.
+        """
+        self._raw = {}  # files may have been rewritten since they were mapped
         self.done = (
             np.asarray(self.group["done"][:], dtype=bool) if self.num_shards else np.zeros(0, bool)
         )
+        self.damaged: dict[int, str] = damaged_shards(self.group, self.path, self.done)
+        self.done[list(self.damaged)] = False
         errors = (
             np.asarray(self.group["error"][:], dtype=object) if self.rows else np.zeros(0, object)
         )
@@ -524,8 +620,47 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
-        """Every shard written (rows may still be failures: see `failures`)."""
+        """Every shard written, files intact (rows may still be failures: see `failures`)."""
         return bool(self.done.all())
+
+    @property
+    def split(self) -> str:
+        """The split, by the store layout `<root>/<dataset>/<split>/<kind>-<name>.zarr`."""
+        return self.path.resolve().parent.name
+
+    def _unwritten(self, shards: Sequence[int], hint: str) -> StoreError:
+        """The error for reading `shards` (not done): damaged files first, they are worse."""
+        damaged = [int(k) for k in shards if int(k) in self.damaged]
+        if damaged:
+            return StoreError(
+                f"{self.path}: {len(damaged)} shard(s) marked done have missing or damaged "
+                f"files (first: shard {damaged[0]}: {self.damaged[damaged[0]]}); the store "
+                "cannot be used as is: rerun the extraction command to rewrite them, or "
+                "re-extract with --overwrite"
+            )
+        return StoreError(
+            f"{self.path}: {len(shards)} of {self.num_shards} shards not written yet "
+            f"(first: {shards[0]}); {hint}"
+        )
+
+    def _check_finite(self, name: str, rows: np.ndarray, value: np.ndarray | torch.Tensor
+                      ) -> None:
+        """Refuse rows holding NaN or inf (`rows`: their positions), naming the first."""
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point() or not len(value):
+                return
+            bad = (~torch.isfinite(value.reshape(len(value), -1)).all(1)).cpu().numpy()
+        else:
+            if value.dtype.kind != "f" or not len(value):
+                return
+            bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
+        if bad.any():
+            first = int(rows[np.argmax(bad)])
+            raise StoreError(
+                f"{self.path} (split {self.split!r}): {int(bad.sum())} row(s) of {name!r} hold "
+                f"NaN or inf; first: row {first} ({self.narration_ids[first]!r}); the "
+                "extraction produced non-finite features: re-extract the store (--overwrite)"
+            )
 
     @property
     def narration_ids(self) -> np.ndarray:
@@ -578,6 +713,8 @@ class FeatureStore:
             self.refresh()
             undone = shards[~self.done[shards]]
         if len(undone):
+            if any(int(k) in self.damaged for k in undone):
+                raise self._unwritten(undone.tolist(), "")
             raise StoreError(
                 f"{self.path}: rows of shard(s) {undone[:10].tolist()} are not written yet "
                 "(extraction incomplete: rerun it to finish the store)"
@@ -602,8 +739,10 @@ class FeatureStore:
             if reader is not None:
                 value = reader.take(rows)
             else:
+                self._require_files(name, np.unique(rows // self.shard_rows))
                 unique, inverse = np.unique(rows, return_inverse=True)
                 value = self.group[name].oindex[unique][inverse]
+            self._check_finite(name, rows, value)
             out[name] = value[0] if scalar else value
         return out
 
@@ -616,6 +755,16 @@ class FeatureStore:
         index = self.index_of(narration_id)
         return self.read(index, arrays)
 
+    def _require_files(self, name: str, shards: Sequence[int] | np.ndarray) -> None:
+        """Zarr reads a missing shard file as fill values: check the files just before."""
+        array = self.group[name]
+        for shard in shards:
+            problem = _file_problem(_shard_file(array, self.path, int(shard)), self.path, None)
+            if problem:
+                raise StoreError(f"{self.path}: shard {int(shard)} is damaged ({problem}); "
+                                 "rerun the extraction command to rewrite it, or re-extract "
+                                 "with --overwrite")
+
     def _shard_data(
         self, shard: int, arrays: Sequence[str], materialise: bool = True
     ) -> dict[str, np.ndarray]:
@@ -624,6 +773,7 @@ class FeatureStore:
         for name in arrays:
             reader = self._reader(name)
             if reader is None:
+                self._require_files(name, [shard])
                 out[name] = self.group[name][start:stop]
             else:  # materialised (in the prefetch thread) unless the caller copies anyway
                 view = reader.slice(start, stop)
@@ -647,9 +797,8 @@ class FeatureStore:
         todo = list(range(self.num_shards) if shards is None else shards)
         undone = [k for k in todo if not self.done[k]]
         if undone and require_complete:
-            raise StoreError(
-                f"{self.path}: {len(undone)} of {self.num_shards} shards not written yet "
-                f"(first: {undone[0]}); finish the extraction or pass require_complete=False"
+            raise self._unwritten(
+                undone, "finish the extraction or pass require_complete=False"
             )
         todo = [k for k in todo if self.done[k]]
         slots: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -660,7 +809,11 @@ class FeatureStore:
                 for k in todo:
                     if stop_event.is_set():
                         return
-                    item = (k, self._shard_data(k, arrays))
+                    data = self._shard_data(k, arrays)
+                    start = k * self.shard_rows
+                    for name, value in data.items():
+                        self._check_finite(name, np.arange(start, start + len(value)), value)
+                    item = (k, data)
                     while not stop_event.is_set():
                         try:
                             slots.put(item, timeout=0.1)
@@ -708,10 +861,9 @@ class FeatureStore:
         arrays = list(arrays or self.arrays)
         self.refresh()
         if require_complete and not self.complete:
-            undone = np.flatnonzero(~self.done)
-            raise StoreError(
-                f"{self.path}: {len(undone)} of {self.num_shards} shards not written yet "
-                f"(first: {undone[0]}); finish the extraction or pass require_complete=False"
+            raise self._unwritten(
+                np.flatnonzero(~self.done).tolist(),
+                "finish the extraction or pass require_complete=False",
             )
         make = torch.empty if self.complete else torch.zeros
         out = {}
@@ -747,6 +899,8 @@ class FeatureStore:
             events[slot].record()
         if cuda:
             torch.cuda.synchronize(device)
+        for name, tensor in out.items():  # one pass on the device: refuse NaN/inf rows
+            self._check_finite(name, np.arange(self.rows), tensor)
         return out
 
 

@@ -215,3 +215,136 @@ def test_load_to_cuda(tmp_path: Path) -> None:
     loaded = FeatureStore(tmp_path / "s.zarr").load(device="cuda")
     assert loaded["tokens"].is_cuda
     np.testing.assert_array_equal(loaded["tokens"].cpu().numpy(), data)
+
+
+# ------------------------------------------------------------- stores that cannot lie
+
+
+def shard_file(path: Path, shard: int, array: str = "tokens") -> Path:
+    return path / array / "c" / str(shard) / "0" / "0"
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "empty"])
+def test_damaged_shard_file_is_refused_not_read_as_zeros(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "s.zarr"
+    data = write_store(path)
+    file = shard_file(path, 1)
+    if damage == "delete":
+        file.unlink()
+    elif damage == "truncate":
+        file.write_bytes(file.read_bytes()[:-40])
+    else:
+        file.write_bytes(b"")
+    store = FeatureStore(path)
+    reason = {"delete": "missing", "truncate": "expected 188", "empty": "empty"}[damage]
+    assert not store.complete and store.done.tolist() == [True, False, True]
+    assert reason in store.damaged[1] and "tokens/c/1/0/0" in store.damaged[1]
+    assert store.valid.tolist() == [True] * 4 + [False] * 4 + [True] * 2
+    with pytest.raises(StoreError, match=rf"s\.zarr: 1 shard.*damaged.*shard 1.*{reason}"):
+        store.load()
+    with pytest.raises(StoreError, match="damaged"):
+        store.read([5])
+    with pytest.raises(StoreError, match="damaged"):
+        list(store.iter_shards())
+    np.testing.assert_array_equal(store.read([0, 9])["tokens"], data[[0, 9]])  # intact shards
+    # a rerun of the extraction (same config) rewrites exactly the damaged shard
+    writer = open_writer(
+        path, IDS, {"tokens": ArraySpec((3, 5))}, make_manifest(backbone="demo"), "video", 4
+    )
+    assert writer.pending_shards() == [1]
+    writer.write_shard(1, {"tokens": data[4:8]})
+    repaired = FeatureStore(path)
+    assert repaired.complete and not repaired.damaged
+    np.testing.assert_array_equal(repaired.load()["tokens"].numpy(), data)
+
+
+def test_shard_deleted_after_open_is_refused_on_every_read_path(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    write_store(path)
+    store = FeatureStore(path)
+    assert store.complete
+    shard_file(path, 2).unlink()
+    with pytest.raises(StoreError, match="shard 2 is damaged.*missing"):
+        store.read([9])  # memory-mapped raw path, without a refresh
+    with pytest.raises(StoreError, match="damaged"):
+        store.load()  # refreshes: the store no longer claims to be complete
+    assert not FeatureStore(path).complete
+
+
+def test_compressed_store_with_a_deleted_shard_is_refused(tmp_path: Path) -> None:
+    from zarr.codecs import ZstdCodec
+
+    path = tmp_path / "z.zarr"
+    writer = open_writer(path, IDS, {"tokens": ArraySpec((3, 5))}, {"backbone": "demo"},
+                         "video", 4, compressors=ZstdCodec())
+    for k in writer.pending_shards():
+        start, stop = writer.shard_range(k)
+        writer.write_shard(k, {"tokens": np.ones((stop - start, 3, 5))})
+    store = FeatureStore(path)
+    assert store.complete and store._reader("tokens") is None  # zarr's own read path
+    shard_file(path, 0).unlink()
+    with pytest.raises(StoreError, match="shard 0 is damaged"):
+        store.read([1])  # opened before the deletion
+    reopened = FeatureStore(path)
+    assert not reopened.complete and "missing" in reopened.damaged[0]
+    with pytest.raises(StoreError, match="damaged"):
+        reopened.load()
+
+
+def test_deleted_error_chunk_does_not_make_failed_rows_valid(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    write_store(path, errors={5: "video file not found"})
+    (path / "error" / "c" / "1").unlink()  # would read back as "" (valid) for every row
+    store = FeatureStore(path)
+    assert not store.complete and not store.valid[4:8].any()
+    assert "error/c/1 is missing" in store.damaged[1]
+
+
+@pytest.mark.parametrize("edit", ["manifest", "hash"])
+def test_edited_manifest_or_hash_is_refused(tmp_path: Path, edit: str) -> None:
+    path = tmp_path / "s.zarr"
+    write_store(path, frames=16)
+    meta_file = path / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    if edit == "manifest":
+        meta["attributes"]["manifest"]["frames"] = 32
+    else:
+        meta["attributes"]["manifest_hash"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=r"s\.zarr: the manifest does not match its "
+                                         r"manifest_hash.*re-extract"):
+        FeatureStore(path)
+
+
+def write_rows(path: Path, data: np.ndarray) -> None:
+    writer = open_writer(path, IDS, {"tokens": ArraySpec((3, 5))}, {"backbone": "demo"},
+                         "video", 4)
+    for k in writer.pending_shards():
+        start, stop = writer.shard_range(k)
+        writer.write_shard(k, {"tokens": data[start:stop]})
+
+
+def test_nan_row_is_refused_by_load(tmp_path: Path) -> None:
+    data = np.ones((10, 3, 5), dtype=np.float16)
+    data[[6, 8], 1, 2] = np.nan
+    path = store_path(tmp_path, "ek100", "train", "video", "demo")
+    write_rows(path, data)
+    store = FeatureStore(path)
+    with pytest.raises(StoreError, match=r"video-demo\.zarr \(split 'train'\): 2 row\(s\) of "
+                                         r"'tokens' hold NaN or inf; first: row 6 \('P01_01_6'\)"):
+        store.load()
+    np.testing.assert_array_equal(store.read([0, 7])["tokens"], data[[0, 7]])  # clean rows
+
+
+def test_inf_row_is_refused_in_streamed_reads(tmp_path: Path) -> None:
+    data = np.ones((10, 3, 5), dtype=np.float16)
+    data[9, 0, 0] = np.inf
+    path = store_path(tmp_path, "ek100", "validation", "video", "demo")
+    write_rows(path, data)
+    store = FeatureStore(path)
+    shards = store.iter_shards(prefetch=1)
+    assert next(shards).index == 0 and next(shards).index == 1
+    with pytest.raises(StoreError, match=r"\(split 'validation'\): 1 row.*row 9 \('P01_01_9'\)"):
+        next(shards)
+    with pytest.raises(StoreError, match="row 9"):
+        store.read(slice(8, 10))
