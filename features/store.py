@@ -19,8 +19,11 @@ name)` = `<root>/<dataset>/<split>/<kind>-<name>.zarr`, e.g.
   Uncompressed by default: float16 activations barely compress, and raw chunks let the
   reader map shard files directly (`_RawShards`).
 - `error` (N,) string, one chunk per shard: "" for a good row, else why it is zeros
-  (unreadable video, segment outside its video, missing clip in an import); every chunk
-  is written (attribute `error_chunks_written`), so a deleted one is noticed.
+  (unreadable video, segment outside its video, missing clip in an import).
+
+Every chunk of every array is written, zeros included (group attribute
+`all_chunks_written`; stores made before it may omit all-zero chunks), so a raw shard file
+has an exact size and a deleted error chunk is noticed.
 - `done` (num_shards,) bool, one chunk (file) per shard: set only after all of the shard's
   rows, arrays and errors are written. Zarr writes each file atomically (temp + rename), a
   shard is written in one call, so a SIGKILL leaves either the old or the new shard and a
@@ -84,7 +87,8 @@ DEFAULT_SHARD_ROWS = 256
 VOLATILE_KEYS = ("created", "environment", "sources")
 PACKAGES = ("torch", "numpy", "zarr", "transformers", "tokenizers", "av", "h5py", "mambavl-harness")
 NOT_WRITTEN = "not written"
-ERROR_CHUNKS = "error_chunks_written"  # attribute: every shard's error chunk is on disk
+ALL_CHUNKS = "all_chunks_written"  # attribute: zero chunks are on disk too (exact sizes)
+WRITE_ALL = {"write_empty_chunks": True}  # a runtime setting: zarr does not store it
 
 
 class StoreError(HarnessError, ValueError):
@@ -157,14 +161,15 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """`key: a vs b` for every (nested) field where two manifests differ."""
     out = []
     for key in sorted(set(a) | set(b)):
         name = f"{prefix}{key}"
         if key not in a or key not in b:
             out.append(f"{name}: {a.get(key, '<absent>')!r} vs {b.get(key, '<absent>')!r}")
         elif isinstance(a[key], Mapping) and isinstance(b[key], Mapping):
-            out.extend(_differences(a[key], b[key], name + "."))
+            out.extend(differences(a[key], b[key], name + "."))
         elif a[key] != b[key]:
             out.append(f"{name}: {a[key]!r} vs {b[key]!r}")
     return out
@@ -208,11 +213,11 @@ def _create_group(
             shards=(shard_rows, *row),
             compressors=compressors,
             fill_value=0,
-            config={"write_empty_chunks": True},  # every row stored: uniform raw shards
+            config=WRITE_ALL,  # every row stored: uniform raw shards
         )
     group.create_array("error", shape=(n,), dtype=str, chunks=(shard_rows,))
     group.create_array("done", shape=(shards,), dtype=bool, chunks=(1,), fill_value=False)
-    group.attrs.update({**attrs, ERROR_CHUNKS: True})
+    group.attrs.update({**attrs, ALL_CHUNKS: True})
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -284,7 +289,7 @@ class StoreWriter:
                     f"{self.path}: {name} of shard {shard} has shape {value.shape}, expected "
                     f"{(stop - start, *spec.row_shape)}"
                 )
-            array = self.group[name]
+            array = self.group[name].with_config(WRITE_ALL)
             file = _shard_file(array, self.path, shard)
             expected = _raw_size(array, shard) if _RawShards.supported(array) else None
             if file.exists() and _file_problem(file, self.path, expected):
@@ -293,7 +298,7 @@ class StoreWriter:
         errors = [""] * (stop - start) if errors is None else [str(e) for e in errors]
         if len(errors) != stop - start:
             raise StoreError(f"{self.path}: {len(errors)} errors for {stop - start} rows")
-        error_array = self.group["error"].with_config({"write_empty_chunks": True})
+        error_array = self.group["error"].with_config(WRITE_ALL)
         error_array[start:stop] = np.asarray(errors, dtype=object)
         _kill_hook(shard)
         self.group["done"][shard : shard + 1] = np.ones(1, dtype=bool)
@@ -373,7 +378,7 @@ def _check_resumable(path: Path, ids: list[str], attrs: dict[str, Any]) -> None:
     for key in ("schema", "kind", "rows", "shard_rows", "arrays"):
         if existing.attrs.get(key) != attrs[key]:
             problems.append(f"{key}: {existing.attrs.get(key)!r} vs {attrs[key]!r}")
-    problems += _differences(identity(existing.manifest), identity(attrs["manifest"]), "manifest.")
+    problems += differences(identity(existing.manifest), identity(attrs["manifest"]), "manifest.")
     if not problems:
         mismatch = np.nonzero(existing.narration_ids != np.asarray(ids, dtype=object))[0]
         if len(mismatch):
@@ -427,11 +432,12 @@ def damaged_shards(group: zarr.Group, root: Path, done: np.ndarray) -> dict[int,
     if not isinstance(group.store_path.store, zarr.storage.LocalStore):
         return {}
     attrs = group.attrs
-    names = list(attrs["arrays"]) + (["error"] if attrs.get(ERROR_CHUNKS) else [])
+    exact = bool(attrs.get(ALL_CHUNKS))  # older stores may omit all-zero chunks
+    names = list(attrs["arrays"]) + (["error"] if exact else [])
     damaged: dict[int, str] = {}
     for name in names:
         array = group[name]
-        raw = name != "error" and _RawShards.supported(array)
+        raw = exact and name != "error" and _RawShards.supported(array)
         for shard in np.flatnonzero(done):
             if int(shard) in damaged:
                 continue
@@ -451,13 +457,13 @@ class _RawShards:
     is checked once per shard; anything else falls back to zarr.
     """
 
-    def __init__(self, array: zarr.Array, root: Path) -> None:
+    def __init__(self, array: zarr.Array, root: Path, exact: bool = True) -> None:
         self.array = array
         self.rows = int(array.shape[0])
         self.row_shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.shard_rows = int(array.shards[0]) if array.shards else 0
-        self.store_root = root
+        self.store_root, self.exact = root, exact  # exact: every chunk written, sizes known
         self.root = root / array.path
         self._maps: dict[int, np.ndarray | None] = {}
 
@@ -487,19 +493,22 @@ class _RawShards:
     def _map(self, shard: int) -> np.ndarray | None:
         key = self.array.metadata.encode_chunk_key((shard,) + (0,) * len(self.row_shape))
         file = self.root / key
-        problem = _file_problem(file, self.store_root, _raw_size(self.array, shard))
+        expected = _raw_size(self.array, shard)
+        problem = _file_problem(file, self.store_root, expected if self.exact else None)
         if problem:  # deleted or cut after the store was opened: never read as fill values
             raise StoreError(f"{self.store_root}: shard {shard} is damaged ({problem}); rerun the "
                              "extraction command to rewrite it, or re-extract with --overwrite")
         size = file.stat().st_size
+        if size != expected:  # an older store with all-zero chunks omitted: zarr reads it
+            return None
         rows = min(self.shard_rows, self.rows - shard * self.shard_rows)  # edge shard: fewer
         row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
         index_bytes = self.shard_rows * 16 + 4
         with open(file, "rb") as handle:
             handle.seek(size - index_bytes)
             index = np.frombuffer(handle.read(index_bytes - 4), dtype="<u8").reshape(-1, 2)
-        expected = np.arange(rows, dtype=np.uint64) * np.uint64(row_bytes)
-        if not (np.array_equal(index[:rows, 0], expected) and np.all(index[:rows, 1] == row_bytes)):
+        offsets = np.arange(rows, dtype=np.uint64) * np.uint64(row_bytes)
+        if not (np.array_equal(index[:rows, 0], offsets) and np.all(index[:rows, 1] == row_bytes)):
             return None
         return np.memmap(file, dtype=self.dtype, mode="r", shape=(rows, *self.row_shape))
 
@@ -643,6 +652,14 @@ class FeatureStore:
             f"(first: {shards[0]}); {hint}"
         )
 
+    def require_complete(self) -> None:
+        """StoreError unless every shard is written with intact files (damage named first)."""
+        if not self.complete:
+            raise self._unwritten(
+                np.flatnonzero(~self.done).tolist(),
+                "finish the extraction (rerun its command) or pass require_complete=False",
+            )
+
     def _check_finite(self, name: str, rows: np.ndarray, value: np.ndarray | torch.Tensor
                       ) -> None:
         """Refuse rows holding NaN or inf (`rows`: their positions), naming the first."""
@@ -695,7 +712,9 @@ class FeatureStore:
             raise KeyError(f"{self.path}: no array {name!r} (has {sorted(self.arrays)})")
         if name not in self._raw:
             array = self.group[name]
-            self._raw[name] = _RawShards(array, self.path) if _RawShards.supported(array) else None
+            exact = bool(self.attrs.get(ALL_CHUNKS))
+            self._raw[name] = (_RawShards(array, self.path, exact)
+                               if _RawShards.supported(array) else None)
         return self._raw[name]
 
     def _rows(self, index: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
@@ -860,11 +879,8 @@ class FeatureStore:
         device = torch.device(device)
         arrays = list(arrays or self.arrays)
         self.refresh()
-        if require_complete and not self.complete:
-            raise self._unwritten(
-                np.flatnonzero(~self.done).tolist(),
-                "finish the extraction or pass require_complete=False",
-            )
+        if require_complete:
+            self.require_complete()
         make = torch.empty if self.complete else torch.zeros
         out = {}
         for name in arrays:

@@ -300,6 +300,19 @@ def test_deleted_error_chunk_does_not_make_failed_rows_valid(tmp_path: Path) -> 
     assert "error/c/1 is missing" in store.damaged[1]
 
 
+def test_zero_rows_are_written_in_full(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    writer = open_writer(path, IDS, {"tokens": ArraySpec((3, 5))}, {}, "video", 4)
+    for k in writer.pending_shards():  # failed clips: zeros, which zarr would leave out
+        start, stop = writer.shard_range(k)
+        rows = stop - start
+        writer.write_shard(k, {"tokens": np.zeros((rows, 3, 5))}, ["failed"] * rows)
+    store = FeatureStore(path)
+    assert store.complete and not store.damaged and not store.valid.any()
+    assert shard_file(path, 0).stat().st_size == 4 * 3 * 5 * 2 + 4 * 16 + 4
+    assert store._reader("tokens")._shard(0) is not None  # mapped raw, not via zarr
+
+
 @pytest.mark.parametrize("edit", ["manifest", "hash"])
 def test_edited_manifest_or_hash_is_refused(tmp_path: Path, edit: str) -> None:
     path = tmp_path / "s.zarr"
