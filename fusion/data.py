@@ -10,6 +10,11 @@ A split too large for the device (`--stream auto` decides from free GPU memory, 
 the memory-mapped Zarr shards by a prefetching thread, in a shuffled window order, rows
 shuffled within each window, and each batch is copied to the device. Same interface, same
 generator, so resume stays exact.
+
+Only rows that are valid in every store of a split are trained and scored: rows that
+failed extraction (zeros, with an error in the store) are left out and counted, one stderr
+line per split. The train and validation stores are checked against each other (modalities,
+row shapes, extractor) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ import torch
 from torch import Tensor
 
 from features.annotations import split_path
-from features.store import FeatureStore, check_aligned, store_path
+from features.store import (
+    FeatureStore,
+    StoreError,
+    check_aligned,
+    differences,
+    identity,
+    store_path,
+)
 from fusion.evaluate import Reference, load_reference
 
 if TYPE_CHECKING:
@@ -138,35 +150,95 @@ def _aligned(reference: Reference, ids: np.ndarray, store: Path) -> Reference:
         participant_ids=reference.participant_ids[index])
 
 
-def load_split(config: TrainConfig, split: str, device: torch.device
-               ) -> tuple[FeatureSplit | StreamedSplit, Reference, dict[str, str]]:
-    """One split's aligned video (+ question) features on `device`, with its labels."""
+def open_stores(config: TrainConfig, split: str) -> dict[str, FeatureStore]:
+    """The split's video store (and text store with questions), opened: cheap, no data."""
     root = config.data / "features"
     dataset = config.dataset or config.data.name
-    video_path = store_path(root, dataset, split, "video", video_store_name(config))
-    paths = {"video": video_path}
+    paths = {"video": store_path(root, dataset, split, "video", video_store_name(config))}
     if config.questions == "both":
         paths["text"] = store_path(root, dataset, split, "text", text_store_name(config))
     for kind, path in paths.items():
         if not path.exists():
             what = "make extract" if kind == "video" else "make embed-text"
-            raise FileNotFoundError(f"{path}: no {kind} feature store; run `{what}` for split "
-                                    f"{split!r} first (or pass --{kind}-store NAME)")
+            raise StoreError(f"{path}: no {kind} feature store; run `{what}` for split "
+                             f"{split!r} first (or pass --{kind}-store NAME)")
     stores = {kind: FeatureStore(path) for kind, path in paths.items()}
+    for store in stores.values():
+        store.require_complete()  # unwritten or damaged shards: refused before any work
+    return stores
+
+
+SPLIT_FIELDS = ("split", "annotations_sha256", "questions_sha256", "limit", "row_order",
+                "batch_size")
+"""Manifest fields that describe a split's inputs (or only float rounding: the extraction
+batch size), not the extractor; every other identity field must match across splits."""
+
+
+def check_compatible(train: dict[str, FeatureStore], val: dict[str, FeatureStore]) -> None:
+    """Refuse train/validation stores a head cannot use together: other modalities, row
+    shapes (widths, token counts) or extractor (manifest fields other than `SPLIT_FIELDS`)."""
+    if set(train) != set(val):
+        raise StoreError(f"train and validation have modalities {sorted(train)} vs "
+                         f"{sorted(val)}")
+    for kind, a in train.items():
+        b = val[kind]
+        problems = [f"array {name}: {a.arrays.get(name)} vs {b.arrays.get(name)}"
+                    for name in sorted(set(a.arrays) | set(b.arrays))
+                    if a.arrays.get(name) != b.arrays.get(name)]
+        manifests = [{k: v for k, v in identity(s.manifest).items() if k not in SPLIT_FIELDS}
+                     for s in (a, b)]
+        problems += differences(*manifests, prefix="manifest.")
+        if problems:
+            raise StoreError(
+                f"the train and validation {kind} stores differ ({a.path} vs {b.path}): "
+                f"{'; '.join(problems[:5])}; extract both splits with the same settings"
+            )
+
+
+def _kept_rows(stores: dict[str, FeatureStore], split: str) -> np.ndarray:
+    """Rows valid in every store; says on stderr how many failed rows are left out."""
+    valid = np.logical_and.reduce([s.valid for s in stores.values()])
+    keep = np.flatnonzero(valid)
+    if len(keep) < len(valid):
+        counts = ", ".join(f"{int((~s.valid).sum())} in {s.path}" for s in stores.values()
+                           if not s.valid.all())
+        print(f"{split}: excluded {len(valid) - len(keep)} of {len(valid)} rows that failed "
+              f"extraction ({counts}; listed in each store's .failures.json)", file=sys.stderr)
+    if not len(keep):
+        raise StoreError(f"{next(iter(stores.values())).path}: no valid rows in split "
+                         f"{split!r} (every clip failed extraction); see its .failures.json")
+    return keep
+
+
+def load_split(config: TrainConfig, split: str, device: torch.device,
+               stores: dict[str, FeatureStore] | None = None
+               ) -> tuple[FeatureSplit | StreamedSplit, Reference, dict[str, str]]:
+    """One split's aligned video (+ question) features on `device`, with its labels.
+
+    Rows that failed extraction in any store are excluded (and counted on stderr).
+    """
+    stores = stores or open_stores(config, split)
+    video_path = stores["video"].path
     ids = check_aligned(*stores.values())
-    reference = _aligned(load_reference(split_path(config.data / "annotations", split)), ids,
-                         video_path)
+    keep = _kept_rows(stores, split)
+    reference = _aligned(load_reference(split_path(config.data / "annotations", split)),
+                         ids[keep], video_path)
     verb = torch.from_numpy(reference.verb_labels.astype(np.int64))
     noun = torch.from_numpy(reference.noun_labels.astype(np.int64))
-    narration_ids = [str(i) for i in ids]
+    narration_ids = [str(i) for i in ids[keep]]
     manifests = {k: s.manifest_hash for k, s in stores.items()}
     if _stream(config, stores, device):
         print(f"streaming {split} from {video_path.parent} (larger than free device memory)",
               file=sys.stderr)
-        return StreamedSplit(narration_ids, stores, verb, noun, device), reference, manifests
+        streamed = StreamedSplit(narration_ids, stores, verb, noun, device, rows=keep)
+        return streamed, reference, manifests
     dtype = feature_dtype(device)
     video = stores["video"].load(device, arrays=["tokens"], dtype=dtype)
     text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
+    if len(keep) < len(ids):
+        index = torch.from_numpy(keep).to(device)
+        video = {k: v[index] for k, v in video.items()}
+        text = {k: v[index] for k, v in text.items()} if text is not None else None
     inputs, masks = modality_tensors(video, text)
     features = FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
     return features, reference, manifests
@@ -215,15 +287,20 @@ def _stream(config: TrainConfig, stores: dict[str, FeatureStore], device: torch.
 class StreamedSplit:
     """A split read window by window from its stores, with `FeatureSplit`'s interface.
 
-    A window is `window_shards` consecutive shards of the video store; windows come in a
+    A window is `window_shards` shards' worth of rows of the video store; windows come in a
     shuffled order (or in file order without a generator), rows are shuffled within a window,
     and a background thread reads the next `prefetch` windows while batches are trained on.
+    `rows` are the store rows used (the valid ones; default all), in order; `narration_ids`,
+    `verb` and `noun` are theirs.
     """
 
     def __init__(self, narration_ids: list[str], stores: dict[str, FeatureStore],
                  verb: Tensor, noun: Tensor, device: torch.device, window_shards: int = 8,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, rows: np.ndarray | None = None) -> None:
         self.narration_ids, self.stores, self.device = narration_ids, stores, device
+        self.rows = np.arange(len(narration_ids)) if rows is None else np.asarray(rows)
+        if len(self.rows) != len(narration_ids):
+            raise ValueError(f"{len(self.rows)} rows for {len(narration_ids)} narration ids")
         self.verb, self.noun = verb.to(device), noun.to(device)
         self.window_rows = stores["video"].shard_rows * window_shards
         self.prefetch = prefetch
@@ -244,11 +321,15 @@ class StreamedSplit:
         return dict(self._shapes)
 
     def _read(self, start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Rows [start, stop) of every store as host tensors (memory-mapped shard reads)."""
+        """Used rows [start, stop) of every store as host tensors (memory-mapped reads)."""
         dtype = feature_dtype(self.device)
+        positions = self.rows[start:stop]
+        first, last = int(positions[0]), int(positions[-1]) + 1
 
         def host(store: FeatureStore, names: list[str] | None = None) -> dict[str, Tensor]:
-            arrays = store.read(slice(start, stop), names)
+            arrays = store.read(slice(first, last), names)
+            if last - first != len(positions):  # skip the excluded rows in between
+                arrays = {k: v[positions - first] for k, v in arrays.items()}
             return {k: torch.from_numpy(np.ascontiguousarray(v)).to(
                 dtype if v.dtype.kind == "f" else None) for k, v in arrays.items()}
 
@@ -309,18 +390,29 @@ def load_features(config: TrainConfig, device: torch.device
     """Train and validation splits on `device` plus what training and tracking need.
 
     The info dict: class counts, the dataset's name for captions, the stores' manifest
-    hashes (tags, so a run names exactly the features it saw), per-modality shapes for
-    FLOP counting, and the validation split's breakdown lists for the EK100 metrics.
+    hashes (tags, so a run names exactly the features it saw), the rows excluded as failed
+    extractions (`excluded`, keyed like `manifests`: `<kind>.<split>` -> count), per-modality
+    shapes for FLOP counting, and the validation split's breakdown lists (of its used rows)
+    for the EK100 metrics. The stores of both splits are opened and checked against each
+    other before any data is loaded.
     """
-    train, _, manifests = load_split(config, config.train_split, device)
-    val, reference, val_manifests = load_split(config, config.val_split, device)
+    train_stores = open_stores(config, config.train_split)
+    val_stores = open_stores(config, config.val_split)
+    check_compatible(train_stores, val_stores)
+    train, _, manifests = load_split(config, config.train_split, device, train_stores)
+    val, reference, val_manifests = load_split(config, config.val_split, device, val_stores)
     dataset = config.dataset or config.data.name
+    excluded = {f"{kind}.{split}": int((~store.valid).sum())
+                for split, stores in ((config.train_split, train_stores),
+                                      (config.val_split, val_stores))
+                for kind, store in stores.items()}
     info = {
         "num_verbs": reference.n_verbs,
         "num_nouns": reference.n_nouns,
         "dataset": DATASET_NAMES.get(dataset, dataset),
         "manifests": {**{f"{k}.{config.train_split}": v for k, v in manifests.items()},
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
+        "excluded": excluded,
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

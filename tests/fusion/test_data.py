@@ -1,0 +1,171 @@
+"""fusion.data refuses stores that lie and leaves failed clips out of training and scoring.
+
+Real parts: the synthetic generator's annotations, real feature stores (rows that failed
+extraction written as `extract video --allow-missing` writes them: zeros plus an error),
+`load_features`, `train` and the `python -m fusion.train` CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from extract.synthetic import SyntheticConfig, plan_segments, plan_videos, write_annotations
+from features.annotations import load_split as load_annotations
+from features.store import ArraySpec, FeatureStore, StoreError, open_writer, store_path
+from fusion.data import StreamedSplit, load_features, load_split
+from fusion.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT_STORE = "tiny-roberta-template-paper"
+
+
+def write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind: str,
+                failed: dict[int, str] | None = None, **manifest: object) -> None:
+    """A complete store; rows in `failed` are zeros with their error, as extraction writes."""
+    specs = {k: ArraySpec(v.shape[1:], str(v.dtype)) for k, v in arrays.items()}
+    writer = open_writer(path, ids, specs, {"extractor": "test", "kind": kind, **manifest},
+                         kind, shard_rows=16)
+    errors = np.array([(failed or {}).get(i, "") for i in range(len(ids))], dtype=object)
+    for shard in writer.pending_shards():
+        start, stop = writer.shard_range(shard)
+        data = {k: v[start:stop].copy() for k, v in arrays.items()}
+        for value in data.values():
+            value[errors[start:stop] != ""] = 0
+        writer.write_shard(shard, data, errors[start:stop].tolist())
+
+
+def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
+                 val_width: int = 16, val_manifest: dict | None = None) -> Path:
+    """Annotations + video/text stores of train and validation, with a learnable signal."""
+    config = SyntheticConfig(out=root, videos=6, segments_per_video=16, num_verbs=5,
+                             num_nouns=6, workers=1)
+    videos = plan_videos(config)
+    segments, lengths = plan_segments(config, videos, np.random.default_rng(0))
+    write_annotations(config, videos, segments, lengths)
+    rng = np.random.default_rng(1)
+    for split in ("train", "validation"):
+        frame = load_annotations(root / "annotations", split).segments
+        ids = frame["narration_id"].astype(str).tolist()
+        n, width = len(ids), val_width if split == "validation" else 16
+        verb = frame["verb_class"].to_numpy()
+        video = rng.normal(size=(n, 4, width)) + 3 * (np.arange(width) % 5 == verb[:, None])[
+            :, None]
+        mask = np.arange(6) < rng.integers(2, 7, size=n)[:, None]
+        manifest = (val_manifest or {}) if split == "validation" else {}
+        write_store(store_path(root / "features", root.name, split, "video", "demo"), ids,
+                    {"tokens": video.astype(np.float16)}, "video",
+                    (failed or {}).get(split), **manifest)
+        write_store(store_path(root / "features", root.name, split, "text", TEXT_STORE), ids,
+                    {"verb_tokens": rng.normal(size=(n, 6, 8)).astype(np.float16),
+                     "verb_mask": mask,
+                     "noun_tokens": rng.normal(size=(n, 6, 8)).astype(np.float16),
+                     "noun_mask": mask}, "text")
+    return root
+
+
+def config_for(data: Path, tmp_path: Path, **overrides: object) -> TrainConfig:
+    base = TrainConfig(data=data, epochs=2, batch_size=8, peak_lr=1e-2, ssm_peak_lr=1e-2,
+                       warmup_epochs=1, label_smoothing=0.0, device="cpu", track=False,
+                       out=tmp_path / "runs",
+                       head=dataclasses.replace(TrainConfig().head, d_model=16, d_state=4))
+    return dataclasses.replace(base, **overrides)
+
+
+def train_cli(data: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    args = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--no-track", "--out", str(tmp_path / "runs"), "--head.d-model", "16",
+            "--head.d-state", "4", "--run-name", "cli"]
+    return subprocess.run([sys.executable, "-m", "fusion.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def video_store(data: Path, split: str) -> Path:
+    return store_path(data / "features", data.name, split, "video", "demo")
+
+
+def test_training_refuses_a_store_with_a_deleted_shard(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "demo")
+    store = video_store(data, "train")
+    (store / "tokens" / "c" / "1" / "0" / "0").unlink()
+    assert not FeatureStore(store).complete
+    with pytest.raises(StoreError, match="shard 1.*tokens/c/1/0/0 is missing"):
+        load_features(config_for(data, tmp_path), torch.device("cpu"))
+    result = train_cli(data, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert str(store) in lines[0] and "damaged" in lines[0]
+    assert not (tmp_path / "runs" / "cli" / "last.pt").exists()
+
+
+def test_failed_rows_are_excluded_and_counted(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    failed = {"train": {i: "video file not found" for i in (0, 5, 17, 40)},
+              "validation": {3: "segment past the end of its video"}}
+    data = make_dataset(tmp_path / "demo", failed=failed)
+    train_ids = load_annotations(data / "annotations", "train").segments["narration_id"]
+    val_ids = load_annotations(data / "annotations", "validation").segments["narration_id"]
+    config = config_for(data, tmp_path)
+    train_split, val_split, info = load_features(config, torch.device("cpu"))
+    assert info["excluded"] == {"video.train": 4, "text.train": 0, "video.validation": 1,
+                                "text.validation": 0}
+    assert len(train_split) == len(train_ids) - 4 and len(val_split) == len(val_ids) - 1
+    assert train_split.narration_ids == [n for i, n in enumerate(train_ids) if i not in
+                                         failed["train"]]
+    assert not (train_split.inputs["video"] == 0).all(-1).all(-1).any()  # no zero rows left
+    assert len(info["metric_extra"]["participant_ids"]) == len(val_split)
+    err = capsys.readouterr().err
+    assert f"train: excluded 4 of {len(train_ids)} rows that failed extraction (4 in " \
+           f"{video_store(data, 'train')}" in err
+    assert f"validation: excluded 1 of {len(val_ids)}" in err
+    # a training run scores only the valid validation rows
+    result = train(dataclasses.replace(config, run_name="excluded"))
+    scored = np.load(Path(result["folder"]) / "predictions_best.npz")["narration_id"]
+    assert len(scored) == len(val_ids) - 1 and val_ids[3] not in set(scored.tolist())
+
+
+def test_streamed_split_skips_failed_rows(tmp_path: Path) -> None:
+    failed = {"train": {i: "broken" for i in (1, 2, 16, 31, 50)}}
+    data = make_dataset(tmp_path / "demo", failed=failed)
+    device = torch.device("cpu")
+    loaded, _, _ = load_split(config_for(data, tmp_path, stream="never"), "train", device)
+    streamed, _, _ = load_split(config_for(data, tmp_path, stream="always"), "train", device)
+    assert isinstance(streamed, StreamedSplit) and len(streamed) == len(loaded)
+    assert streamed.narration_ids == loaded.narration_ids
+    streamed.window_rows = 16  # several windows, each spanning excluded rows
+    ordered = torch.cat([b.inputs["video"] for b in streamed.batches(7)])
+    assert torch.equal(ordered, loaded.inputs["video"])  # the valid rows, in file order
+    verbs = torch.cat([b.verb for b in streamed.batches(7)])
+    assert torch.equal(verbs, loaded.verb)
+    shuffled = list(streamed.batches(5, torch.Generator().manual_seed(0)))
+    assert sum(len(b.index) for b in shuffled) == len(loaded)
+
+
+@pytest.mark.parametrize("mismatch", ["width", "extractor"])
+def test_train_and_validation_stores_must_match(tmp_path: Path, mismatch: str) -> None:
+    if mismatch == "width":
+        data = make_dataset(tmp_path / "demo", val_width=12)
+        expected = r"array tokens: .*\(4, 16\).* vs .*\(4, 12\)"
+    else:
+        data = make_dataset(tmp_path / "demo", val_manifest={"checkpoint_sha256": "ab" * 32})
+        expected = "manifest.checkpoint_sha256: '<absent>' vs 'abab"
+    config = config_for(data, tmp_path, run_name="mismatch")
+    with pytest.raises(StoreError, match=expected) as error:
+        train(config)
+    message = str(error.value)
+    assert str(video_store(data, "train")) in message
+    assert str(video_store(data, "validation")) in message
+    assert not (tmp_path / "runs" / "mismatch" / "last.pt").exists()  # refused before a step
+
+
+def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "demo")
+    with pytest.raises(StoreError, match="video-vitl.zarr: no video feature store.*make extract"):
+        load_features(config_for(data, tmp_path, backbone="vitl"), torch.device("cpu"))
