@@ -68,6 +68,8 @@ class VideoConfig:
     """Registered backbone (`extract.backbones.list_backbones()`): vitb, vitl, vit-demo, ..."""
     checkpoint: Path | None = None
     """AVION checkpoint; without it the backbone is seeded random init (tests, demo)."""
+    trust_pickle: bool = False
+    """fully unpickle --checkpoint (runs its code: only for files you trust)"""
     tokens: Literal["cls", "frame", "patch"] = "frame"
     num_frames: int = 16
     size: int | None = None
@@ -342,7 +344,8 @@ def extract_video(config: VideoConfig) -> int:
     split = load_split(config.annotations, config.split)
     segments = split.segments if config.limit is None else split.segments.iloc[: config.limit]
     overrides = {"image_size": config.size} if config.size else {}
-    model = build_backbone(config.backbone, config.checkpoint, config.num_frames, **overrides)
+    model = build_backbone(config.backbone, config.checkpoint, config.num_frames,
+                           trust_pickle=config.trust_pickle, **overrides)
     model.eval().to(device)
     dataset = ClipDataset(
         segments,
