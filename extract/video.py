@@ -12,10 +12,16 @@ Public API (stable; the extraction CLI builds on it):
   `anticipation_window(start_frame, fps, observed_s=2.0, gap_s=1.0)` is the observed
   window ending `gap_s` before the action; `select_frames(...) -> FrameSelection` applies
   the task and clamps to the video's length, logging one warning line (logger
-  `extract.video`) naming the video and segment.
+  `extract.video`) naming the video and segment. A window outside its video is a failed
+  clip, not a row of repeated edge frames: `OutsideVideoError` when more than half of it
+  lies past the video's last frame (wholly past included), or all of it before frame 1.
+  Smaller overruns are clamped (EK100 stop frames can overrun a video by a few frames;
+  anticipation windows of actions in a video's first seconds start before frame 1).
 - Decoding: `probe_video(path) -> VideoInfo`, `read_video_frames(path, ids)` (PyAV, seeks
   to the keyframe before the first wanted frame), `read_frame_folder(folder, ids)` (EK100
   `rgb_frames` JPEGs `frame_0000000001.jpg`), both returning uint8 (T, H, W, 3) RGB.
+  When the container claims more frames than it holds, a few requested frames past the
+  stream's real end repeat its last frame (warning); more than half of them: `VideoError`.
   A missing or unreadable video raises `VideoError` whose message starts with the path.
 - `preprocess_clip(frames, size=224)`: short-side resize (bilinear, antialiased, as
   torchvision's `Resize`), centre crop, CLIP normalisation (`CLIP_MEAN`/`CLIP_STD` on
@@ -59,6 +65,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TASKS = ("recognition", "anticipation")
 LAYOUTS = ("video", "rgb_frames")
 FRAME_TEMPLATE = "frame_{:010d}.jpg"
+
+
+class OutsideVideoError(HarnessError, ValueError):
+    """A segment whose frame window lies (mostly) outside its video: a failure, not a row."""
 
 
 class VideoError(HarnessError, RuntimeError):
@@ -122,7 +132,11 @@ def select_frames(
     gap_s: float = 1.0,
     name: str = "",
 ) -> FrameSelection:
-    """Frame ids of one segment for `task`, clamped to [1, total_frames] with a warning."""
+    """Frame ids of one segment for `task`, clamped to [1, total_frames] with a warning.
+
+    `OutsideVideoError` when more than half of the window lies past the last frame or all
+    of it before frame 1: clamping would make a clip of one repeated edge frame.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task == "anticipation":
@@ -131,6 +145,17 @@ def select_frames(
         first, last = anticipation_window(start_frame, fps, observed_s, gap_s)
     else:
         first, last = int(start_frame), int(stop_frame)
+    where = f"{name or 'video'} [{task} {start_frame}-{stop_frame}]"
+    length = last - first + 1
+    past = max(0, last - max(total_frames, first - 1)) if total_frames is not None else 0
+    if 2 * past > length:
+        raise OutsideVideoError(
+            f"{where}: {past} of the {length} frames {first}-{last} lie past the video's last "
+            f"frame {total_frames}; check the segment's frames and video (wrong video or fps?)"
+        )
+    if last < 1:
+        raise OutsideVideoError(f"{where}: frames {first}-{last} all lie before the video's "
+                                "first frame; nothing of the window was filmed")
     reasons = []
     if first < 1:
         reasons.append(f"window starts at frame {first}, before the video")
@@ -241,6 +266,10 @@ def read_video_frames(
     absent = [i for i in wanted if i not in frames]
     if any(i < last for i in absent):
         raise VideoError(path, f"frames {[i for i in absent if i < last]} missing from the stream")
+    past = sum(int(i) > last for i in frame_ids)
+    if 2 * past > len(frame_ids):
+        raise VideoError(path, f"{past} of {len(frame_ids)} requested frames lie past the "
+                               f"stream's last frame {last} (the container claims more frames)")
     if absent:
         log.warning(
             "%s: frames %d-%d are past the stream's last frame %d; repeating it",
@@ -474,7 +503,8 @@ class ClipDataset(Dataset):
             "resize": f"short side {self.size}, bilinear antialias",
             "crop": f"centre {self.size}x{self.size}",
             "normalisation": {"mean": list(self.mean), "std": list(self.std), "scale": "[0,1]"},
-            "frame_numbers": "EK100 1-based, clamped to the video",
+            "frame_numbers": "EK100 1-based, clamped to the video; a window mostly past its "
+            "end or wholly before its start is a failed clip",
         }
         if self.task == "anticipation":
             info.update(observed_s=self.observed_s, gap_s=self.gap_s)
@@ -500,17 +530,20 @@ class ClipDataset(Dataset):
         narration_id, _, video, start, stop, row_fps = self.rows[index]
         video_fps, total = self._length(self.source(index))
         fps = row_fps or self.fps or video_fps
-        return select_frames(
-            start,
-            stop,
-            task=self.task,
-            num_frames=self.num_frames,
-            fps=fps,
-            total_frames=total,
-            observed_s=self.observed_s,
-            gap_s=self.gap_s,
-            name=f"{video} {narration_id}",
-        )
+        try:
+            return select_frames(
+                start,
+                stop,
+                task=self.task,
+                num_frames=self.num_frames,
+                fps=fps,
+                total_frames=total,
+                observed_s=self.observed_s,
+                gap_s=self.gap_s,
+                name=f"{video} {narration_id}",
+            )
+        except OutsideVideoError as error:  # a failed clip (zeros + error), never a row
+            raise VideoError(self.source(index), str(error)) from None
 
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed clip of item `index`; raises `VideoError`."""

@@ -22,6 +22,7 @@ from extract.video import (
     CLIP_MEAN,
     CLIP_STD,
     ClipDataset,
+    OutsideVideoError,
     VideoError,
     anticipation_window,
     preprocess_clip,
@@ -109,11 +110,11 @@ def test_anticipation_window_from_fps() -> None:
 
 def test_clamping_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="extract.video"):
-        sel = select_frames(150, 260, total_frames=200, name="P01_01 P01_01_7")
-    assert (sel.first, sel.last, sel.clamped) == (150, 200, True)
+        sel = select_frames(150, 240, total_frames=200, name="P01_01 P01_01_7")
+    assert (sel.first, sel.last, sel.clamped) == (150, 200, True)  # 40 of 91 frames past
     assert max(sel.ids) <= 200
     [record] = caplog.records
-    assert "P01_01 P01_01_7" in record.message and "260" in record.message
+    assert "P01_01 P01_01_7" in record.message and "240" in record.message
     assert "\n" not in record.message
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="extract.video"):
@@ -212,7 +213,7 @@ def test_dataset_video_and_jpeg_layouts_agree(ek100_videos: Path) -> None:
 def test_dataset_marks_failures_and_clamps(
     ek100_videos: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rows = segments(("P01_01_0", 190, 230), ("P03_01_0", 1, 10), ("P01_01_1", 1, 5))
+    rows = segments(("P01_01_0", 190, 205), ("P03_01_0", 1, 10), ("P01_01_1", 1, 5))
     data = ClipDataset(rows, ek100_videos / "videos", num_frames=4, size=32)
     with caplog.at_level(logging.WARNING, logger="extract.video"):
         clip, _, error = data[0]
@@ -228,6 +229,30 @@ def test_dataset_marks_failures_and_clamps(
     strict = ClipDataset(rows, ek100_videos / "videos", num_frames=4, size=32, on_error="raise")
     with pytest.raises(VideoError, match="P03_01.MP4"):
         strict[1]
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "task"),
+    [(250, 300, "recognition"), (180, 260, "recognition"), (20, 40, "anticipation")],
+    ids=["wholly-past-the-end", "mostly-past-the-end", "wholly-before-the-start"],
+)
+def test_segment_outside_its_video_is_a_failure(
+    ek100_videos: Path, start: int, stop: int, task: str
+) -> None:
+    with pytest.raises(OutsideVideoError, match=f"v \\[{task} {start}-{stop}\\]"):
+        select_frames(start, stop, task=task, fps=50, total_frames=200, name="v")
+    rows = segments(("P01_01_9", start, stop))
+    data = ClipDataset(rows, ek100_videos / "videos", task=task, num_frames=4, size=32)
+    clip, nid, error = data[0]  # a failed clip: zeros and an error, not the edge frame
+    assert nid == "P01_01_9" and error.startswith(str(data.source(0)))
+    assert ("past the video's last frame 200" if task == "recognition" else "before") in error
+    assert torch.count_nonzero(clip) == 0
+
+
+def test_frames_mostly_past_the_real_end_fail(ek100_videos: Path) -> None:
+    path = ek100_videos / "videos" / "P01" / "videos" / "P01_01.MP4"
+    with pytest.raises(VideoError, match="3 of 4 requested frames lie past .* last frame 200"):
+        read_video_frames(path, [200, 210, 220, 230])
 
 
 def test_dataset_anticipation(ek100_videos: Path) -> None:
