@@ -12,9 +12,13 @@ a shard boundary and always start at its first row, so a row is computed in the 
 whatever the interruption or the number of processes: a resumed or multi-process store is
 bitwise equal to an uninterrupted one on CPU.
 
-Failures (unreadable or missing videos) become zero rows with their error in the store;
-`<store stem>.failures.json` next to the store lists them and the command exits 1 at the
-end unless `--allow-missing`.
+Failures (unreadable or missing videos, segments outside their video: see
+`extract.video`) become zero rows with their error in the store; `<store stem>.failures.json`
+next to the store lists them and the command exits 1 at the end unless `--allow-missing`.
+Training leaves such rows out. `--retry-failed` (video) re-extracts only the failed rows of
+a complete store, e.g. after restoring missing videos: the shards holding them are
+rewritten whole, other rows copied back bitwise, and the report is updated. (Text
+extraction records no failures: a question always embeds.)
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from features.store import (
     DEFAULT_SHARD_ROWS,
     ArraySpec,
     FeatureStore,
+    StoreError,
     StoreWriter,
     make_manifest,
     open_writer,
@@ -99,6 +104,9 @@ class VideoConfig:
     """Number of processes (default: $WORLD_SIZE, else 1)."""
     allow_missing: bool = False
     """Exit 0 even when clips failed (they stay zeros, listed in the failure report)."""
+    retry_failed: bool = False
+    """Re-extract only the clips recorded as failures in this complete store (same settings);
+    their shards are rewritten, every other row kept bitwise."""
     overwrite: bool = False
     progress: bool = True
 
@@ -228,19 +236,54 @@ def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -
     return batches
 
 
+Prefill = Callable[[int], tuple[dict[str, np.ndarray], list[str], int]]
+"""shard -> (its arrays, its errors, how many of its rows are kept rather than computed)."""
+
+
+def retry_plan(path: Path, writer: StoreWriter, rank: int, world: int, batch_size: int
+               ) -> tuple[list[int], list[list[int]], Prefill]:
+    """Shards of this rank holding failed rows, batches of those rows, and the shards' stored
+    rows to write back around them (bitwise), for `--retry-failed`."""
+    store = FeatureStore(path)
+    if not store.complete:
+        raise StoreError(f"{path}: --retry-failed needs a complete store "
+                         f"({int((~store.done).sum())} of {store.num_shards} shards not written "
+                         "or damaged); run the same command without --retry-failed first")
+    failed: dict[int, list[int]] = {}
+    for row in np.flatnonzero(~store.valid).tolist():
+        if (row // writer.shard_rows) % world == rank:
+            failed.setdefault(row // writer.shard_rows, []).append(row)
+    batches = [rows[i : i + batch_size] for rows in failed.values()
+               for i in range(0, len(rows), batch_size)]
+
+    def prefill(shard: int) -> tuple[dict[str, np.ndarray], list[str], int]:
+        start, stop = writer.shard_range(shard)
+        arrays = {k: np.array(v) for k, v in store.read(slice(start, stop)).items()}
+        return arrays, store.errors[start:stop].tolist(), stop - start - len(failed[shard])
+
+    return sorted(failed), batches, prefill
+
+
 def run_shards(
     writer: StoreWriter,
     shards: Sequence[int],
     batches: Iterator[tuple[list[int], dict[str, np.ndarray], list[str]]],
     progress: tqdm,
+    prefill: Prefill | None = None,
 ) -> None:
-    """Collect computed rows per shard and write each full shard in a background thread."""
+    """Collect computed rows per shard and write each full shard in a background thread.
+
+    A shard starts as zeros, or as `prefill(shard)` (its stored rows, for retries).
+    """
     buffers: dict[int, tuple[dict[str, np.ndarray], list[str], list[int]]] = {}
     pending: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool:
         for rows, data, errors in batches:
             shard = rows[0] // writer.shard_rows
             start, stop = writer.shard_range(shard)
+            if shard not in buffers and prefill is not None:
+                arrays, kept_errors, kept = prefill(shard)
+                buffers[shard] = (arrays, kept_errors, [kept])
             if shard not in buffers:
                 arrays = {
                     name: np.zeros((stop - start, *spec.row_shape), dtype=spec.dtype)
@@ -338,6 +381,9 @@ def extract_video(config: VideoConfig) -> int:
     from extract.backbones import build_backbone, state_dict_sha256
     from extract.video import ClipDataset
 
+    if config.retry_failed and config.overwrite:
+        raise SystemExit("--retry-failed keeps the store's good rows; --overwrite discards "
+                         "them: pass one of the two")
     _setup(config.threads)
     rank, world = distributed(config.rank, config.world_size)
     device = resolve_device(config.device)
@@ -394,7 +440,10 @@ def extract_video(config: VideoConfig) -> int:
     path = config.out or store_path(
         config.root, config.dataset, config.split, "video", video_store_name(config)
     )
-    writer = open_writer(
+    if config.retry_failed and not (Path(path) / "zarr.json").exists():
+        raise StoreError(f"{path}: no store to retry failed clips in; run without "
+                         "--retry-failed to extract it")
+    writer = open_writer(  # a retry must use the settings that made the store: checked here
         path,
         segments["narration_id"].tolist(),
         {"tokens": ArraySpec((length, width))},
@@ -403,13 +452,18 @@ def extract_video(config: VideoConfig) -> int:
         shard_rows=shard_rows,
         overwrite=config.overwrite and rank == 0,
     )
-    shards = writer.pending_shards(rank, world)
-    batches = shard_batches(writer, shards, config.batch_size)
+    prefill = None
+    if config.retry_failed:
+        shards, batches, prefill = retry_plan(Path(path), writer, rank, world, config.batch_size)
+    else:
+        shards = writer.pending_shards(rank, world)
+        batches = shard_batches(writer, shards, config.batch_size)
     total = sum(len(b) for b in batches)
     done = int(writer.done().sum())
     print(
         f"[rank {rank}/{world}] {path}: {writer.rows} clips, {writer.num_shards} shards of "
-        f"{shard_rows}; {done} done; this process: {len(shards)} shards, {total} clips",
+        f"{shard_rows}; {done} done; this process: {len(shards)} shards, {total} clips"
+        + (" (retrying failed clips)" if config.retry_failed else ""),
         file=sys.stderr,
     )
     started = time.perf_counter()
@@ -435,7 +489,7 @@ def extract_video(config: VideoConfig) -> int:
                 yield rows, {"tokens": out}, list(errors)
 
         with _progress(total, config.progress, rank) as progress:
-            run_shards(writer, shards, compute(), progress)
+            run_shards(writer, shards, compute(), progress, prefill)
     return finish(Path(path), rank, config.allow_missing, time.perf_counter() - started, total)
 
 

@@ -272,3 +272,71 @@ def test_text_missing_questions(data: Path, tiny_roberta: tuple[Path, Path], tmp
         main(["text", "--questions", str(partial), "--text-model", str(model_dir),
               "--annotations", str(data / "annotations"), "--out", str(tmp_path / "t.zarr"),
               *COMMON])  # fmt: skip
+
+
+def test_segment_past_the_end_of_its_video_is_a_failure(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    annotations = tmp_path / "annotations"
+    shutil.copytree(data / "annotations", annotations)
+    csv = annotations / "EPIC_100_train.csv"
+    table = pd.read_csv(csv)
+    table.loc[5, ["start_frame", "stop_frame"]] = [400, 450]  # the videos are <= 15 frames
+    table.to_csv(csv, index=False)
+    args = video_args(data, tmp_path / "v.zarr", "--allow-missing")
+    args[args.index("--annotations") + 1] = str(annotations)
+    assert main(args) == 0
+    store = FeatureStore(tmp_path / "v.zarr")
+    nid = table["narration_id"][5]
+    assert store.complete and store.valid.tolist() == [i != 5 for i in range(12)]
+    assert "past the video's last frame" in store.failures()[nid]
+    report = json.loads((tmp_path / "v.failures.json").read_text())
+    assert [f["narration_id"] for f in report["failed"]] == [nid]
+    got, want = tokens(tmp_path / "v.zarr"), tokens(reference)
+    assert not got[5].any()  # zeros, not features of one repeated last frame
+    np.testing.assert_array_equal(np.delete(got, 5, 0), np.delete(want, 5, 0))
+
+
+def test_retry_failed_recomputes_only_the_failed_clips(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    videos = tmp_path / "videos"
+    shutil.copytree(data / "videos", videos)
+    segments = load_split(data / "annotations", SPLIT).segments
+    missing = segments["video_id"].iloc[5]
+    moved = next(videos.glob(f"*/videos/{missing}.MP4"))
+    aside = tmp_path / "aside.MP4"
+    moved.rename(aside)  # its clips fail, written as zeros under --allow-missing
+    bad = (segments["video_id"] == missing).to_numpy()
+    out = tmp_path / "v.zarr"
+    args = video_args(data, out)
+    args[args.index("--videos") + 1] = str(videos)
+    assert main([*args, "--allow-missing"]) == 0
+    assert (~FeatureStore(out).valid).tolist() == bad.tolist()
+    before = tokens(out)
+    failed_shards = {str(k) for k in np.flatnonzero(bad) // 4}
+    untouched = {k: v for k, v in shard_files(out).items()  # "tokens/c/<shard>/0/0"
+                 if len(k.split("/")) > 2 and k.split("/")[2] not in failed_shards}
+    assert untouched  # shards without failures exist, and must not be rewritten
+    aside.rename(moved)  # the video is back
+    result = run_cli([*args, "--retry-failed"])
+    assert result.returncode == 0, result.stderr
+    assert f"this process: {len(failed_shards)} shards, {bad.sum()} clips" in result.stderr
+    store = FeatureStore(out)
+    assert store.complete and store.valid.all() and store.failures() == {}
+    after = tokens(out)
+    np.testing.assert_array_equal(after[~bad], before[~bad])  # good rows bitwise unchanged
+    np.testing.assert_allclose(after[bad], tokens(reference)[bad], rtol=1e-2, atol=1e-3)
+    assert {k: v for k, v in shard_files(out).items() if k in untouched} == untouched
+    report = json.loads((tmp_path / "v.failures.json").read_text())
+    assert report["complete"] and report["failed"] == []
+
+
+def test_retry_failed_needs_an_existing_store(data: Path, tmp_path: Path) -> None:
+    result = run_cli(video_args(data, tmp_path / "none.zarr", "--retry-failed"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "none.zarr" in lines[0]
+    assert not (tmp_path / "none.zarr").exists()
