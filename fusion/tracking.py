@@ -5,12 +5,21 @@ is (fusion, backbone, task, dataset, git revision, feature-store manifest hashes
 reports can select runs without parsing params; metrics are per-epoch curves plus the
 `best_*` values; artifacts hold predictions, per-class accuracy, a verb confusion matrix,
 training curves and the best checkpoint.
+
+Start-up: MLflow creates and migrates a fresh sqlite database on first use, and two processes
+doing that at once collide (`duplicate column name: step`); `connect` does it under an flock
+on `<database>.lock`. The run folder's `run.json` names the run it feeds, so a run left
+RUNNING by a killed process is marked KILLED when the folder is next used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
     from fusion.train import TrainConfig
 
 DEFAULT_URI = "sqlite:///mlruns.db"
+RUN_FILE = "run.json"  # {"run_id", "tracking_uri"} of the MLflow run a run folder feeds
 
 
 def _mlflow():  # imported on first use: training without tracking needs no MLflow
@@ -37,6 +47,53 @@ def _mlflow():  # imported on first use: training without tracking needs no MLfl
 
 def tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+@contextlib.contextmanager
+def _startup_lock(uri: str) -> Iterator[None]:
+    """Hold an flock next to a sqlite tracking database (other stores need none)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    if not database:
+        yield
+        return
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+        yield
+
+
+def connect(uri: str, experiment: str | None = None) -> None:
+    """Point MLflow at `uri` (creating/migrating its database under the start-up lock)."""
+    with _startup_lock(uri):
+        _mlflow().set_tracking_uri(uri)
+        if experiment is not None:
+            _mlflow().set_experiment(experiment)
+        else:
+            _mlflow().MlflowClient(uri).search_experiments(max_results=1)  # opens the store
+
+
+def close_orphan_run(folder: Path) -> str | None:
+    """Mark the folder's MLflow run KILLED if it is still RUNNING: the caller holds the
+    folder's lock, so its owner is gone. Returns the run id so marked."""
+    record = folder / RUN_FILE
+    if not record.exists():
+        return None
+    try:
+        info = json.loads(record.read_text())
+        run_id, uri = info["run_id"], info["tracking_uri"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn record names no run we could mark
+    connect(uri)
+    client = _mlflow().MlflowClient(uri)
+    try:
+        status = client.get_run(run_id).info.status
+    except _mlflow().exceptions.MlflowException:
+        return None  # deleted, or another tracking store
+    if status != "RUNNING":
+        return None
+    client.set_terminated(run_id, status="KILLED")
+    return run_id
 
 
 def git_revision() -> str:
@@ -50,10 +107,11 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (`head.d_model`), added to `out`."""
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else key, item, out)
+            flatten(f"{prefix}.{key}" if prefix else key, item, out)
     else:
         out[prefix] = value
     return out
@@ -63,10 +121,12 @@ def start_run(
     config: TrainConfig, run_id: str | None, data_info: dict, model: nn.Module, folder: Path
 ) -> mlflow.ActiveRun:
     """Open (or reopen, when resuming) the run and log params and tags once."""
-    _mlflow().set_tracking_uri(tracking_uri(config.tracking_uri))
-    _mlflow().set_experiment(config.experiment)
+    uri = tracking_uri(config.tracking_uri)
+    connect(uri, config.experiment)
     if run_id is not None:
-        return _mlflow().start_run(run_id=run_id)
+        run = _mlflow().start_run(run_id=run_id)
+        _record(folder, run, uri)
+        return run
     tags = {
         "fusion": config.fusion,
         "backbone": config.backbone,
@@ -81,14 +141,39 @@ def start_run(
     }
     if config.parent_run_id:
         tags["mlflow.parentRunId"] = config.parent_run_id
+    excluded = data_info.get("excluded")
+    if excluded:  # rows the loader left out (failed extraction): say how many, per split
+        tags.update({k: str(v) for k, v in flatten("excluded", excluded, {}).items()})
     run = _mlflow().start_run(run_name=folder.name, tags=tags)
-    params = _flatten("", to_dict(config), {})
+    _record(folder, run, uri)
+    params = flatten("", to_dict(config), {})
     _mlflow().log_params({k: ("None" if v is None else v) for k, v in params.items()})
     from fusion.profile import profile_model
 
     cost = profile_model(model, data_info["profile_shapes"])
     _mlflow().log_metrics({"params": cost["params"], "flops": cost["flops"]})
     return run
+
+
+def _record(folder: Path, run: mlflow.ActiveRun, uri: str) -> None:
+    (folder / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    _mlflow().set_tags(tags)
+
+
+@contextlib.contextmanager
+def ended_on_error(run_id: str | None) -> Iterator[None]:
+    """An exception inside ends run `run_id`, if still active, FAILED (Ctrl-C: KILLED)."""
+    try:
+        yield
+    except BaseException as error:
+        active = _mlflow().active_run() if run_id else None
+        if active is not None and active.info.run_id == run_id:
+            _mlflow().end_run(status="KILLED" if isinstance(error, KeyboardInterrupt)
+                              else "FAILED")
+        raise
 
 
 def log_epoch(record: dict[str, Any], step: int) -> None:
