@@ -7,17 +7,30 @@ is a shuffled pass, validation runs after every epoch with the EK100 metrics, an
 checkpoints (`last.pt`, `best.pt`) carry model, optimizer, scheduler and RNG state. Run
 the same command again after a crash and it resumes from `last.pt`, reaching the same
 result as an uninterrupted run (bitwise on CPU).
+
+A run folder knows its settings: `fingerprint.json` holds the config fields that change
+results (all but `NOT_RESULT_FIELDS`), and a rerun whose fingerprint differs stops before
+any work, naming the fields, unless `--resume` (continue with the new settings, recorded
+in `fingerprint.json` and as an MLflow tag) or `--restart` (delete the outputs, start over)
+says what to do. An flock on `run.lock` keeps a second process out of the folder; the kernel
+releases it when its holder dies, so a killed run never blocks the next one. Checkpoints
+hold only tensors, numbers, strings and plain containers and load with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import math
+import os
+import pickle
 import shutil
+import socket
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from features import errors
 from features.config import cli, save_config, to_dict
 from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
@@ -111,7 +125,13 @@ class TrainConfig:
     are launch-bound without it (MLP epoch 3.9 s -> 1.2 s on the H100)."""
     out: Path = Path("runs")
     run_name: str | None = None
-    """Folder under `out` (default: fusion-backbone-task[-video]-s<seed>); reruns resume there."""
+    """Folder under `out` (default: fusion-backbone-task[-video][-unsharedA]-s<seed>); reruns
+    with the same settings resume there."""
+    resume: bool = False
+    """Continue the run in the folder although settings that change results differ (the
+    changes are recorded in its `fingerprint.json` and as an MLflow tag)."""
+    restart: bool = False
+    """Delete the run folder's checkpoints and outputs and train from scratch."""
     experiment: str = "mambavl"
     tracking_uri: str | None = None
     """Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
@@ -152,17 +172,146 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# Config fields that do not change what is trained: where outputs go, how the run is
+# tracked, and which device/kernels compute the same maths. Every other field is in a run
+# folder's fingerprint, and a rerun that changes one of them is refused (see `open_run`).
+NOT_RESULT_FIELDS = frozenset({
+    "out", "run_name", "resume", "restart",  # where the run lives, how to continue it
+    "experiment", "tracking_uri", "track", "parent_run_id", "tags", "dataset_name",  # records
+    "device", "compile", "cuda_graphs", "head.backend",  # execution: same maths, other kernels
+})
+LOCK_FILE, FINGERPRINT_FILE = "run.lock", "fingerprint.json"
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "rng", "state", "config"})
+# what `--restart` deletes (never run.lock: the holder keeps its lock on that file)
+RUN_OUTPUTS = ("last.pt", "last.tmp", "best.pt", "best.tmp", "predictions_best.npz",
+               "history.csv", "per_class_accuracy.csv", "training_curves.png",
+               "verb_confusion.png", "config.json", FINGERPRINT_FILE, tracking.RUN_FILE)
+
+
+class RunFolderError(errors.HarnessError):
+    """A run folder cannot be used as asked: in use, other settings, unreadable checkpoint."""
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`features.errors.resolve_device`: a missing GPU is a one-line error before any work."""
+    return errors.resolve_device(name)
 
 
 def run_dir(config: TrainConfig) -> Path:
     video_only = "-video" if config.questions == "none" else ""
+    unshared = "-unsharedA" if config.head.shared_A is False else ""  # the ablation's own folder
     name = config.run_name or (
-        f"{config.fusion}-{config.backbone}-{config.task}{video_only}-s{config.seed}")
+        f"{config.fusion}-{config.backbone}-{config.task}{video_only}{unshared}-s{config.seed}")
     return config.out / name
+
+
+def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a config dict (`to_dict`) that change results, as JSON values."""
+    fields = tracking.flatten("", config, {})
+    return json.loads(json.dumps({k: v for k, v in sorted(fields.items())
+                                  if k not in NOT_RESULT_FIELDS}))
+
+
+class RunLock:
+    """An flock on the folder's `run.lock`, which names its holder (pid, host, start time)
+    for the refusal; the kernel drops the lock when the holder exits or is killed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path, self.fd = folder / LOCK_FILE, -1
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1024, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunFolderError(
+                f"{self.path.parent} is in use by {holder or 'another process'}: wait for it "
+                "to finish, or train under another --run-name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # releases the flock
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint this harness wrote, loaded with `weights_only=True`: anything else in
+    the file is refused, never unpickled."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
+            zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else "unreadable"
+        raise RunFolderError(f"{path}: not a checkpoint fusion.train wrote; refused without "
+                             f"unpickling it ({reason}); move it away or rerun with --restart"
+                             ) from None
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    missing = "(unset)"
+    return {k: [old.get(k, missing), new.get(k, missing)]
+            for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)}
+
+
+def _write_fingerprint(folder: Path, fields: dict[str, Any], changes: list[dict]) -> None:
+    record = {"fields": fields, "changes": changes}
+    (folder / FINGERPRINT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def open_run(config: TrainConfig, folder: Path,
+             device: torch.device) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint to resume (None: start fresh) and a note of changed settings ("" if
+    none). Called with the folder's lock held, before any work; refuses a rerun whose
+    settings differ unless `--resume` or `--restart`."""
+    if config.track and tracking.close_orphan_run(folder):
+        print(f"{folder}: its MLflow run was left RUNNING by a process that is gone; marked "
+              "KILLED", file=sys.stderr)
+    if config.restart:
+        for name in RUN_OUTPUTS:
+            (folder / name).unlink(missing_ok=True)
+        print(f"restarting {folder}: its checkpoints and outputs are deleted", file=sys.stderr)
+    new = fingerprint(to_dict(config))
+    last = folder / "last.pt"
+    checkpoint = load_checkpoint(last, device) if last.exists() else None
+    if checkpoint is not None and not (isinstance(checkpoint, dict)
+                                       and checkpoint.keys() >= CHECKPOINT_KEYS):
+        missing = sorted(CHECKPOINT_KEYS - set(checkpoint if isinstance(checkpoint, dict) else {}))
+        raise RunFolderError(f"{last}: not a fusion.train checkpoint (no {missing}); "
+                             "move it away or rerun with --restart")
+    if checkpoint is None:  # nothing trained yet: this run's settings are the folder's
+        _write_fingerprint(folder, new, [])
+        save_config(config, folder / "config.json")
+        return None, ""
+    record_path = folder / FINGERPRINT_FILE
+    try:  # a folder from before fingerprints: the settings its checkpoint saved
+        record = (json.loads(record_path.read_text()) if record_path.exists()
+                  else {"fields": fingerprint(checkpoint["config"]), "changes": []})
+        old = record["fields"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(f"{record_path}: unreadable ({errors.one_line(error)}); rerun "
+                             "with --restart, or train under another --run-name") from None
+    changed = _changes(old, new)
+    if not changed:
+        return checkpoint, ""
+    note = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if not config.resume:
+        raise RunFolderError(
+            f"{folder} was trained with other settings ({note}): rerun with --resume to "
+            "continue it with the new settings (recorded), --run-name NAME for a new run, or "
+            "--restart to delete its checkpoints and start over")
+    epoch = checkpoint["state"]["epoch"]
+    _write_fingerprint(folder, new, [*record["changes"], {"after_epoch": epoch,
+                                                          "changed": changed}])
+    save_config(config, folder / "config.json")  # the settings the run goes on with
+    print(f"resuming {folder} with changed settings after epoch {epoch}: {note}",
+          file=sys.stderr)
+    return checkpoint, f"after epoch {epoch}: {note}"
 
 
 @torch.no_grad()
@@ -236,10 +385,10 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
+    torch.set_rng_state(state["torch"].cpu())  # the checkpoint may be mapped to the GPU
+    generator.set_state(state["shuffle"].cpu())
     if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -251,12 +400,20 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     `on_epoch(epoch, metrics)` runs after each epoch's checkpoint is written; an exception
     it raises (e.g. `optuna.TrialPruned`) ends the run cleanly and propagates.
     """
-    device = resolve_device(config.device)
-    amp = config.amp and device.type == "cuda"
+    if config.resume and config.restart:
+        raise errors.HarnessError("--resume and --restart exclude each other: pick one")
+    device = resolve_device(config.device)  # before any work: a missing GPU leaves no folder
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
-    save_config(config, folder / "config.json")
+    with RunLock(folder):
+        checkpoint, changed = open_run(config, folder, device)
+        return _train(config, folder, device, checkpoint, changed, on_epoch)
 
+
+def _train(config: TrainConfig, folder: Path, device: torch.device,
+           checkpoint: dict[str, Any] | None, changed: str,
+           on_epoch: EpochCallback | None) -> dict[str, Any]:
+    amp = config.amp and device.type == "cuda"
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     train_split, val_split, data_info = load_features(config, device)
@@ -268,11 +425,23 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "history": [], "run_id": None}
     last = folder / "last.pt"
-    if last.exists():
-        checkpoint = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint is not None:
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as error:  # shapes changed under --resume
+            raise RunFolderError(f"{last}: does not fit this model ("
+                                 f"{errors.one_line(error)[:300]}); rerun with --restart, or "
+                                 "train under another --run-name") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if changed:  # --resume with new settings: the new LRs and decay, not the saved ones
+            for group, new in zip(optimizer.param_groups, fresh, strict=True):
+                group.update({k: new[k] for k in ("initial_lr", "peak_lr", "weight_decay")})
+            scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                           scheduler.lr_lambdas, strict=True):
+                group["lr"] = base * factor(scheduler.last_epoch)
         _set_rng_state(checkpoint["rng"], generator)
         state = checkpoint["state"]
         print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
@@ -286,56 +455,60 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     if config.track:
         run = tracking.start_run(config, state["run_id"], data_info, model, folder)
         state["run_id"] = run.info.run_id
+        if changed:
+            tracking.set_tags({f"settings_changed.epoch{state['epoch']}": changed[:5000]})
     metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
     val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
 
-    for epoch in range(state["epoch"], config.epochs):
-        if config.patience and stale >= config.patience:
-            print(f"early stop: no {metric_name} gain for {stale} epochs", file=sys.stderr)
-            break
-        model.train()
-        started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
-        bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
-        for batch in bar:
-            loss = step(batch)
-            total_loss += loss * len(batch.index)
-            seen += len(batch.index)
-        train_loss = float(total_loss) / max(seen, 1)
-        scores = predict(forward, val_split, config.batch_size, amp)
-        metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
-        record = {"epoch": epoch + 1, "train_loss": train_loss,
-                  "epoch_seconds": time.perf_counter() - started,
-                  "lr": float(optimizer.param_groups[0]["lr"]), **metrics}
-        state["history"].append(record)
-        if config.track:
-            tracking.log_epoch(record, step=epoch + 1)
-        improved = metrics[metric_name] > state["best"]
-        if improved:
-            state["best"], state["best_epoch"] = metrics[metric_name], epoch
-            save_predictions(folder / "predictions_best.npz", val_split.narration_ids,
-                             scores["verb"], scores["noun"])
-        stale = 0 if improved else stale + 1
-        state["epoch"] = epoch + 1
-        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": _rng_state(generator),
-                      "state": state, "config": to_dict(config)}
-        torch.save(checkpoint, folder / "last.tmp")  # serialised once, copied for best.pt
-        if improved:
-            shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
-            (folder / "best.tmp").replace(folder / "best.pt")
-        (folder / "last.tmp").replace(last)  # atomic: a kill never leaves a torn checkpoint
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                          for k, v in record.items()}), file=sys.stderr)
-        if on_epoch is not None:
-            try:
-                on_epoch(epoch + 1, metrics)
-            except BaseException:
-                if config.track:
-                    tracking.finish_run({}, folder, state["history"], val_split, data_info,
-                                        status="KILLED")
-                raise
+    # a run that raises ends FAILED (Ctrl-C: KILLED) in MLflow, not left RUNNING
+    with tracking.ended_on_error(state["run_id"] if config.track else None):
+        for epoch in range(state["epoch"], config.epochs):
+            if config.patience and stale >= config.patience:
+                print(f"early stop: no {metric_name} gain for {stale} epochs", file=sys.stderr)
+                break
+            model.train()
+            started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
+            bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
+            for batch in bar:
+                loss = step(batch)
+                total_loss += loss * len(batch.index)
+                seen += len(batch.index)
+            train_loss = float(total_loss) / max(seen, 1)
+            scores = predict(forward, val_split, config.batch_size, amp)
+            metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
+            record = {"epoch": epoch + 1, "train_loss": train_loss,
+                      "epoch_seconds": time.perf_counter() - started,
+                      "lr": float(optimizer.param_groups[0]["lr"]), **metrics}
+            state["history"].append(record)
+            if config.track:
+                tracking.log_epoch(record, step=epoch + 1)
+            improved = metrics[metric_name] > state["best"]
+            if improved:
+                state["best"], state["best_epoch"] = metrics[metric_name], epoch
+                save_predictions(folder / "predictions_best.npz", val_split.narration_ids,
+                                 scores["verb"], scores["noun"])
+            stale = 0 if improved else stale + 1
+            state["epoch"] = epoch + 1
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "rng": _rng_state(generator),
+                          "state": state, "config": to_dict(config)}
+            torch.save(checkpoint, folder / "last.tmp")  # serialised once, copied for best.pt
+            if improved:
+                shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
+                (folder / "best.tmp").replace(folder / "best.pt")
+            (folder / "last.tmp").replace(last)  # atomic: a kill never leaves a torn checkpoint
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in record.items()}), file=sys.stderr)
+            if on_epoch is not None:
+                try:
+                    on_epoch(epoch + 1, metrics)
+                except BaseException:
+                    if config.track:
+                        tracking.finish_run({}, folder, state["history"], val_split, data_info,
+                                            status="KILLED")
+                    raise
 
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     final = {f"best_{k}": v for k, v in best.items() if isinstance(v, int | float)}

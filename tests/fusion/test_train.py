@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +21,13 @@ import torch
 
 from extract.synthetic import SyntheticConfig, plan_segments, plan_videos, write_annotations
 from features.annotations import load_split
-from features.store import AlignmentError, ArraySpec, open_writer, store_path
+from features.errors import HarnessError
+from features.store import AlignmentError, ArraySpec, StoreError, open_writer, store_path
 from fusion.data import load_features, text_store_name, video_store_name
-from fusion.train import TrainConfig, train
+from fusion.train import TrainConfig, load_checkpoint, run_dir, train
 
 TEXT_STORE = "tiny-roberta-template-paper"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind: str) -> None:
@@ -146,9 +150,22 @@ def _cli_args(config: TrainConfig) -> list[str]:
     return ["--data", str(config.data), "--epochs", str(config.epochs), "--batch-size",
             str(config.batch_size), "--peak-lr", str(config.peak_lr), "--ssm-peak-lr",
             str(config.ssm_peak_lr), "--warmup-epochs", str(config.warmup_epochs),
-            "--label-smoothing", "0", "--device", "cpu", "--out", str(config.out),
+            "--label-smoothing", "0", "--device", config.device, "--out", str(config.out),
             "--tracking-uri", config.tracking_uri, "--head.d-model", "16", "--head.d-state",
-            "4", "--run-name", config.run_name]
+            "4", "--run-name", config.run_name, *([] if config.track else ["--no-track"])]
+
+
+def run_train_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fusion.train", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The single `error:` line of a CLI that failed as expected (exit 2)."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path: Path) -> None:
@@ -160,13 +177,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path:
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2, *_cli_args(config)],
                             capture_output=True, text=True, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    last = torch.load(config.out / "killed" / "last.pt", weights_only=False)
+    last = torch.load(config.out / "killed" / "last.pt", weights_only=True)
     assert last["state"]["epoch"] == 2
+    client = MlflowClient(config.tracking_uri)
+    assert client.get_run(last["state"]["run_id"]).info.status == "RUNNING"
 
-    resumed = train(config)  # the same command again
+    resumed = train(config)  # the same command again: the dead process's lock is gone
     assert resumed["run_id"] == last["state"]["run_id"]  # the same MLflow run, reopened
-    a = torch.load(config.out / "whole" / "last.pt", weights_only=False)
-    b = torch.load(config.out / "killed" / "last.pt", weights_only=False)
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
+    a = torch.load(config.out / "whole" / "last.pt", weights_only=True)
+    b = torch.load(config.out / "killed" / "last.pt", weights_only=True)
+    torch.load(config.out / "killed" / "best.pt", weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     drop = {"epoch_seconds"}
@@ -195,15 +216,21 @@ def test_missing_and_misaligned_stores_are_clear_errors(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "demo", order_seed=3)
     with pytest.raises(AlignmentError, match="not aligned"):
         load_features(config_for(data, tmp_path), torch.device("cpu"))
-    with pytest.raises(FileNotFoundError, match="video-vitl.zarr.*make extract"):
+    with pytest.raises(StoreError, match="video-vitl.zarr.*make extract"):
         load_features(config_for(data, tmp_path, backbone="vitl"), torch.device("cpu"))
+
+
+def test_train_cli_reports_a_missing_store_in_one_line(dataset: Path, tmp_path: Path) -> None:
+    config = config_for(dataset, tmp_path, run_name="no-store", track=False)
+    line = one_line_error(run_train_cli(*_cli_args(config), "--backbone", "vitl"))
+    assert "video-vitl.zarr" in line and "make extract" in line
 
 
 def test_anticipation_selects_by_class_mean_recall(dataset: Path, tmp_path: Path) -> None:
     config = config_for(dataset, tmp_path, task="anticipation", epochs=3, track=False,
                         video_store="demo", text_store=TEXT_STORE, run_name="anticipation")
     result = train(config)
-    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]
+    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=True)["state"]
     recalls = [r["action_recall5"] for r in history["history"]]
     assert history["best_epoch"] == int(np.argmax(recalls))  # first best, as `>` keeps it
     assert (Path(result["folder"]) / "history.csv").exists()
@@ -238,3 +265,191 @@ def test_streamed_training_equals_loaded_training(dataset: Path, tmp_path: Path)
     # different batch order (window shuffle), same data: both learn the same task
     assert streamed["epochs_run"] == loaded["epochs_run"] == 4
     assert streamed["best"]["verb_top1"] > 0.5 and loaded["best"]["verb_top1"] > 0.5
+
+
+# --- runs that know their config ---------------------------------------------------------
+
+def test_rerun_with_other_settings_is_refused_until_told_what_to_do(dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    config = config_for(dataset, tmp_path, run_name="lr", epochs=2)
+    first = train(config)
+    folder = Path(first["folder"])
+    saved = (folder / "config.json").read_text()
+
+    line = one_line_error(run_train_cli(*_cli_args(config), "--peak-lr", "0.05"))
+    assert "peak_lr 0.01 -> 0.05" in line
+    assert all(flag in line for flag in ("--resume", "--run-name", "--restart"))
+    assert (folder / "config.json").read_text() == saved  # never rewritten with unused settings
+    with pytest.raises(HarnessError, match="exclude each other"):
+        train(dataclasses.replace(config, resume=True, restart=True))
+
+    fresh = train(dataclasses.replace(config, peak_lr=0.05, run_name="lr-new"))
+    assert fresh["run_id"] != first["run_id"] and fresh["epochs_run"] == 2
+
+    resumed = train(dataclasses.replace(config, peak_lr=0.05, epochs=3, resume=True))
+    assert resumed["run_id"] == first["run_id"] and resumed["epochs_run"] == 3
+    last = load_checkpoint(folder / "last.pt")
+    assert len(last["state"]["history"]) == 3  # epochs 1-2 kept, one more trained
+    groups = last["optimizer"]["param_groups"]
+    assert {g["peak_lr"] for g in groups if g["name"].startswith("rest")} == {0.05}  # new LR
+    record = json.loads((folder / "fingerprint.json").read_text())
+    assert record["fields"]["peak_lr"] == 0.05
+    assert record["changes"] == [{"after_epoch": 2, "changed": {"epochs": [2, 3],
+                                                                "peak_lr": [0.01, 0.05]}}]
+    assert json.loads((folder / "config.json").read_text())["peak_lr"] == 0.05
+    run = MlflowClient(config.tracking_uri).get_run(first["run_id"])
+    assert run.data.params["peak_lr"] == "0.01"  # MLflow params stay the run's own
+    assert "peak_lr 0.01 -> 0.05" in run.data.tags["settings_changed.epoch2"]
+
+    restarted = train(dataclasses.replace(config, peak_lr=0.2, epochs=1, restart=True))
+    assert restarted["run_id"] != first["run_id"]
+    assert len(load_checkpoint(folder / "last.pt")["state"]["history"]) == 1  # from scratch
+    again = train(dataclasses.replace(config, peak_lr=0.2, epochs=1))  # same settings: resumes
+    assert again["run_id"] == restarted["run_id"] and again["epochs_run"] == 1
+
+
+HOLD_AFTER_EPOCH_1 = """
+import sys, time
+from pathlib import Path
+from features.config import cli
+from fusion.train import TrainConfig, train
+go = Path(sys.argv[1])
+def hold(epoch, metrics):
+    while epoch == 1 and not go.exists():
+        time.sleep(0.05)
+train(cli(TrainConfig, {}, args=sys.argv[2:]), on_epoch=hold)
+"""
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 300  # a generous bound for a busy machine, not a timing test
+    while not condition():
+        assert process.poll() is None, f"{what}: the process ended early"
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_two_trainings_on_one_folder_one_trains_the_other_names_the_holder(
+        dataset: Path, tmp_path: Path) -> None:
+    config = config_for(dataset, tmp_path, run_name="shared", epochs=2, track=False)
+    go, lock = tmp_path / "go", config.out / "shared" / "run.lock"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_AFTER_EPOCH_1, str(go),
+                              *_cli_args(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (config.out / "shared" / "last.pt").exists(), first, "first epoch")
+        line = one_line_error(run_train_cli(*_cli_args(config)))
+        assert f"pid {first.pid} on " in line and "in use" in line
+        assert f"pid {first.pid} on " in lock.read_text()
+    finally:
+        go.touch()
+        _, err = first.communicate()
+    assert first.returncode == 0, err[-2000:]
+    history = load_checkpoint(config.out / "shared" / "last.pt")["state"]["history"]
+    assert [r["epoch"] for r in history] == [1, 2]  # trained once, by the first process
+    assert lock.read_text() == ""  # released, holder cleared
+
+
+TRAIN_ON_GO = """
+import sys, time
+from pathlib import Path
+from features.config import cli
+from fusion.train import TrainConfig, train
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+config = cli(TrainConfig, {}, args=sys.argv[3:])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+train(config)
+"""
+
+
+def test_two_trainings_at_once_on_a_fresh_tracking_database(dataset: Path,
+                                                            tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    go = tmp_path / "go"
+    configs = [config_for(dataset, tmp_path, run_name=f"db-{i}", epochs=1) for i in range(2)]
+    assert not Path(configs[0].tracking_uri.removeprefix("sqlite:///")).exists()
+    processes = [subprocess.Popen([sys.executable, "-c", TRAIN_ON_GO, str(tmp_path / f"ready{i}"),
+                                   str(go), *_cli_args(c)], cwd=ROOT, stderr=subprocess.PIPE,
+                                  text=True) for i, c in enumerate(configs)]
+    try:
+        for i, process in enumerate(processes):  # both imported and parsed: start together
+            _wait_for((tmp_path / f"ready{i}").exists, process, f"process {i} ready")
+    finally:
+        go.touch()
+    results = [p.communicate()[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [r[-2000:] for r in results]
+    client = MlflowClient(configs[0].tracking_uri)
+    experiment = client.get_experiment_by_name(configs[0].experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("db-0", "FINISHED"), ("db-1", "FINISHED")]
+
+
+KILL_BEFORE_FIRST_CHECKPOINT = """
+import os, signal, sys
+import fusion.train
+from features.config import cli
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+fusion.train.predict = die  # after the first epoch's steps, before its checkpoint
+fusion.train.train(cli(fusion.train.TrainConfig, {}, args=sys.argv[1:]))
+"""
+
+
+def test_run_left_running_by_a_killed_process_is_marked_killed(dataset: Path,
+                                                               tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    config = config_for(dataset, tmp_path, run_name="orphan", epochs=1)
+    killed = subprocess.run([sys.executable, "-c", KILL_BEFORE_FIRST_CHECKPOINT,
+                             *_cli_args(config)], capture_output=True, text=True, cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    folder = config.out / "orphan"
+    assert not (folder / "last.pt").exists()
+    orphan = json.loads((folder / "run.json").read_text())["run_id"]
+    client = MlflowClient(config.tracking_uri)
+    assert client.get_run(orphan).info.status == "RUNNING"
+
+    result = train(config)  # the folder's next use
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert result["run_id"] != orphan
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_missing_gpu_is_one_line_before_any_work(dataset: Path, tmp_path: Path) -> None:
+    config = config_for(dataset, tmp_path, run_name="gpu", device="cuda")
+    line = one_line_error(run_train_cli(*_cli_args(config)))
+    assert "--device cuda" in line and "no CUDA GPU" in line
+    assert not config.out.exists()
+
+
+def test_checkpoint_that_runs_code_is_refused_not_unpickled(dataset: Path,
+                                                            tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    config = config_for(dataset, tmp_path, run_name="planted", track=False)
+    (config.out / "planted").mkdir(parents=True)
+    torch.save({"model": Payload()}, config.out / "planted" / "last.pt")
+    line = one_line_error(run_train_cli(*_cli_args(config)))
+    assert "last.pt" in line and "refused without unpickling" in line
+    assert not marker.exists()
+
+
+def test_shared_A_ablation_trains_in_its_own_folder(dataset: Path, tmp_path: Path) -> None:
+    shared = config_for(dataset, tmp_path, epochs=1, track=False)
+    unshared = dataclasses.replace(shared, head=dataclasses.replace(shared.head, shared_A=False))
+    assert run_dir(unshared) != run_dir(shared)
+    train(shared)
+    result = train(unshared)
+    a_log = load_checkpoint(Path(result["folder"]) / "best.pt")["model"]["A_log"]
+    assert a_log.shape[:2] == (2, 1)  # (branch, layer): video and questions
+    assert not torch.equal(a_log[0], a_log[1])  # same start, each branch learned its own
