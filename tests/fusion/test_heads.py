@@ -182,6 +182,19 @@ def test_unshared_A_ablation(monkeypatch):
     assert len(calls) == 3
 
 
+def test_unshared_A_branches_learn_their_own_state_matrix():
+    head = small_head("mamba", shared_A=False, depth=2)
+    assert head.A_log.shape == (2, 2, 48, 4)  # (branch: video, question) x layer
+    assert torch.equal(head.A_log[0], head.A_log[1])  # the same S4D start
+    optimizer = torch.optim.AdamW(param_groups(head, 1e-3, 3e-3, 0.05, head.ssm_prefixes))
+    inputs, masks, verb, noun = synthetic_task(8, seed=0)
+    out = head(inputs, masks)
+    (F.cross_entropy(out["verb"], verb) + F.cross_entropy(out["noun"], noun)).backward()
+    optimizer.step()
+    for layer in range(2):
+        assert not torch.equal(head.A_log[0, layer], head.A_log[1, layer])
+
+
 def test_route_questions_separates_verb_and_noun():
     head = small_head("mamba", route_questions=True).eval()
     inputs, masks, _, _ = synthetic_task(2, seed=0)
