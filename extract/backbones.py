@@ -11,7 +11,8 @@ Public API (stable; the extraction CLI and the feature store build on it):
   (AVION ViT-L/14), and small random-init configs for tests and the demo: `vit-tiny`
   (width 192, depth 4, patch 16, 224 px) and `vit-demo` (width 128, depth 2, patch 16, 112 px).
 - `backbone_config(name, **overrides) -> BackboneConfig`: the frozen architecture config.
-- `build_backbone(name, checkpoint=None, num_frames=16, seed=0, **overrides) -> VideoViT`:
+- `build_backbone(name, checkpoint=None, num_frames=16, seed=0, trust_pickle=False,
+  **overrides) -> VideoViT`:
   random init is seeded (same weights every run, so resumed extraction is bitwise equal);
   with `checkpoint` the weights are loaded by `load_avion_checkpoint` and its report is kept
   as `model.load_report` (`model.load_report.sha256` for the manifest). Build on the meta
@@ -21,7 +22,10 @@ Public API (stable; the extraction CLI and the feature store build on it):
   tokens after the last block and `ln_post`, or `patch` (B, T*P, D), frame-major
   (token t*P + i is patch i of frame t). `TOKENS` lists the granularities;
   `model.num_tokens(tokens)` gives L and `model.width` gives D.
-- `load_avion_checkpoint(model, path, strict=True) -> CheckpointReport`: loads AVION
+- `load_avion_checkpoint(model, path, strict=True, trust_pickle=False) -> CheckpointReport`:
+  reads the file with `features.safeload.load_torch` (`weights_only=True` plus the
+  `argparse.Namespace`/pandas/numpy data AVION pickles beside the tensors; anything else is
+  refused unless `trust_pickle`, the CLI's `--trust-pickle`), then loads AVION
   checkpoints (EK100 fine-tuned classifiers `{'state_dict': {'module.visual.…',
   'module.fc_cls.…'}}`, CLIP dual encoders `module.visual.…`/`module.textual.…`, bare
   encoders); strips `module.`/`_orig_mod.`/`visual.` prefixes, ignores heads
@@ -55,7 +59,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.errors import HarnessError
+from features.safeload import load_torch
 
 TOKENS = ("cls", "frame", "patch")
 
@@ -284,9 +288,13 @@ def build_backbone(
     checkpoint: str | os.PathLike | None = None,
     num_frames: int = 16,
     seed: int | None = 0,
+    trust_pickle: bool = False,
     **overrides: Any,
 ) -> VideoViT:
-    """Build a registered backbone; random init is seeded, `checkpoint` loads AVION weights."""
+    """Build a registered backbone; random init is seeded, `checkpoint` loads AVION weights.
+
+    `trust_pickle` fully unpickles a checkpoint the safe loader refuses (runs its code).
+    """
     config = backbone_config(name, num_frames=num_frames, **overrides)
     if seed is None:
         model = VideoViT(config)
@@ -295,7 +303,7 @@ def build_backbone(
             torch.manual_seed(seed)
             model = VideoViT(config)
     if checkpoint is not None:
-        load_avion_checkpoint(model, checkpoint)
+        load_avion_checkpoint(model, checkpoint, trust_pickle=trust_pickle)
     return model
 
 
@@ -319,6 +327,7 @@ class CheckpointReport:
     interpolated: list[str] = field(default_factory=list)
     renamed: int = 0
     pickle_fallback: bool = False
+    """True when the file was fully unpickled (refused by the safe loader, `trust_pickle`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -353,23 +362,6 @@ def state_dict_sha256(model: nn.Module) -> str:
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def _read_checkpoint(path: Path, allow_pickle: bool) -> tuple[Any, bool]:
-    """torch.load with `weights_only=True`, falling back to full unpickling if allowed.
-
-    AVION's checkpoints carry an `argparse.Namespace` (with a pandas DataFrame) under
-    `args`, which the safe loader refuses; only load such files from sources you trust.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True), False
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as error:
-        if not allow_pickle:
-            raise CheckpointMismatchError(
-                f"{path}: not loadable with weights_only=True ({error}); pass allow_pickle=True "
-                "for a trusted checkpoint"
-            ) from error
-        return torch.load(path, map_location="cpu", weights_only=False), True
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -454,20 +446,21 @@ def load_avion_checkpoint(
     model: VideoViT,
     path: str | os.PathLike,
     strict: bool = True,
-    allow_pickle: bool = True,
+    trust_pickle: bool = False,
 ) -> CheckpointReport:
     """Load an AVION checkpoint into `model`; see the module docstring for accepted layouts.
 
-    With `strict`, any missing, unexpected or mis-shaped encoder key raises
-    `CheckpointMismatchError` listing them (heads and text tower are ignored, never
-    unexpected). The report (with the file's sha256) is returned and kept on
-    `model.load_report`.
+    The file is read safely (`features.safeload.load_torch`); only `trust_pickle` fully
+    unpickles one that holds more than tensors and AVION's plain `args` data. With `strict`,
+    any missing, unexpected or mis-shaped encoder key raises `CheckpointMismatchError`
+    listing them (heads and text tower are ignored, never unexpected). The report (with the
+    file's sha256) is returned and kept on `model.load_report`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     sha = file_sha256(path)
-    raw, fell_back = _read_checkpoint(path, allow_pickle)
+    raw, fell_back = load_torch(path, trust_pickle)
     state, ignored, renamed = remap_avion_state_dict(_unwrap_state_dict(raw, path))
     own = model.state_dict()
     interpolated: list[str] = []

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,9 @@ from extract.backbones import (
     measure_flops,
     state_dict_sha256,
 )
+from features.safeload import UnsafePickleError
+
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = {"num_frames": 4, "image_size": 32}  # vit-demo geometry shrunk: 2x2 patches, 4 frames
 
@@ -45,7 +52,15 @@ def avion_checkpoint(model, path: Path, fmt: str = "finetuned") -> Path:
         sd = {f"module.visual.{k}": v for k, v in state.items()}
         sd["module.fc_cls.weight"] = torch.randn(10, model.width)
         sd["module.fc_cls.bias"] = torch.zeros(10)
-        obj = {"epoch": 1, "state_dict": sd, "best_acc1": 0.0, "args": argparse.Namespace(a=1)}
+        # as saved by AVION@9763533 scripts/main_lavila_finetune_cls.py: `args` is the
+        # argparse.Namespace, with `actions` a DataFrame and the act->verb/noun maps
+        actions = pd.DataFrame.from_dict({"verb": [0, 1], "noun": [2, 3]})
+        args = argparse.Namespace(model="CLIP_VITB16", clip_length=4, betas=(0.9, 0.999),
+                                  mapping_act2v={0: 0, 1: 1}, actions=actions)
+        opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
+        obj = {"epoch": 1, "state_dict": sd, "optimizer": opt.state_dict(),
+               "scaler": {"scale": 65536.0, "_growth_tracker": 0}, "best_acc1": 0.0,
+               "args": args}
     elif fmt == "clip":  # dual encoder without flash-attn / fast conv1, plus text tower
         sd = {}
         for k, v in state.items():
@@ -169,7 +184,7 @@ def test_avion_checkpoint_round_trip(tmp_path: Path, fmt: str) -> None:
     report = load_avion_checkpoint(target, path)
     assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert target.load_report is report and not report.missing and not report.unexpected
-    assert report.pickle_fallback == (fmt == "finetuned")  # `args` Namespace needs pickle
+    assert not report.pickle_fallback  # AVION's `args` Namespace loads without pickle
     expected_ignored = {
         "finetuned": {"fc_cls.weight", "fc_cls.bias"},
         "clip": {"image_projection", "textual.positional_embedding", "positional_embedding"},
@@ -282,3 +297,84 @@ def test_matches_avion_reference_forward(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = avion_reference_cls(sd, x, heads=2)
         torch.testing.assert_close(model(x, "cls")[:, 0], ref, atol=1e-5, rtol=1e-5)
+
+
+class Payload:
+    """Unpickling this creates `path`: the harmless stand-in for code in a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def evil_checkpoint(model, path: Path, marker: Path) -> Path:
+    """A valid AVION checkpoint whose `args` also carries a payload."""
+    avion_checkpoint(model, path)
+    obj = torch.load(path, weights_only=False)
+    obj["args"].payload = Payload(marker)
+    torch.save(obj, path)
+    return path
+
+
+def test_checkpoint_payload_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = evil_checkpoint(small(), tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafePickleError, match=r"refused.*builtins.getattr.*--trust-pickle"):
+        load_avion_checkpoint(small(), path)
+    assert not marker.exists()
+
+
+def test_trusted_checkpoint_is_fully_unpickled_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = small(seed=1)
+    path = avion_checkpoint(source, tmp_path / "ckpt.pt")
+    obj = torch.load(path, weights_only=False)
+    obj["args"].output_dir = Path("runs")  # legitimate, but not on the allow-list
+    torch.save(obj, path)
+    with pytest.raises(UnsafePickleError, match="PosixPath"):
+        load_avion_checkpoint(small(), path)
+    target = small(seed=2)
+    report = load_avion_checkpoint(target, path, trust_pickle=True)
+    assert report.pickle_fallback and state_dict_sha256(target) == state_dict_sha256(source)
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: ") and "PosixPath" in warning[0]
+
+
+def extract_video(tiny_ek100: Path, checkpoint: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m extract video --checkpoint`: the checkpoint is read before any video."""
+    args = ["video", "--annotations", str(tiny_ek100), "--videos", str(tiny_ek100 / "none"),
+            "--backbone", "vit-demo", "--num-frames", "4", "--size", "32", "--workers", "0",
+            "--out", str(checkpoint.with_suffix(".zarr")), "--checkpoint", str(checkpoint),
+            "--no-progress", *extra]  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "extract", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "MAMBAVL_DEBUG": ""})
+
+
+def test_cli_refuses_a_checkpoint_payload(tiny_ek100: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = evil_checkpoint(small(), tmp_path / "evil.pt", marker)
+    result = extract_video(tiny_ek100, path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert str(path) in lines[0] and "--trust-pickle" in lines[0]
+    assert not marker.exists()
+
+
+def test_cli_loads_avion_checkpoints_safely_and_trusted_ones_with_a_warning(
+    tiny_ek100: Path, tmp_path: Path
+) -> None:
+    path = avion_checkpoint(small(), tmp_path / "ckpt.pt")
+    result = extract_video(tiny_ek100, path)  # AVION's layout: no flag, no warning
+    assert "video file not found" in result.stderr and "warning:" not in result.stderr
+    obj = torch.load(path, weights_only=False)
+    obj["args"].output_dir = Path("runs")  # legitimate, but not on the allow-list
+    path = tmp_path / "trusted.pt"
+    torch.save(obj, path)
+    result = extract_video(tiny_ek100, path, "--trust-pickle")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "PosixPath" in warnings[0]
+    assert "video file not found" in result.stderr  # past the checkpoint, on to the videos
