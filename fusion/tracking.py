@@ -251,7 +251,7 @@ def finish_run(final: dict[str, float], folder: Path, history: list[dict],
         for path in [predictions, per_class, *_plots(folder, history, split, scores)]:
             _mlflow().log_artifact(str(path))
     write_history(folder, history)
-    for name in ("config.json", "history.csv", "best.pt"):
+    for name in ("config.json", "fingerprint.json", "history.csv", "best.pt"):
         if (folder / name).exists():
             _mlflow().log_artifact(str(folder / name))
     _mlflow().end_run(status=status)

@@ -123,7 +123,7 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
     assert run.data.metrics["best_action_top1"] == max(m.value for m in curve)
     assert run.data.metrics["params"] > 0 and run.data.metrics["flops"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"predictions_best.npz", "config.json", "best.pt", "history.csv",
+    assert {"predictions_best.npz", "config.json", "fingerprint.json", "best.pt", "history.csv",
             "per_class_accuracy.csv", "training_curves.png", "verb_confusion.png"} <= artifacts
     # the signal in the features is learnable: better than the majority verb
     labels = load_split(dataset / "annotations", "validation").segments["verb_class"]
