@@ -117,6 +117,7 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
     assert (tags["fusion"], tags["backbone"], tags["task"], tags["features"], tags["dataset"]) == (
         "mamba", "demo", "recognition", "video+questions", "synthetic-demo")
     assert {"manifest.video.train", "manifest.text.validation"} <= set(tags)
+    assert tags["excluded.video.train"] == tags["excluded.text.validation"] == "0"
     assert run.data.params["head.d_model"] == "16" and run.data.params["epochs"] == "4"
     curve = client.get_metric_history(run.info.run_id, "action_top1")
     assert [m.step for m in curve] == [1, 2, 3, 4]
