@@ -4,19 +4,23 @@ Every later stage trusts these tables, so a bad row stops here with one line nam
 file, the row and the field. Files follow the official `epic-kitchens-100-annotations`
 layout: `EPIC_100_{train,validation}.{csv,pkl}`, `EPIC_100_test_timestamps.{csv,pkl}` and
 `EPIC_100_{verb,noun}_classes.csv`. Python-list cells (`instances`, `all_nouns`,
-`all_noun_classes`) are parsed with `ast.literal_eval`, never `eval`.
+`all_noun_classes`) are parsed with `ast.literal_eval`, never `eval`. `.pkl` files are read
+with `features.safeload` (plain DataFrames only, unless `trust_pickle`), and library errors
+on a bad file (empty, not UTF-8, malformed CSV, not a pickle) become one-line errors too.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from features.errors import HarnessError
+from features.errors import HarnessError, one_line
+from features.safeload import load_pickle
 
 SPLITS = ("train", "validation", "test")
 TIMING_COLUMNS = (
@@ -31,7 +35,7 @@ TIMING_COLUMNS = (
 LABEL_COLUMNS = ("narration", "verb", "verb_class", "noun", "noun_class")
 CLASS_COLUMNS = ("id", "key", "instances", "category")
 LIST_COLUMNS = ("all_nouns", "all_noun_classes")
-ENV_VAR = "EK100_ANNOTATIONS"
+GET_FILES = "run `make annotations` to download them, or point --annotations at your copy"
 
 
 class AnnotationError(HarnessError, ValueError):
@@ -56,17 +60,49 @@ def _row(path: Path, index: int) -> str:
     return f"{path}:line {index + 2}" if path.suffix == ".csv" else f"{path}:row {index}"
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_csv_file(path: Path, **kwargs: object) -> pd.DataFrame:
+    """`pd.read_csv` whose errors on a bad file are one `AnnotationError` naming it."""
     if not path.exists():
+        raise AnnotationError(f"{path}: file not found; {GET_FILES}")
+    try:
+        with warnings.catch_warnings():  # rows longer than the header: an error, not a
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # silent index column
+            return pd.read_csv(path, index_col=False, **kwargs)
+    except pd.errors.ParserWarning:
         raise AnnotationError(
-            f"{path}: file not found; run `make annotations` or set {ENV_VAR} to your copy"
-        )
+            f"{path}: a row has more fields than the header; check quoting and commas"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise AnnotationError(f"{path}: empty file (no header, no rows); {GET_FILES}") from None
+    except UnicodeDecodeError as error:
+        raise AnnotationError(
+            f"{path}: byte {error.start} is not UTF-8 ({error.reason}); EK100 files are UTF-8: "
+            f"re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+    except pd.errors.ParserError as error:
+        raise AnnotationError(
+            f"{path}: not a well-formed CSV ({one_line(error)}); check quoting and the number "
+            "of fields on that line"
+        ) from None
+
+
+def _read_table(path: Path, trust_pickle: bool = False) -> pd.DataFrame:
+    if not path.exists():
+        raise AnnotationError(f"{path}: file not found; {GET_FILES}")
     if path.suffix == ".pkl":
-        frame = pd.read_pickle(path)
+        frame = load_pickle(path, trust_pickle)
+        if not isinstance(frame, pd.DataFrame):
+            raise AnnotationError(f"{path}: holds a {type(frame).__name__}, not a pandas "
+                                  "DataFrame of EK100 segments")
         if "narration_id" not in frame.columns and frame.index.name in ("narration_id", "uid"):
             frame = frame.reset_index()
-        return frame.reset_index(drop=True)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame = frame.reset_index(drop=True)
+    else:
+        frame = read_csv_file(path, keep_default_na=False, na_values=[""])
+    if frame.empty:
+        raise AnnotationError(f"{path}: no rows (only a header); an annotation file lists at "
+                              f"least one row; {GET_FILES}")
+    return frame
 
 
 def _parse_list(path: Path, index: int, field: str, cell: object) -> list:
@@ -100,9 +136,10 @@ def _require_ints(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> 
         bad = values.isna() | (values != values.round())
         if bad.any():
             index = int(bad.to_numpy().nonzero()[0][0])
+            cell = frame[column].iloc[index]
             raise AnnotationError(
-                f"{_row(path, index)}: field '{column}': {frame[column].iloc[index]!r} "
-                "is not an integer"
+                f"{_row(path, index)}: field '{column}': "
+                f"{'empty, not' if pd.isna(cell) else repr(cell) + ' is not'} an integer"
             )
         frame[column] = values.astype("int64")
 
@@ -135,14 +172,16 @@ def load_segments(
     path: str | os.PathLike,
     verbs: ClassTable | None = None,
     nouns: ClassTable | None = None,
+    trust_pickle: bool = False,
 ) -> pd.DataFrame:
     """Load a segment file (labelled or test timestamps) and validate every row.
 
     Labels are required when the file has any label column; class ids are checked against
-    `verbs`/`nouns` when given. The result has a fresh RangeIndex in file order.
+    `verbs`/`nouns` when given. The result has a fresh RangeIndex in file order. A `.pkl`
+    is fully unpickled (running its code) only with `trust_pickle`.
     """
     path = Path(path)
-    frame = _read_table(path)
+    frame = _read_table(path, trust_pickle)
     _require_columns(path, frame, TIMING_COLUMNS)
     labelled = any(c in frame.columns for c in LABEL_COLUMNS)
     if labelled:
@@ -150,6 +189,13 @@ def load_segments(
     int_columns = ("start_frame", "stop_frame") + (("verb_class", "noun_class") if labelled else ())
     _require_ints(path, frame, int_columns)
 
+    blank = frame["narration_id"].isna() | (frame["narration_id"].astype(str).str.strip() == "")
+    if blank.any():
+        index = int(blank.to_numpy().nonzero()[0][0])
+        raise AnnotationError(
+            f"{_row(path, index)}: field 'narration_id': empty ({int(blank.sum())} row(s) in "
+            "all); every segment needs its id: fill it in or drop the row"
+        )
     frame["narration_id"] = frame["narration_id"].astype(str)
     duplicated = frame["narration_id"].duplicated()
     if duplicated.any():
@@ -209,9 +255,10 @@ def split_path(root: str | os.PathLike, split: str) -> Path:
     return root / f"{stem}.csv"
 
 
-def load_split(root: str | os.PathLike, split: str) -> Split:
+def load_split(root: str | os.PathLike, split: str, trust_pickle: bool = False) -> Split:
     """Load `split` and the class files from an annotation folder, validated together."""
     root = Path(root)
     verbs = load_classes(root / "EPIC_100_verb_classes.csv")
     nouns = load_classes(root / "EPIC_100_noun_classes.csv")
-    return Split(split, load_segments(split_path(root, split), verbs, nouns), verbs, nouns)
+    segments = load_segments(split_path(root, split), verbs, nouns, trust_pickle)
+    return Split(split, segments, verbs, nouns)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from extract.masking import content_words
@@ -20,6 +21,7 @@ from extract.questions import (
     read_questions,
 )
 from features.annotations import load_classes
+from tests.conftest import HEADER, SEGMENTS
 
 FIELDS = {"narration_id", "verb_question", "noun_question", "verb", "noun", "verb_class",
           "noun_class", "generator", "mask"}
@@ -94,6 +96,83 @@ def test_bad_annotation_is_one_line_error(tiny_ek100: Path, tmp_path: Path) -> N
     )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "line 2: field 'stop_frame'" in result.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def questions_cli(annotations: Path, classes: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "extract.questions", "--annotations", str(annotations),
+         "--classes-dir", str(classes), "--out", str(classes / "q.jsonl"), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The CLI contract for bad input: exit status 2 and exactly one `error: ` line."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty file"),
+        ("narration_id,participant_id,video_id,start_timestamp,stop_timestamp,start_frame,"
+         "stop_frame\nP01_01_0,P01,P01_01,00:00:00.00,00:00:01.89,1,113,caf\xe9\n"
+         .encode("latin-1"), "is not UTF-8"),
+        (HEADER + "\n", "no rows (only a header)"),
+        (HEADER + "\n" + SEGMENTS[0] + "\n," + SEGMENTS[1].split(",", 1)[1] + "\n",
+         "line 3: field 'narration_id': empty"),
+        (HEADER + "\n" + SEGMENTS[0] + ",x,y\n", "more fields than the header"),
+        (HEADER + "\n" + SEGMENTS[0] + "\n" + SEGMENTS[1] + ",x\n", "not a well-formed CSV"),
+    ],
+    ids=["empty", "latin-1", "header-only", "empty-narration-id", "long-first-row", "malformed"],
+)
+def test_cli_bad_csv_is_one_line(tiny_ek100: Path, content: bytes | str, expected: str) -> None:
+    path = tiny_ek100 / "bad.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    line = one_error_line(questions_cli(path, tiny_ek100))
+    assert str(path) in line and expected in line and "EK100_ANNOTATIONS" not in line
+    assert not (tiny_ek100 / "q.jsonl").exists()
+
+
+def test_cli_annotation_pickle_payload_is_refused(tiny_ek100: Path) -> None:
+    marker = tiny_ek100 / "ran"
+    frame = pd.read_csv(tiny_ek100 / "EPIC_100_validation.csv")
+    frame.attrs["hook"] = Payload(marker)
+    frame.to_pickle(tiny_ek100 / "evil.pkl")
+    line = one_error_line(questions_cli(tiny_ek100 / "evil.pkl", tiny_ek100))
+    assert "evil.pkl: refused to unpickle global" in line and "--trust-pickle" in line
+    assert not marker.exists()
+
+
+def test_cli_annotation_pickle_loads_safely_or_trusted(tiny_ek100: Path) -> None:
+    frame = pd.read_csv(tiny_ek100 / "EPIC_100_validation.csv").set_index("narration_id")
+    frame.to_pickle(tiny_ek100 / "segments.pkl")  # the official .pkl layout: plain data
+    result = questions_cli(tiny_ek100 / "segments.pkl", tiny_ek100)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    frame.attrs["source"] = Path("EPIC_100_validation.csv")  # legitimate, not allow-listed
+    frame.to_pickle(tiny_ek100 / "trusted.pkl")
+    assert "PosixPath" in one_error_line(questions_cli(tiny_ek100 / "trusted.pkl", tiny_ek100))
+    result = questions_cli(tiny_ek100 / "trusted.pkl", tiny_ek100, "--trust-pickle")
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: ") and "PosixPath" in warning[0]
+    assert len((tiny_ek100 / "q.jsonl").read_text().splitlines()) == 6
+
+
+class Payload:
+    """Unpickling this creates `path`: a harmless stand-in for code in a downloaded file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
 
 
 def test_templates_never_contain_a_class_word(ek100_root: Path) -> None:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from features.annotations import AnnotationError, load_classes, load_segments, load_split
+from features.safeload import UnsafePickleError
 from tests.conftest import HEADER, SEGMENTS, write_tiny_ek100
 
 
@@ -54,12 +55,68 @@ def test_bad_rows_name_file_row_and_field(
     assert "\n" not in message
 
 
+def test_pickle_payload_is_refused_and_does_not_run(tiny_ek100: Path) -> None:
+    marker = tiny_ek100 / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    frame = pd.read_csv(tiny_ek100 / "EPIC_100_validation.csv")
+    frame.attrs["hook"] = Payload()  # a DataFrame that also carries code
+    frame.to_pickle(tiny_ek100 / "evil.pkl")
+    with pytest.raises(UnsafePickleError, match=r"evil.pkl: refused.*--trust-pickle"):
+        load_segments(tiny_ek100 / "evil.pkl")
+    assert not marker.exists()
+
+
+def _lines(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "EPIC_100_validation.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty file"),
+        ((HEADER + "\n" + SEGMENTS[0].replace("take plate", "tak\xe9 plate") + "\n")
+         .encode("latin-1"), "is not UTF-8"),
+        (HEADER + "\n" + SEGMENTS[0] + "\n" + SEGMENTS[1] + ",x,y\n", "not a well-formed CSV"),
+        (HEADER + "\n" + SEGMENTS[0].replace(",1,113,", ",,113,") + "\n",
+         "line 2: field 'start_frame': empty, not an integer"),
+        (HEADER + "\n", "no rows (only a header)"),
+        (HEADER + "\n" + SEGMENTS[0] + "\n," + SEGMENTS[1].split(",", 1)[1] + "\n",
+         "line 3: field 'narration_id': empty"),
+        (HEADER + "\n" + SEGMENTS[0] + "\n  ," + SEGMENTS[1].split(",", 1)[1] + "\n",
+         "line 3: field 'narration_id': empty"),
+    ],
+    ids=["empty", "latin-1", "malformed", "empty-int", "header-only", "empty-id", "blank-id"],
+)
+def test_bad_csv_files_are_one_line_errors(
+    tmp_path: Path, content: str | bytes, expected: str
+) -> None:
+    path = _lines(tmp_path, content)
+    with pytest.raises(AnnotationError) as error:
+        load_segments(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and expected in message and "\n" not in message
+    assert "EK100_ANNOTATIONS" not in message
+
+
+def test_header_only_class_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "EPIC_100_verb_classes.csv"
+    path.write_text("id,key,instances,category\n")
+    with pytest.raises(AnnotationError, match="no rows"):
+        load_classes(path)
+
+
 def test_missing_column_and_file(tiny_ek100: Path) -> None:
     frame = pd.read_csv(tiny_ek100 / "EPIC_100_validation.csv").drop(columns=["stop_frame"])
     frame.to_csv(tiny_ek100 / "EPIC_100_train.csv", index=False)
     with pytest.raises(AnnotationError, match="missing column.*stop_frame"):
         load_split(tiny_ek100, "train")
-    with pytest.raises(AnnotationError, match="file not found.*make annotations"):
+    with pytest.raises(AnnotationError, match="file not found.*make annotations.*--annotations"):
         load_split(tiny_ek100, "test")
 
 
