@@ -251,7 +251,9 @@ def load_torch(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any
 
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(list(torch_safe_globals())):
+        with torch.serialization.safe_globals(list(torch_safe_globals())), \
+                warnings.catch_warnings():  # a second, multi-line message for a bad file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as error:
         reason = _refusal(path, error)

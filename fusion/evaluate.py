@@ -13,7 +13,9 @@
 Definitions are in `fusion.metrics`. Predictions may be our `.npz`, C1 results (`.pkl`,
 `.pt`) or a challenge submission (`.json`, `.zip`), so other codebases' files score the
 same way. Class, tail and unseen-participant files default to the annotations' folder; a
-breakdown whose default file is absent is left out (with a note on stderr).
+breakdown whose default file is absent is left out (with a note on stderr). Pickled inputs
+(`.pkl`/`.pt` predictions, `.pkl` annotations) are read with `features.safeload`: only plain
+data, unless `--trust-pickle`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from features.annotations import AnnotationError, load_classes, load_segments
+from features.annotations import AnnotationError, load_classes, load_segments, read_csv_file
 from fusion.export import Task, read_any
 from fusion.metrics import metrics_for
 from fusion.predictions import Predictions, PredictionsError
@@ -53,9 +54,7 @@ class Reference:
 
 
 def _read_column(path: Path, column: str) -> np.ndarray:
-    if not path.exists():
-        raise AnnotationError(f"{path}: file not found")
-    frame = pd.read_csv(path)
+    frame = read_csv_file(path)
     if column not in frame.columns:
         raise AnnotationError(f"{path}: missing column '{column}' (the EK100 header)")
     return frame[column].to_numpy()
@@ -80,13 +79,14 @@ def load_reference(
     tail_verbs: Path | None = None,
     tail_nouns: Path | None = None,
     unseen_participants: Path | None = None,
+    trust_pickle: bool = False,
 ) -> Reference:
     """Labels from a segment file (CSV or pickle) and breakdown lists from its folder."""
     annotations = Path(annotations)
     folder = annotations.parent
     verbs = load_classes(verb_classes or folder / "EPIC_100_verb_classes.csv")
     nouns = load_classes(noun_classes or folder / "EPIC_100_noun_classes.csv")
-    segments = load_segments(annotations, verbs, nouns)
+    segments = load_segments(annotations, verbs, nouns, trust_pickle)
     if "verb_class" not in segments.columns:
         raise AnnotationError(f"{annotations}: no verb/noun labels (test timestamps?); "
                               "evaluation needs a labelled split")
@@ -152,12 +152,16 @@ class EvaluateConfig:
     """Default: EPIC_100_tail_nouns.csv beside --annotations."""
     unseen_participants: Path | None = None
     """Default: EPIC_100_unseen_participant_ids_validation.csv beside --annotations."""
+    trust_pickle: bool = False
+    """fully unpickle .pkl/.pt --predictions and a .pkl --annotations file (runs their code:
+    only for files you trust)"""
 
 
 def run(config: EvaluateConfig) -> tuple[dict[str, float], Reference]:
     reference = load_reference(config.annotations, config.verb_classes, config.noun_classes,
-                               config.tail_verbs, config.tail_nouns, config.unseen_participants)
-    predictions = read_any(config.predictions, config.task)
+                               config.tail_verbs, config.tail_nouns, config.unseen_participants,
+                               config.trust_pickle)
+    predictions = read_any(config.predictions, config.task, config.trust_pickle)
     try:
         return evaluate(predictions, reference, config.task), reference
     except PredictionsError as error:
@@ -168,11 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     from features.config import cli
 
     config = cli(EvaluateConfig, args=argv)
-    try:
-        metrics, reference = run(config)
-    except (PredictionsError, AnnotationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    metrics, reference = run(config)  # bad input: a HarnessError, one line via run_cli
     for note in reference.notes:
         print(f"note: {note}", file=sys.stderr)
     if config.json:

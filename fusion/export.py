@@ -3,7 +3,8 @@
 Formats (matched field for field to the `epic-kitchens` repositories, own code):
 - C1 results (`C1-Action-Recognition/evaluate.py`, `create_submission.py` input): a dict
   `{"verb_output": (N, 97), "noun_output": (N, 300), "narration_id": (N,) str}` saved with
-  `pickle` (`.pkl`) or `torch.save` (`.pt`); the list-of-dicts layout is read too.
+  `pickle` (`.pkl`) or `torch.save` (`.pt`); the list-of-dicts layout is read too. Read
+  with `features.safeload` (numpy arrays, lists, dicts, str only) unless `trust_pickle`.
 - Challenge submission JSON (C1 `utils/challenge.py`, validated by C3's
   `evaluate_anticipation_json_ek100.py`): `{"version": "0.2", "challenge":
   "action_recognition"|"action_anticipation", "sls_pt", "sls_tl", "sls_td", "results":
@@ -29,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from features.errors import one_line
+from features.safeload import load_pickle, load_torch
 from fusion.metrics import to_numpy, top_actions
 from fusion.predictions import (
     Predictions,
@@ -78,15 +81,12 @@ def write_results(preds: Predictions, path: Path) -> Path:
     return path
 
 
-def read_results(path: Path) -> Predictions:
-    """Load C1 results (dict or list-of-dicts layout; pickles run code: trusted files only)."""
+def read_results(path: Path, trust_pickle: bool = False) -> Predictions:
+    """Load C1 results (dict or list-of-dicts layout), fully unpickled only if trusted."""
     if path.suffix.lower() == ".pt":
-        import torch
-
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data, _ = load_torch(path, trust_pickle)
     else:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
+        data = load_pickle(path, trust_pickle)
     if isinstance(data, list):
         if not data or not isinstance(data[0], dict):
             raise PredictionsError(f"{path}: expected a list of per-segment dicts")
@@ -108,6 +108,9 @@ def read_results(path: Path) -> Predictions:
         )
     except PredictionsError as error:
         raise PredictionsError(f"{path}: {error}") from None
+    except (ValueError, TypeError) as error:  # ragged rows, scores that are not numbers
+        raise PredictionsError(f"{path}: {one_line(error)}; C1 outputs are (N, classes) "
+                               "numeric arrays") from None
 
 
 # ---------------------------------------------------------------- challenge JSON
@@ -296,6 +299,11 @@ def write_submission(submission: dict[str, Any], path: Path) -> Path:
 
 def read_submission(path: Path) -> dict[str, Any]:
     """The JSON object of a submission file (.json, or .zip with one JSON member)."""
+    if path.stat().st_size == 0:
+        raise SubmissionError(f"{path}: empty file (0 bytes); expected a challenge submission "
+                              "(JSON, or a zip holding test.json); was it written completely?")
+    if path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
+        raise SubmissionError(f"{path}: not a zip archive; a .zip submission holds test.json")
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
@@ -305,13 +313,21 @@ def read_submission(path: Path) -> dict[str, Any]:
                 return json.loads(z.read(members[0]))
         return json.loads(path.read_text(encoding="utf8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SubmissionError(f"{path}: not valid JSON ({error})") from None
+        raise SubmissionError(f"{path}: not valid JSON ({one_line(error)}); expected a "
+                              "challenge submission object") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        if isinstance(error, OSError) and error.filename is not None:
+            raise
+        raise SubmissionError(f"{path}: a broken zip archive ({one_line(error)}); write it "
+                              "again") from None
 
 
 # ---------------------------------------------------------------- any input
 
 
-def read_any(path: str | os.PathLike, task: Task | None = None) -> Predictions:
+def read_any(
+    path: str | os.PathLike, task: Task | None = None, trust_pickle: bool = False
+) -> Predictions:
     """Predictions from our `.npz`, C1 results (.pkl/.pt) or a submission (.json/.zip)."""
     path = Path(path)
     if not path.exists():
@@ -320,7 +336,7 @@ def read_any(path: str | os.PathLike, task: Task | None = None) -> Predictions:
     if suffix == ".npz":
         return load_predictions(path)
     if suffix in (".pkl", ".pt"):
-        return read_results(path)
+        return read_results(path, trust_pickle)
     if suffix in (".json", ".zip"):
         submission = read_submission(path)
         try:
@@ -373,6 +389,9 @@ class ExportConfig:
     """Supervision level, training data 0..5 (default 4)."""
     force: bool = False
     """Overwrite --out if it exists."""
+    trust_pickle: bool = False
+    """fully unpickle a C1 results .pkl/.pt --predictions file (runs its code: only for files
+    you trust)"""
 
 
 def _class_counts(config: ExportConfig) -> tuple[int, int]:
@@ -393,7 +412,7 @@ def export(config: ExportConfig) -> Path:
     """Validate the predictions against the format, then write `config.out`."""
     if config.out.exists() and not config.force:
         raise PredictionsError(f"{config.out} exists; pass --force to overwrite it")
-    preds = read_any(config.predictions)
+    preds = read_any(config.predictions, trust_pickle=config.trust_pickle)
     n_verbs, n_nouns = _class_counts(config)
     preds.validate(n_verbs, n_nouns)
     if config.annotations is not None:
@@ -414,15 +433,10 @@ def export(config: ExportConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from features.annotations import AnnotationError
     from features.config import cli
 
     config = cli(ExportConfig, args=argv)
-    try:
-        path = export(config)
-    except (PredictionsError, AnnotationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    path = export(config)  # bad input: a HarnessError, one line via run_cli
     print(f"wrote {path} ({config.task} {config.format})")
 
 

@@ -10,13 +10,14 @@ scores. Saved without pickling, so loading a file never runs code.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from features.errors import HarnessError
+from features.errors import HarnessError, one_line
 from fusion.metrics import to_numpy
 
 REQUIRED = ("narration_id", "verb_scores", "noun_scores")
@@ -169,13 +170,20 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
     path = Path(path)
     if not path.exists():
         raise PredictionsError(f"{path}: file not found")
+    expected = f"expected a predictions .npz with arrays {', '.join(REQUIRED)}"
+    if path.stat().st_size == 0:
+        raise PredictionsError(f"{path}: empty file (0 bytes); {expected}; was it written "
+                               "completely?")
+    if not zipfile.is_zipfile(path):  # np.savez writes a zip archive
+        raise PredictionsError(f"{path}: not a .npz (zip) archive; {expected}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         hint = ("; store narration_id as a str array (np.asarray(ids, dtype=str)), not objects"
-                if "allow_pickle" in str(error) else "")
-        raise PredictionsError(f"{path}: not a predictions .npz ({error}){hint}") from None
+                if "allow_pickle" in str(error) else f"; {expected}")
+        raise PredictionsError(f"{path}: not a predictions .npz ({one_line(error)}){hint}"
+                               ) from None
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
         raise PredictionsError(
@@ -185,3 +193,6 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
         return make_predictions(**{k: arrays.get(k) for k in REQUIRED + ACTION_FIELDS})
     except PredictionsError as error:
         raise PredictionsError(f"{path}: {error}") from None
+    except (ValueError, TypeError) as error:  # e.g. scores that are not numbers
+        raise PredictionsError(f"{path}: {one_line(error)}; scores must be numeric arrays"
+                               ) from None

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from features import errors
 from fusion import evaluate as ev
 from fusion.metrics import anticipation_metrics, recognition_metrics
 from fusion.predictions import load_predictions, save_predictions
@@ -63,11 +68,8 @@ def write_predictions(path: Path, annotations: Path, seed: int = 1, perfect: boo
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        ev.main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
+    """`python -m fusion.evaluate` in-process, behind the CLI's error boundary."""
+    code = errors.run_cli(ev.main, list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -197,3 +199,108 @@ def test_real_validation_cli_equals_api(ek100_root: Path, tmp_path: Path, capsys
         tail_verbs=tails[0], tail_nouns=tails[1])
     assert json.loads(out) == pytest.approx(expected, abs=1e-15)
     assert len(json.loads(out)) == 15
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def evaluate_cli(predictions: Path, annotations: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The real `python -m fusion.evaluate` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "fusion.evaluate", "--predictions", str(predictions),
+         "--annotations", str(annotations), "--json", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The CLI contract for bad input: exit status 2 and exactly one `error: ` line."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+class Payload:
+    """Unpickling this creates `path`: a harmless stand-in for code in a downloaded file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def c1_results(predictions: Path, **extra: object) -> dict:
+    preds = load_predictions(predictions)
+    return {"verb_output": preds.verb_scores, "noun_output": preds.noun_scores,
+            "narration_id": list(preds.narration_id), **extra}
+
+
+def save_c1(path: Path, data: object) -> Path:
+    if path.suffix == ".pt":
+        torch.save(data, path)
+    else:
+        path.write_bytes(pickle.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pt"])
+def test_cli_c1_results_payload_is_refused_and_does_not_run(fixture, tmp_path, suffix):
+    annotations, predictions = fixture
+    marker = tmp_path / "ran"
+    path = save_c1(tmp_path / f"evil{suffix}", c1_results(predictions, hook=Payload(marker)))
+    line = one_error_line(evaluate_cli(path, annotations))
+    assert f"{path}: refused to unpickle global" in line and "--trust-pickle" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pt"])
+def test_cli_c1_results_load_safely_or_with_trust_pickle(fixture, tmp_path, suffix):
+    annotations, predictions = fixture
+    expected = ev.run(ev.EvaluateConfig(predictions=predictions, annotations=annotations))[0]
+    plain = save_c1(tmp_path / f"plain{suffix}", c1_results(predictions))
+    result = evaluate_cli(plain, annotations)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert json.loads(result.stdout) == expected
+    # legitimate but outside the allow-list: a pickled torch tensor, a pathlib path
+    odd = {".pkl": torch.zeros(1), ".pt": Path("model.ckpt")}[suffix]
+    trusted = save_c1(tmp_path / f"trusted{suffix}", c1_results(predictions, source=odd))
+    assert "--trust-pickle" in one_error_line(evaluate_cli(trusted, annotations))
+    result = evaluate_cli(trusted, annotations, "--trust-pickle")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(trusted) in warnings[0]
+    assert json.loads(result.stdout) == expected
+
+
+def test_cli_garbage_npz_is_one_line(fixture, tmp_path):
+    annotations, _ = fixture
+    path = tmp_path / "garbage.npz"
+    path.write_bytes(b"these are not the arrays you are looking for\x00\x01")
+    line = one_error_line(evaluate_cli(path, annotations))
+    assert f"{path}: not a .npz (zip) archive" in line
+
+
+def test_cli_empty_json_is_one_line(fixture, tmp_path):
+    annotations, _ = fixture
+    path = tmp_path / "empty.json"
+    path.write_bytes(b"")
+    line = one_error_line(evaluate_cli(path, annotations))
+    assert f"{path}: empty file (0 bytes)" in line
+
+
+BAD_FILES = {"empty": b"", "garbage": b"\x80\x04not really anything\x00\xff" * 4}
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pkl", ".pt", ".json", ".zip"])
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_empty_or_garbage_predictions_are_one_line(fixture, tmp_path, capsys, kind, suffix):
+    annotations, _ = fixture
+    path = tmp_path / f"{kind}{suffix}"
+    path.write_bytes(BAD_FILES[kind])
+    code, _, err = run_cli(capsys, "--predictions", str(path), "--annotations",
+                           str(annotations))
+    assert code == 2 and err.startswith(f"error: {path}: ") and err.count("\n") == 1, err
+    assert ("empty file (0 bytes)" in err) == (kind == "empty")
+    assert "--trust-pickle" not in err  # a broken file is not made loadable by trusting it

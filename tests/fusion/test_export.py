@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from features import errors
 from fusion import evaluate as ev
 from fusion import export as ex
 from fusion.metrics import top_actions
 from fusion.predictions import PredictionsError, load_predictions, save_predictions
-from tests.fusion.test_evaluate import write_fixture, write_predictions
+from tests.fusion.test_evaluate import (
+    BAD_FILES,
+    Payload,
+    c1_results,
+    save_c1,
+    write_fixture,
+    write_predictions,
+)
 
 
 @pytest.fixture
@@ -156,9 +164,7 @@ def test_export_refuses_bad_inputs(setup, tmp_path, capsys):
     preds = load_predictions(predictions)
 
     def fails(*args: str) -> str:
-        with pytest.raises(SystemExit) as exit_:
-            ex.main(list(args))
-        assert exit_.value.code == 2
+        assert errors.run_cli(ex.main, list(args)) == 2
         return capsys.readouterr().err
 
     verb = preds.verb_scores.copy()
@@ -192,9 +198,8 @@ def test_export_refuses_bad_inputs(setup, tmp_path, capsys):
 def test_evaluate_rejects_a_submission_for_the_other_task(setup, tmp_path, capsys):
     annotations, predictions = setup
     out = export("--predictions", str(predictions), "--out", str(tmp_path / "rec.json"))
-    with pytest.raises(SystemExit):
-        ev.main(["--predictions", str(out), "--annotations", str(annotations), "--task",
-                 "anticipation"])
+    assert errors.run_cli(ev.main, ["--predictions", str(out), "--annotations",
+                                    str(annotations), "--task", "anticipation"]) == 2
     assert "challenge 'action_recognition' is not 'action_anticipation'" in capsys.readouterr().err
 
 
@@ -226,3 +231,34 @@ def test_round_trip_with_tied_scores(setup, tmp_path, task):
     out = export("--predictions", str(tmp_path / "ties.npz"), "--task", task, "--annotations",
                  str(annotations), "--out", str(tmp_path / "t.json"))
     assert scores(out, annotations, task) == scores(tmp_path / "ties.npz", annotations, task)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pkl", ".pt", ".json", ".zip"])
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_export_empty_or_garbage_predictions_are_one_line(tmp_path, capsys, kind, suffix):
+    path = tmp_path / f"{kind}{suffix}"
+    path.write_bytes(BAD_FILES[kind])
+    assert errors.run_cli(ex.main, ["--predictions", str(path), "--out",
+                                    str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1, err
+    assert ("empty file (0 bytes)" in err) == (kind == "empty")
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pt"])
+def test_export_refuses_a_c1_payload_and_trusts_on_request(setup, tmp_path, capsys, suffix):
+    annotations, predictions = setup
+    marker = tmp_path / "ran"
+    path = save_c1(tmp_path / f"evil{suffix}", c1_results(predictions, hook=Payload(marker)))
+    out = tmp_path / "o.json"
+    assert errors.run_cli(ex.main, ["--predictions", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: refused to unpickle global" in err and "--trust-pickle" in err
+    assert not marker.exists() and not out.exists()
+    assert errors.run_cli(ex.main, ["--predictions", str(path), "--out", str(out),
+                                    "--trust-pickle"]) == 0
+    assert marker.exists() and out.exists()  # the flag means it: only for files you trust
+    assert capsys.readouterr().err.startswith(f"warning: {path}: refused")
+    assert scores(out, annotations, "recognition") == scores(predictions, annotations,
+                                                             "recognition")
