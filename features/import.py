@@ -22,6 +22,7 @@ The import is resumable like extraction: a rerun continues after the last writte
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from tqdm import tqdm
 
 from features.annotations import load_split, split_path
 from features.config import cli
+from features.errors import HarnessError
+from features.safeload import torch_reason, unreadable
 from features.store import (
     DEFAULT_SHARD_ROWS,
     ArraySpec,
@@ -100,7 +103,10 @@ class HDF5Source(Source):
         import h5py
 
         self.path = path
-        self.file = h5py.File(path, "r")
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as error:  # h5py's errors do not name the file
+            raise unreadable(path, "HDF5 file", error) from None
         if "features" in self.file and "narration_id" in self.file:
             self.format = "hdf5:features+narration_id"
             raw = self.file["narration_id"][()]
@@ -156,8 +162,20 @@ class FolderSource(Source):
     def read(self, narration_id: str) -> np.ndarray:
         file = self.files[narration_id]
         if file.suffix == ".npy":
-            return np.load(file, allow_pickle=False)
-        value = torch.load(file, map_location="cpu", weights_only=True)
+            try:
+                return np.load(file, allow_pickle=False)
+            except (ValueError, EOFError) as error:  # pickled objects, empty, not .npy
+                raise unreadable(file, "NumPy .npy array", error
+                                 ) from None
+        try:
+            value = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:  # more than tensors, or not a torch file
+            raise HarnessError(
+                f"{file}: torch.load(weights_only=True) cannot read it ({torch_reason(error)}); "
+                "save a tensor or a dict of tensors with torch.save"
+            ) from None
+        except (RuntimeError, EOFError) as error:
+            raise unreadable(file, "PyTorch file", error) from None
         if isinstance(value, dict):
             if self.key is None:
                 tensors = [v for v in value.values() if isinstance(v, torch.Tensor)]

@@ -166,16 +166,16 @@ def load_pickle(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     except OSError:
         raise
     except Exception as error:  # any failure of the data constructors: a bad file
-        raise _unreadable(path, "pickle", error) from None
+        raise unreadable(path, "pickle", error) from None
     try:
         import pandas as pd
 
         return pd.read_pickle(path)  # full unpickling, with pandas' compat for old files
     except Exception as error:
-        raise _unreadable(path, "pickle", error) from None
+        raise unreadable(path, "pickle", error) from None
 
 
-def _unreadable(path: Path, what: str, error: BaseException | str) -> UnreadableFileError:
+def unreadable(path: Path, what: str, error: BaseException | str) -> UnreadableFileError:
     """A one-line error for a file that is empty, cut short or of another format."""
     if path.stat().st_size == 0:
         return UnreadableFileError(f"{path}: empty file (0 bytes); expected a {what}; "
@@ -219,7 +219,7 @@ def _refused_globals(path: Path) -> list[str]:
     return [g for g in found if g not in TORCH_GLOBALS]
 
 
-def _torch_reason(error: BaseException) -> str:
+def torch_reason(error: BaseException) -> str:
     """The informative part of torch's multi-paragraph weights-only error."""
     text = str(error)
     match = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.S)
@@ -232,7 +232,7 @@ def _refusal(path: Path, error: BaseException) -> str | None:
     refused = _refused_globals(path)
     if refused:
         return f"refused to unpickle global(s) {', '.join(refused)}"
-    reason = _torch_reason(error)
+    reason = torch_reason(error)
     named = re.search(r"GLOBAL (\S+)", reason)
     if named:
         return f"refused to unpickle global {named.group(1)}"
@@ -258,17 +258,17 @@ def load_torch(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any
     except pickle.UnpicklingError as error:
         reason = _refusal(path, error)
         if reason is None:
-            raise _unreadable(path, "PyTorch file", _torch_reason(error)) from None
+            raise unreadable(path, "PyTorch file", torch_reason(error)) from None
         if not trust_pickle:
             raise UnsafePickleError(path, reason) from None
         warn_trusted(path, reason)
     except OSError as error:
         if error.filename is not None:
             raise
-        raise _unreadable(path, "PyTorch file", error) from None
+        raise unreadable(path, "PyTorch file", error) from None
     except (RuntimeError, EOFError, ValueError, TypeError, AttributeError, KeyError) as error:
-        raise _unreadable(path, "PyTorch file", error) from None
+        raise unreadable(path, "PyTorch file", error) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False), True
     except Exception as error:
-        raise _unreadable(path, "PyTorch file", error) from None
+        raise unreadable(path, "PyTorch file", error) from None

@@ -122,3 +122,60 @@ def test_command_line(tiny_ek100: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert FeatureStore(out / "ek100/validation/video-orvit.zarr").complete
+
+
+class Payload:
+    """Unpickling this creates `path`: a harmless stand-in for code in a downloaded file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def import_cli(tiny_ek100: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "features.import", "--source", str(source), "--annotations",
+         str(tiny_ek100), "--out", str(out), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_pt_clip_payload_is_refused_and_does_not_run(tiny_ek100: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    for nid, value in clips().items():
+        torch.save({"features": torch.from_numpy(value), "note": Payload(marker)},
+                   folder / f"{nid}.pt")
+    result = import_cli(tiny_ek100, folder, tmp_path / "s.zarr")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder}/P01_01_0.pt: "), lines
+    assert "weights_only=True" in lines[0] and "dict of tensors" in lines[0]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".h5"])
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY garbage\x00\x01" * 3])
+def test_empty_or_garbage_source_files_are_one_line(
+    tiny_ek100: Path, tmp_path: Path, suffix: str, content: bytes
+) -> None:
+    if suffix == ".h5":
+        source = bad = tmp_path / "orvit.h5"
+    else:
+        source = tmp_path / "clips"
+        source.mkdir()
+        for nid, value in clips().items():
+            if suffix == ".npy":
+                np.save(source / f"{nid}.npy", value)
+            else:
+                torch.save(torch.from_numpy(value), source / f"{nid}.pt")
+        bad = source / f"{IDS[0]}{suffix}"
+    bad.write_bytes(content)
+    result = import_cli(tiny_ek100, source, tmp_path / "s.zarr")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), lines
+    assert ("empty file" in lines[0]) == (not content)
