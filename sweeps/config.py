@@ -11,6 +11,7 @@ from typing import Literal
 from fusion.metrics import HEADLINE_METRIC
 
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
+DEFAULT_TRAIN_FN = "fusion.train:train"
 
 
 @dataclass
@@ -31,7 +32,8 @@ class SweepConfig:
     """Optuna storage URL; postgresql://user@host/db shares a study among machines."""
     pruner: Literal["median", "hyperband", "none"] = "median"
     workers: int = 1
-    """Worker processes: one per visible GPU (round robin when more), N processes on CPU."""
+    """Worker processes: at most one per visible GPU (`--parallel` puts more trials on each),
+    any number on CPU."""
     parallel: int = 1
     """Trials in flight per worker's GPU (each its own process, with its own copy of the
     features). Pays for small heads (H100, d_model 256 Mamba: 1.66x trials/hour at 4); the
@@ -62,7 +64,7 @@ class SweepConfig:
     """Times a stale/interrupted trial is retried from its last checkpoint."""
     max_failures: int = 3
     """A worker stops after this many trials in a row fail with an error."""
-    train_fn: str = "fusion.train:train"
+    train_fn: str = DEFAULT_TRAIN_FN
     """module:function with fusion.train.train's signature (tests and benchmarks swap it)."""
     summary: bool = True
     """Log best params, plots and history to the MLflow parent run when the study is done."""

@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.errors import HarnessError, resolve_device
 from sweeps.config import SweepConfig
 from sweeps.study import (
     LAUNCHER_ENV,
-    base_train_config,
     counts,
     make_storage,
     open_study,
+    preflight,
     run_worker,
     stop_on_signals,
     stop_requested,
@@ -58,16 +59,29 @@ def worker_env(index: int, config: SweepConfig, gpus: list[str]) -> dict[str, st
     return env
 
 
-def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path) -> list[int]:
+def worker_gpus(config: SweepConfig, device: str) -> list[str]:
+    """The GPUs the workers are pinned to (none on CPU), checked before any work."""
+    if resolve_device(device).type != "cuda":
+        return []
+    return check_workers(config, visible_gpus())
+
+
+def check_workers(config: SweepConfig, gpus: list[str]) -> list[str]:
+    """More workers than GPUs is refused: `--parallel` runs several trials on one GPU."""
+    if config.workers > len(gpus):
+        raise HarnessError(f"--workers {config.workers}: only {len(gpus)} GPU(s) are visible "
+                           f"({','.join(gpus)}); use --workers {len(gpus)} and --parallel K "
+                           "for K trials on each GPU, or --device cpu")
+    return gpus
+
+
+def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path,
+                  gpus: list[str]) -> list[int]:
     """Run every worker process to the end; returns their exit codes."""
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "sweep-config.json"
     config_file.write_text(config.to_json() + "\n")
-    gpus = visible_gpus()
     total = config.workers * config.parallel
-    if gpus and config.workers > len(gpus):
-        print(f"{config.workers} workers on {len(gpus)} GPUs: sharing round robin",
-              file=sys.stderr)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "sweeps.worker", str(config_file), str(i), parent_run_id],
@@ -89,9 +103,10 @@ def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path) -> list
 
 def sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or continue) the sweep to `config.trials` finished trials."""
+    base = preflight(config)
+    gpus = worker_gpus(config, base.device) if config.workers * config.parallel > 1 else []
     storage = make_storage(config)
     study = open_study(config, storage)
-    base = base_train_config(config)
     parent = ensure_parent_run(study, config, base)
     print(f"study {study.study_name!r} in {config.storage}: {counts(study)}; "
           f"MLflow parent run {parent}", file=sys.stderr)
@@ -100,7 +115,7 @@ def sweep(config: SweepConfig) -> dict[str, Any]:
             if config.workers * config.parallel == 1:
                 run_worker(config, 0, parent)
             else:
-                codes = spawn_workers(config, parent, base.out)
+                codes = spawn_workers(config, parent, base.out, gpus)
                 if any(codes):
                     raise SystemExit(f"worker exit codes {codes}")
     except (KeyboardInterrupt, SystemExit):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import yaml
 
+from features.errors import HarnessError
+
 if TYPE_CHECKING:
     from fusion.train import TrainConfig
 
@@ -76,49 +78,84 @@ class Space:
                 for spec in self.params}
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)  # PyYAML reads 1e-5 as a string
+def _number(name: str, raw: dict[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    try:
+        return None if value is None else float(value)  # PyYAML reads 1e-5 as a string
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {key} {value!r} is not a number") from None
 
 
 def _spec(name: str, raw: dict[str, Any]) -> ParamSpec:
     kind = raw.get("type", "categorical" if "choices" in raw else "float")
     if kind not in ("float", "int", "categorical"):
         raise ValueError(f"{name}: unknown type {kind!r}")
-    spec = ParamSpec(
-        name=name, type=kind, field=raw.get("field", name),
-        low=_number(raw.get("low")), high=_number(raw.get("high")), log=bool(raw.get("log")),
-        step=_number(raw.get("step")), choices=tuple(raw.get("choices", ())),
-        times_epochs=bool(raw.get("times_epochs")),
-    )
-    if kind == "int":  # YAML may say 1.0; Optuna's IntDistribution wants ints
-        spec = dataclasses.replace(spec, low=int(spec.low), high=int(spec.high),
-                                   step=None if spec.step is None else int(spec.step))
-    if kind == "categorical" and not spec.choices:
-        raise ValueError(f"{name}: categorical needs choices")
-    if kind != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):
-        raise ValueError(f"{name}: needs low <= high")
     unknown = set(raw) - {"type", "field", "low", "high", "log", "step", "choices",
                           "times_epochs"}
     if unknown:
         raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
+    choices = raw.get("choices", ())
+    if not isinstance(choices, list | tuple):
+        raise ValueError(f"{name}: choices must be a list")
+    spec = ParamSpec(
+        name=name, type=kind, field=str(raw.get("field", name)),
+        low=_number(name, raw, "low"), high=_number(name, raw, "high"),
+        log=bool(raw.get("log")), step=_number(name, raw, "step"), choices=tuple(choices),
+        times_epochs=bool(raw.get("times_epochs")),
+    )
+    if kind == "categorical" and not spec.choices:
+        raise ValueError(f"{name}: categorical needs choices")
+    if kind != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):
+        raise ValueError(f"{name}: needs low <= high")
+    if kind == "int":  # YAML may say 1.0; Optuna's IntDistribution wants ints
+        spec = dataclasses.replace(spec, low=int(spec.low), high=int(spec.high),
+                                   step=None if spec.step is None else int(spec.step))
+    try:
+        spec.distribution()  # Optuna's own checks (log needs low > 0, ...) before any trial
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: {error}") from None
     return spec
 
 
 def load_space(fusion: str, path: str | Path | None = None) -> Space:
-    """The space of one fusion head; fields are checked against `TrainConfig` here."""
-    document = yaml.safe_load(Path(path or DEFAULT_SPACES).read_text())
-    heads = document.get("heads", {})
+    """The space of one fusion head; fields are checked against `TrainConfig` here.
+
+    Any problem with the file is one HarnessError naming it (the sweep checks this before
+    it creates or touches a study).
+    """
+    path = Path(path or DEFAULT_SPACES)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise HarnessError(f"--space {path}: cannot read the search space: "
+                           f"{getattr(error, 'strerror', None) or error}") from None
+    try:
+        return _parse_space(fusion, document)
+    except ValueError as error:
+        raise HarnessError(f"--space {path}: {error}; see sweeps/spaces.yaml for the format"
+                           ) from None
+
+
+def _parse_space(fusion: str, document: Any) -> Space:
+    heads = document.get("heads") if isinstance(document, dict) else None
+    if not isinstance(heads, dict):
+        raise ValueError("expected a mapping `heads: {<fusion>: {params: ...}}`")
     if fusion not in heads:
-        raise KeyError(f"no search space for fusion {fusion!r} in {path or DEFAULT_SPACES}; "
-                       f"have {sorted(heads)}")
+        raise ValueError(f"no search space for fusion {fusion!r}; have {sorted(heads)}")
     block = heads[fusion]
-    params = tuple(_spec(name, raw) for name, raw in block["params"].items())
+    raw_params = block.get("params") if isinstance(block, dict) else None
+    if not isinstance(raw_params, dict) or not all(isinstance(r, dict)
+                                                   for r in raw_params.values()):
+        raise ValueError(f"{fusion}: `params:` must map each name to its settings")
+    params = tuple(_spec(name, raw) for name, raw in raw_params.items())
     _check_fields(params)
-    reference = dict(block.get("reference") or {})
+    reference = block.get("reference") or {}
+    if not isinstance(reference, dict):
+        raise ValueError(f"{fusion}: `reference:` must map parameter names to values")
     unknown = set(reference) - {p.name for p in params}
     if unknown:
         raise ValueError(f"{fusion}: reference names unknown parameters {sorted(unknown)}")
-    return Space(fusion, params, reference)
+    return Space(fusion, params, dict(reference))
 
 
 def _check_fields(params: tuple[ParamSpec, ...]) -> None:

@@ -4,11 +4,19 @@ Why the loop is not a bare `study.optimize(n_trials=...)`:
 
 * `n_trials` counts per process and restarts at zero on a rerun; the target here is the
   study's number of finished (COMPLETE + PRUNED) trials, whatever stopped or restarted.
-* A trial killed mid-run (SIGKILL, lost machine) stays RUNNING in the database. The storage
-  heartbeat marks it FAIL once it is silent for the grace period, and
-  `RetryHeartbeatStaleTrialCallback` queues a WAITING copy with the same parameters; the
-  copy trains in the original trial's folder, so it resumes from `last.pt`. Ctrl-C/SIGTERM
-  fail the running trial at once and queue the same retry.
+* A trial killed mid-run (SIGKILL, lost machine) stays RUNNING in the database. Each trial
+  records the process running it (`OWNER_ATTR`), so a worker on the same machine sees at
+  once that the process is gone; elsewhere the storage heartbeat marks it FAIL once it is
+  silent for the grace period. Either way `RetryHeartbeatStaleTrialCallback` queues a
+  WAITING copy with the same parameters, which trains in the original trial's folder and
+  so resumes from `last.pt`. Ctrl-C/SIGTERM fail the running trial at once and queue the
+  same retry.
+* A resumed sweep ends with the same trials as an uninterrupted one (same seed, one
+  worker): interrupted trials are queued again before anything new is sampled, and the
+  sampler is seeded by the number of trials sampled so far, not counting retry copies.
+* An expected error inside a trial (`HarnessError`: a bad store, a refused run folder) is
+  the setup's fault, not the parameters': the sweep stops with that one line and the trial
+  is queued to retry once the problem is fixed.
 * Several workers must not overshoot the target: a worker starts a trial only while
   finished + running < target (or a retry waits), and a trial that still lands beyond the
   target (two workers asked at the same instant) is failed before it trains. So a study
@@ -23,6 +31,7 @@ import importlib
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -35,12 +44,12 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.config import SweepConfig
+from features.errors import HarnessError, one_line, resolve_device
+from sweeps.config import DEFAULT_TRAIN_FN, SweepConfig
 from sweeps.space import Space, apply, in_space, load_space
 
 if TYPE_CHECKING:
     from fusion.train import TrainConfig
-
 
 
 @contextlib.contextmanager
@@ -54,8 +63,24 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
+OWNER_ATTR = "sweeps:owner"
+INTERRUPTED_ATTR = "sweeps:interrupted"
+
+
 class OverTarget(Exception):
     """This trial would exceed the study's target; it is failed before training."""
+
+
+class SetupError(BaseException):
+    """A HarnessError raised inside a trial, carried past Optuna to the worker loop.
+
+    A BaseException, so Optuna neither logs a traceback nor records the trial as failed:
+    the worker queues the trial to retry and raises the original one-line error.
+    """
+
+    def __init__(self, error: HarnessError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 # --- storage and study ---------------------------------------------------------------------
@@ -69,16 +94,35 @@ def storage_url(url: str) -> str:
     return url
 
 
+def redact(url: str) -> str:
+    """A storage URL safe to log: no password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL is logged as a placeholder
+        return "<storage url>"
+
+
 def make_storage(config: SweepConfig) -> RDBStorage:
     """RDB storage with heartbeats; SQLite waits on locks instead of failing at once."""
+    import sqlalchemy.exc
+
     url = storage_url(config.storage)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
-    with quiet():
-        return _rdb_storage(url, engine_kwargs, config)
+    try:
+        with quiet():
+            return _rdb_storage(url, engine_kwargs, config)
+    except sqlalchemy.exc.ArgumentError:  # its message repeats the URL, password included
+        reason = "not a database URL"
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
+        reason = one_line(getattr(error, "orig", None) or error)[:300]
+    raise HarnessError(f"--storage {redact(config.storage)}: cannot open the Optuna storage "
+                       f"({reason}); use sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], config: SweepConfig) -> RDBStorage:
@@ -103,13 +147,71 @@ def make_pruner(config: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(config: SweepConfig, worker: int, n_trials: int) -> optuna.samplers.TPESampler:
-    """TPE seeded from (seed, worker, trials so far): a resumed single-worker sweep asks the
-    same questions as an uninterrupted one, and parallel workers do not sample alike."""
-    seed = int(np.random.SeedSequence([config.seed, worker, n_trials]).generate_state(1)[0])
+class OwnedTPESampler(optuna.samplers.TPESampler):
+    """TPE that stamps each trial with the process running it the moment the trial starts,
+    so a rerun on this machine tells an interrupted trial from a running one at once."""
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner(trial.number))
+        super().before_trial(study, trial)
+
+
+def make_sampler(config: SweepConfig, worker: int, sampled: int) -> optuna.samplers.TPESampler:
+    """TPE seeded from (seed, worker, trials sampled so far): a resumed single-worker sweep
+    asks the same questions as an uninterrupted one, parallel workers do not sample alike."""
+    seed = int(np.random.SeedSequence([config.seed, worker, sampled]).generate_state(1)[0])
     with quiet():
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.startup_trials,
-                                          multivariate=True, constant_liar=True)
+        return OwnedTPESampler(seed=seed, n_startup_trials=config.startup_trials,
+                               multivariate=True, constant_liar=True)
+
+
+def sampled(trials: list[FrozenTrial]) -> int:
+    """Trials so far minus retry copies: what an uninterrupted study would hold now."""
+    return sum("failed_trial" not in t.system_attrs for t in trials)
+
+
+# --- who runs a trial ----------------------------------------------------------------------
+
+def _boot_id() -> str:
+    path = Path("/proc/sys/kernel/random/boot_id")
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time since boot (Linux): tells a reused pid from the original."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner(number: int) -> dict[str, Any]:
+    """This process, as recorded on the trial it runs."""
+    pid = os.getpid()
+    return {"trial": number, "host": socket.gethostname(), "boot": _boot_id(), "pid": pid,
+            "start": _process_start(pid)}
+
+
+def owner_gone(trial: FrozenTrial) -> bool:
+    """The process that ran this RUNNING trial is provably dead: it ran on this machine and
+    is gone (or is this process, which runs no trial between trials). A trial of another
+    machine, or one not stamped yet, is left to the heartbeat."""
+    stamp = trial.system_attrs.get(OWNER_ATTR) or {}
+    here = (trial.number, socket.gethostname(), _boot_id())
+    if (stamp.get("trial"), stamp.get("host"), stamp.get("boot")) != here:
+        return False  # a retry copy carries its original's stamp until it starts
+    pid = int(stamp["pid"])
+    if pid == os.getpid():
+        return True
+    if stamp.get("start") is not None:
+        return _process_start(pid) != stamp["start"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def base_train_config(config: SweepConfig) -> TrainConfig:
@@ -120,7 +222,8 @@ def base_train_config(config: SweepConfig) -> TrainConfig:
         f"{'mambavl' if config.fusion == 'mamba' else config.fusion}-{config.backbone or 'vitl'}"
     )
     if name not in PRESETS:
-        raise KeyError(f"no fusion.train preset {name!r}; have {sorted(PRESETS)}")
+        raise HarnessError(f"--preset {name}: no such fusion.train preset; have "
+                           f"{', '.join(sorted(PRESETS))}")
     base = PRESETS[name]
     backbone = config.backbone or base.backbone
     overrides: dict[str, Any] = {
@@ -133,10 +236,40 @@ def base_train_config(config: SweepConfig) -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
+def preflight(config: SweepConfig) -> TrainConfig:
+    """What every trial needs, checked before the study is touched: the device, the search
+    space and (for fusion.train) the feature stores. A problem here is one line and leaves
+    no trial behind."""
+    base = base_train_config(config)
+    resolve_device(base.device)
+    load_space(config.fusion, config.space)
+    if config.train_fn == DEFAULT_TRAIN_FN:
+        check_stores(base)
+    return base
+
+
+def check_stores(base: TrainConfig) -> None:
+    """The stores fusion.train reads (paths as `fusion.data.load_split` builds them) exist."""
+    from features.store import StoreError, store_path
+    from fusion.data import text_store_name, video_store_name
+
+    names = {"video": video_store_name(base)}
+    if base.questions == "both":
+        names["text"] = text_store_name(base)
+    dataset = base.dataset or base.data.name
+    for split in (base.train_split, base.val_split):
+        for kind, name in names.items():
+            path = store_path(base.data / "features", dataset, split, kind, name)
+            if not path.exists():
+                raise StoreError(f"{path}: no {kind} feature store for split {split!r}; "
+                                 "extract it first, or point --data at the folder that has it")
+
+
 def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna.Study:
     """Create the study or load it, refusing to continue a study of a different sweep."""
     base = base_train_config(config)
     name = config.study_name(base.backbone)
+    space = load_space(config.fusion, config.space)  # a bad file must not leave a study behind
     study = optuna.create_study(
         study_name=name, storage=storage or make_storage(config), direction="maximize",
         sampler=make_sampler(config, 0, 0), pruner=make_pruner(config, base.epochs),
@@ -148,12 +281,11 @@ def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna
     if "fusion" in stored:
         clash = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
         if clash:
-            raise SystemExit(f"study {name!r} was started with other settings "
-                             f"(stored vs now: {clash}); pick another --study name")
+            raise HarnessError(f"study {name!r} was started with other settings "
+                               f"(stored vs now: {clash}); pick another --study name")
     else:
         for key, value in identity.items():
             study.set_user_attr(key, value)
-        space = load_space(config.fusion, config.space)
         study.set_user_attr("space", space.describe())
         if config.enqueue_reference and not study.trials:
             enqueue_reference(study, space)
@@ -164,7 +296,8 @@ def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna
 def enqueue_reference(study: optuna.Study, space: Space) -> None:
     reference = {k: v for k, v in space.reference.items()}
     if not in_space(space, {**{s.name: _any_in(s) for s in space.params}, **reference}):
-        raise ValueError(f"{space.fusion}: reference values lie outside the search space")
+        raise HarnessError(f"{space.fusion}: the space's reference values lie outside its "
+                           "ranges; fix the `reference:` block or drop --enqueue-reference")
     study.enqueue_trial(reference, user_attrs={"reference": True})
 
 
@@ -223,6 +356,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_number = trial.number
+        try:
+            return self._run(trial)
+        except HarnessError as error:
+            raise SetupError(error) from error
+
+    def _run(self, trial: optuna.Trial) -> float:
         if _rank(trial.study, trial.number) >= self.config.trials:
             trial.set_user_attr("over_target", True)
             raise OverTarget(f"trial {trial.number} is beyond the target of "
@@ -274,6 +413,9 @@ class Objective:
             from sweeps.tracking import end_active_runs
 
             end_active_runs("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            if isinstance(error, KeyboardInterrupt):  # Optuna fails it; the worker retries it
+                trial.study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR,
+                                                           True)
             raise
         from sweeps.tracking import tag_run
 
@@ -351,9 +493,9 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
                poll: float | None = None) -> dict[str, int]:
     """Run trials until the study holds `config.trials` finished ones; safe to run anywhere,
     any number of times, alongside other workers of the same study."""
+    base = preflight(config)
     storage = make_storage(config)
     study = open_study(config, storage)
-    base = base_train_config(config)
     objective = Objective(config, study.study_name, base, load_space(config.fusion, config.space),
                           parent_run_id or study.user_attrs.get("mlflow_parent_run_id"),
                           worker, load_train_fn(config.train_fn))
@@ -363,6 +505,7 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
         while True:
             if stop_requested():
                 raise KeyboardInterrupt("stop requested")
+            retry_interrupted(study, config.max_retry)
             with quiet():
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
@@ -374,7 +517,7 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
             if not waiting and done + running >= config.trials:
                 time.sleep(poll)  # the last trials run elsewhere (or went silent: wait it out)
                 continue
-            study.sampler = make_sampler(config, worker, len(trials))
+            study.sampler = make_sampler(config, worker, sampled(trials))
             objective.last_number = None
             try:
                 with quiet():
@@ -382,6 +525,9 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
             except KeyboardInterrupt:
                 _retry_interrupted(study, objective.last_number, config.max_retry)
                 raise
+            except SetupError as stop:
+                _retry_interrupted(study, objective.last_number, config.max_retry)
+                raise stop.error from None
             if objective.last_number is None:
                 continue
             trial = study.get_trials(deepcopy=False)[objective.last_number]
@@ -395,22 +541,47 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
     return {"ran": ran, **counts(study)}
 
 
+def retry_interrupted(study: optuna.Study, max_retry: int) -> None:
+    """Before anything new is sampled: fail each RUNNING trial whose process is gone and
+    queue every interrupted trial that has no retry yet, so a resumed sweep runs the same
+    trials in the same order as an uninterrupted one."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for trial in trials:
+        orphan = trial.state == TrialState.RUNNING and owner_gone(trial)
+        unqueued = (trial.state == TrialState.FAIL and trial.system_attrs.get(INTERRUPTED_ATTR)
+                    and trial.number not in retried and _retries_left(trial, max_retry))
+        if orphan or unqueued:
+            _retry_interrupted(study, trial.number, max_retry)
+
+
+def _retries_left(trial: FrozenTrial, max_retry: int) -> bool:
+    return len(trial.system_attrs.get("retry_history", [])) < max_retry
+
+
 def _retry_interrupted(study: optuna.Study, number: int | None, max_retry: int) -> None:
     """Queue the interrupted trial again (same params, its folder resumes from last.pt)."""
     if number is None:
         return
     trial = study.get_trials(deepcopy=False)[number]
+    if trial.user_attrs.get("over_target"):
+        return
     if trial.state == TrialState.RUNNING:  # interrupted before Optuna could tell it
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         trial = study._storage.get_trial(trial._trial_id)
-    if trial.state == TrialState.FAIL and not trial.user_attrs.get("over_target"):
-        with quiet():
-            RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(
-                study, trial
-            )
-        print(f"trial {number} interrupted: queued to resume from its checkpoint",
-              file=sys.stderr)
+    if trial.state != TrialState.FAIL:
+        return
+    if not _retries_left(trial, max_retry):
+        print(f"trial {number} interrupted: retried {max_retry} times already (--max-retry), "
+              "not queued again", file=sys.stderr)
+        return
+    with quiet():
+        RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(
+            study, trial
+        )
+    print(f"trial {number} interrupted: queued to resume from its checkpoint", file=sys.stderr)
 
 
 def visible_gpus() -> list[str]:

@@ -25,7 +25,9 @@ import optuna  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from features.errors import HarnessError  # noqa: E402
 from sweeps.config import SweepConfig  # noqa: E402
+from sweeps.study import redact  # noqa: E402
 
 if TYPE_CHECKING:
     from fusion.train import TrainConfig
@@ -37,16 +39,6 @@ def _uri(train_config: TrainConfig) -> str:
     from fusion.tracking import tracking_uri
 
     return tracking_uri(train_config.tracking_uri)
-
-
-def redact(url: str) -> str:
-    """A storage URL safe to log: no password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is logged as a placeholder
-        return "<storage url>"
 
 
 def ensure_parent_run(study: optuna.Study, config: SweepConfig, base: TrainConfig) -> str:
@@ -138,15 +130,24 @@ def close_orphan_runs(train_config: TrainConfig, study: str, root: int, folder: 
 
 
 def _checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run a trial's checkpoint resumes; read with the safe loader only."""
     if not path.exists():
         return None
-    try:
-        import torch
+    import pickle
 
-        state = torch.load(path, map_location="cpu", weights_only=False).get("state", {})
-        return state.get("run_id")
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint resumes nothing
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise HarnessError(
+            f"{path}: holds objects the safe loader refuses (written by an older version?): "
+            f"{str(error).splitlines()[0]}; delete {path.parent} to retrain this trial"
+        ) from None
+    except (RuntimeError, EOFError, OSError):  # truncated or corrupt: resumes nothing
         return None
+    state = checkpoint.get("state", {}) if isinstance(checkpoint, dict) else {}
+    return state.get("run_id") if isinstance(state, dict) else None
 
 
 # --- summary -------------------------------------------------------------------------------

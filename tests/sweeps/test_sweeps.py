@@ -36,7 +36,10 @@ PY = sys.executable
 # --- a train() stand-in with the same contract ---------------------------------------------
 
 def fake_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
-    """Deterministic metric of the params; resumable; logs one MLflow run like fusion.train."""
+    """Deterministic metric of the params; resumable; logs one MLflow run like fusion.train.
+
+    `FAKE_KILL_AT=trial-NNNN:E` SIGKILLs the process right after epoch E of that trial.
+    """
     import mlflow
 
     folder = Path(config.out) / config.run_name
@@ -74,19 +77,21 @@ def fake_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
             except BaseException:
                 mlflow.end_run(status="KILLED")
                 raise
+        if os.environ.get("FAKE_KILL_AT") == f"{folder.name}:{epoch + 1}":  # a lost machine
+            os.kill(os.getpid(), signal.SIGKILL)
     mlflow.end_run()
     best = max(range(len(state["history"])), key=state["history"].__getitem__)
     return {"run_id": state["run_id"], "folder": str(folder), "epochs_run": state["epoch"],
             "best": {"epoch": best + 1, config.early_stop_metric: state["history"][best]}}
 
 
-def sweep_cmd(tmp: Path, storage: str, *extra: str, trials: int = 4, epochs: int = 3) -> list[str]:
+def sweep_cmd(tmp: Path, storage: str, *extra: str, trials: int = 4, epochs: int = 3,
+              grace: int = 2, train_fn: str = "tests.sweeps.test_sweeps:fake_train") -> list[str]:
     return [PY, "-m", "sweeps", "--fusion", "mamba", "--preset", "demo", "--study", "t",
             "--trials", str(trials), "--epochs", str(epochs), "--storage", storage,
             "--out", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp / 'mlruns.db'}",
             "--experiment", "sweep-test", "--pruner", "none", "--startup-trials", "2",
-            "--heartbeat", "1", "--grace", "2",
-            "--train-fn", "tests.sweeps.test_sweeps:fake_train", *extra]
+            "--heartbeat", "1", "--grace", str(grace), "--train-fn", train_fn, *extra]
 
 
 def sweep_config(tmp: Path, storage: str, trials: int = 4, epochs: int = 3, **extra: Any) -> Any:
@@ -113,7 +118,8 @@ def load(storage: str) -> Any:
     return optuna.load_study(study_name="t", storage=storage_url(storage))
 
 
-def wait_until(storage: str, condition: Any, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until(storage: str, condition: Any, proc: subprocess.Popen,
+               timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before the test could stop it"
@@ -214,13 +220,30 @@ def test_mamba_reference_is_the_authors_recipe() -> None:
         assert reference[key] == CODE_RECIPE["fusion"][key]
 
 
-def test_bad_space_is_rejected(tmp_path: Path) -> None:
+BAD_SPACES = {
+    "not a TrainConfig field": "heads:\n  mamba:\n    params:\n"
+                               "      peak_lrr: {type: float, low: 1, high: 2}\n",
+    "cannot read": "heads:\n  mamba: [unclosed\n",
+    "expected a mapping": "- just\n- a list\n",
+    "no search space for fusion 'mamba'": "heads:\n  mlp:\n    params: {}\n",
+    "needs low <= high": "heads:\n  mamba:\n    params:\n"
+                         "      peak_lr: {type: float, low: 2, high: 1}\n",
+    "is not a number": "heads:\n  mamba:\n    params:\n"
+                       "      peak_lr: {type: float, low: small, high: 1}\n",
+    "peak_lr: .*log": "heads:\n  mamba:\n    params:\n"
+                      "      peak_lr: {type: float, low: 0, high: 1, log: true}\n",
+    "must map each name": "heads:\n  mamba:\n    params:\n      - peak_lr\n",
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_SPACES))
+def test_bad_space_is_one_error_naming_the_file(tmp_path: Path, reason: str) -> None:
+    from features.errors import HarnessError
     from sweeps.space import load_space
 
     bad = tmp_path / "spaces.yaml"
-    bad.write_text("heads:\n  mamba:\n    params:\n      peak_lrr: {type: float, low: 1, "
-                   "high: 2}\n")
-    with pytest.raises(ValueError, match="not a TrainConfig field"):
+    bad.write_text(BAD_SPACES[reason])
+    with pytest.raises(HarnessError, match=f"--space {bad}: .*{reason}"):
         load_space("mamba", bad)
 
 
@@ -273,6 +296,151 @@ def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(
 
     sweep(sweep_config(tmp_path, storage, enqueue_reference=True))  # done: a no-op
     assert len(load(storage).trials) == 6
+
+
+def finished_trials(storage: str) -> list[tuple[dict[str, Any], Any, float | None]]:
+    """(params, state, value) of each finished trial, in the order they were run."""
+    study = load(storage)
+    return [(t.params, t.state, t.value)
+            for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
+
+
+def test_killed_and_resumed_sweep_equals_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL inside a TPE trial, rerun at once: the interrupted trial is retried first, and
+    the finished study holds the same trials (params, order, values) as one never stopped.
+
+    The grace period is long, so the heartbeat cannot be what notices the kill; the rerun
+    sees that the process that ran the trial is gone."""
+    from sweeps.launch import sweep
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    options = dict(trials=5, epochs=3, grace=30)
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
+    sweep(sweep_config(straight, f"sqlite:///{straight / 'sweeps.db'}", **options))
+
+    storage = f"sqlite:///{killed / 'sweeps.db'}"
+    first = subprocess.run(sweep_cmd(killed, storage, **options), cwd=REPO,
+                           env={**env(0), "FAKE_KILL_AT": "trial-0003:1"},
+                           stderr=subprocess.DEVNULL, timeout=300)
+    assert first.returncode == -signal.SIGKILL
+    assert load(storage).trials[3].state == TrialState.RUNNING
+
+    sweep(sweep_config(killed, storage, **options))
+    assert finished_trials(storage) == finished_trials(f"sqlite:///{straight / 'sweeps.db'}")
+    study = load(storage)
+    assert [t.number for t in study.get_trials(states=(TrialState.FAIL,))] == [3]
+    retry = study.trials[4]
+    assert retry.system_attrs["failed_trial"] == 3, "the killed trial ran again before others"
+    assert "resume" in Path(retry.user_attrs["run_folder"], "epochs.log").read_text()
+    check_study(storage, killed / "runs", trials=5, epochs=3)
+
+
+def refusing_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
+    """A train() that refuses its input, as fusion.train does a broken store."""
+    from features.errors import HarnessError
+
+    raise HarnessError(f"{config.data}/features: a shard is missing; re-extract the split")
+
+
+def test_an_expected_error_in_a_trial_stops_the_sweep_and_keeps_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HarnessError inside a trial is not the parameters' fault: the sweep stops with it,
+    and once the problem is fixed the same trial (same params) runs first."""
+    from features.errors import HarnessError
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    refusing = sweep_config(tmp_path, storage, trials=2,
+                            train_fn="tests.sweeps.test_sweeps:refusing_train")
+    with pytest.raises(HarnessError, match="a shard is missing"):
+        sweep(refusing)
+    trials = load(storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    sweep(sweep_config(tmp_path, storage, trials=2))
+    done = check_study(storage, tmp_path / "runs", trials=2, epochs=3)
+    assert done[0].params == trials[0].params
+
+
+# --- errors a user meets: one line, exit 2, nothing left behind ------------------------------
+
+def run_sweep_cli(tmp: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+    cmd = sweep_cmd(tmp, f"sqlite:///{tmp / 'sweeps.db'}", **kw)
+    return subprocess.run([*cmd, *args], cwd=REPO, env={**env(0), "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_sweep_on_a_missing_gpu_creates_no_trials(tmp_path: Path) -> None:
+    line = one_error_line(run_sweep_cli(tmp_path, "--device", "cuda"))
+    assert "--device cuda" in line and "--device cpu" in line
+    assert not (tmp_path / "sweeps.db").exists(), "the study must not be created"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_on_missing_stores_names_the_store(tmp_path: Path) -> None:
+    data = tmp_path / "nodata"
+    line = one_error_line(run_sweep_cli(tmp_path, "--device", "cpu", "--data", str(data),
+                                        train_fn="fusion.train:train"))
+    assert str(data / "features") in line and "feature store" in line
+    assert not (tmp_path / "sweeps.db").exists()
+
+
+def test_sweep_with_a_bad_space_names_the_file(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("heads:\n  mamba: [unclosed\n")
+    line = one_error_line(run_sweep_cli(tmp_path, "--space", str(space)))
+    assert f"--space {space}" in line
+    assert not (tmp_path / "sweeps.db").exists()
+
+
+@pytest.mark.parametrize("url", ["not a url", "nosuchdb://x/y",
+                                 "postgresql://user:hunter2@127.0.0.1:1/db"])
+def test_sweep_with_a_bad_storage_url_names_it(tmp_path: Path, url: str) -> None:
+    line = one_error_line(run_sweep_cli(tmp_path, "--storage", url))
+    assert "--storage" in line and "cannot open the Optuna storage" in line
+    assert "hunter2" not in line
+
+
+class Payload:
+    """Unpickling this runs code: it creates the marker file (harmless, but visible)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_trial_checkpoint_is_loaded_safely(tmp_path: Path) -> None:
+    """A retried trial's `last.pt` is read with the safe loader: a pickled payload is
+    refused with one error naming the file, and its code does not run."""
+    torch = pytest.importorskip("torch")
+    from features.errors import HarnessError
+    from sweeps.tracking import _checkpoint_run_id
+
+    good = tmp_path / "good" / "last.pt"
+    good.parent.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "state": {"run_id": "abc", "epoch": 1}}, good)
+    assert _checkpoint_run_id(good) == "abc"
+
+    marker = tmp_path / "marker"
+    bad = tmp_path / "bad" / "last.pt"
+    bad.parent.mkdir()
+    torch.save({"state": {"run_id": "abc"}, "extra": Payload(marker)}, bad)
+    with pytest.raises(HarnessError, match=f"{bad}: holds objects the safe loader refuses"):
+        _checkpoint_run_id(bad)
+    assert not marker.exists(), "the checkpoint's payload ran"
 
 
 # --- two workers on one PostgreSQL study ---------------------------------------------------
@@ -374,6 +542,23 @@ def test_workers_are_spread_over_visible_gpus() -> None:
     cpu = worker_env(0, SweepConfig(workers=3), [])
     assert "CUDA_VISIBLE_DEVICES" not in cpu or cpu["CUDA_VISIBLE_DEVICES"] == os.environ.get(
         "CUDA_VISIBLE_DEVICES")
+
+
+def test_more_workers_than_gpus_is_refused() -> None:
+    from features.errors import HarnessError
+    from sweeps.config import SweepConfig
+    from sweeps.launch import check_workers
+
+    assert check_workers(SweepConfig(workers=2, parallel=3), ["3", "5"]) == ["3", "5"]
+    with pytest.raises(HarnessError, match=r"--workers 3: only 2 GPU\(s\) are visible \(3,5\); "
+                                           r"use --workers 2 and --parallel K"):
+        check_workers(SweepConfig(workers=3), ["3", "5"])
+
+
+def test_workers_on_a_missing_gpu_is_one_line(tmp_path: Path) -> None:
+    line = one_error_line(run_sweep_cli(tmp_path, "--device", "cuda", "--workers", "2"))
+    assert "no CUDA GPU is visible" in line
+    assert not (tmp_path / "sweeps.db").exists()
 
 
 # --- the real trainer ----------------------------------------------------------------------
