@@ -83,7 +83,7 @@ def bench_one(c: EpochBenchConfig, fusion: str, backend: str, folder: Path) -> d
     started = time.perf_counter()
     result = fusion_train.train(config)
     wall = time.perf_counter() - started
-    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=False)["state"]["history"]
+    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=True)["state"]["history"]
     steady = [r["epoch_seconds"] for r in history[1:]] or [history[0]["epoch_seconds"]]
     return {
         "head": fusion + (" (compiled)" if c.compile else "")

@@ -74,7 +74,7 @@ class VideoConfig:
     checkpoint: Path | None = None
     """AVION checkpoint; without it the backbone is seeded random init (tests, demo)."""
     trust_pickle: bool = False
-    """fully unpickle --checkpoint (runs its code: only for files you trust)"""
+    """fully unpickle --checkpoint and .pkl annotations (runs their code: trusted files only)"""
     tokens: Literal["cls", "frame", "patch"] = "frame"
     num_frames: int = 16
     size: int | None = None
@@ -387,7 +387,7 @@ def extract_video(config: VideoConfig) -> int:
     _setup(config.threads)
     rank, world = distributed(config.rank, config.world_size)
     device = resolve_device(config.device)
-    split = load_split(config.annotations, config.split)
+    split = load_split(config.annotations, config.split, config.trust_pickle)
     segments = split.segments if config.limit is None else split.segments.iloc[: config.limit]
     overrides = {"image_size": config.size} if config.size else {}
     model = build_backbone(config.backbone, config.checkpoint, config.num_frames,
