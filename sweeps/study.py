@@ -278,19 +278,38 @@ def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna
     identity = {"fusion": config.fusion, "task": config.task, "backbone": base.backbone,
                 "metric": config.metric, "epochs": base.epochs}
     stored = study.user_attrs
+    settings = train_settings(base)
     if "fusion" in stored:
         clash = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
+        old = stored.get(SETTINGS_ATTR, settings)
+        clash.update({k: (old.get(k), settings.get(k)) for k in sorted(old.keys() | settings)
+                      if old.get(k) != settings.get(k)})
         if clash:
             raise HarnessError(f"study {name!r} was started with other settings "
-                               f"(stored vs now: {clash}); pick another --study name")
+                               f"(stored vs now: {clash}); rerun with the same options, or "
+                               "pick another --study name")
     else:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         study.set_user_attr("space", space.describe())
         if config.enqueue_reference and not study.trials:
             enqueue_reference(study, space)
+    study.set_user_attr(SETTINGS_ATTR, settings)
     study.set_user_attr("target_trials", config.trials)
     return study
+
+
+SETTINGS_ATTR = "train_settings"
+
+
+def train_settings(base: TrainConfig) -> dict[str, Any]:
+    """The trials' common training settings that change results (fusion.train's run-folder
+    fingerprint): a rerun must not continue a study, or resume a trial's folder, with other
+    data or recipe, which fusion.train would refuse trial by trial."""
+    from features.config import to_dict
+    from fusion.train import fingerprint
+
+    return fingerprint(to_dict(base))
 
 
 def enqueue_reference(study: optuna.Study, space: Space) -> None:

@@ -305,36 +305,70 @@ def finished_trials(storage: str) -> list[tuple[dict[str, Any], Any, float | Non
             for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
 
 
-def test_killed_and_resumed_sweep_equals_an_uninterrupted_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def killing_train_random(config: Any, on_epoch: Any = None) -> dict[str, Any]:
+    """fusion.train.train on tiny random features (benchmarks.sweep_throughput), killed
+    like `fake_train` by `FAKE_KILL_AT`."""
+    from benchmarks.sweep_throughput import train_random
+
+    def hook(epoch: int, metrics: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if os.environ.get("FAKE_KILL_AT") == f"{config.run_name}:{epoch}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return train_random(config, on_epoch=hook)
+
+
+CPU_SPACE = ("heads:\n  mamba:\n    params:\n"
+             "      peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+             "      ssm_peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+             "      d_model: {choices: [16, 32], field: head.d_model}\n"
+             "      depth: {type: int, low: 1, high: 2, field: head.depth}\n")
+TINY_SHAPES = {"train_clips": 48, "val_clips": 24, "video_shape": [4, 16],
+               "text_shape": [2, 6, 8]}
+
+
+@pytest.mark.parametrize("trainer", ["fake", "fusion.train"])
+def test_killed_and_resumed_sweep_equals_an_uninterrupted_one(tmp_path: Path,
+                                                              trainer: str) -> None:
     """SIGKILL inside a TPE trial, rerun at once: the interrupted trial is retried first, and
     the finished study holds the same trials (params, order, values) as one never stopped.
 
     The grace period is long, so the heartbeat cannot be what notices the kill; the rerun
-    sees that the process that ran the trial is gone."""
-    from sweeps.launch import sweep
+    sees that the process that ran the trial is gone. Every run is the CLI in a fresh
+    process with one thread, so the real trainer's numbers are comparable bit for bit."""
+    extra: list[str] = []
+    options: dict[str, Any] = dict(trials=5, epochs=3, grace=30)
+    if trainer == "fusion.train":
+        (tmp_path / "space.yaml").write_text(CPU_SPACE)
+        extra = ["--space", str(tmp_path / "space.yaml"), "--device", "cpu"]
+        options["train_fn"] = "tests.sweeps.test_sweeps:killing_train_random"
+    environment = {**env(0), "SWEEP_BENCH_SHAPES": json.dumps(TINY_SHAPES)}
+
+    def run(folder: Path, **more: str) -> int:
+        folder.mkdir(exist_ok=True)
+        cmd = sweep_cmd(folder, f"sqlite:///{folder / 'sweeps.db'}", *extra, **options)
+        done = subprocess.run(cmd, cwd=REPO, env={**environment, **more},
+                              stderr=subprocess.PIPE, text=True, timeout=600)
+        assert done.returncode in (0, -signal.SIGKILL), done.stderr[-3000:]
+        return done.returncode
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    options = dict(trials=5, epochs=3, grace=30)
-    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
-    sweep(sweep_config(straight, f"sqlite:///{straight / 'sweeps.db'}", **options))
-
+    assert run(straight) == 0
+    assert run(killed, FAKE_KILL_AT="trial-0003:1") == -signal.SIGKILL
     storage = f"sqlite:///{killed / 'sweeps.db'}"
-    first = subprocess.run(sweep_cmd(killed, storage, **options), cwd=REPO,
-                           env={**env(0), "FAKE_KILL_AT": "trial-0003:1"},
-                           stderr=subprocess.DEVNULL, timeout=300)
-    assert first.returncode == -signal.SIGKILL
     assert load(storage).trials[3].state == TrialState.RUNNING
+    assert run(killed) == 0
 
-    sweep(sweep_config(killed, storage, **options))
     assert finished_trials(storage) == finished_trials(f"sqlite:///{straight / 'sweeps.db'}")
     study = load(storage)
     assert [t.number for t in study.get_trials(states=(TrialState.FAIL,))] == [3]
     retry = study.trials[4]
     assert retry.system_attrs["failed_trial"] == 3, "the killed trial ran again before others"
-    assert "resume" in Path(retry.user_attrs["run_folder"], "epochs.log").read_text()
-    check_study(storage, killed / "runs", trials=5, epochs=3)
+    assert retry.user_attrs["run_folder"].endswith("trial-0003")
+    if trainer == "fake":  # resumed from its checkpoint, each epoch trained once
+        assert "resume" in Path(retry.user_attrs["run_folder"], "epochs.log").read_text()
+        check_study(storage, killed / "runs", trials=5, epochs=3)
 
 
 def refusing_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
@@ -367,6 +401,20 @@ def test_an_expected_error_in_a_trial_stops_the_sweep_and_keeps_the_trial(
 
 
 # --- errors a user meets: one line, exit 2, nothing left behind ------------------------------
+
+def test_rerun_with_other_training_settings_is_refused(tmp_path: Path) -> None:
+    """A study continues only with the training settings its trials' folders were made with
+    (fusion.train would refuse each trial's folder otherwise)."""
+    from features.errors import HarnessError
+    from sweeps.study import open_study
+
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    open_study(sweep_config(tmp_path, storage))
+    open_study(sweep_config(tmp_path, storage, trials=9, device="cpu"))  # no result changes
+    with pytest.raises(HarnessError, match=r"study 't' was started with other settings "
+                                           r"\(stored vs now: \{'data': \('data/demo', 'other'\)"):
+        open_study(sweep_config(tmp_path, storage, data=Path("other")))
+
 
 def run_sweep_cli(tmp: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess:
     cmd = sweep_cmd(tmp, f"sqlite:///{tmp / 'sweeps.db'}", **kw)
