@@ -193,9 +193,9 @@ def owner(number: int) -> dict[str, Any]:
 
 
 def owner_gone(trial: FrozenTrial) -> bool:
-    """The process that ran this RUNNING trial is provably dead: it ran on this machine and
-    is gone (or is this process, which runs no trial between trials). A trial of another
-    machine, or one not stamped yet, is left to the heartbeat."""
+    """The process that ran this trial is provably dead: it ran on this machine and is gone
+    (or is this process, which runs no trial between trials). A trial of another machine,
+    or one not stamped yet, is left to the heartbeat."""
     stamp = trial.system_attrs.get(OWNER_ATTR) or {}
     here = (trial.number, socket.gethostname(), _boot_id())
     if (stamp.get("trial"), stamp.get("host"), stamp.get("boot")) != here:
@@ -562,15 +562,15 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
 
 def retry_interrupted(study: optuna.Study, max_retry: int) -> None:
     """Before anything new is sampled: fail each RUNNING trial whose process is gone and
-    queue every interrupted trial that has no retry yet, so a resumed sweep runs the same
-    trials in the same order as an uninterrupted one."""
+    queue each interrupted trial whose process died before queueing it, so a resumed sweep
+    runs the same trials in the same order as an uninterrupted one."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     for trial in trials:
-        orphan = trial.state == TrialState.RUNNING and owner_gone(trial)
+        orphan = trial.state == TrialState.RUNNING
         unqueued = (trial.state == TrialState.FAIL and trial.system_attrs.get(INTERRUPTED_ATTR)
                     and trial.number not in retried and _retries_left(trial, max_retry))
-        if orphan or unqueued:
+        if (orphan or unqueued) and owner_gone(trial):
             _retry_interrupted(study, trial.number, max_retry)
 
 
@@ -586,9 +586,12 @@ def _retry_interrupted(study: optuna.Study, number: int | None, max_retry: int) 
     if trial.user_attrs.get("over_target"):
         return
     if trial.state == TrialState.RUNNING:  # interrupted before Optuna could tell it
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        try:
             study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # another worker finished or failed it first, and queues its retry
         trial = study._storage.get_trial(trial._trial_id)
     if trial.state != TrialState.FAIL:
         return

@@ -371,6 +371,46 @@ def test_killed_and_resumed_sweep_equals_an_uninterrupted_one(tmp_path: Path,
         check_study(storage, killed / "runs", trials=5, epochs=3)
 
 
+def test_interrupted_trials_of_dead_processes_are_queued_once(tmp_path: Path) -> None:
+    """A RUNNING trial whose process is alive is left alone; once that process is gone, the
+    trial is failed and queued, as is an interrupted trial whose process died before
+    queueing it; a second pass queues nothing more."""
+    from sweeps.study import (
+        INTERRUPTED_ATTR,
+        OWNER_ATTR,
+        _process_start,
+        open_study,
+        owner,
+        retry_interrupted,
+    )
+
+    study = open_study(sweep_config(tmp_path, f"sqlite:///{tmp_path / 'sweeps.db'}"))
+    lr = {"peak_lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    sleeper = subprocess.Popen(["sleep", "60"])  # stands for a worker process
+    try:
+        def stamp(number: int) -> dict[str, Any]:
+            return {**owner(number), "pid": sleeper.pid, "start": _process_start(sleeper.pid)}
+
+        running = study.ask(lr)  # trial 0: RUNNING (add_trial cannot make one)
+        study._storage.set_trial_system_attr(running._trial_id, OWNER_ATTR, stamp(0))
+        study.add_trial(optuna.create_trial(  # trial 1: interrupted, its retry never queued
+            state=TrialState.FAIL, params={"peak_lr": 2e-3}, distributions=lr,
+            system_attrs={OWNER_ATTR: stamp(1), INTERRUPTED_ATTR: True}))
+        retry_interrupted(study, max_retry=3)
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    retry_interrupted(study, max_retry=3)
+    retry_interrupted(study, max_retry=3)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.WAITING, TrialState.WAITING]
+    assert {t.system_attrs["failed_trial"]: t.params for t in trials[2:]} == {
+        0: trials[0].params, 1: {"peak_lr": 2e-3}}
+    assert trials[0].system_attrs[INTERRUPTED_ATTR] is True
+
+
 def refusing_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
     """A train() that refuses its input, as fusion.train does a broken store."""
     from features.errors import HarnessError
