@@ -454,3 +454,30 @@ def test_shared_A_ablation_trains_in_its_own_folder(dataset: Path, tmp_path: Pat
     a_log = load_checkpoint(Path(result["folder"]) / "best.pt")["model"]["A_log"]
     assert a_log.shape[:2] == (2, 1)  # (branch, layer): video and questions
     assert not torch.equal(a_log[0], a_log[1])  # same start, each branch learned its own
+
+
+class _Stop(Exception):
+    """Raised from the epoch callback to interrupt a run after its checkpoint."""
+
+
+@pytest.mark.gpu
+def test_interrupted_cuda_run_resumes_from_its_weights_only_checkpoint(
+        dataset: Path, tmp_path: Path) -> None:
+    """On CUDA (CUDA graphs, CUDA RNG state), last.pt loads weights_only and resumes on track."""
+    whole = train(config_for(dataset, tmp_path, run_name="whole", device="cuda", track=False))
+    config = config_for(dataset, tmp_path, run_name="cut", device="cuda", track=False)
+
+    def stop(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(config, on_epoch=stop)
+    assert load_checkpoint(config.out / "cut" / "last.pt")["state"]["epoch"] == 2
+    resumed = train(config)
+    assert resumed["epochs_run"] == 4
+    a = load_checkpoint(config.out / "whole" / "last.pt")["model"]
+    b = load_checkpoint(config.out / "cut" / "last.pt")["model"]
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], rtol=1e-3, atol=1e-4), key
+    assert abs(whole["best"]["action_top1"] - resumed["best"]["action_top1"]) < 0.05
