@@ -14,6 +14,7 @@ import pytest
 
 from extract.llm import LLMConfig, LLMError
 from extract.questions import QuestionsConfig, generate, read_questions
+from tests.cli import one_error_line
 
 SECRET = "sk-test-secret-123"
 REPO = Path(__file__).resolve().parents[2]
@@ -151,9 +152,7 @@ def test_html_body_always_is_one_line_error(server: ChatServer, tiny_ek100: Path
          "--llm.cache", str(tmp_path / "cache.sqlite"), "--llm.max-retries", "2",
          "--llm.backoff-s", "0.01"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    lines = [one_error_line(result)]
     assert f"127.0.0.1:{server.server_port}/v1/chat/completions" in lines[0]
     assert "not JSON" in lines[0] and "502 Bad Gateway" in lines[0]
     assert len(server.requests) == 4 * 3  # each clip's first stage, 1 + 2 retries

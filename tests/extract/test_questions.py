@@ -21,6 +21,7 @@ from extract.questions import (
     read_questions,
 )
 from features.annotations import load_classes
+from tests.cli import one_error_line
 from tests.conftest import HEADER, SEGMENTS
 
 FIELDS = {"narration_id", "verb_question", "noun_question", "verb", "noun", "verb_class",
@@ -107,14 +108,6 @@ def questions_cli(annotations: Path, classes: Path, *extra: str) -> subprocess.C
          "--classes-dir", str(classes), "--out", str(classes / "q.jsonl"), *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The CLI contract for bad input: exit status 2 and exactly one `error: ` line."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 from features.errors import HarnessError, describe, one_line, run_cli
 from features.store import StoreError
+from tests.cli import one_error_line
 
 
 def _fail(error: BaseException):
@@ -65,9 +66,7 @@ def test_real_cli_prints_one_line(tmp_path) -> None:
          "--annotations", str(tmp_path / "EPIC_100_validation.csv")],
         capture_output=True, text=True,
     )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    one_error_line(result)
 
 
 def test_missing_gpu_is_a_harness_error() -> None:

@@ -17,6 +17,7 @@ from features import errors
 from fusion import evaluate as ev
 from fusion.metrics import anticipation_metrics, recognition_metrics
 from fusion.predictions import load_predictions, save_predictions
+from tests.cli import one_error_line
 
 HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,"
           "stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,"
@@ -211,14 +212,6 @@ def evaluate_cli(predictions: Path, annotations: Path, *extra: str) -> subproces
          "--annotations", str(annotations), "--json", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The CLI contract for bad input: exit status 2 and exactly one `error: ` line."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 class Payload:

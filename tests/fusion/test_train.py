@@ -25,6 +25,7 @@ from features.errors import HarnessError
 from features.store import AlignmentError, ArraySpec, StoreError, open_writer, store_path
 from fusion.data import load_features, text_store_name, video_store_name
 from fusion.train import TrainConfig, load_checkpoint, run_dir, train
+from tests.cli import one_error_line
 
 TEXT_STORE = "tiny-roberta-template-paper"
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,14 +162,6 @@ def run_train_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT)
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The single `error:` line of a CLI that failed as expected (exit 2)."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
-
-
 def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -223,7 +216,7 @@ def test_missing_and_misaligned_stores_are_clear_errors(tmp_path: Path) -> None:
 
 def test_train_cli_reports_a_missing_store_in_one_line(dataset: Path, tmp_path: Path) -> None:
     config = config_for(dataset, tmp_path, run_name="no-store", track=False)
-    line = one_line_error(run_train_cli(*_cli_args(config), "--backbone", "vitl"))
+    line = one_error_line(run_train_cli(*_cli_args(config), "--backbone", "vitl"))
     assert "video-vitl.zarr" in line and "make extract" in line
 
 
@@ -279,7 +272,7 @@ def test_rerun_with_other_settings_is_refused_until_told_what_to_do(dataset: Pat
     folder = Path(first["folder"])
     saved = (folder / "config.json").read_text()
 
-    line = one_line_error(run_train_cli(*_cli_args(config), "--peak-lr", "0.05"))
+    line = one_error_line(run_train_cli(*_cli_args(config), "--peak-lr", "0.05"))
     assert "peak_lr 0.01 -> 0.05" in line
     assert all(flag in line for flag in ("--resume", "--run-name", "--restart"))
     assert (folder / "config.json").read_text() == saved  # never rewritten with unused settings
@@ -340,7 +333,7 @@ def test_two_trainings_on_one_folder_one_trains_the_other_names_the_holder(
                               *_cli_args(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (config.out / "shared" / "last.pt").exists(), first, "first epoch")
-        line = one_line_error(run_train_cli(*_cli_args(config)))
+        line = one_error_line(run_train_cli(*_cli_args(config)))
         assert f"pid {first.pid} on " in line and "in use" in line
         assert f"pid {first.pid} on " in lock.read_text()
     finally:
@@ -424,7 +417,7 @@ def test_run_left_running_by_a_killed_process_is_marked_killed(dataset: Path,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_missing_gpu_is_one_line_before_any_work(dataset: Path, tmp_path: Path) -> None:
     config = config_for(dataset, tmp_path, run_name="gpu", device="cuda")
-    line = one_line_error(run_train_cli(*_cli_args(config)))
+    line = one_error_line(run_train_cli(*_cli_args(config)))
     assert "--device cuda" in line and "no CUDA GPU" in line
     assert not config.out.exists()
 
@@ -440,7 +433,7 @@ def test_checkpoint_that_runs_code_is_refused_not_unpickled(dataset: Path,
     config = config_for(dataset, tmp_path, run_name="planted", track=False)
     (config.out / "planted").mkdir(parents=True)
     torch.save({"model": Payload()}, config.out / "planted" / "last.pt")
-    line = one_line_error(run_train_cli(*_cli_args(config)))
+    line = one_error_line(run_train_cli(*_cli_args(config)))
     assert "last.pt" in line and "refused without unpickling" in line
     assert not marker.exists()
 

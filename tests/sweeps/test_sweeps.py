@@ -28,6 +28,8 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
 
+from tests.cli import one_error_line  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 FUSIONS = ("mamba", "mlp", "transformer_6x4", "transformer_12x12")
 PY = sys.executable
@@ -460,13 +462,6 @@ def run_sweep_cli(tmp: Path, *args: str, **kw: Any) -> subprocess.CompletedProce
     cmd = sweep_cmd(tmp, f"sqlite:///{tmp / 'sweeps.db'}", **kw)
     return subprocess.run([*cmd, *args], cwd=REPO, env={**env(0), "CUDA_VISIBLE_DEVICES": ""},
                           capture_output=True, text=True, timeout=300)
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
 
 
 def test_sweep_on_a_missing_gpu_creates_no_trials(tmp_path: Path) -> None:
