@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.plots import Plot
-from reports.tables import Missing, Table, fmt
+from reports.tables import FROZEN, Missing, Table, fmt
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -89,8 +89,9 @@ def write_page(tables: Sequence[Table], plots: Sequence[Plot], out: Path, tracki
 <h1>MambaVL: our runs beside the published tables</h1>
 <p>Experiment <code>{html.escape(experiment)}</code> at <code>{html.escape(tracking_uri)}</code>,
 selection <code>{html.escape(mode)}</code>, generated {stamp}. Dataset(s) of the runs shown:
-<b>{html.escape(", ".join(datasets) or "none")}</b>. Published values come from
-<code>reports/paper.py</code>; "—" cells carry their reason as a footnote (hover for it).</p>
+<b>{html.escape(", ".join(datasets) or "none")}</b>. Published values: the MambaVL paper
+(arXiv 2409.11513), Tables 1, 3 and 4, each row naming its source; "—" cells carry their
+reason as a footnote (hover for it). {html.escape(FROZEN)}</p>
 {warn}
 <h2>Tables</h2>
 {"".join(table_html(t) for t in tables)}

@@ -145,20 +145,34 @@ def test_best_and_latest_selection(store: dict) -> None:
 
 def test_published_values_and_differences(store: dict) -> None:
     runs, _ = load_runs(store["uri"], EXPERIMENT)
-    t1, t2, _, t4 = build_tables(runs, "best", cost=fake_cost)
-    published = paper.README_MODEL_ZOO[("avion_vit_l", "mambavl", "recognition")]
+    t1, t2, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    published = paper.TABLE1[("avion_vit_l", "mambavl")]
     row = rows(t1, backbone="AVION ViT-L", method="+ MambaVL")[0]
-    assert row["action_top1_pub"] == published["action"]
+    assert row["action_top1_pub"] == published["action"] == 55.0
     assert row["action_top1_diff"] == pytest.approx(40.0 - published["action"])
-    assert row["source"] == "authors' README"
+    assert row["source"] == "MambaVL paper, Table 1"
     assert "−15.0" in to_markdown(t1)  # 40.0 − 55.0, typeset with a minus sign
+    alone = rows(t1, backbone="AVION ViT-L", method="alone")[0]
+    assert alone["action_top1_pub"] == 54.4 and alone["action_top1_diff"] == pytest.approx(
+        20.0 - 54.4)  # the backbone-alone run logged best_action_top1 0.2
+    # the paper's other methods stand in Table 1 with their values and no run of ours
+    lavila = rows(t1, backbone="LaViLa (TSF-L)")[0]
+    assert lavila["verb_top1_pub"] == 72.0 and isinstance(lavila["verb_top1"], Missing)
+    assert "another method" in lavila["run"].reason
+    assert rows(t1, backbone="MeMViT (24x3)")[0]["action_top1_pub"] == 48.4
     ant = rows(t2, backbone="ORViT", method="+ MambaVL")[0]
     assert ant["action_recall5"] == pytest.approx(15.0)
     assert ant["action_recall5_diff"] == pytest.approx(15.0 - 23.9)
-    # Table 4: ORViT's published parameters (issue 3), our ViT-L totals = backbone + head
+    assert ant["source"] == "authors' README (not the paper)"
+    # Table 3: the paper's values beside the ORViT rows only (its ablation backbone)
+    assert rows(t3, backbone="ORViT", head="MLP")[0]["action_top1_pub"] == 39.6
+    vitl_mlp = rows(t3, backbone="AVION ViT-L", head="MLP")[0]
+    assert "ORViT features only" in vitl_mlp["action_top1_pub"].reason
+    # Table 4: ORViT's published parameters and GFLOPs, our ViT-L totals = backbone + head
     orvit = rows(t4, backbone="ORViT", model="backbone alone")[0]
-    assert orvit["params_pub"] == 148.0
-    assert isinstance(orvit["gflops"], Missing)
+    assert (orvit["params_pub"], orvit["gflops_pub"]) == (148.0, 405.0)
+    assert orvit["gflops"] == pytest.approx(405.0)  # ORViT's own cost is the paper's
+    assert rows(t4, backbone="ORViT", model="+ MambaVL")[0]["params_pub"] == 157.0
     vitl = rows(t4, backbone="AVION ViT-L", model="+ MambaVL")[0]
     assert vitl["params_m"] == pytest.approx(303.2 + 9.0)
     assert vitl["gflops"] == pytest.approx(4129.5 + 0.36)
@@ -177,7 +191,8 @@ def test_missing_cells_say_why(store: dict) -> None:
     letter = t3.notes()[t12["run"].reason]
     assert f"— ({letter})" in text and f"({letter}) no finished run tagged " \
         "fusion=transformer_12x12" in text
-    assert "no published value retrieved" in text  # the paper's Table 3 is all None
+    assert "the paper's Table 3 is on ORViT features only" in text
+    assert "reports/paper.py" not in text  # footnotes never name internal files
     assert "transformer_12x12" in to_csv(t4)  # the CSV notes column carries the reason
 
 
@@ -187,6 +202,8 @@ def test_captions_name_the_dataset(store: dict) -> None:
     for table in tables:
         assert "synthetic-demo" in table.caption, table.name
         assert "NOT EK100" in table.caption
+        assert "frozen features" in table.caption
+        assert "Protocol of our runs: clean" in table.caption  # no run logged a protocol
         assert "Dataset" in to_latex(table)
     only = build_tables(runs, "best", dataset="ek100", cost=fake_cost)
     assert "Dataset of our runs: ek100." in only[0].caption
@@ -226,3 +243,32 @@ def test_empty_store_explains(tmp_path: Path, capsys) -> None:
     text = (out / "table1.md").read_text()
     assert "no finished run tagged" in text and "Dataset: none" in text
     assert not (out / "index.html").exists()
+
+
+def test_protocols_side_by_side(tmp_path: Path) -> None:
+    """Demo-like runs under the three protocols: one row each, published value and Δ beside."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+    ids = {"authors": log_run(client, exp, fusion="mamba", backbone="orvit", best=0.30,
+                              extra_tags={"protocol": "authors"}),
+           "clean": log_run(client, exp, fusion="mamba", backbone="orvit", best=0.40, start=2)}
+    ids["paper"] = log_run(client, exp, fusion="mamba", backbone="orvit", best=0.35, start=1)
+    client.log_param(ids["paper"], "protocol", "paper")  # as fusion.train logs a config field
+    runs, _ = load_runs(uri, EXPERIMENT)
+    t1, _, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    mamba = rows(t1, backbone="ORViT", method="+ MambaVL")
+    assert [r["protocol"] for r in mamba] == ["authors", "paper", "clean"]
+    for row, best in zip(mamba, (30.0, 35.0, 40.0), strict=True):
+        assert row["run"].startswith(ids[row["protocol"]])
+        assert row["action_top1_pub"] == 48.6
+        assert row["action_top1_diff"] == pytest.approx(best - 48.6)
+    assert "Protocol of our runs: authors, paper, clean" in t1.caption
+    assert "frozen features" in t1.caption and "frozen features" in to_latex(t1)
+    text = to_markdown(t3)
+    assert "| ORViT | MambaVL | paper | 55.0 | 69.1 | −14.1 |" in text  # verb 0.35 + 0.2
+    assert [r["protocol"] for r in rows(t4, backbone="ORViT", model="+ MambaVL")] == \
+        ["authors", "paper", "clean"]
+    assert "frozen features" in t4.caption
