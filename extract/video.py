@@ -1,51 +1,67 @@
-"""Video clips for the backbones: which frames, decoded how, preprocessed as AVION evaluates.
+"""Video clips for the backbones: which frames, decoded how, preprocessed the way AVION does.
 
-Why: features are only comparable with AVION's numbers if every clip is sampled and
-normalised the way AVION's EK100 evaluation does it, and extraction over 90 k segments of
-hour-long 50/60 fps videos must seek rather than decode from the start.
+Why: features are only comparable with AVION's numbers if every clip is sampled, cropped
+and normalised the way AVION's EK100 evaluation does it, and extraction over 90 k segments
+of hour-long 50/60 fps videos must seek rather than decode from the start.
+
+Every choice is a field of a `Preprocess` (frozen); `PRESETS` names two of them:
+
+- `avion` (default for the vitb/vitl backbones), checked against AVION at commit
+  31b00b6bc5d2c09f56b90643cd546cfe8a31c005 (github.com/zhaoyue-zephyrus/AVION):
+  mean/std on 0-255 RGB `AVION_MEAN`/`AVION_STD` (`scripts/main_lavila_finetune_cls.py`,
+  `--norm-style openai`); `timeline="avion-30fps"`: frame ids from the segment's
+  timestamps on a 30 fps timeline (`avion_frame_ids`, the rule of
+  `avion/data/clip_dataset.py::video_loader` + `get_frame_ids(..., jitter=False)`);
+  `resize="fused"`: FFmpeg `crop=S:S:(W-S)/2:(H-S)/2,scale=224:224` on each decoded frame,
+  the filter AVION's decord fork builds for `fast_rcc` (`--fused-decode-crop`, used by every
+  command of AVION's docs/MODEL_ZOO.md; decord-dev d19ab82,
+  `src/video/ffmpeg/threaded_decoder.cc`), run here through PyAV's libavfilter, so it *is*
+  FFmpeg's filter; `precision="fp16"` (AVION validates under `torch.cuda.amp.autocast()`).
+  `scaler`: decord passes no swscale flags, so the scale filter's default applies: `bilinear`
+  in FFmpeg 4.4's `vf_scale.c` (the FFmpeg of Ubuntu 22.04, the system AVION's
+  docs/INSTALL.md names), swscale's `bicubic` in later FFmpeg. Which FFmpeg AVION's decord
+  was linked against is not verified; `bilinear` is the default, `bicubic` an option.
+- `ours-v1` (stores made before issue 14): CLIP's mean/std, the `native` timeline (EK100's
+  1-based start/stop frames at the video's own fps), `resize="antialias"` (uint8 bilinear
+  short-side resize with antialias, centre crop), bf16.
+  `resize="torchvision"` is AVION's non-fused path: float `Resize(224)` (bilinear, no
+  antialias: torchvision 0.14 on tensors) then `CenterCrop(224)`.
 
 Public API (stable; the extraction CLI builds on it):
 
-- Frame selection, all in EK100's 1-based frame numbers:
-  `sample_frame_ids(start, stop, num_frames=16)` is AVION's test-time rule (centre of each
-  of `num_frames` equal segments of [start, stop], floored; short clips repeat frames);
-  `anticipation_window(start_frame, fps, observed_s=2.0, gap_s=1.0)` is the observed
-  window ending `gap_s` before the action; `select_frames(...) -> FrameSelection` applies
-  the task and clamps to the video's length, logging one warning line (logger
-  `extract.video`) naming the video and segment. A window outside its video is a failed
-  clip, not a row of repeated edge frames: `OutsideVideoError` when more than half of it
-  lies past the video's last frame (wholly past included), or all of it before frame 1.
-  Smaller overruns are clamped (EK100 stop frames can overrun a video by a few frames;
-  anticipation windows of actions in a video's first seconds start before frame 1).
-- Decoding: `probe_video(path) -> VideoInfo`, `read_video_frames(path, ids)` (PyAV, seeks
-  to the keyframe before the first wanted frame), `read_frame_folder(folder, ids)` (EK100
-  `rgb_frames` JPEGs `frame_0000000001.jpg`), both returning uint8 (T, H, W, 3) RGB.
-  When the container claims more frames than it holds, a few requested frames past the
-  stream's real end repeat its last frame (warning); more than half of them: `VideoError`.
+- Frame selection: `sample_frame_ids(start, stop, num_frames=16)` (AVION's `get_frame_ids`
+  without jitter: floored centres of equal segments); `avion_frame_ids(start_s, stop_s,
+  num_frames, frames_30)` (0-based ids on the 30 fps timeline, end clamped to the video's
+  last frame); `native_for_30fps(ids, fps)` maps them to a native-fps video's 0-based frames
+  (see there); `anticipation_window(...)`, `select_frames(...) -> FrameSelection` for the
+  native timeline. A window outside its video is a failed clip (`OutsideVideoError`) when
+  more than half of it lies past the video's end, or all of it before its start; smaller
+  overruns are clamped with one warning line (logger `extract.video`).
+- Decoding: `probe_video(path) -> VideoInfo`, `read_video_frames(path, ids, convert=None)`
+  (PyAV, seeks to the keyframe before the first wanted frame; `convert` turns each wanted
+  `av.VideoFrame` into an array, default rgb24), `read_frame_folder(folder, ids)` (EK100
+  `rgb_frames` JPEGs `frame_0000000001.jpg`); ids are 1-based, arrays uint8 (T, H, W, 3).
   A missing or unreadable video raises `VideoError` whose message starts with the path.
-- `preprocess_clip(frames, size=224)`: short-side resize (bilinear, antialiased, as
-  torchvision's `Resize`), centre crop, CLIP normalisation (`CLIP_MEAN`/`CLIP_STD` on
-  [0, 1], i.e. AVION's mean*255/std*255 on [0, 255]) -> float32 (3, T, size, size).
-- `video_path(root, participant_id, video_id, layout)`: `<root>/<P>/videos/<vid>.MP4` or
-  `<root>/<P>/<vid>/` (also `<root>/<P>/rgb_frames/<vid>/`).
-- `ClipDataset(segments, video_root, layout="video"|"rgb_frames",
-  task="recognition"|"anticipation", num_frames=16, size=224, on_error="mark", ...)`:
-  a map-style torch Dataset over a segments DataFrame (`narration_id`, `participant_id`,
-  `video_id`, `start_frame`, `stop_frame`; optional `fps`). Item i is the triple
-  `(clip, narration_id, error)`: clip float32 (3, T, size, size); `error` is `""` on
-  success. With `on_error="mark"` (default, safe in DataLoader workers) a failed clip
-  comes back as zeros with `error` = the `VideoError` message, so the caller writes a
-  failure report and goes on; with `on_error="raise"` the `VideoError` propagates.
-  The default collate gives `(B, 3, T, S, S)`, a list of ids and a list of errors.
-  `dataset.manifest()` describes sampling and preprocessing for the store's manifest.
+- `preprocess_clip(frames, size, mean, std)` (the `antialias` path, CLIP mean/std on [0, 1]),
+  `torchvision_clip(frames, size, mean255, std255)` (the non-fused AVION path),
+  `FusedCropScale(size, scaler)` (the fused FFmpeg filter, frame by frame), `normalise`.
+- `video_path(root, participant_id, video_id, layout)`.
+- `ClipDataset(segments, video_root, layout, task, num_frames, size, preprocess=PRESETS[
+  "ours-v1"], fps=None, ...)`: items `(clip, narration_id, error)`, clip float32
+  (3, T, size, size); a failed clip is zeros plus its error (`on_error="mark"`).
+  `dataset.clip_plan(i)` gives the frames a clip reads without decoding them (the `extract
+  clips` dry run); `dataset.manifest()` names every choice for the store's manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +81,86 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TASKS = ("recognition", "anticipation")
 LAYOUTS = ("video", "rgb_frames")
 FRAME_TEMPLATE = "frame_{:010d}.jpg"
+# AVION's `--norm-style openai` mean/std on 0-255 RGB (scripts/main_lavila_finetune_cls.py,
+# AVION 31b00b6). They are not CLIP's mean*255 (CLIP's red mean is 122.77).
+AVION_MEAN = (108.3272985, 116.7460125, 104.09373615)
+AVION_STD = (68.5005327, 66.6321579, 70.32316305)
+AVION_FPS = 30  # AVION reads 30 fps re-encodes; its frame ids live on this timeline
+TIMELINES = ("avion-30fps", "native")
+RESIZES = ("fused", "torchvision", "antialias")
+SCALERS = ("bilinear", "bicubic")
+PRECISIONS = ("fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a clip is made from a video: every choice that changes the backbone's input.
+
+    `mean`/`std` are on the 0-255 scale. `timeline`: `avion-30fps` (frame ids from the
+    segment's timestamps on a 30 fps timeline, AVION's rule) or `native` (EK100's 1-based
+    start/stop frames at the video's own fps). `resize`: `fused` (FFmpeg crop of the central
+    S x S square, S = short side, then `scale` to size x size with `scaler`), `torchvision`
+    (float bilinear short-side resize without antialias, then centre crop: AVION's
+    non-fused path) or `antialias` (our pre-issue-14 uint8 antialiased resize).
+    `precision`: the CUDA autocast dtype (`fp16` as AVION evaluates, or `bf16`).
+    """
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    timeline: str
+    resize: str
+    scaler: str = "bilinear"
+    precision: str = "fp16"
+
+    def __post_init__(self) -> None:
+        for field, value, choices in (
+            ("timeline", self.timeline, TIMELINES),
+            ("resize", self.resize, RESIZES),
+            ("scaler", self.scaler, SCALERS),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{field} must be one of {choices}, got {value!r}")
+
+    @property
+    def fps(self) -> float | None:
+        """Frame rate of the timeline (None: each video's own)."""
+        return float(AVION_FPS) if self.timeline == "avion-30fps" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        info = dataclasses.asdict(self)
+        info.update(mean=list(self.mean), std=list(self.std), scale="0-255",
+                    timeline_fps=self.fps)
+        if self.resize != "fused":
+            info.pop("scaler")  # only the FFmpeg filter uses it
+        return info
+
+
+PRESETS = {
+    "avion": Preprocess("avion", AVION_MEAN, AVION_STD, "avion-30fps", "fused"),
+    "ours-v1": Preprocess(
+        "ours-v1",
+        tuple(255.0 * m for m in CLIP_MEAN),  # type: ignore[arg-type]
+        tuple(255.0 * s for s in CLIP_STD),  # type: ignore[arg-type]
+        "native",
+        "antialias",
+        precision="bf16",
+    ),
+}
+
+
+def preprocess_preset(name: str, **overrides: Any) -> Preprocess:
+    """The named preset with fields replaced (None values are ignored); a changed preset is
+    renamed `<name>+<field>=<value>...` so a manifest never claims an exact preset it is not."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[name]
+    changed = {k: v for k, v in overrides.items() if v is not None and getattr(base, k) != v}
+    if not changed:
+        return base
+    label = name + "".join(f"+{k}={v}" for k, v in sorted(changed.items()))
+    return dataclasses.replace(base, name=label, **changed)
 
 
 class OutsideVideoError(HarnessError, ValueError):
@@ -178,6 +274,83 @@ def select_frames(
     return FrameSelection(tuple(ids), first, last, bool(reasons))
 
 
+# ---------------------------------------------------------------- AVION's 30 fps timeline
+
+
+def timestamp_seconds(value: str | float) -> float:
+    """EK100's `HH:MM:SS.ff` as seconds, as AVION's `datetime2sec` reads it."""
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        hh, mm, ss = str(value).split(":")
+        return int(hh) * 3600 + int(mm) * 60 + float(ss)
+    except ValueError:
+        raise ValueError(f"timestamp {value!r} is not HH:MM:SS.ff") from None
+
+
+def avion_frame_ids(
+    start_s: float,
+    stop_s: float,
+    num_frames: int = 16,
+    frames_30: int | None = None,
+    name: str = "",
+) -> FrameSelection:
+    """0-based frame ids on AVION's 30 fps timeline for a segment's timestamps.
+
+    AVION's `video_loader` (chunked layout, avion/data/clip_dataset.py at 31b00b6) clamps the
+    end to the video's last frame, `min(stop_s, (frames_30 - 1) / 30)`, then takes
+    `get_frame_ids(round(start_s * 30), round(stop_s * 30), num_frames, jitter=False)`
+    (`np.round`: half to even). `frames_30` is the number of frames on that timeline
+    (None: no clamp). As on the native timeline, a window more than half past the video's
+    end (or wholly before it) is `OutsideVideoError`; the clamp is logged.
+    """
+    fps = AVION_FPS
+    first = int(np.round(start_s * fps))
+    wanted = int(np.round(stop_s * fps))
+    last = wanted
+    where = f"{name or 'video'} [{start_s:.3f}-{stop_s:.3f} s]"
+    if frames_30 is not None:
+        length = max(wanted - first + 1, 1)
+        past = max(0, wanted - max(frames_30 - 1, first - 1))
+        if 2 * past > length:
+            raise OutsideVideoError(
+                f"{where}: {past} of the {length} frames {first}-{wanted} (30 fps) lie past the "
+                f"video's last frame {frames_30 - 1}; check the segment's times and video"
+            )
+        last = int(np.round(min(stop_s, (frames_30 - 1) / fps) * fps))
+    if last < 0:
+        raise OutsideVideoError(f"{where}: the window lies before the video's first frame")
+    if last != wanted:
+        log.warning("%s: stop frame %d is past the last frame %d (30 fps); clamped",
+                    where, wanted, last)
+    first = max(first, 0)
+    return FrameSelection(tuple(sample_frame_ids(first, max(first, last), num_frames)),
+                          first, max(first, last), last != wanted)
+
+
+def _rate(fps: float | Fraction) -> Fraction:
+    return fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+
+
+def frames_on_30fps(num_frames: int, fps: float | Fraction) -> int:
+    """Frames a 30 fps copy of a `num_frames`-frame video at `fps` has (its duration x 30,
+    rounded half up)."""
+    return max(1, math.floor(num_frames * AVION_FPS / _rate(fps) + Fraction(1, 2)))
+
+
+def native_for_30fps(ids_30: Sequence[int], fps: float | Fraction) -> list[int]:
+    """0-based native frames standing for 0-based frames of a 30 fps timeline.
+
+    Frame k of the 30 fps timeline is the frame FFmpeg's `fps` filter (default `round=near`)
+    would put there when re-encoding to 30 fps: the last native frame j whose time, rounded
+    to the 30 fps grid, is at most k, i.e. the last one that starts before (k + 1/2) / 30 s.
+    So reading a raw 50/60 fps video picks the frames a 30 fps re-encode holds (the identity
+    at 30 fps). Not `nearest`: at 50 fps, k = 2 (0.0667 s) maps to j = 4 (0.08 s), not 3.
+    """
+    rate = _rate(fps)
+    return [max(0, math.ceil((2 * int(k) + 1) * rate / (2 * AVION_FPS)) - 1) for k in ids_30]
+
+
 # -------------------------------------------------------------------------------- decoding
 
 
@@ -240,6 +413,7 @@ def read_video_frames(
     threads: int = 0,
     seek_gap_s: float = 1.0,
     stats: dict[str, int] | None = None,
+    convert: Callable[[Any], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decode the 1-based `frame_ids` (any order, repeats allowed) as uint8 (T, H, W, 3) RGB.
 
@@ -250,6 +424,8 @@ def read_video_frames(
     frames are converted to RGB. Frames past the real end of the stream repeat the last
     one (with a warning). `threads` sets FFmpeg's decoder threads (0: FFmpeg's choice; 1
     suits many DataLoader workers). `stats`, if given, receives `decoded` and `seeks`.
+    `convert(av.VideoFrame) -> array` replaces the rgb24 conversion of wanted frames (the
+    fused FFmpeg crop-scale works on the decoded YUV frame, as AVION's decord does).
     """
     if not len(frame_ids):
         raise ValueError("no frame ids")
@@ -257,7 +433,7 @@ def read_video_frames(
     if wanted[0] < 1:
         raise ValueError(f"frame ids are 1-based, got {wanted[0]}")
     counts = {"decoded": 0, "seeks": 0}
-    frames = _decode(path, wanted, threads, seek_gap_s, counts)
+    frames = _decode(path, wanted, threads, seek_gap_s, counts, convert or _rgb24)
     if stats is not None:
         stats.update(counts)
     if not frames:
@@ -281,6 +457,10 @@ def read_video_frames(
     return np.stack([frames[min(int(i), last)] for i in frame_ids])
 
 
+def _rgb24(frame: Any) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
 def _runs(wanted: list[int], gap: int) -> list[list[int]]:
     runs = [[wanted[0]]]
     for i in wanted[1:]:
@@ -297,6 +477,7 @@ def _decode(
     threads: int,
     seek_gap_s: float,
     counts: dict[str, int],
+    convert: Callable[[Any], np.ndarray],
 ) -> dict[int, np.ndarray]:
     """{1-based id: RGB array} for the `wanted` ids (sorted, unique) found in the stream."""
     frames: dict[int, np.ndarray] = {}
@@ -331,7 +512,7 @@ def _decode(
                             return False
                         check_overshoot = False
                     if index in todo:
-                        frames[index] = frame.to_ndarray(format="rgb24")
+                        frames[index] = convert(frame)
                     if index >= run[-1]:
                         break
                 return True
@@ -414,6 +595,95 @@ def preprocess_clip(
     return ((x - m) / s).permute(1, 0, 2, 3).contiguous()
 
 
+def normalise(x: torch.Tensor, mean255: Sequence[float], std255: Sequence[float]) -> torch.Tensor:
+    """(T, 3, H, W) values on 0-255 -> normalised float32 (3, T, H, W)."""
+    m = torch.tensor(mean255, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std255, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x.float() - m) / s).permute(1, 0, 2, 3).contiguous()
+
+
+def torchvision_clip(
+    frames: np.ndarray | torch.Tensor,
+    size: int,
+    mean255: Sequence[float] = AVION_MEAN,
+    std255: Sequence[float] = AVION_STD,
+) -> torch.Tensor:
+    """AVION's non-fused validation transform: uint8 (T, H, W, 3) -> float32 (3, T, size, size).
+
+    AVION (scripts/main_lavila_finetune_cls.py at 31b00b6) casts frames to float32, then
+    `Resize(224)`, `CenterCrop(224)`, `NormalizeVideo(mean, std)`. torchvision 0.14 (AVION's
+    docs/INSTALL.md pins 0.14.1) resizes tensors bilinearly with `antialias=None`, i.e. off,
+    short side to `size`, long side `int(size * long / short)`; the crop offset is
+    `int(round((h - size) / 2))`.
+    """
+    # AVION's layout: float32 (T, H, W, C) permuted to (C, T, H, W), read by F.interpolate as
+    # C images of T channels; made contiguous, since PyTorch 2's kernel for the permuted
+    # strides rounds differently (up to 1.3e-5 after normalisation where a weight is 1/2)
+    x = torch.as_tensor(np.asarray(frames)).float().permute(3, 0, 1, 2).contiguous()
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    if short != size:
+        new_long = int(size * long / short)
+        new_hw = (size, new_long) if h <= w else (new_long, size)
+        x = F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False, antialias=False)
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    x = x[..., top : top + size, left : left + size]
+    m = torch.tensor(mean255, dtype=torch.float32).view(3, 1, 1, 1)
+    s = torch.tensor(std255, dtype=torch.float32).view(3, 1, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+class FusedCropScale:
+    """AVION's fused decode-crop on one frame: FFmpeg `crop=S:S:(W-S)/2:(H-S)/2,scale=N:N`.
+
+    The filter string decord-dev (d19ab82, src/video/ffmpeg/threaded_decoder.cc, `use_rcc`)
+    builds, run by libavfilter through PyAV on each decoded frame (YUV for videos, rgb24 for
+    JPEG frames) and delivered as rgb24, as decord's buffersink does. `scaler` is the swscale
+    algorithm (see the module docstring). Call with an `av.VideoFrame` or a uint8 (H, W, 3)
+    array; returns uint8 (size, size, 3). One graph per input size and format.
+    """
+
+    def __init__(self, size: int, scaler: str = "bilinear") -> None:
+        if scaler not in SCALERS:
+            raise ValueError(f"scaler must be one of {SCALERS}, got {scaler!r}")
+        self.size, self.scaler = size, scaler
+        self._graphs: dict[tuple[int, int, str], Any] = {}
+
+    def filter(self, width: int, height: int) -> str:
+        """The FFmpeg filter chain for a width x height input."""
+        side = min(width, height)
+        return (f"crop={side}:{side}:{(width - side) // 2}:{(height - side) // 2},"
+                f"scale={self.size}:{self.size}:flags={self.scaler}")
+
+    def _graph(self, width: int, height: int, fmt: str) -> Any:
+        key = (width, height, fmt)
+        if key not in self._graphs:
+            graph = av.filter.Graph()
+            crop, scale = self.filter(width, height).split(",")
+            chain = [
+                graph.add_buffer(width=width, height=height, format=fmt,
+                                 time_base=Fraction(1, AVION_FPS)),
+                graph.add("crop", crop.removeprefix("crop=")),
+                graph.add("scale", scale.removeprefix("scale=")),
+                graph.add("format", "rgb24"),
+                graph.add("buffersink"),
+            ]
+            for a, b in zip(chain, chain[1:], strict=False):
+                a.link_to(b)
+            graph.configure()
+            self._graphs[key] = graph
+        return self._graphs[key]
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        if isinstance(frame, np.ndarray):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        graph = self._graph(frame.width, frame.height, frame.format.name)
+        frame.pts = self._pts = getattr(self, "_pts", -1) + 1
+        graph.push(frame)
+        return graph.pull().to_ndarray(format="rgb24")
+
+
 # --------------------------------------------------------------------------------- dataset
 
 
@@ -433,8 +703,40 @@ def video_path(
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
+@dataclass(frozen=True)
+class ClipPlan:
+    """What one clip reads, before decoding: the `extract clips` dry run prints it.
+
+    `frame_ids` are 0-based on the timeline (`fps`: 30 for AVION's, else the video's);
+    `source_ids` are the 1-based frames read from `sources` (file names of a frame folder).
+    """
+
+    narration_id: str
+    sources: tuple[str, ...]
+    fps: float | None
+    frame_ids: tuple[int, ...]
+    source_ids: tuple[int, ...]
+    clamped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "narration_id": self.narration_id,
+            "sources": list(self.sources),
+            "fps": self.fps,
+            "frame_ids": list(self.frame_ids),
+            "source_frame_ids": list(self.source_ids),
+            "clamped": self.clamped,
+        }
+
+
 class ClipDataset(Dataset):
-    """Decoded, preprocessed clips of EK100 segments; items are (clip, narration_id, error)."""
+    """Decoded, preprocessed clips of EK100 segments; items are (clip, narration_id, error).
+
+    `preprocess` (default `PRESETS["ours-v1"]`, the pre-issue-14 behaviour; the CLI picks
+    `avion` for vitb/vitl) decides timeline, resize and normalisation. The `avion-30fps`
+    timeline reads `start_timestamp`/`stop_timestamp`; `rgb_frames` folders then need their
+    native fps (`fps=` or an `fps` column).
+    """
 
     REQUIRED = ("narration_id", "participant_id", "video_id", "start_frame", "stop_frame")
 
@@ -446,8 +748,7 @@ class ClipDataset(Dataset):
         task: str = "recognition",
         num_frames: int = 16,
         size: int = 224,
-        mean: Sequence[float] = CLIP_MEAN,
-        std: Sequence[float] = CLIP_STD,
+        preprocess: Preprocess | None = None,
         fps: float | None = None,
         observed_s: float = 2.0,
         gap_s: float = 1.0,
@@ -455,18 +756,23 @@ class ClipDataset(Dataset):
         frame_template: str = FRAME_TEMPLATE,
         threads: int = 1,
     ) -> None:
+        preprocess = preprocess or PRESETS["ours-v1"]
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if on_error not in ("mark", "raise"):
             raise ValueError(f"on_error must be 'mark' or 'raise', got {on_error!r}")
-        missing = [c for c in self.REQUIRED if c not in segments.columns]
+        avion = preprocess.timeline == "avion-30fps"
+        required = self.REQUIRED + (("start_timestamp", "stop_timestamp") if avion else ())
+        missing = [c for c in required if c not in segments.columns]
         if missing:
             raise ValueError(f"segments lack columns {missing}")
         has_fps = "fps" in segments.columns
-        if task == "anticipation" and layout == "rgb_frames" and fps is None and not has_fps:
-            raise ValueError("anticipation from rgb_frames needs fps= or an 'fps' column")
+        needs_fps = task == "anticipation" or avion
+        if needs_fps and layout == "rgb_frames" and fps is None and not has_fps:
+            raise ValueError(f"{task} on the {preprocess.timeline} timeline from rgb_frames "
+                             "needs the frames' native fps (fps= or an 'fps' column)")
         self.rows = [
             (
                 str(r.narration_id),
@@ -475,16 +781,19 @@ class ClipDataset(Dataset):
                 int(r.start_frame),
                 int(r.stop_frame),
                 float(r.fps) if has_fps else None,
+                timestamp_seconds(r.start_timestamp) if avion else None,
+                timestamp_seconds(r.stop_timestamp) if avion else None,
             )
             for r in segments.itertuples(index=False)
         ]
         self.video_root = Path(video_root)
         self.layout, self.task = layout, task
         self.num_frames, self.size = num_frames, size
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.preprocess = preprocess
         self.fps, self.observed_s, self.gap_s = fps, observed_s, gap_s
         self.on_error, self.frame_template, self.threads = on_error, frame_template, threads
-        self._lengths: dict[str, tuple[float | None, int]] = {}  # per worker process
+        self._lengths: dict[str, tuple[float | Fraction | None, int]] = {}  # per worker process
+        self._fused: FusedCropScale | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -494,17 +803,35 @@ class ClipDataset(Dataset):
         return (3, self.num_frames, self.size, self.size)
 
     def manifest(self) -> dict[str, Any]:
-        """How clips are made, for the feature store's manifest."""
+        """How clips are made, for the feature store's manifest: every choice, named."""
+        p = self.preprocess
+        if p.timeline == "avion-30fps":
+            sampling = ("AVION: ids on a 30 fps timeline from the timestamps, get_frame_ids("
+                        "round(start_s*30), round(min(stop_s, last)*30), num_frames, "
+                        "jitter=False); native videos: the frame FFmpeg's fps filter keeps")
+        else:
+            sampling = "floored centres of num_frames equal segments of EK100's start/stop frames"
+        resize = {
+            "fused": f"FFmpeg crop=S:S:(W-S)/2:(H-S)/2,scale={self.size}:{self.size}:"
+                     f"flags={p.scaler} per decoded frame (S = short side)",
+            "torchvision": f"float bilinear short side {self.size}, no antialias "
+                           "(torchvision 0.14 Resize), then centre crop",
+            "antialias": f"uint8 bilinear antialias short side {self.size}, then centre crop",
+        }[p.resize]
         info: dict[str, Any] = {
             "task": self.task,
             "layout": self.layout,
             "num_frames": self.num_frames,
-            "sampling": "AVION test-time: floored centres of num_frames equal segments",
-            "resize": f"short side {self.size}, bilinear antialias",
+            "preprocess": p.to_dict(),
+            "timeline": p.timeline,
+            "timeline_fps": p.fps,
+            "sampling": sampling,
+            "resize": resize,
             "crop": f"centre {self.size}x{self.size}",
-            "normalisation": {"mean": list(self.mean), "std": list(self.std), "scale": "[0,1]"},
-            "frame_numbers": "EK100 1-based, clamped to the video; a window mostly past its "
-            "end or wholly before its start is a failed clip",
+            "normalisation": {"mean": list(p.mean), "std": list(p.std), "scale": "[0,255]"},
+            "precision": p.precision,
+            "frame_numbers": "a window mostly past its video's end or wholly before its start "
+            "is a failed clip; smaller overruns are clamped",
         }
         if self.task == "anticipation":
             info.update(observed_s=self.observed_s, gap_s=self.gap_s)
@@ -515,23 +842,42 @@ class ClipDataset(Dataset):
         _, participant, video, *_ = self.rows[index]
         return video_path(self.video_root, participant, video, self.layout)
 
-    def _length(self, path: Path) -> tuple[float | None, int]:
+    def _length(self, path: Path) -> tuple[float | Fraction | None, int]:
         key = str(path)
         if key not in self._lengths:
             if self.layout == "video":
                 info = probe_video(path)
-                self._lengths[key] = (info.fps, info.num_frames)
+                self._lengths[key] = (_video_rate(path, info.fps), info.num_frames)
             else:
                 self._lengths[key] = (None, count_frame_files(path))
         return self._lengths[key]
 
     def frames(self, index: int) -> FrameSelection:
-        """The frame selection of item `index` (probes the video for fps and length)."""
-        narration_id, _, video, start, stop, row_fps = self.rows[index]
+        """The 1-based frames of its source that item `index` reads (probes the video)."""
+        selection, source_ids, _ = self._select(index)
+        if self.preprocess.timeline == "native":
+            first, last = selection.first + 1, selection.last + 1
+        else:
+            first, last = min(source_ids), max(source_ids)
+        return FrameSelection(source_ids, first, last, selection.clamped)
+
+    def _select(self, index: int) -> tuple[FrameSelection, tuple[int, ...], float | None]:
+        """(selection, 1-based source frames, timeline fps) of item `index`."""
+        narration_id, _, video, start, stop, row_fps, start_s, stop_s = self.rows[index]
         video_fps, total = self._length(self.source(index))
         fps = row_fps or self.fps or video_fps
+        name = f"{video} {narration_id}"
         try:
-            return select_frames(
+            if self.preprocess.timeline == "avion-30fps":
+                assert start_s is not None and stop_s is not None and fps is not None
+                if self.task == "anticipation":
+                    start_s, stop_s = start_s - self.gap_s - self.observed_s, start_s - self.gap_s
+                selection = avion_frame_ids(start_s, stop_s, self.num_frames,
+                                            frames_on_30fps(total, fps), name)
+                native = native_for_30fps(selection.ids, fps)
+                source_ids = tuple(min(j, total - 1) + 1 for j in native)
+                return selection, source_ids, float(AVION_FPS)
+            selection = select_frames(
                 start,
                 stop,
                 task=self.task,
@@ -540,20 +886,44 @@ class ClipDataset(Dataset):
                 total_frames=total,
                 observed_s=self.observed_s,
                 gap_s=self.gap_s,
-                name=f"{video} {narration_id}",
+                name=name,
             )
+            timeline_fps = float(fps) if fps else None
+            zero_based = FrameSelection(tuple(i - 1 for i in selection.ids), selection.first - 1,
+                                        selection.last - 1, selection.clamped)
+            return zero_based, selection.ids, timeline_fps
         except OutsideVideoError as error:  # a failed clip (zeros + error), never a row
             raise VideoError(self.source(index), str(error)) from None
+
+    def clip_plan(self, index: int) -> ClipPlan:
+        """Which frames item `index` reads, without decoding any (probes the video)."""
+        selection, source_ids, fps = self._select(index)
+        return ClipPlan(self.rows[index][0], (str(self.source(index)),), fps, selection.ids,
+                        source_ids, selection.clamped)
 
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed clip of item `index`; raises `VideoError`."""
         path = self.source(index)
-        ids = self.frames(index).ids
+        ids = self._select(index)[1]
+        p = self.preprocess
+        fused = None
+        if p.resize == "fused":
+            if self._fused is None:
+                self._fused = FusedCropScale(self.size, p.scaler)
+            fused = self._fused
         if self.layout == "video":
-            raw = read_video_frames(path, ids, threads=self.threads)
+            raw = read_video_frames(path, ids, threads=self.threads, convert=fused)
         else:
             raw = read_frame_folder(path, ids, self.frame_template)
-        return preprocess_clip(raw, self.size, self.mean, self.std)
+            if fused is not None:
+                raw = np.stack([fused(frame) for frame in raw])
+        if p.resize == "fused":
+            return normalise(torch.as_tensor(raw).permute(0, 3, 1, 2), p.mean, p.std)
+        if p.resize == "torchvision":
+            return torchvision_clip(raw, self.size, p.mean, p.std)
+        mean01 = [m / 255.0 for m in p.mean]
+        std01 = [v / 255.0 for v in p.std]
+        return preprocess_clip(raw, self.size, mean01, std01)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, str]:
         narration_id = self.rows[index][0]
@@ -563,3 +933,11 @@ class ClipDataset(Dataset):
             if self.on_error == "raise":
                 raise
             return torch.zeros(self.clip_shape), narration_id, str(error)
+
+
+def _video_rate(path: Path, fps: float) -> Fraction:
+    """The exact frame rate of a video (29.97 is 30000/1001), for the 30 fps mapping."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else _rate(fps)

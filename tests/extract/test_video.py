@@ -15,24 +15,36 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from extract.synthetic import SyntheticConfig, generate
 from extract.video import (
+    AVION_MEAN,
+    AVION_STD,
     CLIP_MEAN,
     CLIP_STD,
+    PRESETS,
     ClipDataset,
+    FusedCropScale,
     OutsideVideoError,
     VideoError,
     anticipation_window,
+    avion_frame_ids,
+    frames_on_30fps,
+    native_for_30fps,
     preprocess_clip,
+    preprocess_preset,
     probe_video,
     read_frame_folder,
     read_video_frames,
     sample_frame_ids,
     select_frames,
+    torchvision_clip,
     video_path,
 )
+from features.annotations import load_split
 
 W, H, STRIPES = 80, 48, 10
 
@@ -203,7 +215,7 @@ def test_dataset_video_and_jpeg_layouts_agree(ek100_videos: Path) -> None:
         rows, ek100_videos / "rgb_frames", layout="rgb_frames", num_frames=4, size=32
     )
     assert video.frames(0).ids == (25, 35, 45, 55)
-    assert video.manifest()["normalisation"]["mean"] == list(CLIP_MEAN)
+    assert video.manifest()["normalisation"]["mean"] == [255.0 * m for m in CLIP_MEAN]
     clip, nid, error = video[0]
     assert clip.shape == (3, 4, 32, 32) and nid == "P01_01_0" and error == ""
     jclip, _, jerror = jpeg[0]
@@ -288,3 +300,168 @@ def test_decoder_seeks_instead_of_decoding_everything(tmp_path: Path) -> None:
     assert stats["seeks"] >= 7 and stats["decoded"] < 150
     every = list(range(1, 601, 7))  # keyframe neighbours with B-frames, all found
     assert [frame_number(f) for f in read_video_frames(path, every, seek_gap_s=0.05)] == every
+
+
+# ------------------------------------------------------------- AVION's preprocessing (#14)
+
+# Expected ids produced by running AVION's own code outside this repository: the functions
+# `get_frame_ids` and `datetime2sec` of avion/data/clip_dataset.py (AVION commit
+# 31b00b6bc5d2c09f56b90643cd546cfe8a31c005), exec'd alone (decord absent) in /tmp, on the
+# validation split of the `avion_data` fixture below, with `video_loader`'s chunk-path clamp
+# `end_second = min(end_second, (len - 1) / 30)` and `get_frame_ids(int(np.round(second *
+# 30)), int(np.round(end_second * 30)), 16, jitter=False)`; the video has 270 frames at 30
+# fps. `_end` is the last segment moved to 8.333-9.167 s, past the video's end (9.0 s).
+AVION_IDS = {
+    "P03_01_0": ("00:00:00.57", "00:00:02.00", [18, 21, 23, 26, 29, 31, 34, 37, 39, 42, 45, 47, 50, 53, 55, 58]),  # noqa: E501
+    "P03_01_1": ("00:00:02.30", "00:00:03.60", [70, 72, 75, 77, 79, 82, 84, 87, 89, 92, 94, 97, 99, 101, 104, 106]),  # noqa: E501
+    "P03_01_2": ("00:00:04.13", "00:00:05.60", [125, 128, 130, 133, 136, 139, 141, 144, 147, 150, 152, 155, 158, 161, 163, 166]),  # noqa: E501
+    "P03_01_3": ("00:00:06.00", "00:00:07.07", [181, 183, 185, 187, 189, 191, 193, 195, 197, 199, 201, 203, 205, 207, 209, 211]),  # noqa: E501
+    "P03_01_4": ("00:00:07.43", "00:00:08.73", [224, 226, 229, 231, 233, 236, 238, 241, 243, 246, 248, 251, 253, 255, 258, 260]),  # noqa: E501
+    "P03_01_4_end": ("00:00:08.333", "00:00:09.167", [250, 251, 252, 254, 255, 256, 257, 258, 260, 261, 262, 263, 264, 266, 267, 268]),  # noqa: E501
+}
+
+
+@pytest.fixture(scope="module")
+def avion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic dataset the AVION_IDS were computed on (one validation video, 30 fps)."""
+    root = tmp_path_factory.mktemp("avion")
+    generate(SyntheticConfig(out=root, videos=5, videos_per_participant=2, val_videos=1,
+                             test_videos=1, segments_per_video=5, width=64, height=48,
+                             fps=30.0, max_duration=1.5, workers=1))
+    return root
+
+
+def avion_segments(root: Path) -> pd.DataFrame:
+    rows = load_split(root / "annotations", "validation").segments
+    end = rows.iloc[[-1]].assign(narration_id="P03_01_4_end", start_timestamp="00:00:08.333",
+                                 stop_timestamp="00:00:09.167")
+    return pd.concat([rows, end], ignore_index=True)
+
+
+def test_avion_frame_ids_match_avions_code(avion_data: Path) -> None:
+    rows = avion_segments(avion_data)
+    assert {r.narration_id: (r.start_timestamp, r.stop_timestamp) for r in rows.itertuples()} == {
+        k: v[:2] for k, v in AVION_IDS.items()}
+    data = ClipDataset(rows, avion_data / "videos", num_frames=16, size=32,
+                       preprocess=PRESETS["avion"])
+    for i, nid in enumerate(rows["narration_id"]):
+        plan = data.clip_plan(i)
+        assert (plan.narration_id, plan.fps) == (nid, 30.0)
+        assert list(plan.frame_ids) == AVION_IDS[nid][2], nid
+        assert list(plan.source_ids) == [k + 1 for k in AVION_IDS[nid][2]]  # 30 fps video
+        assert plan.clamped == nid.endswith("_end")
+    clip, _, error = data[len(rows) - 1]  # the clamped segment decodes
+    assert error == "" and clip.shape == (3, 16, 32, 32)
+
+
+def test_avion_timeline_refuses_a_window_mostly_past_the_end() -> None:
+    with pytest.raises(OutsideVideoError, match="past the video's last frame 269"):
+        avion_frame_ids(8.9, 10.0, 16, frames_30=270)
+    assert avion_frame_ids(0.0, 1.0, 4).ids == tuple(sample_frame_ids(0, 30, 4))
+    assert avion_frame_ids(0.05, 0.15, 2).first == 2  # np.round(1.5) = 2 (half to even)
+
+
+@pytest.mark.parametrize("fps", [Fraction(50), Fraction(60000, 1001), Fraction(30)])
+def test_native_frames_are_those_ffmpegs_fps_filter_keeps(fps: Fraction) -> None:
+    """A raw 50/59.94 fps video read on the 30 fps timeline gives the frames a 30 fps
+    re-encode (FFmpeg's fps filter, run here through PyAV) holds."""
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=W, height=H, format="rgb24", time_base=1 / fps),
+             graph.add("fps", "30"), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    graph.configure()
+    kept = []
+    for n in range(1, 121):
+        frame = av.VideoFrame.from_ndarray(numbered_frame(n), format="rgb24")
+        frame.pts = n - 1
+        graph.push(frame)
+        while True:
+            try:
+                kept.append(frame_number(graph.pull().to_ndarray(format="rgb24")) - 1)
+            except (av.BlockingIOError, av.EOFError):
+                break
+    k = len(kept) - 2  # the filter holds back the last frames until EOF
+    assert native_for_30fps(range(k), fps) == kept[:k]
+    assert frames_on_30fps(120, fps) == round(120 * 30 / fps)
+
+
+def bilinear_no_antialias(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Reference for torchvision 0.14's tensor Resize (torchvision is not installed here, so
+    written from its documented semantics: bilinear, align_corners=False, no antialias)."""
+    h, w = x.shape[-2:]
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # source coordinates scale * (dst + 1/2) - 1/2 with a float32 scale, rounded once to
+        # float32 (a fused multiply-add, as PyTorch's CPU kernel computes them); exact float64
+        # coordinates differ by up to 2.2e-5 after normalisation
+        scale = np.float64(np.float32(n_in / n_out))
+        src = np.float32(scale * (np.arange(n_out) + 0.5) - 0.5).astype(np.float64)
+        src = np.maximum(src, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    rows = x[..., y0, :] * (1 - fy)[:, None] + x[..., y1, :] * fy[:, None]
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+
+
+def test_torchvision_path_matches_avions_non_fused_transform() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)  # landscape, 90 -> 32
+    out = torchvision_clip(frames, 32)
+    x = frames.transpose(3, 0, 1, 2).astype(np.float64)  # (C, T, H, W) as AVION permutes
+    resized = bilinear_no_antialias(x, 32, int(32 * 160 / 90))
+    left = int(round((resized.shape[-1] - 32) / 2.0))
+    crop = resized[..., :, left : left + 32]
+    mean, std = np.array(AVION_MEAN)[:, None, None, None], np.array(AVION_STD)[:, None, None, None]
+    np.testing.assert_allclose(out.numpy(), (crop - mean) / std, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scaler", ["bilinear", "bicubic"])
+def test_fused_crop_scale_is_ffmpegs_filter_within_the_stated_bound(
+    avion_data: Path, scaler: str
+) -> None:
+    """FFmpeg scales the YUV frame (chroma at half resolution) and converts to RGB after;
+    a float resize of the same frame's RGB centre square differs by a mean |d| under one grey
+    level (measured 0.76 bilinear, 0.79 bicubic on 400x300 frames), 99 % of values within 5."""
+    generate(SyntheticConfig(out=avion_data / "big", videos=5, videos_per_participant=2,
+                             val_videos=1, test_videos=1, segments_per_video=1, width=400,
+                             height=300, fps=30.0, max_duration=1.5, workers=1))
+    path = next((avion_data / "big" / "videos").rglob("*.MP4"))
+    ids = list(range(1, 40, 6))
+    fused = FusedCropScale(224, scaler)
+    assert fused.filter(400, 300) == f"crop=300:300:50:0,scale=224:224:flags={scaler}"
+    out = torch.as_tensor(read_video_frames(path, ids, convert=fused)).permute(0, 3, 1, 2)
+    rgb = torch.as_tensor(read_video_frames(path, ids)).permute(0, 3, 1, 2).float()
+    ref = F.interpolate(rgb[..., :, 50:350], size=(224, 224), mode=scaler, antialias=True,
+                        align_corners=False).clamp(0, 255)
+    diff = (out.float() - ref).abs()
+    assert out.dtype == torch.uint8 and out.shape == (len(ids), 3, 224, 224)
+    assert diff.mean() < 1.0 and diff.flatten().quantile(0.99) < 5.0
+    assert diff.mean() > 0  # it is FFmpeg's filter, not torch's resize
+    jpeg = fused(read_video_frames(path, ids[:1])[0])  # rgb24 frames (rgb_frames) also go in
+    assert jpeg.shape == (224, 224, 3)
+
+
+def test_manifest_names_every_choice(avion_data: Path) -> None:
+    rows = avion_segments(avion_data)
+    manifest = ClipDataset(rows, avion_data / "videos", preprocess=PRESETS["avion"]).manifest()
+    assert manifest["preprocess"] == {
+        "name": "avion", "mean": list(AVION_MEAN), "std": list(AVION_STD), "scale": "0-255",
+        "timeline": "avion-30fps", "timeline_fps": 30.0, "resize": "fused",
+        "scaler": "bilinear", "precision": "fp16"}  # fmt: skip
+    assert manifest["normalisation"]["mean"] == list(AVION_MEAN)
+    old = ClipDataset(rows, avion_data / "videos").manifest()["preprocess"]
+    assert (old["name"], old["timeline"], old["resize"], old["precision"]) == (
+        "ours-v1", "native", "antialias", "bf16")
+    changed = preprocess_preset("avion", resize="torchvision", precision="bf16")
+    assert changed.name == "avion+precision=bf16+resize=torchvision"
+    assert preprocess_preset("avion", resize=None) is PRESETS["avion"]
+
+
+def test_avion_timeline_from_rgb_frames_needs_their_fps(avion_data: Path) -> None:
+    rows = avion_segments(avion_data)
+    with pytest.raises(ValueError, match="native fps"):
+        ClipDataset(rows, avion_data / "rgb", layout="rgb_frames", preprocess=PRESETS["avion"])
