@@ -1,7 +1,8 @@
 """reports stage: the paper's tables and plots rebuilt from the MLflow store.
 
-`python -m reports.tables` picks one run per table row by its tags, writes Markdown, LaTeX
-and CSV (ours beside the published values of `reports.paper`, with differences, run ids and
-the reason for every empty cell), the plots (`reports.plots`) and a static HTML page
-(`reports.html`). Captions always name the dataset, so demo numbers never pass for EK100.
+`python -m reports.tables` picks one run per table row and protocol by its tags, writes
+Markdown, LaTeX and CSV (ours beside the MambaVL paper's published values in `reports.paper`,
+with differences, run ids and the reason for every empty cell), the plots (`reports.plots`)
+and a static HTML page (`reports.html`). Captions always name the dataset and the protocol
+and say that ours are heads on frozen features, so demo numbers never pass for EK100.
 """
