@@ -218,6 +218,7 @@ def test_mamba_reference_is_the_authors_recipe() -> None:
     assert reference["weight_decay"] == code["weight_decay"]
     assert reference["batch_size"] == code["batch_size"]
     assert reference["warmup_fraction"] == code["warmup_epochs"] / code["epochs"]
+    assert reference["label_smoothing"] == code["label_smoothing"]
     for key in ("d_state", "expand", "depth"):
         assert reference[key] == CODE_RECIPE["fusion"][key]
 
