@@ -26,6 +26,14 @@ Transformer: MLP ratio 4, position tables of 5000 positions for video and questi
     head                params   over linear   Table 4 delta
     mamba               10.20 M     9.89 M       +9 M   (+9.9 %)
     transformer_12x12   95.41 M    95.10 M      +94 M   (+1.2 %)
+
+`--protocol authors|paper|clean` (default clean) builds the Mamba head with that protocol's
+structure (`fusion.protocols`). `--protocol authors` counts what the authors' model adds to its
+backbone (`Dongzhikang/MambaVL` @ 601b789d48acdf34ada50e9b4f78f219ffc470dc,
+`slowfast/models/video_model_builder.py`): the two mixers, the text projection, the shared
+`A_log` and the two classifiers, 9.59 M at D = 768 (`params`; their model has no linear
+classifier of its own to subtract, so `params` is the comparison with Table 4's +9 M);
+`paper` 10.19 M.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from features.config import cli
 from fusion.heads import build_head
+from fusion.protocols import ProtocolName, get_protocol
 from fusion.ssm import count_scan_flops
 
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
@@ -114,6 +123,8 @@ class ProfileConfig:
     """Parameters and FLOPs per clip of one fusion head."""
 
     fusion: Fusion = "mamba"
+    protocol: ProtocolName = "clean"
+    """Head structure of this protocol (`fusion.protocols`); the options below override it."""
     video_dim: int = 768
     """Video feature width (768: ORViT and AVION ViT-B; 1024: AVION ViT-L)."""
     text_dim: int = 768
@@ -141,12 +152,18 @@ def profile(config: ProfileConfig) -> dict:
                          config.questions)
     options = {k: getattr(config, k) for k in ("d_model", "d_state", "expand", "d_conv", "depth")
                if getattr(config, k) is not None}
+    try:
+        structure = get_protocol(config.protocol).head_options(config.fusion)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     torch.manual_seed(0)
     head = build_head(config.fusion, modality_dims={m: s[1] for m, s in shapes.items()},
-                      num_verbs=config.num_verbs, num_nouns=config.num_nouns, **options)
+                      num_verbs=config.num_verbs, num_nouns=config.num_nouns,
+                      **structure, **options)
     cost = profile_model(head, shapes)
     linear = (config.video_dim + 1) * (config.num_verbs + config.num_nouns)
-    return {"fusion": config.fusion, **cost, "params_over_linear": cost["params"] - linear,
+    return {"fusion": config.fusion, "protocol": config.protocol, **cost,
+            "params_over_linear": cost["params"] - linear,
             "gflops": cost["flops"] / 1e9, "shapes": {m: list(s) for m, s in shapes.items()},
             "options": options}
 

@@ -1,6 +1,17 @@
 """Train a fusion head on cached features and track it in MLflow.
 
     python -m fusion.train --preset mambavl-vitl --epochs 50 --batch-size 256
+    python -m fusion.train --preset mambavl-vitl --protocol authors --head.route-questions False
+
+Protocols (`fusion.protocols`: `authors`, `paper`, `clean`, default `clean`) name the recipe
+and the head structure. A config is built in three layers, each over the one before:
+1. the protocol: its recipe fields become the defaults (`protocol_config`), and its head
+   structure is what the Mamba head gets for every `head.*` option left unset (None);
+2. the preset: the fields it changes from `TrainConfig()`'s defaults (data, backbone, scale;
+   the demo presets also their own LRs and label smoothing, which then win);
+3. the flags: any field, so an ablation flips one field of a protocol.
+The run records the result, field by field, and names the fields that differ from its
+protocol (`deviations`) in its MLflow tags.
 
 The loop is deliberately plain (nanoGPT-style): features live on the device, each epoch
 is a shuffled pass, validation runs after every epoch with the EK100 metrics, and two
@@ -19,6 +30,7 @@ hold only tensors, numbers, strings and plain containers and load with `weights_
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import fcntl
 import functools
@@ -38,18 +50,20 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 from tqdm import tqdm
 
 from features import errors
-from features.config import cli, save_config, to_dict
+from features.config import save_config, to_dict
 from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
 from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head
 from fusion.metrics import HEADLINE_METRIC, metrics_for
-from fusion.optim import build_scheduler, param_groups
+from fusion.optim import build_authors_scheduler, build_optimizer, build_scheduler, param_groups
 from fusion.predictions import save_predictions
+from fusion.protocols import CLEAN, PROTOCOLS, ProtocolName, get_protocol
 
 Task = Literal["recognition", "anticipation"]
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
@@ -68,6 +82,14 @@ class HeadConfig:
     shared_A: bool | None = None  # noqa: N815 - the paper's name for the matrix
     backend: str | None = None
     """Mamba head's selective-scan backend: auto, torch, mamba_ssm, triton (`fusion.ssm`)."""
+    # Mamba head structure; None: the protocol's (`fusion.protocols.Protocol` says what each is)
+    block: Literal["prenorm-residual", "bare"] | None = None
+    video_proj: Literal["mlp", "none"] | None = None
+    text_proj: Literal["mlp", "relu3"] | None = None
+    proj_kernel: int | None = None
+    route_questions: bool | None = None
+    pool_padding: bool | None = None
+    init: Literal["mamba", "authors"] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -78,6 +100,9 @@ class TrainConfig:
     """Train one fusion head on a video store and a text store."""
 
     fusion: Fusion = "mamba"
+    protocol: ProtocolName = "clean"
+    """Recipe and head structure: authors, paper or clean (`fusion.protocols`); on the command
+    line it sets the defaults of the fields it governs, which flags still override."""
     head: HeadConfig = field(default_factory=HeadConfig)
     task: Task = "recognition"
     data: Path = Path("data/demo")
@@ -100,15 +125,30 @@ class TrainConfig:
     questions: Literal["both", "none"] = "both"
     """`none` trains on video alone (the "backbone alone" rows)."""
     epochs: int = 100
-    batch_size: int = 128
-    start_lr: float = 1e-6
-    peak_lr: float = 1e-4
-    ssm_peak_lr: float = 5e-4
-    final_lr: float = 1e-6
-    warmup_epochs: float = 5.0
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0
+    # the recipe: `clean`'s values; `--protocol` sets others (`fusion.protocols.Protocol`)
+    batch_size: int = CLEAN.batch_size
+    optimizer: Literal["adamw", "sgd"] = CLEAN.optimizer
+    schedule: Literal["warmup-cosine", "authors"] = CLEAN.schedule
+    start_lr: float = CLEAN.start_lr
+    peak_lr: float = CLEAN.peak_lr
+    ssm_peak_lr: float = CLEAN.ssm_peak_lr
+    final_lr: float = CLEAN.final_lr
+    warmup_epochs: float = CLEAN.warmup_epochs
+    weight_decay: float = CLEAN.weight_decay
+    decay_exclusions: bool = CLEAN.decay_exclusions
+    """No weight decay on 1-D parameters, biases, A_log and D."""
+    a_log_lr: Literal["ssm", "base"] = CLEAN.a_log_lr
+    """The learning-rate group of the Mamba head's A_log."""
+    label_smoothing: float = CLEAN.label_smoothing
+    mixup_alpha: float = CLEAN.mixup_alpha
+    """Mixup of the video features with the reversed batch, λ ~ Beta(α, α) per batch, soft
+    targets (0: off)."""
+    precision: Literal["bf16", "fp16"] = CLEAN.precision
+    """Autocast dtype on CUDA; fp16 runs with a gradient scaler."""
+    grad_clip: float = CLEAN.grad_clip
+    selection: Literal["best-epoch", "running-max"] = CLEAN.selection
+    """Reported `best_*` metrics: those of the best epoch on the headline metric, or each
+    metric's own maximum over epochs (the authors' EPICValMeter)."""
     seed: int = 0
     early_stop_metric: str | None = None
     """Validation metric that selects `best.pt` and early stopping (default: the task's
@@ -117,12 +157,13 @@ class TrainConfig:
     """Stop after this many epochs without improvement (0: never)."""
     device: str = "auto"
     amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)."""
+    """Autocast on CUDA in `precision` (ignored on CPU)."""
     compile: bool = False
     """torch.compile the head's forward (fuses its small elementwise kernels on GPU)."""
     cuda_graphs: bool = True
     """On CUDA, replay each full-batch step as one CUDA graph (`fusion.graphs`): small heads
-    are launch-bound without it (MLP epoch 3.9 s -> 1.2 s on the H100)."""
+    are launch-bound without it (MLP epoch 3.9 s -> 1.2 s on the H100). Only AdamW steps in
+    bf16 without mixup are captured; other steps run eagerly."""
     out: Path = Path("runs")
     run_name: str | None = None
     """Folder under `out` (default: fusion-backbone-task[-video][-unsharedA]-s<seed>); reruns
@@ -170,6 +211,51 @@ PRESETS: dict[str, TrainConfig] = {
         for backbone in ("vitb", "vitl", "orvit")
     },
 }
+
+
+def protocol_config(name: str, **changes: Any) -> TrainConfig:
+    """`TrainConfig` with the recipe of protocol `name` (then `changes`); the head structure
+    follows from `protocol` when the head is built."""
+    return dataclasses.replace(TrainConfig(protocol=name), **get_protocol(name).train_fields(),
+                               **changes)
+
+
+def overlay(base: TrainConfig, preset: TrainConfig) -> TrainConfig:
+    """`base` with the fields that `preset` changes from `TrainConfig()`'s defaults."""
+    default = TrainConfig()
+    top = {f.name: getattr(preset, f.name) for f in dataclasses.fields(TrainConfig)
+           if f.name != "head" and getattr(preset, f.name) != getattr(default, f.name)}
+    head = {f.name: getattr(preset.head, f.name) for f in dataclasses.fields(HeadConfig)
+            if getattr(preset.head, f.name) != getattr(default.head, f.name)}
+    return dataclasses.replace(base, head=dataclasses.replace(base.head, **head), **top)
+
+
+def deviations(config: TrainConfig) -> dict[str, Any]:
+    """Recipe fields and head options whose value is not the protocol's (a preset's or a
+    flag's): what makes a run an ablation of its protocol."""
+    protocol = get_protocol(config.protocol)
+    out = {k: getattr(config, k) for k, v in protocol.train_fields().items()
+           if getattr(config, k) != v}
+    if config.fusion == "mamba":
+        out |= {f"head.{k}": getattr(config.head, k)
+                for k, v in protocol.head_options("mamba").items()
+                if getattr(config.head, k) not in (None, v)}
+    return out
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The command line's config: protocol, then preset, then flags (module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--preset", choices=sorted(PRESETS))
+    peek.add_argument("--protocol", choices=sorted(PROTOCOLS), default=CLEAN.name)
+    known, rest = peek.parse_known_args(args)
+    default = protocol_config(known.protocol)
+    if known.preset:
+        default = overlay(default, PRESETS[known.preset])
+    description = (f"{TrainConfig.__doc__}\n\n--preset NAME: {', '.join(sorted(PRESETS))}\n"
+                   f"--protocol NAME: {', '.join(PROTOCOLS)} (default clean)")
+    return tyro.cli(TrainConfig, args=rest, default=default, description=description)
 
 
 # Config fields that do not change what is trained: where outputs go, how the run is
@@ -254,7 +340,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """Fields whose value differs. A field missing from `old` (added to the harness after
+    that folder was made) at its default is no change: the default is what the run did."""
     missing = "(unset)"
+    default = fingerprint(to_dict(TrainConfig()))
+    old = {**{k: v for k, v in default.items() if k not in old and new.get(k) == v}, **old}
     return {k: [old.get(k, missing), new.get(k, missing)]
             for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)}
 
@@ -314,13 +404,18 @@ def open_run(config: TrainConfig, folder: Path,
     return checkpoint, f"after epoch {epoch}: {note}"
 
 
+def autocast_dtype(config: TrainConfig) -> torch.dtype:
+    return torch.float16 if config.precision == "fp16" else torch.bfloat16
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, split: FeatureSplit, batch_size: int, amp: bool) -> dict:
+def predict(model: torch.nn.Module, split: FeatureSplit, batch_size: int, amp: bool,
+            dtype: torch.dtype = torch.bfloat16) -> dict:
     """Softmax-free scores (logits) for every row of `split`, in order, as numpy."""
     model.eval()
     verb, noun = [], []
     for batch in split.batches(batch_size * 2):
-        with torch.autocast(split.verb.device.type, torch.bfloat16, enabled=amp):
+        with torch.autocast(split.verb.device.type, dtype, enabled=amp):
             out = model(batch.inputs, batch.masks)
         verb.append(out["verb"].float().cpu())
         noun.append(out["noun"].float().cpu())
@@ -329,30 +424,92 @@ def predict(model: torch.nn.Module, split: FeatureSplit, batch_size: int, amp: b
 
 def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[str, Any],
                    steps_per_epoch: int, device: torch.device) -> tuple[Any, Any, Any]:
-    """The head, AdamW with the SSM block's own LR group, and the warmup-cosine schedule."""
+    """The head (the protocol's structure under the head options set), the optimizer with the
+    SSM block's own LR group, and the protocol's schedule (`fusion.optim`)."""
+    options = head_options(config)
     try:
         model = build_head(config.fusion, modality_dims=dims, num_verbs=data_info["num_verbs"],
-                           num_nouns=data_info["num_nouns"], **config.head.kwargs()).to(device)
+                           num_nouns=data_info["num_nouns"], **options).to(device)
     except TypeError as error:  # e.g. --head.d-state given to the MLP head
         raise ValueError(f"fusion head {config.fusion!r} rejects the head options "
-                         f"{config.head.kwargs()}: {error}") from error
+                         f"{options}: {error}") from error
     groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
-                          getattr(model, "ssm_prefixes", ()))
+                          getattr(model, "ssm_prefixes", ()), config.decay_exclusions,
+                          config.a_log_lr)
     cuda = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=cuda,
-                                  capturable=cuda and config.cuda_graphs)
-    scheduler = build_scheduler(
-        optimizer, steps_per_epoch * config.epochs, round(config.warmup_epochs * steps_per_epoch),
-        config.start_lr / config.peak_lr, config.final_lr / config.peak_lr,
-    )
+    optimizer = build_optimizer(groups, config.optimizer, fused=cuda,
+                                capturable=cuda and config.cuda_graphs)
+    if config.schedule == "authors":
+        scheduler = build_authors_scheduler(optimizer, steps_per_epoch, config.epochs,
+                                            config.warmup_epochs, config.start_lr,
+                                            config.peak_lr, config.final_lr)
+    else:
+        scheduler = build_scheduler(
+            optimizer, steps_per_epoch * config.epochs,
+            round(config.warmup_epochs * steps_per_epoch),
+            config.start_lr / config.peak_lr, config.final_lr / config.peak_lr,
+        )
     return model, optimizer, scheduler
 
 
+def head_options(config: TrainConfig) -> dict[str, Any]:
+    """The head's constructor options: the protocol's structure, then the head options set."""
+    try:
+        structure = get_protocol(config.protocol).head_options(config.fusion)
+    except ValueError as error:
+        raise errors.HarnessError(str(error)) from None
+    return structure | config.head.kwargs()
+
+
+def graph_safe(config: TrainConfig) -> bool:
+    """Whether a step can be captured as a CUDA graph: AdamW (capturable) in bf16 without
+    mixup. SGD's update takes its LR as a number, fp16's scaler syncs with the host, and
+    mixup draws a new λ each step, which a replayed graph would keep constant."""
+    return config.optimizer == "adamw" and config.precision == "bf16" and not config.mixup_alpha
+
+
+def mix_video(batch: Batch, alpha: float) -> tuple[Batch, float]:
+    """Mixup of the video features: λ ~ Beta(α, α) per batch (the global torch RNG, saved in
+    checkpoints), each clip mixed with the clip at the mirrored batch position; the questions
+    are not mixed. PySlowFast's `MixUp._mix_batch` (facebookresearch/SlowFast
+    `slowfast/datasets/mixup.py`) does this to the frames, which the authors' `train_net.py`
+    applies to `inputs[0]`; their own `mixup` module is only stored compiled (not verified).
+    Their CutMix half (SWITCH_PROB 0.5, a pixel box) has no counterpart on cached frame
+    tokens, so every batch is mixed up."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    video, mask = batch.inputs["video"], batch.masks.get("video")
+    masks = dict(batch.masks)
+    if mask is not None:  # padded video tokens are zeros, and a token of either clip is real
+        video = video * mask[..., None].to(video.dtype)
+        masks["video"] = mask | mask.flip(0)
+    mixed = video * lam + video.flip(0) * (1.0 - lam)
+    return dataclasses.replace(batch, inputs={**batch.inputs, "video": mixed}, masks=masks), lam
+
+
+def soft_cross_entropy(logits: Tensor, labels: Tensor, lam: float, smoothing: float) -> Tensor:
+    """Cross-entropy with mixed, smoothed targets (PySlowFast's `mixup_target` targets; the
+    authors' ViT-B config trains with `soft_cross_entropy`)."""
+    classes = logits.shape[-1]
+    off = smoothing / classes
+    target = torch.full_like(logits, off).scatter_(1, labels[:, None], 1.0 - smoothing + off)
+    target = target * lam + target.flip(0) * (1.0 - lam)
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
 def step_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig, amp: bool) -> Tensor:
-    """Verb + noun cross-entropy of one batch (autocast's weight cache off: CUDA-graph safe)."""
-    with torch.autocast(batch.verb.device.type, torch.bfloat16, enabled=amp,
+    """Verb + noun cross-entropy of one batch (autocast's weight cache off: CUDA-graph safe);
+    with `mixup_alpha`, of the mixed batch against mixed soft targets."""
+    lam = None
+    if config.mixup_alpha > 0:
+        batch, lam = mix_video(batch, config.mixup_alpha)
+    with torch.autocast(batch.verb.device.type, autocast_dtype(config), enabled=amp,
                         cache_enabled=False):
         out = model(batch.inputs, batch.masks)
+        if lam is not None:
+            return (soft_cross_entropy(out["verb"].float(), batch.verb, lam,
+                                       config.label_smoothing)
+                    + soft_cross_entropy(out["noun"].float(), batch.noun, lam,
+                                         config.label_smoothing))
         loss = F.cross_entropy(out["verb"].float(), batch.verb,
                                label_smoothing=config.label_smoothing)
         return loss + F.cross_entropy(out["noun"].float(), batch.noun,
@@ -361,22 +518,31 @@ def step_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig, amp: bo
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
-               amp: bool) -> torch.Tensor:
+               amp: bool, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss (no host sync)."""
     loss = step_loss(model, batch, config, amp)
     optimizer.zero_grad(set_to_none=True)
-    apply_gradients(model, loss, optimizer, config)
+    apply_gradients(model, loss, optimizer, config, scaler)
     scheduler.step()
     return loss.detach()
 
 
 def apply_gradients(model: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
-                    config: TrainConfig) -> None:
-    """Backward, gradient clipping and the optimizer update (the caller zeroes gradients)."""
-    loss.backward()
+                    config: TrainConfig, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward, gradient clipping and the optimizer update (the caller zeroes gradients);
+    with an fp16 `scaler`, on scaled gradients, unscaled before clipping."""
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -422,6 +588,8 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     model, optimizer, scheduler = build_training(config, train_split.dims, data_info,
                                                  steps_per_epoch, device)
+    dtype = autocast_dtype(config)
+    scaler = torch.amp.GradScaler("cuda") if amp and config.precision == "fp16" else None
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "history": [], "run_id": None}
     last = folder / "last.pt"
@@ -443,20 +611,24 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                                            scheduler.lr_lambdas, strict=True):
                 group["lr"] = base * factor(scheduler.last_epoch)
         _set_rng_state(checkpoint["rng"], generator)
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         state = checkpoint["state"]
         print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
 
     forward = torch.compile(model) if config.compile else model  # shares model's weights
-    if config.cuda_graphs and device.type == "cuda":
+    if config.cuda_graphs and device.type == "cuda" and graph_safe(config):
         step = GraphedTrainStep(forward, optimizer, scheduler, config, amp)
     else:
         step = functools.partial(train_step, forward, optimizer=optimizer, scheduler=scheduler,
-                                 config=config, amp=amp)
+                                 config=config, amp=amp, scaler=scaler)
     if config.track:
         run = tracking.start_run(config, state["run_id"], data_info, model, folder)
         state["run_id"] = run.info.run_id
         if changed:
             tracking.set_tags({f"settings_changed.epoch{state['epoch']}": changed[:5000]})
+        tracking.set_tags({"protocol": config.protocol,
+                           "protocol.deviations": json.dumps(deviations(config))[:5000]})
     metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
     val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
@@ -476,7 +648,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                 total_loss += loss * len(batch.index)
                 seen += len(batch.index)
             train_loss = float(total_loss) / max(seen, 1)
-            scores = predict(forward, val_split, config.batch_size, amp)
+            scores = predict(forward, val_split, config.batch_size, amp, dtype)
             metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
             record = {"epoch": epoch + 1, "train_loss": train_loss,
                       "epoch_seconds": time.perf_counter() - started,
@@ -493,7 +665,8 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
             state["epoch"] = epoch + 1
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "rng": _rng_state(generator),
-                          "state": state, "config": to_dict(config)}
+                          "state": state, "config": to_dict(config),
+                          "scaler": scaler.state_dict() if scaler is not None else {}}
             torch.save(checkpoint, folder / "last.tmp")  # serialised once, copied for best.pt
             if improved:
                 shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
@@ -510,7 +683,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                                             status="KILLED")
                     raise
 
-    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
+    best = selected_metrics(state["history"], state["best_epoch"], config.selection)
     final = {f"best_{k}": v for k, v in best.items() if isinstance(v, int | float)}
     if config.track:
         tracking.finish_run(final, folder, state["history"], val_split, data_info)
@@ -520,8 +693,31 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
             "epochs_run": state["epoch"]}
 
 
+NOT_MAXIMISED = frozenset({"epoch", "train_loss", "epoch_seconds", "lr"})
+
+
+def selected_metrics(history: list[dict[str, Any]], best_epoch: int,
+                     rule: str) -> dict[str, Any]:
+    """The reported metrics. `best-epoch`: the record of the epoch best on the selection
+    metric. `running-max`: each validation metric's own maximum over epochs, as the authors'
+    `EPICValMeter.log_epoch_stats` reports them (`max_verb_top1_acc`, `max_top1_acc`, ...;
+    `Dongzhikang/MambaVL` @ 601b789d48acdf34ada50e9b4f78f219ffc470dc,
+    `slowfast/utils/meters.py`): the maxima may come from different epochs, so no one
+    checkpoint scores them all; `epoch` stays the best epoch's."""
+    if best_epoch < 0:
+        return {}
+    best = dict(history[best_epoch])
+    if rule == "running-max":
+        for key, value in best.items():
+            if key not in NOT_MAXIMISED and isinstance(value, int | float):
+                best[key] = max(r[key] for r in history)
+    elif rule != "best-epoch":
+        raise ValueError(f"unknown selection {rule!r}; choose best-epoch or running-max")
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
-    config = cli(TrainConfig, PRESETS, args=argv)
+    config = parse_config(argv)
     result = train(config)
     print(json.dumps({"run_id": result["run_id"], "folder": result["folder"],
                       **{k: v for k, v in result["best"].items() if isinstance(v, float)}}))

@@ -1,18 +1,34 @@
 """Shared-A selective-SSM fusion (MambaVL, paper §3.2 and Algorithm 1).
 
-Per branch: an MLP projection to `d_model` and a depthwise 1-D convolution over the tokens
-(paper eq. 5), then `depth` pre-norm residual Mamba layers (input projection, short causal
-depthwise convolution, `x_proj` to Δ, B, C, `dt_proj`, skip `D`, output projection), and a
-final LayerNorm. The state matrix `A = -exp(A_log)` of each layer is ONE parameter used by
-every branch, so the gradients of all modalities shape the same state dynamics; with
-`shared_A=False` each branch has its own (the ablation the paper does not report). Each
-modality is mean-pooled over its real tokens and the pooled vectors are summed into one
-feature for the verb and noun classifiers (`route_questions=True` instead gives the verb
-classifier every modality but the noun question and vice versa, as the authors' code does).
+Per branch: a projection to `d_model` and a depthwise 1-D convolution over the tokens
+(paper eq. 5), then `depth` Mamba layers (input projection, short causal depthwise
+convolution, `x_proj` to Δ, B, C, `dt_proj`, skip `D`, output projection). The state matrix
+`A = -exp(A_log)` of each layer is ONE parameter used by every branch, so the gradients of all
+modalities shape the same state dynamics; with `shared_A=False` each branch has its own (the
+ablation the paper does not report). Each modality is mean-pooled and the pooled vectors are
+summed into one feature for the verb and noun classifiers; `route_questions=True` instead
+gives the verb classifier every modality but the noun question and vice versa.
+
+Structure options (a protocol of `fusion.protocols` sets them; the defaults are `clean`):
+- `block`: `prenorm-residual` (pre-LN, residual, final LN per branch) or `bare` (the mixer
+  output is pooled directly);
+- `video_proj` (every non-question branch) `mlp` or `none`; `text_proj` (question branches)
+  `mlp` (Linear-GELU-Linear) or `relu3` (Linear without bias-ReLU-Linear-ReLU-Linear);
+- `proj_kernel`: the eq. 5 convolution's kernel, 0 for none;
+- `pool_padding`: no mask anywhere, padded positions go through the head and into the mean;
+- `init`: `mamba` (S4D-real A, Δ log-uniform in [1e-3, 0.1]) or `authors`.
+`authors` structure (`Dongzhikang/MambaVL` @ 601b789d48acdf34ada50e9b4f78f219ffc470dc,
+`slowfast/models/video_model_builder.py`, class AVION_B): `bare`, `video_proj="none"`,
+`text_proj="relu3"`, `proj_kernel=0`, routing, `pool_padding`, depth 1, and `init="authors"`:
+its `init_weights()` (xavier_uniform on every parameter of more than one dimension, `A_log`
+included) then `apply(_init_weights)` (every Linear trunc_normal(0.02), bias 0) leave
+A ≈ -1 ± 0.06 and Δ = softplus(0) = 0.693 in every channel. Their mixer
+(`slowfast/models/mamba_ssm/modules/mamba_simple.py`) has the same parameters as `MambaMixer`.
 
 Branches: by default the question modalities (`verb_question`, `noun_question`) share one
-text branch, as the authors' code runs both questions through one Mamba; every other modality
-(video, audio, ...) has its own. Modalities of a branch are stacked along the batch, and with a
+text branch, as the authors' code runs both questions through one Mamba (`mamba_text`) as
+separate batch rows; every other modality (video, audio, ...) has its own. Modalities of a
+branch are stacked along the batch, and with a
 shared `A` the scans of all branches run in ONE `selective_scan` call (padded to a common
 length and stacked along the batch), so the CUDA kernel launches once per layer, not once per
 modality. Only when padding would cost more than 1.5x the real scan work (16 video tokens
@@ -25,21 +41,23 @@ copies cost more than a second launch (triton: one call 4.2 ms, two calls 2.5 ms
 default ragged backends share a call only when no padding is needed
 (`max_padding_ragged = 1.0`); raise it to trade copies for launches (e.g. many tiny branches).
 
-Padding: tokens are left-aligned (real ones first), so the causal convolution and the scan,
-which run left to right, never carry a padded token into a real one; the eq. 5 convolution is
-centred but sees zeros past the last real token, as it would at the sequence's end; pooling
-counts real tokens only.
+Padding (unless `pool_padding`): tokens are left-aligned (real ones first), so the causal
+convolution and the scan, which run left to right, never carry a padded token into a real
+one; the eq. 5 convolution is centred but sees zeros past the last real token, as it would at
+the sequence's end; pooling counts real tokens only.
 
-Size at the paper's setting (ORViT video width 768, RoBERTa-base questions width 768,
-`d_model=768, expand=2, d_state=16, d_conv=4, depth=1`): two branches (video, questions) of
-3.75 M each in the Mamba layers, 1.18 M each in the projections, 0.31 M in the classifiers:
-10.2 M in all, 9.9 M more than a linear classifier on the backbone (Table 4: +9 M).
+Size at D = 768 (video and RoBERTa-base questions both 768 wide, `expand=2, d_state=16,
+d_conv=4, depth=1`), `python -m fusion.profile --fusion mamba --protocol NAME --json`:
+clean 10.20 M (two branches of 3.75 M in the Mamba layers and 1.18 M in the projections,
+0.31 M classifiers); authors 9.59 M (two mixers 7.49 M, text projection 1.77 M, shared A_log
+0.02 M, classifiers 0.31 M: the audit's re-run of their model, Table 4 says +9 M).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +121,12 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
 
+def relu3_projection(d_in: int, d_model: int) -> nn.Sequential:
+    """The authors' text projection `txt_proj`: Linear(no bias)-ReLU-Linear-ReLU-Linear."""
+    return nn.Sequential(nn.Linear(d_in, d_model, bias=False), nn.ReLU(),
+                         nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+
+
 def _pad_cat(tensors: list[Tensor], dim: int) -> Tensor:
     """Right-pads `tensors` along `dim` to a common length and stacks them along dim 0.
     A single tensor comes back as is when contiguous (the scan kernels read contiguous rows;
@@ -136,15 +160,27 @@ class MambaFusion(FusionHead):
         route_questions: bool = False,
         proj_kernel: int = 3,
         backend: Backend = "auto",
+        block: Literal["prenorm-residual", "bare"] = "prenorm-residual",
+        video_proj: Literal["mlp", "none"] = "mlp",
+        text_proj: Literal["mlp", "relu3"] = "mlp",
+        pool_padding: bool = False,
+        init: Literal["mamba", "authors"] = "mamba",
     ) -> None:
         """`d_model` defaults to the video width (the first modality's without video)."""
         dims = dict(modality_dims)
         d_model = d_model or dims.get("video", next(iter(dims.values()), 0))
         super().__init__(dims, num_verbs, num_nouns, d_model)
-        if proj_kernel % 2 != 1:
-            raise ValueError("proj_kernel must be odd (a centred convolution)")
+        if proj_kernel < 0 or (proj_kernel and proj_kernel % 2 != 1):
+            raise ValueError("proj_kernel must be odd (a centred convolution) or 0 (none)")
+        for option, value, choices in (("block", block, ("prenorm-residual", "bare")),
+                                       ("video_proj", video_proj, ("mlp", "none")),
+                                       ("text_proj", text_proj, ("mlp", "relu3")),
+                                       ("init", init, ("mamba", "authors"))):
+            if value not in choices:
+                raise ValueError(f"{option} must be one of {choices}, not {value!r}")
         self.d_model, self.depth, self.shared_A = d_model, depth, shared_A
         self.route_questions, self.backend = route_questions, backend
+        self.prenorm, self.pool_padding = block == "prenorm-residual", pool_padding
         self.max_padding = 1.5
         self.max_padding_ragged = 1.0  # ragged backends skip padded steps, not the copies
         self.branch_of = {m: "question" if share_questions and _is_question(m) else m
@@ -155,17 +191,18 @@ class MambaFusion(FusionHead):
             if len(widths) > 1:
                 raise ValueError(f"modalities of branch {branch!r} differ in width {widths}")
         first = {b: dims[next(m for m in dims if self.branch_of[m] == b)] for b in self.branches}
-        self.proj = nn.ModuleDict({b: MLPProjection(first[b], d_model, dropout)
-                                   for b in self.branches})
+        self.proj = nn.ModuleDict({b: self._projection(b, first[b], text_proj, video_proj,
+                                                       dropout) for b in self.branches})
         self.proj_conv = nn.ModuleDict({
             b: nn.Conv1d(d_model, d_model, proj_kernel, padding=proj_kernel // 2, groups=d_model)
-            for b in self.branches})
+            if proj_kernel else nn.Identity() for b in self.branches})
         self.norms = nn.ModuleDict({b: nn.ModuleList(nn.LayerNorm(d_model) for _ in range(depth))
-                                    for b in self.branches})
+                                    for b in self.branches} if self.prenorm else {})
         self.mixers = nn.ModuleDict({
             b: nn.ModuleList(MambaMixer(d_model, d_state, d_conv, expand) for _ in range(depth))
             for b in self.branches})
-        self.norm_f = nn.ModuleDict({b: nn.LayerNorm(d_model) for b in self.branches})
+        self.norm_f = nn.ModuleDict({b: nn.LayerNorm(d_model) for b in self.branches}
+                                    if self.prenorm else {})
         self.drop = nn.Dropout(dropout)
         # S4D-real initialisation A[:, i] = -(i + 1); one per layer, or per branch and layer
         a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(expand * d_model, 1).log()
@@ -173,6 +210,43 @@ class MambaFusion(FusionHead):
         self.A_log = nn.Parameter(a.expand(*shape, *a.shape).clone())
         # parameter-name prefixes of the SSM block (fusion.optim gives them their own LR)
         self.ssm_prefixes = ("A_log", "mixers")
+        if init == "authors":
+            self._authors_init()
+
+    def _projection(self, branch: str, d_in: int, text_proj: str, video_proj: str,
+                    dropout: float) -> nn.Module:
+        """The branch's projection to `d_model` (question branches: `text_proj`)."""
+        question = any(_is_question(m) for m in self.modality_dims if self.branch_of[m] == branch)
+        kind = text_proj if question else video_proj
+        if kind == "relu3":
+            return relu3_projection(d_in, self.d_model)
+        if kind == "none":
+            if d_in != self.d_model:
+                raise ValueError(f"branch {branch!r} has no projection (video_proj='none') "
+                                 f"but is {d_in} wide, not d_model={self.d_model}")
+            return nn.Identity()
+        return MLPProjection(d_in, self.d_model, dropout)
+
+    @torch.no_grad()
+    def _authors_init(self) -> None:
+        """The authors' re-initialisation, in their order (`init_weights`, then
+        `apply(_init_weights)`): xavier_uniform on every parameter of more than one dimension
+        (each layer's (2D, 16) `A_log` on its own, as their single `A_log` is), then every
+        Linear trunc_normal(std 0.02) with zero bias and every LayerNorm (1, 0)."""
+        for name, param in self.named_parameters():
+            if name == "A_log":
+                for table in param.view(-1, *param.shape[-2:]):
+                    nn.init.xavier_uniform_(table)
+            elif param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def _A(self, branch_index: int, layer: int) -> Tensor:
         a_log = self.A_log[layer] if self.shared_A else self.A_log[branch_index, layer]
@@ -228,7 +302,8 @@ class MambaFusion(FusionHead):
     def forward(
         self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
-        xs, ms = self.prepare(inputs, masks)
+        # pool_padding: the authors' code has no mask, every position is a token
+        xs, ms = self.prepare(inputs, None if self.pool_padding else masks)
         members = {b: [m for m in xs if self.branch_of[m] == b] for b in self.branches}
         h, valid = {}, {}
         for b, mods in members.items():
@@ -237,16 +312,18 @@ class MambaFusion(FusionHead):
             x = self.proj[b](x) * valid[b][..., None].to(x.dtype)  # padded tokens are zeros
             h[b] = self.proj_conv[b](x.transpose(1, 2)).transpose(1, 2)
         for layer in range(self.depth):
-            pieces = {b: self.mixers[b][layer].scan_inputs(self.norms[b][layer](h[b]))
-                      for b in self.branches}
+            pieces = {b: self.mixers[b][layer].scan_inputs(
+                self.norms[b][layer](h[b]) if self.prenorm else h[b]) for b in self.branches}
             ys = self._scan(layer, pieces)
             for b in self.branches:
                 mixer, p = self.mixers[b][layer], pieces[b]
-                h[b] = h[b] + mixer.finish(ys[b].to(p["u"].dtype), p["u"], p["z"])
+                out = mixer.finish(ys[b].to(p["u"].dtype), p["u"], p["z"])
+                h[b] = h[b] + out if self.prenorm else out
         pooled, start = {}, dict.fromkeys(self.branches, 0)
         for m in xs:
             b, rows = self.branch_of[m], xs[m].shape[0]
-            tokens = self.norm_f[b](h[b][start[b]:start[b] + rows, :xs[m].shape[1]])
+            tokens = h[b][start[b]:start[b] + rows, :xs[m].shape[1]]
+            tokens = self.norm_f[b](tokens) if self.prenorm else tokens
             pooled[m] = masked_mean(tokens, ms[m])
             start[b] += rows
         if self.route_questions:

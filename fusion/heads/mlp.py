@@ -1,9 +1,16 @@
-"""MLP fusion (Table 3 baseline): pooled modalities concatenated, then a 2-layer MLP.
+"""MLP fusion (a Table 3 style baseline, our own): pooled modalities concatenated, 2-layer MLP.
 
 Each modality is mean-pooled over its real tokens at its own width, the pooled vectors are
 concatenated (video, verb question, noun question, ...) and a Linear-GELU-Linear MLP of hidden
-width `2 * d_model` maps them to `d_model` for the classifiers, like the authors' MLP(2d, 2d, d)
-baseline. No token ever meets another token, so this head measures what pooling alone gives.
+width `2 * d_model` maps them to `d_model` for the classifiers. No token ever meets another
+token, so this head measures what pooling alone gives.
+
+Not the authors' baseline: only its widths match. Theirs (`Dongzhikang/MambaVL` @
+601b789d48acdf34ada50e9b4f78f219ffc470dc, `slowfast/models/video_model_builder.py`,
+`MLP(in_features=2D, hidden_features=2D, out_features=D)`) takes [video CLS token ; projected
+pooler output of RoBERTa] and runs once per question (verb, then noun, same weights), each
+result feeding its own classifier; ours sees three mean-pooled modalities at native widths in
+one pass, with no text projection.
 """
 
 from __future__ import annotations
