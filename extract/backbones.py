@@ -37,7 +37,9 @@ Public API (stable; the extraction CLI and the feature store build on it):
   `torch.utils.flop_counter.FlopCounterMode` counts them, on the meta device),
   `state_dict_sha256(model)` (a digest of the weights, for random-init manifests).
 
-`python -m extract.backbones --backbone vitb --json` prints parameters and GFLOPs per clip:
+`python -m extract.backbones --backbone vitb --json` prints parameters and GFLOPs per clip and
+the preprocessing the backbone uses by default (`preprocess`: mean/std on 0-255, frames, size,
+resize method, timeline fps; `extract.video.PRESETS`) and, for vitb/vitl, AVION's checkpoint:
 vitb 85,811,712 params, 899.3 GFLOPs per 16x224 clip; vitl 303,196,160 params, 4129.5
 GFLOPs. These are OpenAI CLIP's visual towers (86.19 M / 303.97 M) without the output
 projection (heads are not part of the encoder) plus the 16 x D temporal embedding.
@@ -118,6 +120,28 @@ register_backbone(
 register_backbone(
     BackboneConfig("vit-demo", 128, 2, 2, 16, image_size=112, description="random-init demo")
 )
+
+
+# AVION's EK100 action-recognition (CLS) fine-tuned checkpoints, LaViLa-pretrained, from
+# AVION's docs/MODEL_ZOO.md at 31b00b6 (its scripts/download_checkpoints.sh fetches
+# avion_finetune_cls_lavila_vitl_best.pt from shared/static/crnqo9bu0owtfz4yc1yqf8hz6g0ze39b.pt;
+# for ViT-B it fetches the *baseline* link under the lavila name, so the zoo's link is given).
+AVION_CHECKPOINTS = {
+    "vitb": "ViT-B/16 avion_finetune_cls_lavila_vitb_best.pt "
+            "(https://utexas.box.com/s/8iokob6ahb94gp1bqbmauhpeunqwx79j, md5 6c3c5e...)",
+    "vitl": "ViT-L/14 avion_finetune_cls_lavila_vitl_best.pt "
+            "(https://utexas.box.com/s/crnqo9bu0owtfz4yc1yqf8hz6g0ze39b, md5 1871f4...)",
+}
+
+
+def is_pretrained_architecture(name: str) -> bool:
+    """True for backbones whose features mean something only with AVION's weights."""
+    return name in AVION_CHECKPOINTS
+
+
+def default_preprocess(name: str) -> str:
+    """The preprocessing preset of a backbone: AVION's for vitb/vitl, `ours-v1` otherwise."""
+    return "avion" if is_pretrained_architecture(name) else "ours-v1"
 
 
 def list_backbones() -> list[str]:
@@ -561,6 +585,9 @@ def describe_backbone(name: str, num_frames: int = 16, **overrides: Any) -> dict
     c = model.config
     params = count_parameters(model)
     flops = measure_flops(model)
+    from extract.video import PRESETS
+
+    pre = PRESETS[default_preprocess(name)]
     return {
         "backbone": name,
         "description": c.description,
@@ -577,6 +604,13 @@ def describe_backbone(name: str, num_frames: int = 16, **overrides: Any) -> dict
         "gflops_per_clip": round(flops / 1e9, 1),
         "gmacs_per_clip": round(flops / 2e9, 1),
         "params_by_module": dict(_params_iter(model)),
+        "preprocess": {
+            **pre.to_dict(),
+            "frames": c.num_frames,
+            "size": c.image_size,
+            "resize_method": pre.resize,
+        },
+        "checkpoint": AVION_CHECKPOINTS.get(name),
     }
 
 

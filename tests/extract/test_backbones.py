@@ -118,6 +118,20 @@ def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["backbone"] == "vit-demo" and out["params"] > 0 and out["gflops_per_clip"] > 0
 
 
+def test_cli_json_names_the_preprocessing(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--backbone", "vitb", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    pre = out["preprocess"]
+    assert pre["mean"] == [108.3272985, 116.7460125, 104.09373615]  # AVION's, on 0-255
+    assert pre["std"] == [68.5005327, 66.6321579, 70.32316305]
+    assert (pre["frames"], pre["size"], pre["resize_method"], pre["timeline_fps"]) == (
+        16, 224, "fused", 30.0)
+    assert "avion_finetune_cls_lavila_vitb_best.pt" in out["checkpoint"]
+    main(["--backbone", "vit-demo", "--json"])
+    demo = json.loads(capsys.readouterr().out)
+    assert demo["preprocess"]["name"] == "ours-v1" and demo["checkpoint"] is None
+
+
 def test_token_granularities() -> None:
     model = small()
     x = clip(model)
