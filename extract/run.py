@@ -1,6 +1,7 @@
 """Extraction drivers: video clips and question texts of one split into a feature store.
 
     python -m extract video --preset vitl --annotations A --split validation --videos V
+    python -m extract clips --preset vitb --data DIR --split validation --limit 5 --json
     python -m extract text --questions Q.jsonl --text-model roberta-base --split validation
     python -m extract tiny-roberta --out DIR    # random-init RoBERTa for tests and the demo
 
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from features.annotations import load_split
 from features.config import cli, to_dict
+from features.errors import HarnessError
 from features.store import (
     DEFAULT_SHARD_ROWS,
     ArraySpec,
@@ -72,7 +74,23 @@ class VideoConfig:
     backbone: str = "vit-demo"
     """Registered backbone (`extract.backbones.list_backbones()`): vitb, vitl, vit-demo, ..."""
     checkpoint: Path | None = None
-    """AVION checkpoint; without it the backbone is seeded random init (tests, demo)."""
+    """AVION checkpoint (vitb/vitl need one: see `python -m extract.backbones --backbone vitb`)."""
+    random_init: bool = False
+    """Extract with seeded random weights on purpose (the manifest says weights: random-init)."""
+    preprocess: Literal["avion", "ours-v1"] | None = None
+    """Preprocessing preset (default: avion for vitb/vitl, ours-v1 otherwise); see extract.video."""
+    timeline: Literal["avion-30fps", "native"] | None = None
+    """Override the preset's frame timeline."""
+    resize: Literal["fused", "torchvision", "antialias"] | None = None
+    """Override the preset's resize and crop."""
+    scaler: Literal["bilinear", "bicubic"] | None = None
+    """Override the FFmpeg scaler of the fused resize."""
+    norm: Literal["avion", "clip"] | None = None
+    """Override the preset's mean/std (AVION's or CLIP's, on 0-255)."""
+    precision: Literal["fp16", "bf16"] | None = None
+    """Override the preset's CUDA autocast dtype (AVION evaluates in fp16)."""
+    fps: float | None = None
+    """Native fps of rgb_frames folders (the avion-30fps timeline needs it for them)."""
     trust_pickle: bool = False
     """fully unpickle --checkpoint and .pkl annotations (runs their code: trusted files only)"""
     tokens: Literal["cls", "frame", "patch"] = "frame"
@@ -93,7 +111,7 @@ class VideoConfig:
     device: str = "auto"
     """auto: cuda (the LOCAL_RANK GPU) when available, else cpu."""
     amp: bool = True
-    """bf16 autocast on CUDA (CPU runs in float32)."""
+    """Autocast on CUDA in the preprocessing's precision (CPU runs in float32)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
     limit: int | None = None
@@ -154,9 +172,39 @@ class TinyRobertaConfig:
     seed: int = 0
 
 
+@dataclass
+class ClipsConfig:
+    """Dry run: print the frames each clip of a split reads; no backbone is built or run."""
+
+    data: Path | None = None
+    """Dataset root holding `annotations/` and `videos/` (sets both)."""
+    annotations: Path = Path("data/demo/annotations")
+    videos: Path = Path("data/demo/videos")
+    split: str = "validation"
+    layout: Literal["video", "rgb_frames"] = "video"
+    task: Literal["recognition", "anticipation"] = "recognition"
+    backbone: str = "vit-demo"
+    """Its preprocessing preset is the default (avion for vitb/vitl)."""
+    num_frames: int = 16
+    preprocess: Literal["avion", "ours-v1"] | None = None
+    timeline: Literal["avion-30fps", "native"] | None = None
+    resize: Literal["fused", "torchvision", "antialias"] | None = None
+    scaler: Literal["bilinear", "bicubic"] | None = None
+    norm: Literal["avion", "clip"] | None = None
+    precision: Literal["fp16", "bf16"] | None = None
+    fps: float | None = None
+    """Native fps of rgb_frames folders."""
+    limit: int | None = None
+    """Only the first N segments."""
+    json: bool = False
+    """One JSON object per line: narration_id, sources, fps, frame_ids (0-based), ..."""
+    trust_pickle: bool = False
+
+
 VIDEO_PRESETS = {
-    "demo": VideoConfig(
-        backbone="vit-demo", batch_size=8, workers=2, root=Path("data/demo/features")
+    "demo": VideoConfig(  # the demo's backbone is random on purpose, preprocessed as before
+        backbone="vit-demo", batch_size=8, workers=2, root=Path("data/demo/features"),
+        random_init=True, preprocess="ours-v1",
     ),
     "vitb": VideoConfig(
         annotations=Path("data/ek100/annotations"),
@@ -174,6 +222,11 @@ VIDEO_PRESETS = {
         backbone="vitl",
         batch_size=32,
     ),
+}
+CLIPS_PRESETS = {
+    name: ClipsConfig(annotations=v.annotations, videos=v.videos, backbone=v.backbone,
+                      preprocess=v.preprocess)
+    for name, v in VIDEO_PRESETS.items()
 }
 TEXT_PRESETS = {
     "demo": TextConfig(
@@ -365,6 +418,46 @@ def _setup(threads: int | None) -> None:
 # ---------------------------------------------------------------------------------- video
 
 
+NORMS = {"avion": "AVION", "clip": "CLIP"}
+
+
+def video_preprocess(config: VideoConfig | ClipsConfig) -> Any:
+    """The `extract.video.Preprocess` of a config: its preset (default from the backbone)
+    with the fields it overrides."""
+    from extract.backbones import default_preprocess
+    from extract.video import AVION_MEAN, AVION_STD, PRESETS, preprocess_preset
+
+    name = config.preprocess or default_preprocess(config.backbone)
+    overrides: dict[str, Any] = dict(timeline=config.timeline, resize=config.resize,
+                                     scaler=config.scaler, precision=config.precision)
+    if config.norm is not None:
+        mean, std = ((AVION_MEAN, AVION_STD) if config.norm == "avion"
+                     else (PRESETS["ours-v1"].mean, PRESETS["ours-v1"].std))
+        if (mean, std) != (PRESETS[name].mean, PRESETS[name].std):
+            base = preprocess_preset(name, **overrides)
+            return dataclasses.replace(base, name=f"{base.name}+norm={config.norm}",
+                                       mean=mean, std=std)
+    return preprocess_preset(name, **overrides)
+
+
+def check_weights(config: VideoConfig) -> str:
+    """`checkpoint` or `random-init`; refuses AVION's architectures without weights, since
+    features of a random ViT-B/L look like real ones and silently poison every result."""
+    from extract.backbones import AVION_CHECKPOINTS, is_pretrained_architecture
+
+    if config.checkpoint is not None and config.random_init:
+        raise HarnessError("--checkpoint and --random-init contradict each other: pass one")
+    if config.checkpoint is not None:
+        return "checkpoint"
+    if is_pretrained_architecture(config.backbone) and not config.random_init:
+        raise HarnessError(
+            f"backbone {config.backbone} needs AVION's weights: pass --checkpoint with AVION's "
+            f"EK100 fine-tuned {AVION_CHECKPOINTS[config.backbone]} (AVION docs/MODEL_ZOO.md); "
+            "or --random-init to extract random features on purpose"
+        )
+    return "random-init"
+
+
 def video_store_name(config: VideoConfig) -> str:
     if config.name:
         return config.name
@@ -384,6 +477,8 @@ def extract_video(config: VideoConfig) -> int:
     if config.retry_failed and config.overwrite:
         raise SystemExit("--retry-failed keeps the store's good rows; --overwrite discards "
                          "them: pass one of the two")
+    weights = check_weights(config)
+    preprocess = video_preprocess(config)
     _setup(config.threads)
     rank, world = distributed(config.rank, config.world_size)
     device = resolve_device(config.device)
@@ -400,12 +495,15 @@ def extract_video(config: VideoConfig) -> int:
         task=config.task,
         num_frames=config.num_frames,
         size=model.config.image_size,
+        preprocess=preprocess,
+        fps=config.fps,
         on_error="mark",
         threads=1,
     )
     length, width = model.num_tokens(config.tokens), model.width
     shard_rows = auto_shard_rows(length * width * 2, config.shard_rows)
     amp = config.amp and device.type == "cuda"
+    autocast = torch.float16 if preprocess.precision == "fp16" else torch.bfloat16
     report = getattr(model, "load_report", None)
     manifest = make_manifest(
         modality="video",
@@ -425,7 +523,9 @@ def extract_video(config: VideoConfig) -> int:
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         checkpoint_sha256=report.sha256 if report else None,
+        weights=weights,
         weights_sha256=state_dict_sha256(model),
+        preprocess=preprocess.to_dict(),
         frames=config.num_frames,
         resolution=model.config.image_size,
         crop=dataset.manifest()["crop"],
@@ -434,7 +534,7 @@ def extract_video(config: VideoConfig) -> int:
         tokens=config.tokens,
         token_shape=[length, width],
         dtype="float16",
-        compute={"device_type": device.type, "autocast": "bfloat16" if amp else None},
+        compute={"device_type": device.type, "autocast": str(autocast)[6:] if amp else None},
         batch_size=config.batch_size,
     )
     path = config.out or store_path(
@@ -480,7 +580,7 @@ def extract_video(config: VideoConfig) -> int:
             for rows, (clips, _, errors) in zip(batches, loader, strict=True):
                 with (
                     torch.inference_mode(),
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp),
+                    torch.autocast(device.type, dtype=autocast, enabled=amp),
                 ):
                     out = model.forward_features(clips.to(device, non_blocking=True), config.tokens)
                 out = out.float().cpu().numpy().astype(np.float16)
@@ -491,6 +591,44 @@ def extract_video(config: VideoConfig) -> int:
         with _progress(total, config.progress, rank) as progress:
             run_shards(writer, shards, compute(), progress, prefill)
     return finish(Path(path), rank, config.allow_missing, time.perf_counter() - started, total)
+
+
+def plan_clips(config: ClipsConfig) -> int:
+    """Print each clip's frames (`extract clips`); 1 if some clips cannot be read."""
+    from extract.backbones import backbone_config
+    from extract.video import ClipDataset, VideoError
+
+    annotations, videos = config.annotations, config.videos
+    if config.data is not None:
+        annotations, videos = config.data / "annotations", config.data / "videos"
+    preprocess = video_preprocess(config)
+    split = load_split(annotations, config.split, config.trust_pickle)
+    segments = split.segments if config.limit is None else split.segments.iloc[: config.limit]
+    try:
+        dataset = ClipDataset(segments, videos, layout=config.layout, task=config.task,
+                              num_frames=config.num_frames,
+                              size=backbone_config(config.backbone).image_size,
+                              preprocess=preprocess, fps=config.fps)
+    except ValueError as error:
+        raise HarnessError(f"{split_file(annotations, config.split)}: {error}") from None
+    failed = 0
+    for i in range(len(dataset)):
+        try:
+            record = dataset.clip_plan(i).to_dict()
+        except VideoError as error:
+            failed += 1
+            record = {"narration_id": dataset.rows[i][0], "sources": [str(dataset.source(i))],
+                      "error": str(error)}
+        if config.json:
+            print(json.dumps(record), flush=True)
+        elif "error" in record:
+            print(f"{record['narration_id']}: error: {record['error']}")
+        else:
+            print(f"{record['narration_id']}: {record['fps']} fps frames {record['frame_ids']} "
+                  f"from {', '.join(record['sources'])}")
+    if failed:
+        print(f"{failed} of {len(dataset)} clips cannot be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def split_file(annotations: Path, split: str) -> Path:
@@ -714,6 +852,7 @@ def build_tiny_roberta(config: TinyRobertaConfig) -> Path:
 
 COMMANDS: dict[str, tuple[type, dict[str, Any], Callable[[Any], int]]] = {
     "video": (VideoConfig, VIDEO_PRESETS, extract_video),
+    "clips": (ClipsConfig, CLIPS_PRESETS, plan_clips),
     "text": (TextConfig, TEXT_PRESETS, extract_text),
     "tiny-roberta": (TinyRobertaConfig, {}, lambda c: print(build_tiny_roberta(c)) or 0),
 }

@@ -339,3 +339,59 @@ def test_retry_failed_needs_an_existing_store(data: Path, tmp_path: Path) -> Non
     result = run_cli(video_args(data, tmp_path / "none.zarr", "--retry-failed"))
     assert "none.zarr" in one_error_line(result)
     assert not (tmp_path / "none.zarr").exists()
+
+
+# ------------------------------------------------- issue 14: weights, preprocessing, dry run
+
+
+def test_pretrained_backbone_without_checkpoint_is_refused(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.zarr"
+    result = run_cli(["video", "--preset", "vitb", "--annotations", str(data / "annotations"),
+                      "--videos", str(data / "videos"), "--out", str(out), "--device", "cpu"])
+    line = one_error_line(result)
+    assert "avion_finetune_cls_lavila_vitb_best.pt" in line and "--random-init" in line
+    assert "MODEL_ZOO" in line and not out.exists()
+
+
+def test_random_init_is_recorded_and_avion_preprocessing_named(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v.zarr"
+    args = video_args(data, out, "--random-init", "--preprocess", "avion", "--resize",
+                      "torchvision", "--limit", "4")
+    assert main(args) == 0
+    manifest = FeatureStore(out).manifest
+    assert manifest["weights"] == "random-init"
+    pre = manifest["preprocess"]
+    assert pre["name"] == "avion+resize=torchvision" and pre["timeline"] == "avion-30fps"
+    assert pre["mean"] == [108.3272985, 116.7460125, 104.09373615] and pre["precision"] == "fp16"
+    assert manifest["clip"]["timeline_fps"] == 30.0
+    result = run_cli(["video", "--annotations", "x", "--checkpoint", "c.pt", "--random-init"])
+    assert "contradict" in one_error_line(result)
+
+
+def test_demo_store_keeps_its_old_preprocessing(reference: Path) -> None:
+    manifest = FeatureStore(reference).manifest
+    assert manifest["weights"] == "random-init" and manifest["preprocess"]["name"] == "ours-v1"
+
+
+def test_clips_dry_run_prints_each_clips_frames(data: Path) -> None:
+    result = run_cli(["clips", "--preset", "vitb", "--data", str(data), "--split", SPLIT,
+                      "--limit", "3", "--json"])
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    segments = load_split(data / "annotations", SPLIT).segments.iloc[:3]
+    assert [r["narration_id"] for r in records] == segments["narration_id"].tolist()
+    for record, row in zip(records, segments.itertuples(), strict=True):
+        assert record["fps"] == 30.0 and len(record["frame_ids"]) == 16
+        assert record["sources"] == [str(data / "videos" / row.participant_id / "videos"
+                                         / f"{row.video_id}.MP4")]
+        h, m, sec = row.start_timestamp.split(":")
+        start = round((int(h) * 3600 + int(m) * 60 + float(sec)) * 30)
+        assert record["frame_ids"][0] >= start and record["frame_ids"] == sorted(
+            record["frame_ids"])
+        # the 10 fps video: 30 fps frame k is native frame ceil((k + 1/2) / 3) - 1 (fps filter)
+        assert record["source_frame_ids"] == [-(-(2 * k + 1) // 6) for k in record["frame_ids"]]
+    native = run_cli(["clips", "--data", str(data), "--split", SPLIT, "--limit", "1", "--json",
+                      "--preprocess", "ours-v1"])
+    [record] = [json.loads(line) for line in native.stdout.splitlines()]
+    assert record["fps"] == 10.0
+    assert record["frame_ids"] == [i - 1 for i in record["source_frame_ids"]]
