@@ -243,7 +243,8 @@ def reencode_video(source: Path, folder: Path, config: ReencodeConfig) -> int:
         if done is None:  # the keyframe found was after the chunk's start: decode it all
             done = _write(source, folder, config, present, first, stop, 0.0)
     except av.error.FFmpegError as error:
-        raise VideoError(source, f"cannot re-encode ({error}); check the file") from None
+        reason = getattr(error, "strerror", None) or error
+        raise VideoError(source, f"cannot re-encode ({reason}); check the file") from None
     assert done is not None
     written, last = done
     if last < 0:
@@ -269,6 +270,8 @@ def reencode(config: ReencodeConfig) -> dict[str, int]:
         raise HarnessError(f"--short-side {config.short_side} must be even (yuv420p)")
     videos = raw_videos(config)
     jobs = {vid: (path, chunk_folder(config.out, p, vid), config) for p, vid, path in videos}
+    for _, folder, _ in jobs.values():  # other settings are refused before any work
+        _finished(folder, _settings(config))
     counts = {"videos": len(jobs), "skipped": 0, "chunks": 0}
     failed: list[str] = []
 
@@ -281,7 +284,8 @@ def reencode(config: ReencodeConfig) -> dict[str, int]:
             counts["chunks"] += outcome
             counts["skipped"] += outcome == 0
 
-    with tqdm(total=len(jobs), unit="video", desc="re-encoding") as bar:
+    # no bar when stderr is not a terminal: logs and error lines stay clean
+    with tqdm(total=len(jobs), unit="video", desc="re-encoding", disable=None) as bar:
         if config.workers == 1 or len(jobs) == 1:
             for vid, job in jobs.items():
                 try:
