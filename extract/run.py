@@ -69,7 +69,8 @@ class VideoConfig:
     split: str = "validation"
     videos: Path = Path("data/demo/videos")
     """Video root: `<root>/<participant>/videos/<video_id>.MP4` or rgb_frames folders."""
-    layout: Literal["video", "rgb_frames"] = "video"
+    layout: Literal["video", "rgb_frames", "avion-chunks"] = "video"
+    """avion-chunks: AVION's 15 s chunks `<root>/<P>/<vid>.MP4/0.MP4` (detected under --videos)."""
     task: Literal["recognition", "anticipation"] = "recognition"
     backbone: str = "vit-demo"
     """Registered backbone (`extract.backbones.list_backbones()`): vitb, vitl, vit-demo, ..."""
@@ -181,7 +182,8 @@ class ClipsConfig:
     annotations: Path = Path("data/demo/annotations")
     videos: Path = Path("data/demo/videos")
     split: str = "validation"
-    layout: Literal["video", "rgb_frames"] = "video"
+    layout: Literal["video", "rgb_frames", "avion-chunks"] = "video"
+    """avion-chunks is detected when --videos holds AVION's chunked copy."""
     task: Literal["recognition", "anticipation"] = "recognition"
     backbone: str = "vit-demo"
     """Its preprocessing preset is the default (avion for vitb/vitl)."""
@@ -440,6 +442,13 @@ def video_preprocess(config: VideoConfig | ClipsConfig) -> Any:
     return preprocess_preset(name, **overrides)
 
 
+def video_layout(config: VideoConfig | ClipsConfig, videos: Path) -> str:
+    """`--layout`, or `avion-chunks` when `videos` holds AVION's chunked copy."""
+    from extract.avion_layout import is_avion_chunks
+
+    return "avion-chunks" if config.layout == "video" and is_avion_chunks(videos) else config.layout
+
+
 def check_weights(config: VideoConfig) -> str:
     """`checkpoint` or `random-init`; refuses AVION's architectures without weights, since
     features of a random ViT-B/L look like real ones and silently poison every result."""
@@ -469,10 +478,26 @@ def video_store_name(config: VideoConfig) -> str:
     return name
 
 
+def _video_dataset(config: VideoConfig, segments: Any, size: int, preprocess: Any) -> Any:
+    from extract.video import ClipDataset
+
+    return ClipDataset(
+        segments,
+        config.videos,
+        layout=video_layout(config, config.videos),
+        task=config.task,
+        num_frames=config.num_frames,
+        size=size,
+        preprocess=preprocess,
+        fps=config.fps,
+        on_error="mark",
+        threads=1,
+    )
+
+
 def extract_video(config: VideoConfig) -> int:
     """Extract (or resume) one split's video store; returns the exit status."""
     from extract.backbones import build_backbone, state_dict_sha256
-    from extract.video import ClipDataset
 
     if config.retry_failed and config.overwrite:
         raise SystemExit("--retry-failed keeps the store's good rows; --overwrite discards "
@@ -488,18 +513,10 @@ def extract_video(config: VideoConfig) -> int:
     model = build_backbone(config.backbone, config.checkpoint, config.num_frames,
                            trust_pickle=config.trust_pickle, **overrides)
     model.eval().to(device)
-    dataset = ClipDataset(
-        segments,
-        config.videos,
-        layout=config.layout,
-        task=config.task,
-        num_frames=config.num_frames,
-        size=model.config.image_size,
-        preprocess=preprocess,
-        fps=config.fps,
-        on_error="mark",
-        threads=1,
-    )
+    try:
+        dataset = _video_dataset(config, segments, model.config.image_size, preprocess)
+    except ValueError as error:
+        raise HarnessError(f"{split_file(config.annotations, config.split)}: {error}") from None
     length, width = model.num_tokens(config.tokens), model.width
     shard_rows = auto_shard_rows(length * width * 2, config.shard_rows)
     amp = config.amp and device.type == "cuda"
@@ -605,7 +622,8 @@ def plan_clips(config: ClipsConfig) -> int:
     split = load_split(annotations, config.split, config.trust_pickle)
     segments = split.segments if config.limit is None else split.segments.iloc[: config.limit]
     try:
-        dataset = ClipDataset(segments, videos, layout=config.layout, task=config.task,
+        dataset = ClipDataset(segments, videos, layout=video_layout(config, videos),
+                              task=config.task,
                               num_frames=config.num_frames,
                               size=backbone_config(config.backbone).image_size,
                               preprocess=preprocess, fps=config.fps)

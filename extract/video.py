@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TASKS = ("recognition", "anticipation")
-LAYOUTS = ("video", "rgb_frames")
+LAYOUTS = ("video", "rgb_frames", "avion-chunks")
 FRAME_TEMPLATE = "frame_{:010d}.jpg"
 # AVION's `--norm-style openai` mean/std on 0-255 RGB (scripts/main_lavila_finetune_cls.py,
 # AVION 31b00b6). They are not CLIP's mean*255 (CLIP's red mean is 122.77).
@@ -692,6 +692,8 @@ def video_path(
 ) -> Path:
     """Where EK100 keeps a video (`.MP4`, or `.mp4` if only that exists) or its JPEG folder."""
     root = Path(root)
+    if layout == "avion-chunks":  # AVION's copy: a folder of 15 s chunks (extract.avion_layout)
+        return root / participant_id / f"{video_id}.MP4"
     if layout == "video":
         path = root / participant_id / "videos" / f"{video_id}.MP4"
         lower = path.with_suffix(".mp4")
@@ -764,6 +766,9 @@ class ClipDataset(Dataset):
         if on_error not in ("mark", "raise"):
             raise ValueError(f"on_error must be 'mark' or 'raise', got {on_error!r}")
         avion = preprocess.timeline == "avion-30fps"
+        if layout == "avion-chunks" and not avion:
+            raise ValueError("AVION's chunked layout holds 30 fps re-encodes: it needs the "
+                             "avion-30fps timeline")
         required = self.REQUIRED + (("start_timestamp", "stop_timestamp") if avion else ())
         missing = [c for c in required if c not in segments.columns]
         if missing:
@@ -861,9 +866,31 @@ class ClipDataset(Dataset):
             first, last = min(source_ids), max(source_ids)
         return FrameSelection(source_ids, first, last, selection.clamped)
 
+    def _chunks(self, index: int) -> tuple[FrameSelection, list[tuple[Path, list[int]]]]:
+        """AVION's chunked layout: the selection and (chunk file, 0-based local ids) reads."""
+        from extract import avion_layout as chunks
+
+        narration_id, participant, video, _, _, _, start_s, stop_s = self.rows[index]
+        assert start_s is not None and stop_s is not None
+        if self.task == "anticipation":
+            start_s, stop_s = start_s - self.gap_s - self.observed_s, start_s - self.gap_s
+        root = self.video_root
+        try:  # our failure rule (mostly past the end), then AVION's exact ids and clamp
+            total = round(chunks.video_duration(root, participant, video) * AVION_FPS)
+            avion_frame_ids(start_s, stop_s, self.num_frames, total, f"{video} {narration_id}")
+        except OutsideVideoError as error:
+            raise VideoError(self.source(index), str(error)) from None
+        ids = chunks.clip_frame_ids(root, participant, video, start_s, stop_s, self.num_frames)
+        clamped = chunks.clamp_end_s(root, participant, video, stop_s) != stop_s
+        selection = FrameSelection(tuple(ids), ids[0], ids[-1], clamped)
+        return selection, chunks.chunk_reads(root, participant, video, ids)
+
     def _select(self, index: int) -> tuple[FrameSelection, tuple[int, ...], float | None]:
         """(selection, 1-based source frames, timeline fps) of item `index`."""
         narration_id, _, video, start, stop, row_fps, start_s, stop_s = self.rows[index]
+        if self.layout == "avion-chunks":
+            selection, reads = self._chunks(index)
+            return selection, tuple(i + 1 for _, local in reads for i in local), AVION_FPS
         video_fps, total = self._length(self.source(index))
         fps = row_fps or self.fps or video_fps
         name = f"{video} {narration_id}"
@@ -897,6 +924,11 @@ class ClipDataset(Dataset):
 
     def clip_plan(self, index: int) -> ClipPlan:
         """Which frames item `index` reads, without decoding any (probes the video)."""
+        if self.layout == "avion-chunks":
+            selection, reads = self._chunks(index)
+            return ClipPlan(self.rows[index][0], tuple(str(path) for path, _ in reads),
+                            float(AVION_FPS), selection.ids,
+                            tuple(i + 1 for _, local in reads for i in local), selection.clamped)
         selection, source_ids, fps = self._select(index)
         return ClipPlan(self.rows[index][0], (str(self.source(index)),), fps, selection.ids,
                         source_ids, selection.clamped)
@@ -904,14 +936,20 @@ class ClipDataset(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """The preprocessed clip of item `index`; raises `VideoError`."""
         path = self.source(index)
-        ids = self._select(index)[1]
+        ids = self._select(index)[1] if self.layout != "avion-chunks" else ()
         p = self.preprocess
         fused = None
         if p.resize == "fused":
             if self._fused is None:
                 self._fused = FusedCropScale(self.size, p.scaler)
             fused = self._fused
-        if self.layout == "video":
+        if self.layout == "avion-chunks":  # `ids` are 1-based within each chunk read
+            raw = np.concatenate([
+                read_video_frames(chunk, [i + 1 for i in local], threads=self.threads,
+                                  convert=fused)
+                for chunk, local in self._chunks(index)[1]
+            ])
+        elif self.layout == "video":
             raw = read_video_frames(path, ids, threads=self.threads, convert=fused)
         else:
             raw = read_frame_folder(path, ids, self.frame_template)

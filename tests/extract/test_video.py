@@ -465,3 +465,22 @@ def test_avion_timeline_from_rgb_frames_needs_their_fps(avion_data: Path) -> Non
     rows = avion_segments(avion_data)
     with pytest.raises(ValueError, match="native fps"):
         ClipDataset(rows, avion_data / "rgb", layout="rgb_frames", preprocess=PRESETS["avion"])
+
+
+def test_avion_chunks_layout_gives_avions_ids(avion_data: Path, tmp_path: Path) -> None:
+    """The same segments read from AVION's chunked copy (written by extract.reencode)."""
+    from extract.reencode import ReencodeConfig, reencode
+
+    reencode(ReencodeConfig(videos=avion_data / "videos", out=tmp_path / "chunks",
+                            participants=("P03",), short_side=48, preset="ultrafast"))
+    rows = avion_segments(avion_data)
+    data = ClipDataset(rows, tmp_path / "chunks", layout="avion-chunks", size=32,
+                       preprocess=PRESETS["avion"])
+    for i, nid in enumerate(rows["narration_id"]):
+        plan = data.clip_plan(i)
+        assert plan.sources == (str(tmp_path / "chunks/P03/P03_01.MP4/0.MP4"),)
+        assert list(plan.frame_ids) == AVION_IDS[nid][2] and plan.fps == 30.0, nid
+    clip, _, error = data[len(rows) - 1]
+    assert error == "" and clip.shape == (3, 16, 32, 32)
+    with pytest.raises(ValueError, match="avion-30fps"):
+        ClipDataset(rows, tmp_path / "chunks", layout="avion-chunks")
