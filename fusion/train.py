@@ -216,8 +216,8 @@ PRESETS: dict[str, TrainConfig] = {
 def protocol_config(name: str, **changes: Any) -> TrainConfig:
     """`TrainConfig` with the recipe of protocol `name` (then `changes`); the head structure
     follows from `protocol` when the head is built."""
-    return dataclasses.replace(TrainConfig(protocol=name), **get_protocol(name).train_fields(),
-                               **changes)
+    return dataclasses.replace(TrainConfig(protocol=name),
+                               **(get_protocol(name).train_fields() | changes))
 
 
 def overlay(base: TrainConfig, preset: TrainConfig) -> TrainConfig:
@@ -568,6 +568,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     """
     if config.resume and config.restart:
         raise errors.HarnessError("--resume and --restart exclude each other: pick one")
+    head_options(config)  # a head the protocol does not define stops before any work
     device = resolve_device(config.device)  # before any work: a missing GPU leaves no folder
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)

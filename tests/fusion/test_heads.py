@@ -241,3 +241,16 @@ def test_mamba_head_backends_agree_on_gpu():
                             head.mixers["video"][0].in_proj.weight.grad.clone())
     for torch_value, cuda_value in zip(results["torch"], results["mamba_ssm"], strict=True):
         torch.testing.assert_close(cuda_value, torch_value, rtol=1e-4, atol=1e-5)
+
+
+def test_structure_options_are_checked():
+    with pytest.raises(ValueError, match="no projection"):  # video 24 wide, head 16 wide
+        build_head("mamba", modality_dims=DIMS, d_model=16, video_proj="none")
+    with pytest.raises(ValueError, match="proj_kernel"):
+        small_head("mamba", proj_kernel=2)
+    with pytest.raises(ValueError, match="block"):
+        small_head("mamba", block="postnorm")
+    bare = small_head("mamba", block="bare", proj_kernel=0, text_proj="relu3")
+    assert not any("norm" in n or "proj_conv" in n for n, _ in bare.named_parameters())
+    inputs, masks, _, _ = synthetic_task(2, seed=0)
+    assert bare(inputs, masks)["verb"].shape == (2, 5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fusion.optim import build_scheduler, param_groups, warmup_cosine
+from fusion.optim import authors_lr, build_scheduler, param_groups, warmup_cosine
 
 
 class Toy(nn.Module):
@@ -58,3 +58,21 @@ def test_scheduler_scales_each_group_to_its_peak() -> None:
         optimizer.step()
         scheduler.step()
     assert all(math.isclose(g["lr"], 0.0, abs_tol=1e-12) for g in optimizer.param_groups)
+
+
+def test_authors_groups_decay_everything_and_keep_A_log_at_the_base_lr() -> None:
+    groups = param_groups(Toy(), peak_lr=1e-3, ssm_peak_lr=3e-3, weight_decay=4e-5,
+                          ssm_prefixes=("ssm", "A_log"), decay_exclusions=False, a_log_lr="base")
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"rest", "ssm"}
+    assert all(g["weight_decay"] == 4e-5 for g in groups)
+    assert torch.Size([8, 4]) in {p.shape for p in by_name["rest"]["params"]}  # A_log
+    assert torch.Size([8]) in {p.shape for p in by_name["ssm"]["params"]}  # D, decayed
+
+
+def test_authors_lr_warmup_ignores_the_group_peak() -> None:
+    args = dict(base_lr=1e-3, start_lr=3e-6, end_lr=3e-5, warmup_epochs=2.0, max_epoch=100.0)
+    assert authors_lr(0.0, 3e-3, **args) == pytest.approx(3e-6)
+    assert authors_lr(1.999, 3e-3, **args) < 1e-3 < authors_lr(2.0, 3e-3, **args)
+    assert authors_lr(1.0, 3e-3, **args) == authors_lr(1.0, 1e-3, **args)
+    assert authors_lr(100.0, 3e-3, **args) == pytest.approx(3e-5)

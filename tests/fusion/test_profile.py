@@ -58,3 +58,10 @@ def test_profile_model_takes_lengths_or_shapes():
     assert by_length == by_shape and by_length["params"] == sum(p.numel() for p in
                                                                 head.parameters())
     assert head.training  # mode restored
+
+
+@pytest.mark.parametrize(("protocol", "params"), [("authors", 9_593_485), ("paper", 10_190_989),
+                                                  ("clean", 10_197_133)])
+def test_protocol_heads_at_the_paper_widths(capsys, protocol, params):
+    result = run(capsys, "--fusion", "mamba", "--protocol", protocol, *PAPER)
+    assert (result["protocol"], result["params"]) == (protocol, params)
