@@ -43,7 +43,7 @@ EK100_FILES := EPIC_100_train.csv EPIC_100_validation.csv EPIC_100_test_timestam
 	EPIC_100_unseen_participant_ids_validation.csv EPIC_100_unseen_participant_ids_test.csv
 
 .PHONY: help venv test test-gpu lint demo demo-data demo-train questions annotations extract \
-	demo-features embed-text train sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
+	demo-features embed-text reencode train sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -113,6 +113,9 @@ else
 		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(VIDEOS),--videos $(VIDEOS)) \
 		$(ARGS) || exit 1; done
 endif
+
+reencode: venv ## AVION's 320p/30fps/15-s chunked copy of raw videos (VIDEOS= OUT= WORKERS=; resumable)
+	$(PY) -m extract.reencode --videos $(VIDEOS) --out $(OUT) --workers $(WORKERS) $(ARGS)
 
 embed-text: venv ## RoBERTa embeddings of the questions of SPLITS (run `make questions` first)
 	for s in $(SPLITS); do $(PY) -m extract text --preset $(TEXT_PRESET) --split $$s \
