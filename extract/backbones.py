@@ -19,8 +19,10 @@ Public API (stable; the extraction CLI and the feature store build on it):
   device (`with torch.device("meta"): build_backbone("vitl")`) to count without allocating.
 - `VideoViT.forward_features(x, tokens="frame")`: `x` is (B, 3, T, H, W) float, already
   normalised; returns `cls` (B, 1, D), `frame` (B, T, D) = per-frame mean of the patch
-  tokens after the last block and `ln_post`, or `patch` (B, T*P, D), frame-major
-  (token t*P + i is patch i of frame t). `TOKENS` lists the granularities;
+  tokens after the last block and `ln_post`, `patch` (B, T*P, D), frame-major
+  (token t*P + i is patch i of frame t), or `cls+patch` (B, 1 + T*P, D), the whole
+  sequence (what the authors' code feeds its video Mamba on ORViT). `cls` is exactly what
+  AVION's classifier sees; `frame` and `patch` are our readouts. `TOKENS` lists them;
   `model.num_tokens(tokens)` gives L and `model.width` gives D.
 - `load_avion_checkpoint(model, path, strict=True, trust_pickle=False) -> CheckpointReport`:
   reads the file with `features.safeload.load_torch` (`weights_only=True` plus the
@@ -74,7 +76,7 @@ from torch import nn
 from features.errors import HarnessError
 from features.safeload import load_torch
 
-TOKENS = ("cls", "frame", "patch")
+TOKENS = ("cls", "frame", "patch", "cls+patch")
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ class VideoViT(nn.Module):
     def num_tokens(self, tokens: str = "frame") -> int:
         """Sequence length L of `forward_features(x, tokens)`."""
         patch = self.num_frames * self.patches_per_frame
-        return {"cls": 1, "frame": self.num_frames, "patch": patch}[_check_tokens(tokens)]
+        lengths = {"cls": 1, "frame": self.num_frames, "patch": patch, "cls+patch": 1 + patch}
+        return lengths[_check_tokens(tokens)]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, 1 + T*P, D) tokens with positional and temporal embeddings."""
@@ -286,11 +289,14 @@ class VideoViT(nn.Module):
         return x + torch.cat([pos[:1], patch_pos], dim=0).to(x.dtype)
 
     def forward_features(self, x: torch.Tensor, tokens: str = "frame") -> torch.Tensor:
-        """Tokens at one granularity: `cls` (B,1,D), `frame` (B,T,D) or `patch` (B,T*P,D)."""
+        """Tokens at one granularity: `cls` (B,1,D), `frame` (B,T,D), `patch` (B,T*P,D) or
+        `cls+patch` (B,1+T*P,D), the whole sequence."""
         _check_tokens(tokens)
         x = self.ln_post(self.transformer(self.ln_pre(self.embed(x))))
         if tokens == "cls":
             return x[:, :1]
+        if tokens == "cls+patch":
+            return x
         patches = x[:, 1:]
         if tokens == "patch":
             return patches

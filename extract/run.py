@@ -94,7 +94,7 @@ class VideoConfig:
     """Native fps of rgb_frames folders (the avion-30fps timeline needs it for them)."""
     trust_pickle: bool = False
     """fully unpickle --checkpoint and .pkl annotations (runs their code: trusted files only)"""
-    tokens: Literal["cls", "frame", "patch"] = "frame"
+    tokens: Literal["cls", "frame", "patch", "cls+patch"] = "frame"
     num_frames: int = 16
     size: int | None = None
     """Crop size (default: the backbone's image size)."""

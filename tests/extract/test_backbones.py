@@ -136,10 +136,11 @@ def test_token_granularities() -> None:
     model = small()
     x = clip(model)
     with torch.no_grad():
-        cls, frame, patch = (model.forward_features(x, t) for t in TOKENS)
+        cls, frame, patch, whole = (model.forward_features(x, t) for t in TOKENS)
     d, t, p = model.width, 4, 4
     assert cls.shape == (2, 1, d) and frame.shape == (2, t, d) and patch.shape == (2, t * p, d)
     torch.testing.assert_close(frame, patch.reshape(2, t, p, d).mean(2))
+    torch.testing.assert_close(whole, torch.cat([cls, patch], dim=1))  # the whole sequence
     for tokens in TOKENS:
         assert model.num_tokens(tokens) == model.forward_features(x, tokens).shape[1]
     with pytest.raises(ValueError, match="tokens"):
