@@ -413,6 +413,8 @@ def load_features(config: TrainConfig, device: torch.device
         "manifests": {**{f"{k}.{config.train_split}": v for k, v in manifests.items()},
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
         "excluded": excluded,
+        # `checkpoint` or `random-init` (extract video --random-init); older stores: unknown
+        "backbone_weights": str(train_stores["video"].manifest.get("weights", "unknown")),
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

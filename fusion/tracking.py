@@ -135,6 +135,7 @@ def start_run(
         "features": "video" if config.questions == "none" else "video+questions",
         "dataset": config.dataset_name or data_info.get("dataset", "unknown"),
         "git_revision": git_revision(),
+        "backbone_weights": data_info.get("backbone_weights", "unknown"),
         "run_folder": str(folder.resolve()),
         **{f"manifest.{k}": v for k, v in data_info.get("manifests", {}).items()},
         **dict(tag.split("=", 1) for tag in config.tags),

@@ -244,9 +244,19 @@ def protocols_line(picks: Iterable[Pick]) -> str:
     return f"{text} {FROZEN}"
 
 
+def weights_line(picks: Iterable[Pick]) -> str:
+    """Says so when a run's video features came from a random-init backbone (`--random-init`)."""
+    random = sorted({p.run.name for p in picks
+                     if p.run is not None and p.run.tags.get("backbone_weights") == "random-init"})
+    if not random:
+        return ""
+    return (f" Random-init backbone: {len(random)} of our runs read features of a backbone with "
+            "random weights (no checkpoint), which carry almost no label information.")
+
+
 def _caption_tail(table: Table, dataset: str | None) -> str:
     picks = [p for _, p in table.picks]
-    return f"{protocols_line(picks)} {datasets_line(picks, dataset)}"
+    return f"{protocols_line(picks)} {datasets_line(picks, dataset)}{weights_line(picks)}"
 
 
 NO_COUNTERPART = "another method: published value shown for reference, not run here"

@@ -272,3 +272,15 @@ def test_protocols_side_by_side(tmp_path: Path) -> None:
     assert [r["protocol"] for r in rows(t4, backbone="ORViT", model="+ MambaVL")] == \
         ["authors", "paper", "clean"]
     assert "frozen features" in t4.caption
+
+
+def test_captions_say_when_features_came_from_a_random_init_backbone() -> None:
+    from reports.tables import Pick, RunInfo, weights_line
+
+    def pick(name: str, weights: str) -> Pick:
+        run = RunInfo(name, name, 0, {"backbone_weights": weights}, {})
+        return Pick(run, 1, "best")
+
+    assert weights_line([pick("a", "checkpoint"), pick("b", "unknown")]) == ""
+    line = weights_line([pick("a", "checkpoint"), pick("b", "random-init")])
+    assert "Random-init backbone: 1 of our runs" in line
