@@ -6,6 +6,9 @@ A question must not give its answer away. EK100 classes have many surface forms:
 occurrence of any of them, case-insensitively, with inflections (plurals, -s/-ed/-ing,
 a few irregular forms), by the text model's mask token.
 
+A class's `category` (`cutlery`, `fruits and nuts`) is masked and audited the same way, as a
+one-label class: it narrows the answer down too (issue 16).
+
 `leaks` is the audit: it tokenises a question into words and compares their stems with
 the class words, without the masker's regular expressions, so a gap in the masker shows
 up as a non-zero count instead of passing silently.
@@ -17,11 +20,12 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-# Words that appear inside instances (`take-of`, `put-down`, `back:teaspoon`) but carry no
-# label on their own: masking them alone would gut every question.
+# Words that appear inside instances (`take-of`, `put-down`, `back:teaspoon`) or categories
+# (`fruits and nuts`) but carry no label on their own: masking them alone would gut every
+# question.
 PARTICLES = frozenset(
     "a an the of to in into on onto off up down out from with over under away back around "
-    "aside through that for between inside outside unto against by at about".split()
+    "aside through that for between inside outside unto against by at about and".split()
 )
 IRREGULAR = {
     "take": ("took", "taken"), "shake": ("shook", "shaken"), "eat": ("ate", "eaten"),
@@ -132,3 +136,21 @@ def leaks(text: str, labels: Iterable[str]) -> set[str]:
         for word in _WORD.findall(text.lower())
         if word not in PARTICLES and (stems(word) & (class_words | class_stems))
     }
+
+
+def pair_leaks(
+    verb_q: str, noun_q: str, verb: Iterable[str], noun: Iterable[str],
+    verb_category: str, noun_category: str,
+) -> dict[str, bool]:
+    """Which labels and categories each question of a pair names: one row of the audit."""
+    sources = {"verb": tuple(verb), "noun": tuple(noun),
+               "verb_category": (verb_category,), "noun_category": (noun_category,)}
+    return {
+        f"{question}_question_leaks_{name}": bool(leaks(text, labels))
+        for question, text in (("verb", verb_q), ("noun", noun_q))
+        for name, labels in sources.items()
+    }
+
+
+LEAK_KEYS = tuple(pair_leaks("", "", (), (), "", ""))
+"""The audit's count keys: `{verb,noun}_question_leaks_{verb,noun,verb_category,noun_category}`."""

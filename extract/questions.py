@@ -2,6 +2,8 @@
 
     python -m extract.questions --annotations CSV --classes-dir DIR --generator template \
         --mask strict --seed 0 --out questions.jsonl
+    python -m extract.questions audit --train Q_TRAIN.jsonl --eval Q_EVAL.jsonl \
+        --annotations DIR [--json]     # how much any questions files give away (extract.audit)
 
 Generators:
 - `template` (default): offline and deterministic for a seed; phrasings built from the class
@@ -12,9 +14,13 @@ Generators:
   verb and noun of the observed clip (a predictions `.npz` from a recognition model).
 
 Masking (`--mask`), with the text model's mask token: `paper` masks the verb in the noun
-question and the noun in the verb question; `strict` masks both labels in both; `none`
-masks nothing. The labels are those the questions are built from (the annotation for
-`template`/`llm`, the predicted classes for `predictions`). Every run prints a leakage audit.
+question and the noun in the verb question (the paper's rule, §4.1: "we mask the verb in the
+noun-related question with a <MASK> token if it appears, and vice versa for the noun in
+verb-related questions"); `strict` masks both labels and both labels' categories (the class
+files' `category` column, which the templates name) in both; `none` masks nothing. The labels
+are those the questions are built from (the annotation for `template`/`llm`, the predicted
+classes of the observed clip for `predictions`, never the labels of the action to
+anticipate). Every run prints the word-level leakage audit.
 """
 
 from __future__ import annotations
@@ -30,20 +36,21 @@ from typing import Literal
 import pandas as pd
 
 from extract.llm import LLMConfig, generate_llm_questions
-from extract.masking import LabelMasker, leaks, surface_phrases
+from extract.masking import LEAK_KEYS, LabelMasker, pair_leaks, surface_phrases
 from features.annotations import AnnotationError, ClassTable, load_classes, load_segments
 from features.config import cli
 
 Generator = Literal["template", "llm", "predictions"]
 MaskMode = Literal["paper", "strict", "none"]
 
-# Words here must never collide with an EK100 class word (checked in the tests), so that
-# masking only ever removes the label, never the scaffolding of the question.
+# Words here must never collide with an EK100 class or category word, nor an inflection of
+# one (checked in the tests), so that masking only ever removes the label, never the
+# scaffolding of the question: a masked scaffold word would itself give the label away.
 VERB_TEMPLATES = (
     "What is the person doing with the {noun}?",
     "Which action does the person perform on the {noun}?",
     "What does the person do to the {noun}, which belongs to the {noun_category}?",
-    "How is the {noun} being manipulated at this moment?",
+    "What happens to the {noun} at this moment?",
     "In the narration \"{narration}\", what is happening to the {noun}?",
     "Which movement involves the {noun} ({noun_category})?",
 )
@@ -51,7 +58,7 @@ NOUN_TEMPLATES = (
     "What does the person {verb}?",
     "Which object does the person {verb} here?",
     "What is the target of the action \"{verb}\" ({verb_category})?",
-    "Which object goes with the action \"{verb}\", a kind of {verb_category}?",
+    "Which object accompanies the action \"{verb}\", a kind of {verb_category}?",
     "In the narration \"{narration}\", which object is involved?",
     "What thing is acted upon when the person does \"{verb}\"?",
 )
@@ -136,16 +143,15 @@ class QuestionWriter:
         return self.apply_mask(verb_q, noun_q, labels)
 
     def apply_mask(self, verb_q: str, noun_q: str, labels: Labels) -> tuple[str, str]:
-        """Mask per `--mask`: `paper` hides the other label, `strict` hides both."""
+        """Mask per `--mask`: `paper` hides the other label, `strict` both labels and categories."""
         verb_labels = _class_labels(self.verbs, labels.verb_class)
         noun_labels = _class_labels(self.nouns, labels.noun_class)
         if self.config.mask == "paper":
             return self.masker(verb_q, noun_labels), self.masker(noun_q, verb_labels)
         if self.config.mask == "strict":
-            return (
-                self.masker(verb_q, verb_labels, noun_labels),
-                self.masker(noun_q, verb_labels, noun_labels),
-            )
+            hide = (verb_labels, noun_labels, (self.verbs.categories[labels.verb_class],),
+                    (self.nouns.categories[labels.noun_class],))
+            return self.masker(verb_q, *hide), self.masker(noun_q, *hide)
         return verb_q, noun_q
 
 
@@ -204,20 +210,19 @@ def generate(config: QuestionsConfig) -> dict[str, int]:
         items = list(_segment_labels(segments))
         pairs = {nid: writer.template(nid, lab) for nid, lab in items}
 
-    audit = {"questions": 2 * len(items), "verb_question_leaks_verb": 0,
-             "verb_question_leaks_noun": 0, "noun_question_leaks_noun": 0,
-             "noun_question_leaks_verb": 0}
+    audit = {"questions": 2 * len(items), **dict.fromkeys(LEAK_KEYS, 0)}
     config.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = config.out.with_suffix(config.out.suffix + ".tmp")
     with tmp.open("w") as handle:
         for narration_id, labels in items:
             verb_q, noun_q = pairs[narration_id]
-            verb_labels = _class_labels(verbs, labels.verb_class)
-            noun_labels = _class_labels(nouns, labels.noun_class)
-            audit["verb_question_leaks_verb"] += bool(leaks(verb_q, verb_labels))
-            audit["verb_question_leaks_noun"] += bool(leaks(verb_q, noun_labels))
-            audit["noun_question_leaks_noun"] += bool(leaks(noun_q, noun_labels))
-            audit["noun_question_leaks_verb"] += bool(leaks(noun_q, verb_labels))
+            row = pair_leaks(
+                verb_q, noun_q, _class_labels(verbs, labels.verb_class),
+                _class_labels(nouns, labels.noun_class), verbs.categories[labels.verb_class],
+                nouns.categories[labels.noun_class],
+            )
+            for key, leaked in row.items():
+                audit[key] += leaked
             record = {
                 "narration_id": narration_id,
                 "verb_question": verb_q,
@@ -240,10 +245,20 @@ def read_questions(path: str | Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Generate questions (the default), or `audit` questions files (`extract.audit`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["audit"]:
+        from extract.audit import main as audit_main
+
+        audit_main(argv[1:])
+        return
     config = cli(QuestionsConfig, args=argv)
     audit = generate(config)  # bad input: a HarnessError, one line via run_cli
     print(f"wrote {audit['questions'] // 2} question pairs to {config.out}")
-    print("leakage audit (questions containing a word of a label class): " + json.dumps(audit))
+    print(
+        "leakage audit (questions naming a word of a label class or category; "
+        "`python -m extract.questions audit` also runs a learned probe): " + json.dumps(audit)
+    )
 
 
 if __name__ == "__main__":

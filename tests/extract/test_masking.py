@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from extract.masking import LabelMasker, inflections, leaks, surface_phrases
+from extract.masking import (
+    LEAK_KEYS,
+    LabelMasker,
+    inflections,
+    leaks,
+    pair_leaks,
+    surface_phrases,
+)
 
 TAP = ("tap", "tap:water", "water:tap", "flow:tap")
 PUT_DOWN = ("put-down", "place-down", "set-down")
@@ -40,3 +47,22 @@ def test_inflections_cover_doubling_and_irregulars() -> None:
     assert {"cutting", "cuts"} <= inflections("cut")
     assert {"took", "taken", "taking"} <= inflections("take")
     assert "empties" in inflections("empty")
+
+
+def test_category_is_masked_as_phrase_and_words_but_not_and() -> None:
+    spices = ("spices and herbs and sauces",)
+    mask = LabelMasker()
+    assert mask("Some Spices and herbs and sauces, or just herbs", spices) == (
+        "Some <mask>, or just <mask>"
+    )
+    assert mask("salt and pepper", ("fruits and nuts",)) == "salt and pepper"
+    assert leaks("salt and fruit", ("fruits and nuts",)) == {"fruit"}
+
+
+def test_pair_leaks_names_the_question_and_what_it_gives_away() -> None:
+    verb_q, noun_q = "Which movement involves the <mask> (cutlery)?", "What does one take?"
+    found = pair_leaks(verb_q, noun_q, ("take", "pick-up"), ("knife",), "retrieve", "cutlery")
+    assert set(found) == set(LEAK_KEYS)
+    assert {k for k, v in found.items() if v} == {
+        "verb_question_leaks_noun_category", "noun_question_leaks_verb"
+    }
