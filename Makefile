@@ -18,6 +18,8 @@ SPLIT ?= validation
 SPLITS ?= train validation
 TASK ?= recognition
 FUSION ?= mamba
+# authors | paper | clean (fusion/protocols.py): the released code, the paper's text, our default
+PROTOCOL ?= clean
 SEED ?= 0
 # questions (the text model's store name follows generator and mask)
 MASK ?= paper
@@ -90,9 +92,12 @@ demo-features: venv ## questions, tiny RoBERTa, video and text stores of the dem
 	@test -f data/demo/tiny-roberta/config.json || $(PY) -m extract tiny-roberta --out data/demo/tiny-roberta
 	$(MAKE) --no-print-directory extract embed-text
 
-demo-train: venv ## train the four heads, and the video-only baseline, on the demo features
+demo-train: venv ## the four heads, the Mamba head under the authors'/paper's protocols, video alone
 	for f in mamba mlp transformer_6x4 transformer_12x12; do \
 		$(MAKE) --no-print-directory train FUSION=$$f || exit 1; done
+	$(MAKE) --no-print-directory train FUSION=mamba PROTOCOL=paper
+	# the authors' head has no video projection: its width is the video's (128 for vit-demo)
+	$(MAKE) --no-print-directory train FUSION=mamba PROTOCOL=authors ARGS="--head.d-model 128"
 	$(MAKE) --no-print-directory train FUSION=mlp ARGS="--questions none"
 
 # --- stages -----------------------------------------------------------------------------------
@@ -121,8 +126,9 @@ embed-text: venv ## RoBERTa embeddings of the questions of SPLITS (run `make que
 	for s in $(SPLITS); do $(PY) -m extract text --preset $(TEXT_PRESET) --split $$s \
 		--questions $(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl || exit 1; done
 
-train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK=)
-	$(PY) -m fusion.train --preset $(TRAIN_PRESET) --task $(TASK) --seed $(SEED) $(ARGS)
+train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK= PROTOCOL=)
+	$(PY) -m fusion.train --preset $(TRAIN_PRESET) --task $(TASK) --seed $(SEED) \
+		--protocol $(PROTOCOL) $(ARGS)
 
 sweep: venv ## Optuna sweep of a head (FUSION= TRIALS=50 WORKERS=1 PARALLEL=1 STUDY= BACKBONE= TASK=)
 	$(PY) -m sweeps --fusion $(FUSION) --preset $(TRAIN_PRESET) --task $(TASK) --trials $(TRIALS) \

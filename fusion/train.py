@@ -60,6 +60,7 @@ from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
 from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head
+from fusion.heads.base import HeadConfigError
 from fusion.metrics import HEADLINE_METRIC, metrics_for
 from fusion.optim import build_authors_scheduler, build_optimizer, build_scheduler, param_groups
 from fusion.predictions import save_predictions
@@ -286,8 +287,9 @@ def resolve_device(name: str) -> torch.device:
 def run_dir(config: TrainConfig) -> Path:
     video_only = "-video" if config.questions == "none" else ""
     unshared = "-unsharedA" if config.head.shared_A is False else ""  # the ablation's own folder
-    name = config.run_name or (
-        f"{config.fusion}-{config.backbone}-{config.task}{video_only}{unshared}-s{config.seed}")
+    protocol = "" if config.protocol == "clean" else f"-{config.protocol}"
+    name = config.run_name or (f"{config.fusion}-{config.backbone}-{config.task}{protocol}"
+                               f"{video_only}{unshared}-s{config.seed}")
     return config.out / name
 
 
@@ -431,8 +433,8 @@ def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[st
         model = build_head(config.fusion, modality_dims=dims, num_verbs=data_info["num_verbs"],
                            num_nouns=data_info["num_nouns"], **options).to(device)
     except TypeError as error:  # e.g. --head.d-state given to the MLP head
-        raise ValueError(f"fusion head {config.fusion!r} rejects the head options "
-                         f"{options}: {error}") from error
+        raise HeadConfigError(f"fusion head {config.fusion!r} rejects the head options "
+                              f"{options}: {error}") from error
     groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
                           getattr(model, "ssm_prefixes", ()), config.decay_exclusions,
                           config.a_log_lr)

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from features.errors import HarnessError
+
 NUM_VERBS = 97
 NUM_NOUNS = 300
 
@@ -44,6 +46,10 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     weight = mask.to(x.dtype)[..., None]
     return (x * weight).sum(1) / weight.sum(1).clamp(min=1.0)
 
+
+
+class HeadConfigError(HarnessError, ValueError):
+    """Head options that cannot build a head (the message names the flag to change)."""
 
 class MLPProjection(nn.Module):
     """Per-modality (or per-branch) projection to the common width: Linear-GELU-Linear."""

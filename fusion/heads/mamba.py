@@ -63,7 +63,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusion.heads.base import NUM_NOUNS, NUM_VERBS, FusionHead, MLPProjection, masked_mean
+from fusion.heads.base import (
+    NUM_NOUNS,
+    NUM_VERBS,
+    FusionHead,
+    HeadConfigError,
+    MLPProjection,
+    masked_mean,
+)
 from fusion.heads.base import question_branch as _is_question
 from fusion.ssm import RAGGED_BACKENDS, Backend, resolve_backend, selective_scan
 
@@ -222,8 +229,10 @@ class MambaFusion(FusionHead):
             return relu3_projection(d_in, self.d_model)
         if kind == "none":
             if d_in != self.d_model:
-                raise ValueError(f"branch {branch!r} has no projection (video_proj='none') "
-                                 f"but is {d_in} wide, not d_model={self.d_model}")
+                raise HeadConfigError(
+                    f"branch {branch!r} has no projection (video_proj='none', as in the authors' "
+                    f"head) but is {d_in} wide, not d_model={self.d_model}: pass "
+                    f"--head.d-model {d_in} (the authors' d_model is the video width)")
             return nn.Identity()
         return MLPProjection(d_in, self.d_model, dropout)
 

@@ -252,3 +252,15 @@ def test_run_folders_from_before_protocols_keep_resuming():
     assert _changes(old, fingerprint(to_dict(TrainConfig()))) == {}
     changed = _changes(old, fingerprint(to_dict(protocol_config("authors"))))
     assert {"protocol", "optimizer", "peak_lr"} <= set(changed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["authors", "paper", "clean"])
+def test_short_cuda_training_under_each_protocol(name, tmp_path):
+    """On CUDA: the authors' fp16 + GradScaler + SGD path, and the others' bf16 + CUDA graphs."""
+    data = make_dataset(tmp_path / "demo")
+    config = protocol_config(name, data=data, epochs=3, batch_size=8, device="cuda",
+                             out=tmp_path / "runs", track=False, head=HeadConfig(d_state=4))
+    result = train(config)
+    history = pd.read_csv(Path(result["folder"]) / "history.csv")
+    assert len(history) == 3 and history["train_loss"].map(math.isfinite).all()
