@@ -138,7 +138,22 @@ class TextConfig:
     text_model: str = "roberta-base"
     """Hugging Face name or local folder (AutoTokenizer/AutoModel.from_pretrained)."""
     max_length: int = 32
-    """Tokens per question, special tokens included; longer questions are truncated."""
+    """Tokens per question, special tokens included; longer questions are truncated (the
+    authors' code: 40)."""
+    readout: Literal["last-hidden", "embeddings"] = "last-hidden"
+    """last-hidden: the encoder's last hidden state; embeddings: the embedding layer's output
+    (word + position + token type, then LayerNorm), the only part of RoBERTa the authors'
+    Mamba path uses. Both in eval mode (no dropout)."""
+    init: Literal["pretrained", "authors-random"] = "pretrained"
+    """authors-random: the loaded weights re-initialised as the authors' model does after
+    loading RoBERTa (`authors_reinit`), seeded by --seed."""
+    seed: int = 0
+    """Seed of --init authors-random (same seed, same table)."""
+    padding: Literal["masked", "max-length"] = "masked"
+    """Both pad to --max-length. masked: the model gets the attention mask and padded
+    positions are stored as zeros; max-length: the authors' way, no attention mask, every
+    position (pads included) goes through the model and is stored. `*_mask` marks the real
+    tokens either way: a head with `pool_padding` ignores it, so pads enter its mean."""
     annotations: Path | None = None
     """If given, rows follow this annotation folder's split file (aligned to video stores);
     else the questions file's order."""
@@ -146,7 +161,8 @@ class TextConfig:
     root: Path = Path("data/demo/features")
     dataset: str = "demo"
     name: str | None = None
-    """Store name (default: model folder name, plus the questions' generator and mask)."""
+    """Store name (default: model folder name, the questions' generator and mask, then a
+    suffix per non-default choice: `text_suffix`)."""
     out: Path | None = None
     batch_size: int = 128
     shard_rows: int | None = None
@@ -663,6 +679,31 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+DEFAULT_MAX_LENGTH = TextConfig.max_length
+
+
+def text_suffix(readout: str, init: str, seed: int, max_length: int, padding: str) -> str:
+    """Store-name suffix naming each non-default text choice ("" for the defaults, so stores
+    made before these choices existed keep their names); `fusion.data` uses it too."""
+    parts = ["emb"] if readout == "embeddings" else []
+    parts += [f"authorsrandom-s{seed}"] if init == "authors-random" else []
+    parts += [f"len{max_length}"] if max_length != DEFAULT_MAX_LENGTH else []
+    parts += ["nomask"] if padding == "max-length" else []
+    return "".join(f"-{part}" for part in parts)
+
+
+PROTOCOL_TEXT_SEED = 0
+"""Seed of the authors-random table a protocol's default text store holds."""
+
+
+def protocol_text_options(protocol: Any) -> dict[str, Any]:
+    """`TextConfig` values of the text store a `fusion.protocols.Protocol` reads: its readout,
+    init and question length; padding `max-length` (pads embedded) iff its head pools pads."""
+    return {"readout": protocol.text_readout, "init": protocol.text_init,
+            "seed": PROTOCOL_TEXT_SEED, "max_length": protocol.question_length,
+            "padding": "max-length" if protocol.pool_padding else "masked"}
+
+
 def text_store_name(config: TextConfig, records: list[dict[str, Any]]) -> str:
     if config.name:
         return config.name
@@ -671,7 +712,8 @@ def text_store_name(config: TextConfig, records: list[dict[str, Any]]) -> str:
     for key in ("generator", "mask"):
         if first.get(key):
             name += f"-{first[key]}"
-    return name
+    return name + text_suffix(config.readout, config.init, config.seed, config.max_length,
+                              config.padding)
 
 
 def order_questions(
@@ -697,6 +739,32 @@ def order_questions(
     return [by_id[i] for i in ids], str(path)
 
 
+def authors_reinit(model: torch.nn.Module, seed: int) -> None:
+    """Re-initialise `model` in place as the authors' model re-initialises itself after
+    building (and so overwrites) its pretrained RoBERTa.
+
+    Their `init_weights()` then `self.apply(self._init_weights)` (`Dongzhikang/MambaVL` at
+    601b789d48acdf34ada50e9b4f78f219ffc470dc, `slowfast/models/video_model_builder.py`,
+    classes `Motionformer`, `AVION`, `AVION_B`): xavier_uniform on every parameter with more
+    than one dimension, then every Linear trunc_normal(std 0.02) with zero bias and every
+    LayerNorm weight 1, bias 0. Embedding tables (incl. the pad row) keep their xavier values.
+    Seeded on a private CPU generator: the same seed gives the same table on any device. It is
+    not the authors' exact draw (their stream also initialises the rest of their model)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                torch.nn.init.xavier_uniform_(parameter)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+            elif isinstance(module, torch.nn.LayerNorm):
+                torch.nn.init.ones_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+
+
 def weights_sha256(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -714,7 +782,17 @@ def extract_text(config: TextConfig) -> int:
     device = resolve_device(config.device)
     records, annotations_file = order_questions(read_questions(config.questions), config)
     tokenizer = AutoTokenizer.from_pretrained(config.text_model)
-    model = AutoModel.from_pretrained(config.text_model).eval().to(device)
+    model = AutoModel.from_pretrained(config.text_model).eval()
+    if config.readout == "embeddings" and not hasattr(model, "embeddings"):
+        raise HarnessError(f"--readout embeddings: {config.text_model} ({type(model).__name__}) "
+                           "has no embedding layer `embeddings`; use --readout last-hidden")
+    if config.init == "authors-random":
+        authors_reinit(model, config.seed)
+        if rank == 0:
+            print(f"note: --init authors-random: {config.text_model}'s pretrained weights are "
+                  f"replaced by the authors' random re-initialisation (seed {config.seed}), on "
+                  "purpose", file=sys.stderr)
+    model = model.to(device)
     hidden = int(model.config.hidden_size)
     length = config.max_length
     shard_rows = auto_shard_rows(2 * length * (hidden * 2 + 1), config.shard_rows)
@@ -739,8 +817,14 @@ def extract_text(config: TextConfig) -> int:
         text_model_weights_sha256=weights_sha256(model),
         tokenizer=type(tokenizer).__name__,
         max_length=length,
-        padding="max_length, padded positions zero (see *_mask)",
-        layer="last_hidden_state",
+        padding=config.padding,
+        padded_positions="model output, no attention mask" if config.padding == "max-length"
+        else "zeros, attention mask given",
+        readout=config.readout,
+        layer="last_hidden_state" if config.readout == "last-hidden"
+        else "embeddings (word + position + token type, LayerNorm)",
+        text_init=config.init,
+        text_init_seed=config.seed if config.init == "authors-random" else None,
         questions=["verb", "noun"],
         token_shape=[length, hidden],
         dtype="float16",
@@ -774,10 +858,17 @@ def extract_text(config: TextConfig) -> int:
         encoded = tokenizer(
             texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
         ).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            states = model(**encoded).last_hidden_state
         mask = encoded["attention_mask"].bool()
-        states = states.float().masked_fill(~mask[..., None], 0)
+        # max-length: input ids alone, as the authors' model gets them (no attention mask)
+        inputs = dict(encoded) if config.padding == "masked" else {"input_ids": encoded.input_ids}
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            if config.readout == "embeddings":
+                states = model.embeddings(input_ids=encoded.input_ids)
+            else:
+                states = model(**inputs).last_hidden_state
+        states = states.float()
+        if config.padding == "masked":
+            states = states.masked_fill(~mask[..., None], 0)
         return states.cpu().numpy().astype(np.float16), mask.cpu().numpy()
 
     def compute() -> Iterator[tuple[list[int], dict[str, np.ndarray], list[str]]]:

@@ -23,7 +23,13 @@ import torch
 from extract.backbones import build_backbone
 from extract.questions import QuestionsConfig
 from extract.questions import generate as generate_questions
-from extract.run import TinyRobertaConfig, build_tiny_roberta, main
+from extract.run import (
+    TinyRobertaConfig,
+    authors_reinit,
+    build_tiny_roberta,
+    main,
+    weights_sha256,
+)
 from extract.synthetic import SyntheticConfig, generate
 from extract.video import ClipDataset
 from features.annotations import load_split
@@ -273,6 +279,106 @@ def test_text_missing_questions(data: Path, tiny_roberta: tuple[Path, Path], tmp
         main(["text", "--questions", str(partial), "--text-model", str(model_dir),
               "--annotations", str(data / "annotations"), "--out", str(tmp_path / "t.zarr"),
               *COMMON])  # fmt: skip
+
+
+def _perturbed_roberta(tiny_roberta: tuple[Path, Path], out: Path) -> Path:
+    """The tiny RoBERTa with every parameter moved off its init value (LayerNorms and biases
+    included), so a re-initialisation that leaves one untouched is seen."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(tiny_roberta[0])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.rand_like(parameter) + 0.5)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_roberta[0]).save_pretrained(out)
+    return out
+
+
+def test_authors_reinit_is_seeded_and_changes_every_weight(
+    tiny_roberta: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModel
+
+    folder = _perturbed_roberta(tiny_roberta, tmp_path / "model")
+    loaded = AutoModel.from_pretrained(folder).state_dict()
+    tables = []
+    for seed in (0, 0, 1):
+        model = AutoModel.from_pretrained(folder)
+        authors_reinit(model, seed)
+        tables.append({k: v.clone() for k, v in model.named_parameters()})
+    for name, value in tables[0].items():
+        assert not torch.isclose(value, loaded[name]).any(), name  # every value changed
+        torch.testing.assert_close(value, tables[1][name], rtol=0, atol=0)  # same seed
+        if value.dim() > 1:  # random tables differ with the seed; 1-D ones are constants
+            assert not torch.equal(value, tables[2][name]), name
+    model = AutoModel.from_pretrained(folder)
+    authors_reinit(model, 0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert bool((module.weight == 1).all() and (module.bias == 0).all())
+        if isinstance(module, torch.nn.Linear):
+            assert module.bias is None or not module.bias.any()
+    word = model.embeddings.word_embeddings.weight  # xavier_uniform, then untouched
+    assert word.abs().max() <= (6 / sum(word.shape)) ** 0.5
+
+
+@pytest.mark.parametrize("readout, init, padding", [
+    ("embeddings", "pretrained", "masked"),
+    ("embeddings", "authors-random", "max-length"),  # the authors' text features
+    ("last-hidden", "pretrained", "max-length"),
+])  # fmt: skip
+def test_text_readouts(
+    tiny_roberta: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
+    readout: str, init: str, padding: str,
+) -> None:
+    """Each stored row is what the loaded (or re-initialised) model gives for the question's
+    40 ids; with max-length padding pads are computed like tokens, with no attention mask."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = _perturbed_roberta(tiny_roberta, tmp_path / "tiny-roberta")
+    records = [json.loads(line) for line in tiny_roberta[1].read_text().splitlines()]
+    args = ["text", "--questions", str(tiny_roberta[1]), "--text-model", str(model_dir),
+            "--readout", readout, "--init", init, "--seed", "3", "--padding", padding,
+            "--max-length", "40", "--root", str(tmp_path / "features"), "--dataset", "d",
+            *COMMON]  # fmt: skip
+    assert main(args) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "authors-random" in line]
+    assert len(notes) == (init == "authors-random")
+    suffix = {("embeddings", "pretrained", "masked"): "-emb-len40",
+              ("embeddings", "authors-random", "max-length"): "-emb-authorsrandom-s3-len40-nomask",
+              ("last-hidden", "pretrained", "max-length"): "-len40-nomask"}[readout, init, padding]
+    store = FeatureStore(tmp_path / f"features/d/{SPLIT}/text-tiny-roberta-template-paper"
+                         f"{suffix}.zarr")  # fmt: skip
+    manifest = store.manifest
+    assert (manifest["readout"], manifest["text_init"], manifest["padding"]) == (
+        readout, init, padding)
+    assert manifest["text_init_seed"] == (3 if init == "authors-random" else None)
+    assert manifest["max_length"] == 40 and store.arrays["noun_tokens"].row_shape == (40, 32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    if init == "authors-random":
+        authors_reinit(model, 3)
+    assert manifest["text_model_weights_sha256"] == weights_sha256(model)
+    for record in records[:3]:
+        encoded = tokenizer([record["verb_question"]], padding="max_length", truncation=True,
+                            max_length=40, return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            if readout == "embeddings":
+                want = model.embeddings(input_ids=encoded.input_ids)[0].numpy()
+            else:  # no attention mask: pads are attended to, as in the authors' code
+                want = model(input_ids=encoded.input_ids).last_hidden_state[0].numpy()
+        mask = encoded["attention_mask"][0].numpy().astype(bool)
+        assert 0 < mask.sum() < 40  # the question has real tokens and pads
+        row = store.get(record["narration_id"])
+        np.testing.assert_array_equal(row["verb_mask"], mask)  # True on real tokens
+        if padding == "masked":
+            np.testing.assert_allclose(row["verb_tokens"][mask], want[mask], rtol=1e-2,
+                                       atol=2e-3)  # fmt: skip
+            assert not row["verb_tokens"][~mask].any()
+        else:
+            np.testing.assert_allclose(row["verb_tokens"], want, rtol=1e-2, atol=2e-3)
+            assert np.abs(row["verb_tokens"][~mask]).sum(-1).min() > 0  # pads hold features
 
 
 def test_segment_past_the_end_of_its_video_is_a_failure(
