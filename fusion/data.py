@@ -125,14 +125,19 @@ def video_store_name(config: TrainConfig) -> str:
 
 
 def text_store_name(config: TrainConfig) -> str:
-    """`<text_model>-<generator>-<mask>` as `python -m extract text` names it.
+    """`<text_model>-<generator>-<mask><suffix>` as `python -m extract text` names the store
+    of the protocol's text choices (`extract.run.protocol_text_options`; `clean`: no suffix).
 
     Anticipation reads questions of the `predictions` generator (the clip is not seen yet).
     """
+    from extract.run import protocol_text_options, text_suffix
+    from fusion.protocols import get_protocol
+
     if config.text_store:
         return config.text_store
     generator = "predictions" if config.task == "anticipation" else "template"
-    return f"{config.text_model}-{generator}-{config.question_mask}"
+    suffix = text_suffix(**protocol_text_options(get_protocol(config.protocol)))
+    return f"{config.text_model}-{generator}-{config.question_mask}{suffix}"
 
 
 def _aligned(reference: Reference, ids: np.ndarray, store: Path) -> Reference:
