@@ -90,7 +90,9 @@ demo-data: venv ## generate the synthetic EK100-format dataset in data/demo (onc
 demo-features: venv ## questions, tiny RoBERTa, video and text stores of the demo
 	for s in $(SPLITS); do $(MAKE) --no-print-directory questions SPLIT=$$s || exit 1; done
 	@test -f data/demo/tiny-roberta/config.json || $(PY) -m extract tiny-roberta --out data/demo/tiny-roberta
-	$(MAKE) --no-print-directory extract embed-text
+	$(MAKE) --no-print-directory extract
+	for p in clean paper authors; do \
+		$(MAKE) --no-print-directory embed-text PROTOCOL=$$p || exit 1; done
 
 demo-train: venv ## the four heads, the Mamba head under the authors'/paper's protocols, video alone
 	for f in mamba mlp transformer_6x4 transformer_12x12; do \
@@ -122,9 +124,16 @@ endif
 reencode: venv ## AVION's 320p/30fps/15-s chunked copy of raw videos (VIDEOS= OUT= WORKERS=; resumable)
 	$(PY) -m extract.reencode --videos $(VIDEOS) --out $(OUT) --workers $(WORKERS) $(ARGS)
 
-embed-text: venv ## RoBERTa embeddings of the questions of SPLITS (run `make questions` first)
+# each protocol's text readout (fusion/protocols.py), named in the store, read by fusion.train
+TEXT_ARGS_clean =
+TEXT_ARGS_paper = --max-length 40
+TEXT_ARGS_authors = --readout embeddings --init authors-random --seed 0 --padding max-length \
+	--max-length 40
+
+embed-text: venv ## question embeddings of SPLITS for PROTOCOL (run `make questions` first)
 	for s in $(SPLITS); do $(PY) -m extract text --preset $(TEXT_PRESET) --split $$s \
-		--questions $(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl || exit 1; done
+		--questions $(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl \
+		$(TEXT_ARGS_$(PROTOCOL)) || exit 1; done
 
 train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK= PROTOCOL=)
 	$(PY) -m fusion.train --preset $(TRAIN_PRESET) --task $(TASK) --seed $(SEED) \

@@ -9,8 +9,9 @@
 A protocol only sets defaults: `fusion.train --protocol NAME` starts from its values and every
 field stays overridable by its own flag, so an ablation flips one field (see `fusion.train`).
 Head structure goes to the Mamba head (`head_options`), the recipe to `TrainConfig`
-(`train_fields`). Text readout, text init and question length are recorded here for the text
-extraction (`extract text`), which does not read them yet.
+(`train_fields`). Text readout, text init and question length are read by
+`extract.run.protocol_text_options`: they name the default text store of `fusion.train`
+(`make embed-text PROTOCOL=NAME` writes it).
 
 Everything stays on frozen, cached features: the authors fine-tune their backbone end to end
 (`tools/train_net.py` of the commit), which no protocol here reproduces.
@@ -49,7 +50,7 @@ class Protocol:
     """`mamba`: S4D-real A, Δ log-uniform in [1e-3, 0.1], PyTorch Linear defaults;
     `authors`: the commit's re-initialisation (xavier on every >1-D weight incl. A_log, then
     every Linear trunc_normal(0.02) with zero bias): A ≈ -1 ± 0.06, Δ = softplus(0)."""
-    # --- text features (recorded for `extract text`; not acted on by training) ---
+    # --- text features (`extract text` options; they name the protocol's text store) ---
     text_readout: Literal["embeddings", "last-hidden"]
     text_init: Literal["pretrained", "authors-random"]
     question_length: int

@@ -32,7 +32,7 @@ from fusion.train import (
     train,
 )
 from tests.cli import one_error_line
-from tests.fusion.test_train import make_dataset
+from tests.fusion.test_train import TEXT_STORE, make_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 D = 768
@@ -217,7 +217,8 @@ def test_short_cpu_training_under_each_protocol(name, tmp_path):
     data = make_dataset(tmp_path / "demo")
     # the video is 16 wide: so is the authors' head, which has no video projection
     config = protocol_config(name, data=data, epochs=3, batch_size=8, device="cpu",
-                             out=tmp_path / "runs", track=False, head=HeadConfig(d_state=4))
+                             out=tmp_path / "runs", track=False, head=HeadConfig(d_state=4),
+                             text_store=TEXT_STORE)  # the tiny dataset has one text store
     result = train(config)
     folder = Path(result["folder"])
     history = pd.read_csv(folder / "history.csv")
@@ -260,7 +261,8 @@ def test_short_cuda_training_under_each_protocol(name, tmp_path):
     """On CUDA: the authors' fp16 + GradScaler + SGD path, and the others' bf16 + CUDA graphs."""
     data = make_dataset(tmp_path / "demo")
     config = protocol_config(name, data=data, epochs=3, batch_size=8, device="cuda",
-                             out=tmp_path / "runs", track=False, head=HeadConfig(d_state=4))
+                             out=tmp_path / "runs", track=False, head=HeadConfig(d_state=4),
+                             text_store=TEXT_STORE)
     result = train(config)
     history = pd.read_csv(Path(result["folder"]) / "history.csv")
     assert len(history) == 3 and history["train_loss"].map(math.isfinite).all()
