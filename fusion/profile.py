@@ -34,6 +34,20 @@ backbone (`Dongzhikang/MambaVL` @ 601b789d48acdf34ada50e9b4f78f219ffc470dc,
 `A_log` and the two classifiers, 9.59 M at D = 768 (`params`; their model has no linear
 classifier of its own to subtract, so `params` is the comparison with Table 4's +9 M);
 `paper` 10.19 M.
+
+Under `authors` and `paper`, `--fusion mlp|transformer_6x4|transformer_12x12` profiles the
+authors' Table 3 baselines (`fusion.heads.authors`: video CLS + one projected pooled question,
+fused once per question; `head` in the output names the head built). At D = 768 (`params`,
+which count their text projection, fusion and classifiers, what their model adds to its
+backbone besides the frozen RoBERTa):
+
+    --fusion            head                          params
+    mlp                 mlp_authors                   5.62 M
+    transformer_6x4     transformer_authors_6x4      52.27 M
+    transformer_12x12   transformer_authors_12x12    94.79 M   (Table 4: 242 - 148 = +94 M)
+
+Their FLOPs are per clip for its 2 questions whatever `--video-len`/`--text-len` say: each
+reads one video token and one vector per question.
 """
 
 from __future__ import annotations
@@ -49,8 +63,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from features.config import cli
-from fusion.heads import build_head
-from fusion.protocols import ProtocolName, get_protocol
+from fusion.heads import build_head, protocol_head
+from fusion.protocols import ProtocolName
 from fusion.ssm import count_scan_flops
 
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
@@ -153,16 +167,16 @@ def profile(config: ProfileConfig) -> dict:
     options = {k: getattr(config, k) for k in ("d_model", "d_state", "expand", "d_conv", "depth")
                if getattr(config, k) is not None}
     try:
-        structure = get_protocol(config.protocol).head_options(config.fusion)
+        name, structure = protocol_head(config.protocol, config.fusion)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     torch.manual_seed(0)
-    head = build_head(config.fusion, modality_dims={m: s[1] for m, s in shapes.items()},
+    head = build_head(name, modality_dims={m: s[1] for m, s in shapes.items()},
                       num_verbs=config.num_verbs, num_nouns=config.num_nouns,
                       **structure, **options)
     cost = profile_model(head, shapes)
     linear = (config.video_dim + 1) * (config.num_verbs + config.num_nouns)
-    return {"fusion": config.fusion, "protocol": config.protocol, **cost,
+    return {"fusion": config.fusion, "head": name, "protocol": config.protocol, **cost,
             "params_over_linear": cost["params"] - linear,
             "gflops": cost["flops"] / 1e9, "shapes": {m: list(s) for m, s in shapes.items()},
             "options": options}

@@ -59,7 +59,7 @@ from features.config import save_config, to_dict
 from fusion import tracking
 from fusion.data import Batch, FeatureSplit, load_features
 from fusion.graphs import GraphedTrainStep
-from fusion.heads import build_head
+from fusion.heads import build_head, protocol_head
 from fusion.heads.base import HeadConfigError
 from fusion.metrics import HEADLINE_METRIC, metrics_for
 from fusion.optim import build_authors_scheduler, build_optimizer, build_scheduler, param_groups
@@ -428,12 +428,12 @@ def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[st
                    steps_per_epoch: int, device: torch.device) -> tuple[Any, Any, Any]:
     """The head (the protocol's structure under the head options set), the optimizer with the
     SSM block's own LR group, and the protocol's schedule (`fusion.optim`)."""
-    options = head_options(config)
+    name, options = head_choice(config)
     try:
-        model = build_head(config.fusion, modality_dims=dims, num_verbs=data_info["num_verbs"],
+        model = build_head(name, modality_dims=dims, num_verbs=data_info["num_verbs"],
                            num_nouns=data_info["num_nouns"], **options).to(device)
     except TypeError as error:  # e.g. --head.d-state given to the MLP head
-        raise HeadConfigError(f"fusion head {config.fusion!r} rejects the head options "
+        raise HeadConfigError(f"fusion head {name!r} rejects the head options "
                               f"{options}: {error}") from error
     groups = param_groups(model, config.peak_lr, config.ssm_peak_lr, config.weight_decay,
                           getattr(model, "ssm_prefixes", ()), config.decay_exclusions,
@@ -454,13 +454,20 @@ def build_training(config: TrainConfig, dims: dict[str, int], data_info: dict[st
     return model, optimizer, scheduler
 
 
-def head_options(config: TrainConfig) -> dict[str, Any]:
-    """The head's constructor options: the protocol's structure, then the head options set."""
+def head_choice(config: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """The registered head `--fusion` names under the protocol (`--fusion mlp|transformer_*`
+    under authors/paper: the authors' baselines, `fusion.heads.authors`) and its constructor
+    options: the protocol's structure, then the head options set."""
     try:
-        structure = get_protocol(config.protocol).head_options(config.fusion)
+        name, structure = protocol_head(config.protocol, config.fusion)
     except ValueError as error:
         raise errors.HarnessError(str(error)) from None
-    return structure | config.head.kwargs()
+    return name, structure | config.head.kwargs()
+
+
+def head_options(config: TrainConfig) -> dict[str, Any]:
+    """The head's constructor options (`head_choice`)."""
+    return head_choice(config)[1]
 
 
 def graph_safe(config: TrainConfig) -> bool:

@@ -5,7 +5,10 @@
                                               "noun_question": 768}, num_verbs=97, num_nouns=300)
     out = head(inputs, masks)  # {"verb": (b, 97), "noun": (b, 300)}
 
-Names: `mamba` (shared-A selective-SSM fusion), `mlp`, `transformer_6x4`, `transformer_12x12`.
+Names: `mamba` (shared-A selective-SSM fusion), `mlp`, `transformer_6x4`, `transformer_12x12`
+(our baselines), and the authors' Table 3 baselines `mlp_authors`, `transformer_authors_6x4`,
+`transformer_authors_12x12` (`fusion.heads.authors`; `protocol_head` picks them for
+`--fusion mlp|transformer_*` under the `authors` and `paper` protocols).
 Keyword arguments go to the head's constructor (`d_model`, `dropout`, and for `mamba` also
 `d_state`, `expand`, `d_conv`, `depth`, `shared_A`, ...); the Transformer names fix depth and heads.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fusion.heads.authors import AuthorsFuser, AuthorsMLP, fuser, protocol_head
 from fusion.heads.base import FusionHead, left_align, masked_mean
 from fusion.heads.mamba import MambaFusion
 from fusion.heads.mlp import MLPFusion
@@ -43,6 +47,9 @@ register("mamba", MambaFusion)
 register("mlp", MLPFusion)
 register("transformer_6x4", _transformer(6, 4))
 register("transformer_12x12", _transformer(12, 12))
+register("mlp_authors", AuthorsMLP)
+register("transformer_authors_6x4", fuser(6, 4))
+register("transformer_authors_12x12", fuser(12, 12))
 
 
 def build_head(name: str, **kwargs) -> FusionHead:
@@ -56,5 +63,6 @@ def list_heads() -> list[str]:
     return sorted(HEADS)
 
 
-__all__ = ["HEADS", "FusionHead", "MLPFusion", "MambaFusion", "TransformerFusion", "build_head",
-           "left_align", "list_heads", "masked_mean", "register"]
+__all__ = ["HEADS", "AuthorsFuser", "AuthorsMLP", "FusionHead", "MLPFusion", "MambaFusion",
+           "TransformerFusion", "build_head", "left_align", "list_heads", "masked_mean",
+           "protocol_head", "register"]
