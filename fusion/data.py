@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from features.annotations import split_path
+from features.errors import HarnessError
 from features.store import (
     FeatureStore,
     StoreError,
@@ -155,12 +156,27 @@ def _aligned(reference: Reference, ids: np.ndarray, store: Path) -> Reference:
         participant_ids=reference.participant_ids[index])
 
 
+def features_used(config: TrainConfig) -> str:
+    """What the head sees: `video`, `questions` or `video+questions` (the runs' `features`
+    tag, which the reports' information-sources table reads); neither is refused."""
+    used = [name for name, value in (("video", config.video), ("questions", config.questions))
+            if value != "none"]
+    if not used:
+        raise HarnessError("--video none with --questions none leaves the head no input: "
+                           "keep the video (drop --video none) or the questions")
+    return "+".join(used)
+
+
 def open_stores(config: TrainConfig, split: str) -> dict[str, FeatureStore]:
-    """The split's video store (and text store with questions), opened: cheap, no data."""
+    """The split's video store and/or text store (`features_used`), opened: cheap, no data.
+    A questions-only run (`--video none`) never opens a video store."""
     root = config.data / "features"
     dataset = config.dataset or config.data.name
-    paths = {"video": store_path(root, dataset, split, "video", video_store_name(config))}
-    if config.questions == "both":
+    features = features_used(config)
+    paths = {}
+    if "video" in features:
+        paths["video"] = store_path(root, dataset, split, "video", video_store_name(config))
+    if "questions" in features:
         paths["text"] = store_path(root, dataset, split, "text", text_store_name(config))
     for kind, path in paths.items():
         if not path.exists():
@@ -223,26 +239,27 @@ def load_split(config: TrainConfig, split: str, device: torch.device,
     Rows that failed extraction in any store are excluded (and counted on stderr).
     """
     stores = stores or open_stores(config, split)
-    video_path = stores["video"].path
+    first_path = next(iter(stores.values())).path  # the video store, or the text store alone
     ids = check_aligned(*stores.values())
     keep = _kept_rows(stores, split)
     reference = _aligned(load_reference(split_path(config.data / "annotations", split)),
-                         ids[keep], video_path)
+                         ids[keep], first_path)
     verb = torch.from_numpy(reference.verb_labels.astype(np.int64))
     noun = torch.from_numpy(reference.noun_labels.astype(np.int64))
     narration_ids = [str(i) for i in ids[keep]]
     manifests = {k: s.manifest_hash for k, s in stores.items()}
     if _stream(config, stores, device):
-        print(f"streaming {split} from {video_path.parent} (larger than free device memory)",
+        print(f"streaming {split} from {first_path.parent} (larger than free device memory)",
               file=sys.stderr)
         streamed = StreamedSplit(narration_ids, stores, verb, noun, device, rows=keep)
         return streamed, reference, manifests
     dtype = feature_dtype(device)
-    video = stores["video"].load(device, arrays=["tokens"], dtype=dtype)
+    video = (stores["video"].load(device, arrays=["tokens"], dtype=dtype) if "video" in stores
+             else None)
     text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
     if len(keep) < len(ids):
         index = torch.from_numpy(keep).to(device)
-        video = {k: v[index] for k, v in video.items()}
+        video = {k: v[index] for k, v in video.items()} if video is not None else None
         text = {k: v[index] for k, v in text.items()} if text is not None else None
     inputs, masks = modality_tensors(video, text)
     features = FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
@@ -254,12 +271,16 @@ def feature_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def modality_tensors(video: dict[str, Tensor], text: dict[str, Tensor] | None
+def modality_tensors(video: dict[str, Tensor] | None, text: dict[str, Tensor] | None
                      ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Store arrays -> the heads' modalities: `video`, `verb_question`, `noun_question`."""
-    tokens = video["tokens"]
-    inputs = {"video": tokens}
-    masks = {"video": torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)}
+    """Store arrays -> the heads' modalities: `video`, `verb_question`, `noun_question`
+    (each store that is given; None: that source is left out)."""
+    inputs: dict[str, Tensor] = {}
+    masks: dict[str, Tensor] = {}
+    if video is not None:
+        tokens = video["tokens"]
+        inputs["video"] = tokens
+        masks["video"] = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     if text is not None:
         for question in ("verb", "noun"):
             inputs[f"{question}_question"] = text[f"{question}_tokens"]
@@ -292,7 +313,8 @@ def _stream(config: TrainConfig, stores: dict[str, FeatureStore], device: torch.
 class StreamedSplit:
     """A split read window by window from its stores, with `FeatureSplit`'s interface.
 
-    A window is `window_shards` shards' worth of rows of the video store; windows come in a
+    A window is `window_shards` shards' worth of rows of the first store (the video store,
+    or the text store of a questions-only run); windows come in a
     shuffled order (or in file order without a generator), rows are shuffled within a window,
     and a background thread reads the next `prefetch` windows while batches are trained on.
     `rows` are the store rows used (the valid ones; default all), in order; `narration_ids`,
@@ -307,11 +329,11 @@ class StreamedSplit:
         if len(self.rows) != len(narration_ids):
             raise ValueError(f"{len(self.rows)} rows for {len(narration_ids)} narration ids")
         self.verb, self.noun = verb.to(device), noun.to(device)
-        self.window_rows = stores["video"].shard_rows * window_shards
+        self.window_rows = next(iter(stores.values())).shard_rows * window_shards
         self.prefetch = prefetch
         empty = {kind: {name: torch.empty(0, *spec.row_shape) for name, spec in
                         store.arrays.items()} for kind, store in stores.items()}
-        inputs, _ = modality_tensors(empty["video"], empty.get("text"))
+        inputs, _ = modality_tensors(empty.get("video"), empty.get("text"))
         self._shapes = {k: (int(v.shape[1]), int(v.shape[2])) for k, v in inputs.items()}
 
     def __len__(self) -> int:
@@ -339,7 +361,8 @@ class StreamedSplit:
                 dtype if v.dtype.kind == "f" else None) for k, v in arrays.items()}
 
         text = host(self.stores["text"]) if "text" in self.stores else None
-        return modality_tensors(host(self.stores["video"], ["tokens"]), text)
+        video = host(self.stores["video"], ["tokens"]) if "video" in self.stores else None
+        return modality_tensors(video, text)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[Batch]:
@@ -419,7 +442,8 @@ def load_features(config: TrainConfig, device: torch.device
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
         "excluded": excluded,
         # `checkpoint` or `random-init` (extract video --random-init); older stores: unknown
-        "backbone_weights": str(train_stores["video"].manifest.get("weights", "unknown")),
+        "backbone_weights": (str(train_stores["video"].manifest.get("weights", "unknown"))
+                             if "video" in train_stores else "none (no video)"),
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

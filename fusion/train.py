@@ -57,7 +57,7 @@ from tqdm import tqdm
 from features import errors
 from features.config import save_config, to_dict
 from fusion import tracking
-from fusion.data import Batch, FeatureSplit, load_features
+from fusion.data import Batch, FeatureSplit, features_used, load_features
 from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head, protocol_head
 from fusion.heads.base import HeadConfigError
@@ -125,6 +125,9 @@ class TrainConfig:
     when a split would take over 60 % of free GPU memory)."""
     questions: Literal["both", "none"] = "both"
     """`none` trains on video alone (the "backbone alone" rows)."""
+    video: Literal["tokens", "none"] = "tokens"
+    """`none` trains on the questions alone (no video store is read): with the video-alone
+    and both-sources runs, it says how much of a score the questions carry by themselves."""
     epochs: int = 100
     # the recipe: `clean`'s values; `--protocol` sets others (`fusion.protocols.Protocol`)
     batch_size: int = CLEAN.batch_size
@@ -167,7 +170,8 @@ class TrainConfig:
     bf16 without mixup are captured; other steps run eagerly."""
     out: Path = Path("runs")
     run_name: str | None = None
-    """Folder under `out` (default: fusion-backbone-task[-video][-unsharedA]-s<seed>); reruns
+    """Folder under `out` (default:
+    fusion-backbone-task[-protocol][-video|-questions][-unsharedA]-s<seed>); reruns
     with the same settings resume there."""
     resume: bool = False
     """Continue the run in the folder although settings that change results differ (the
@@ -285,11 +289,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir(config: TrainConfig) -> Path:
-    video_only = "-video" if config.questions == "none" else ""
+    alone = {"video": "-video", "questions": "-questions"}  # one source only: its own folder
+    one_source = alone.get(features_used(config), "")
     unshared = "-unsharedA" if config.head.shared_A is False else ""  # the ablation's own folder
     protocol = "" if config.protocol == "clean" else f"-{config.protocol}"
     name = config.run_name or (f"{config.fusion}-{config.backbone}-{config.task}{protocol}"
-                               f"{video_only}{unshared}-s{config.seed}")
+                               f"{one_source}{unshared}-s{config.seed}")
     return config.out / name
 
 
@@ -578,6 +583,10 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     if config.resume and config.restart:
         raise errors.HarnessError("--resume and --restart exclude each other: pick one")
     head_options(config)  # a head the protocol does not define stops before any work
+    if "video" not in features_used(config) and config.mixup_alpha > 0:  # no input: refused
+        raise errors.HarnessError(
+            f"--mixup-alpha {config.mixup_alpha} mixes the video features, and --video none "
+            "leaves none: pass --mixup-alpha 0 for a questions-only run")
     device = resolve_device(config.device)  # before any work: a missing GPU leaves no folder
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -638,7 +647,8 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
         if changed:
             tracking.set_tags({f"settings_changed.epoch{state['epoch']}": changed[:5000]})
         tracking.set_tags({"protocol": config.protocol,
-                           "protocol.deviations": json.dumps(deviations(config))[:5000]})
+                           "protocol.deviations": json.dumps(deviations(config))[:5000],
+                           "features": features_used(config)})  # video, questions or both
     metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
     val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
