@@ -1,4 +1,4 @@
-"""A static HTML summary (no server, no scripts): the four tables, their notes and the plots.
+"""A static HTML summary (no server, no scripts): the tables, their notes and the plots.
 
 Why static: it must open from `file://` on a laptop or a CI artifact, years later.
 """
@@ -91,7 +91,9 @@ def write_page(tables: Sequence[Table], plots: Sequence[Plot], out: Path, tracki
 selection <code>{html.escape(mode)}</code>, generated {stamp}. Dataset(s) of the runs shown:
 <b>{html.escape(", ".join(datasets) or "none")}</b>. Published values: the MambaVL paper
 (arXiv 2409.11513), Tables 1, 3 and 4, each row naming its source; "—" cells carry their
-reason as a footnote (hover for it). {html.escape(FROZEN)}</p>
+reason as a footnote (hover for it). The information-sources table sets the Mamba head on
+video alone, on the questions alone and on both beside a text probe of the questions: the
+questions are written from each clip's own labels. {html.escape(FROZEN)}</p>
 {warn}
 <h2>Tables</h2>
 {"".join(table_html(t) for t in tables)}

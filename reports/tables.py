@@ -1,7 +1,9 @@
-"""Rebuild the paper's four tables from the MLflow store, ours beside the published values.
+"""Rebuild the paper's four tables from the MLflow store, ours beside the published values,
+and an information-sources table (video alone, questions alone, both, the text probe).
 
     python -m reports.tables [--tracking-uri URI] [--experiment mambavl] [--select best|latest]
                              [--dataset ek100] [--out reports/out] [--html/--no-html]
+                             [--audit AUDIT.json]
 
 Why this shape: a number in a table is only worth something if one can trace it. Every row
 picks its run by tags (fusion, backbone, task, features, protocol), names the run id, prints
@@ -9,13 +11,19 @@ the published value (MambaVL paper, arXiv 2409.11513) and the difference beside 
 says *why* a cell is empty. Every caption names the dataset and the protocol of the runs and
 says that ours are heads on frozen features, so a synthetic-demo number never passes for
 EK100 and a frozen-feature head never passes for the paper's fine-tuned model.
-Writes `tableN.{md,tex,csv}`, `tables.md`, plots (`plots/`) and `index.html` to `--out`.
+The information-sources table (`sources.*`) asks how much of a score the questions give
+by themselves: they are written from the clip's own labels, so the Mamba head trained on the
+questions alone, and a bag-of-words probe from `python -m extract.questions audit --json`
+(read from `--audit`: a file the user names, never guessed), stand beside video alone and both.
+Writes `tableN.{md,tex,csv}`, `sources.{md,tex,csv}`, `tables.md`, plots (`plots/`) and
+`index.html` to `--out`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from features.errors import HarnessError, one_line
 from fusion.metrics import HEADLINE_METRIC
 from reports import paper
 
@@ -569,6 +578,126 @@ def _mode_words(mode: Select) -> str:
             "anticipation)" if mode == "best" else "latest finished")
 
 
+# --------------------------------------------------------------------------- sources
+
+
+SOURCES = (("video alone", "video"), ("questions alone", "questions"),
+           ("video + questions", "video+questions"))
+"""The information-sources rows: label and the runs' `features` tag (fusion.train
+`--questions none`, `--video none`, both)."""
+AUDIT_COMMAND = ("python -m extract.questions audit --train Q_TRAIN.jsonl --eval Q_EVAL.jsonl "
+                 "--annotations DIR --json > AUDIT.json")
+NO_AUDIT = f"no audit given: run `{AUDIT_COMMAND}` and pass --audit AUDIT.json"
+
+
+class AuditFileError(HarnessError, ValueError):
+    """An audit file the tables cannot use; the message names the file and what to do."""
+
+
+def load_audit(path: Path) -> dict[str, Any]:
+    """The JSON of `extract.questions audit --json`, checked: every probe key a fraction."""
+    from extract.audit import PROBE_KEYS
+
+    redo = f"write it with `{AUDIT_COMMAND.replace('AUDIT.json', str(path))}`"
+    try:
+        audit = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditFileError(f"{path}: no audit file; {redo}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AuditFileError(f"{path}: not JSON ({one_line(error)}); {redo}") from None
+    if not isinstance(audit, dict):
+        raise AuditFileError(f"{path}: not a JSON object; {redo}")
+    bad = [k for k in PROBE_KEYS if isinstance(audit.get(k), bool)
+           or not isinstance(audit.get(k), int | float) or not 0 <= audit[k] <= 1]
+    if bad:
+        raise AuditFileError(f"{path}: no top-1 fraction (0..1) under {', '.join(bad)}; {redo}")
+    return {**audit, "path": str(path)}
+
+
+def _gain(both: float | Missing, other: float | Missing) -> float | Missing:
+    """both − other; an empty side repeats its own reason (no extra footnote)."""
+    if isinstance(both, Missing):
+        return both
+    return other if isinstance(other, Missing) else both - other
+
+
+def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
+                  audit: Mapping[str, Any] | None = None) -> Table:
+    """What each information source gives the Mamba head: video alone, questions alone, both,
+    and the audit's text probe and majority class, with the gain of both over each, one block
+    per backbone and protocol (recognition)."""
+    metrics = [f"{h}_top1" for h in VNA]
+    cols = [Column("backbone", "backbone"), Column("protocol", "protocol"),
+            Column("source", "information"),
+            *(Column(m, f"{m.split('_')[0]} top-1", "pct") for m in metrics),
+            *(Column(f"{m}_gain", f"{m.split('_')[0]}: both − this", "delta") for m in metrics),
+            Column("dataset", "dataset"), Column("run", "run (selection)")]
+    table = Table("sources", "Information sources — what the video and the questions each "
+                  "give, action recognition top-1 (%)", "", cols)
+    queries = [(label, Query("recognition", "", features=f, fusion="mamba"))
+               for label, f in SOURCES]
+    mamba = [r for r in runs if r.tags.get("fusion") == "mamba"
+             and r.tags.get("features") in {f for _, f in SOURCES}]
+    for backbone in _backbones(mamba, "recognition", ()) or list(PAPER_BACKBONES):
+        found = {p for _, q in queries
+                 for p in replace(q, backbone=backbone).protocols(runs, dataset)}
+        ordered = [p for p in PROTOCOLS if p in found] + sorted(
+            p for p in found - set(PROTOCOLS) if p is not None) or [None]
+        for protocol in ordered:
+            block: list[dict[str, Any]] = []
+            for label, query in queries:
+                pick = select(runs, replace(query, backbone=backbone, protocol=protocol),
+                              "action_top1", mode, dataset)
+                row: dict[str, Any] = {"backbone": _name(backbone), "source": label}
+                for m in metrics:
+                    value = pick.run.metrics.get(f"best_{m}") if pick.run else None
+                    row[m] = (100 * value if value is not None else Missing(
+                        pick.reason if pick.run is None else f"run logged no best_{m}"))
+                _run_cells(row, pick)
+                block.append(row)
+                table.picks.append((_label(f"{label} ({_name(backbone)})", pick), pick))
+            for label, keys in (("text probe (both questions)", ("probe_verb_top1",
+                                                                  "probe_noun_top1")),
+                                ("majority class", ("majority_verb_top1",
+                                                    "majority_noun_top1"))):
+                where = (Missing(f"from the audit {audit['path']}, not a training run")
+                         if audit else Missing(NO_AUDIT))
+                row = {"backbone": _name(backbone), "source": label, "protocol": where,
+                       "dataset": where, "run": where}
+                for m, key in zip(metrics, (*keys, None), strict=True):
+                    if not audit:
+                        row[m] = Missing(NO_AUDIT)
+                    elif key is None:
+                        row[m] = Missing("the audit scores verb and noun separately: no action")
+                    else:
+                        row[m] = 100 * audit[key]
+                block.append(row)
+            both = block[2]
+            for row in block:
+                for m in metrics:
+                    row[f"{m}_gain"] = None if row is both else _gain(both[m], row[m])
+            table.rows.extend(block)
+    probe = ("Text probe and majority class: not given (pass --audit AUDIT.json)." if not audit
+             else f"Text probe and majority class from the audit {audit['path']}: a "
+             f"bag-of-words logistic regression from both questions to the label, trained on "
+             f"{audit.get('train', '?')} ({audit.get('train_pairs', '?')} pairs) and scored on "
+             f"{audit.get('eval', '?')} ({audit.get('eval_pairs', '?')} pairs); it predicts "
+             f"verb and noun separately, so it has no action score.")
+    masks = sorted({p.run.params.get("question_mask", "") for _, p in table.picks
+                    if p.run is not None and "questions" in p.run.tags.get("features", "")}
+                   - {""})
+    mask_line = f" Question mask of our runs: {', '.join(masks)}." if masks else ""
+    table.caption = (
+        f"Validation top-1 (%) of the Mamba head (fusion=mamba) on each information source: "
+        f"the video alone (features=video, fusion.train --questions none), the questions "
+        f"alone (features=questions, --video none) and both (features=video+questions); "
+        f"'both − this' is the gain of both over the row. The questions are written from "
+        f"the clip's own labels (paper §4.1), so a questions-alone or probe score far above "
+        f"the majority class is label leakage, not fusion. {probe}{mask_line} Each run row is "
+        f"the {_mode_words(mode)} run for its tags and protocol. {_caption_tail(table, dataset)}")
+    return table
+
+
 # --------------------------------------------------------------------------- writers
 
 
@@ -636,9 +765,12 @@ def to_csv(table: Table) -> str:
 
 
 def build_tables(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
-                 cost: BackboneCost = backbone_cost) -> list[Table]:
+                 cost: BackboneCost = backbone_cost,
+                 audit: Mapping[str, Any] | None = None) -> list[Table]:
+    """The paper's four tables, then the information-sources table (`audit`: its probe rows)."""
     return [table1(runs, mode, dataset), table2(runs, mode, dataset),
-            table3(runs, mode, dataset), table4(runs, mode, dataset, cost)]
+            table3(runs, mode, dataset), table4(runs, mode, dataset, cost),
+            sources_table(runs, mode, dataset, audit)]
 
 
 def write_tables(tables: Sequence[Table], out: Path, header: str = "") -> list[Path]:
@@ -659,7 +791,8 @@ def write_tables(tables: Sequence[Table], out: Path, header: str = "") -> list[P
 
 @dataclass
 class TablesConfig:
-    """Write the paper's four tables (Markdown, LaTeX, CSV), plots and an HTML page."""
+    """Write the paper's four tables and the information-sources table (Markdown, LaTeX,
+    CSV), plots and an HTML page."""
 
     tracking_uri: str | None = None
     """Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db."""
@@ -673,6 +806,9 @@ class TablesConfig:
     """Also render plots and the static `index.html`."""
     benchmark: Path = Path("benchmarks/results/fusion_heads.json")
     """Fusion benchmark results for the sequence-length scaling plot (skipped if absent)."""
+    audit: Path | None = None
+    """`python -m extract.questions audit ... --json` output: the text-probe and majority-class
+    rows of the information-sources table (without it those cells say how to make one)."""
 
 
 def main(args: Sequence[str] | None = None) -> list[Path]:
@@ -680,8 +816,9 @@ def main(args: Sequence[str] | None = None) -> list[Path]:
 
     config = cli(TablesConfig, args=args)
     uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    audit = load_audit(config.audit) if config.audit else None  # bad file: one line, no work
     runs, problem = load_runs(uri, config.experiment)
-    tables = build_tables(runs, config.select, config.dataset)
+    tables = build_tables(runs, config.select, config.dataset, audit=audit)
     header = (f"# MambaVL tables\n\nRuns: experiment `{config.experiment}` at `{uri}`, "
               f"selection `{config.select}`, {len(runs)} finished training run(s).\n\n")
     written = write_tables(tables, config.out, header)

@@ -145,7 +145,7 @@ def test_best_and_latest_selection(store: dict) -> None:
 
 def test_published_values_and_differences(store: dict) -> None:
     runs, _ = load_runs(store["uri"], EXPERIMENT)
-    t1, t2, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    t1, t2, t3, t4, _ = build_tables(runs, "best", cost=fake_cost)
     published = paper.TABLE1[("avion_vit_l", "mambavl")]
     row = rows(t1, backbone="AVION ViT-L", method="+ MambaVL")[0]
     assert row["action_top1_pub"] == published["action"] == 55.0
@@ -181,7 +181,7 @@ def test_published_values_and_differences(store: dict) -> None:
 
 def test_missing_cells_say_why(store: dict) -> None:
     runs, _ = load_runs(store["uri"], EXPERIMENT)
-    t1, _, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    t1, _, t3, t4, _ = build_tables(runs, "best", cost=fake_cost)
     orvit = rows(t1, backbone="ORViT", method="+ MambaVL")[0]
     assert isinstance(orvit["run"], Missing)
     assert "no finished run tagged fusion=mamba, backbone=orvit, task=recognition" in \
@@ -258,7 +258,7 @@ def test_protocols_side_by_side(tmp_path: Path) -> None:
     ids["paper"] = log_run(client, exp, fusion="mamba", backbone="orvit", best=0.35, start=1)
     client.log_param(ids["paper"], "protocol", "paper")  # as fusion.train logs a config field
     runs, _ = load_runs(uri, EXPERIMENT)
-    t1, _, t3, t4 = build_tables(runs, "best", cost=fake_cost)
+    t1, _, t3, t4, _ = build_tables(runs, "best", cost=fake_cost)
     mamba = rows(t1, backbone="ORViT", method="+ MambaVL")
     assert [r["protocol"] for r in mamba] == ["authors", "paper", "clean"]
     for row, best in zip(mamba, (30.0, 35.0, 40.0), strict=True):
