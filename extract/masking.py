@@ -76,7 +76,8 @@ def inflections(word: str) -> set[str]:
     return forms
 
 
-def stems(word: str) -> set[str]:
+@lru_cache(maxsize=65536)
+def stems(word: str) -> frozenset[str]:
     """Candidate base forms of a word, for the audit: the inverse of `inflections`."""
     out = {word}
     for base, irregular in IRREGULAR.items():
@@ -89,7 +90,7 @@ def stems(word: str) -> set[str]:
             out.add(base)
             if suffix in ("ing", "ed") and len(base) >= 3 and base[-1] == base[-2]:
                 out.add(base[:-1])
-    return out
+    return frozenset(out)
 
 
 @lru_cache(maxsize=4096)
@@ -127,14 +128,20 @@ class LabelMasker:
         return self._runs.sub(self.mask_token, text)
 
 
+@lru_cache(maxsize=4096)
+def _class_stems(labels: tuple[str, ...]) -> frozenset[str]:
+    """A class's content words and their stems (cached: the audit asks once per question)."""
+    words = content_words(labels)
+    return frozenset(words.union(*(stems(w) for w in words)))
+
+
 def leaks(text: str, labels: Iterable[str]) -> set[str]:
     """Words of `text` whose stems meet a content word of the class (empty: no leak)."""
-    class_words = content_words(labels)
-    class_stems = set().union(*(stems(w) for w in class_words)) if class_words else set()
+    class_stems = _class_stems(tuple(labels))
     return {
         word
         for word in _WORD.findall(text.lower())
-        if word not in PARTICLES and (stems(word) & (class_words | class_stems))
+        if word not in PARTICLES and (stems(word) & class_stems)
     }
 
 
