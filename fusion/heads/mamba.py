@@ -7,7 +7,8 @@ convolution, `x_proj` to Δ, B, C, `dt_proj`, skip `D`, output projection). The 
 modalities shape the same state dynamics; with `shared_A=False` each branch has its own (the
 ablation the paper does not report). Each modality is mean-pooled and the pooled vectors are
 summed into one feature for the verb and noun classifiers; `route_questions=True` instead
-gives the verb classifier every modality but the noun question and vice versa.
+gives the verb classifier every modality but the noun question and vice versa (with the
+questions alone, `fusion.train --video none`, each classifier then sees its own question only).
 
 Structure options (a protocol of `fusion.protocols` sets them; the defaults are `clean`):
 - `block`: `prenorm-residual` (pre-LN, residual, final LN per branch) or `bare` (the mixer

@@ -3,7 +3,8 @@
 Each modality is mean-pooled over its real tokens at its own width, the pooled vectors are
 concatenated (video, verb question, noun question, ...) and a Linear-GELU-Linear MLP of hidden
 width `2 * d_model` maps them to `d_model` for the classifiers. No token ever meets another
-token, so this head measures what pooling alone gives.
+token, so this head measures what pooling alone gives. Any modality set works: the
+questions alone (`fusion.train --video none`) concatenate the two pooled questions.
 
 Not the authors' baseline: only its widths match. Theirs (`Dongzhikang/MambaVL` @
 601b789d48acdf34ada50e9b4f78f219ffc470dc, `slowfast/models/video_model_builder.py`,
