@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from fusion.metrics import HEADLINE_METRIC
+from fusion.protocols import ProtocolName
 
 Fusion = Literal["mamba", "mlp", "transformer_6x4", "transformer_12x12"]
 DEFAULT_TRAIN_FN = "fusion.train:train"
@@ -19,10 +20,15 @@ class SweepConfig:
     """Optuna sweep of one fusion head; rerun the same command to continue it."""
 
     fusion: Fusion = "mamba"
+    protocol: ProtocolName = "clean"
+    """Protocol every trial trains under (`fusion.protocols`): the base config is its recipe,
+    then the preset; the search space is the protocol's (`protocols:` in the space file,
+    `heads:` for clean)."""
     trials: int = 50
     """Target number of finished (complete + pruned) trials of the study."""
     study: str | None = None
-    """Study name (default: fusion-backbone-task); the same name continues the same study."""
+    """Study name (default: fusion-backbone-task[-protocol]); the same name continues the
+    same study."""
     task: Literal["recognition", "anticipation"] = "recognition"
     backbone: str | None = None
     """Default: the preset's backbone."""
@@ -70,7 +76,8 @@ class SweepConfig:
     """Log best params, plots and history to the MLflow parent run when the study is done."""
 
     def study_name(self, backbone: str) -> str:
-        return self.study or f"{self.fusion}-{backbone}-{self.task}"
+        protocol = "" if self.protocol == "clean" else f"-{self.protocol}"
+        return self.study or f"{self.fusion}-{backbone}-{self.task}{protocol}"
 
     @property
     def metric(self) -> str:

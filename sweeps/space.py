@@ -1,5 +1,10 @@
 """Search spaces read from `spaces.yaml`: one readable file, one block per fusion head.
 
+Per protocol: `heads:` holds the `clean` protocol's spaces; `protocols: {authors: {heads:
+...}, paper: {heads: ...}}` holds the others' (their SGD recipe wants learning rates on
+another scale than our AdamW). A sweep under a protocol the file has no block for stops with
+one line naming the file: no protocol silently borrows another's space.
+
 A space maps an Optuna parameter name to a distribution and to the `TrainConfig` field it
 sets (`head.*` for `HeadConfig`). Keeping it in YAML rather than code means a user widens a
 range without touching the sweep logic, and the file can sit next to the paper's values.
@@ -117,8 +122,9 @@ def _spec(name: str, raw: dict[str, Any]) -> ParamSpec:
     return spec
 
 
-def load_space(fusion: str, path: str | Path | None = None) -> Space:
-    """The space of one fusion head; fields are checked against `TrainConfig` here.
+def load_space(fusion: str, path: str | Path | None = None, protocol: str = "clean") -> Space:
+    """The space of one fusion head under `protocol`; fields are checked against
+    `TrainConfig` here.
 
     Any problem with the file is one HarnessError naming it (the sweep checks this before
     it creates or touches a study).
@@ -130,10 +136,22 @@ def load_space(fusion: str, path: str | Path | None = None) -> Space:
         raise HarnessError(f"--space {path}: cannot read the search space: "
                            f"{getattr(error, 'strerror', None) or error}") from None
     try:
-        return _parse_space(fusion, document)
+        return _parse_space(fusion, _protocol_block(document, protocol))
     except ValueError as error:
         raise HarnessError(f"--space {path}: {error}; see sweeps/spaces.yaml for the format"
                            ) from None
+
+
+def _protocol_block(document: Any, protocol: str) -> Any:
+    """The document's `heads:` block for `protocol` (module docstring)."""
+    if protocol == "clean" or not isinstance(document, dict):
+        return document
+    protocols = document.get("protocols")
+    block = protocols.get(protocol) if isinstance(protocols, dict) else None
+    if not isinstance(block, dict):
+        raise ValueError(f"no search spaces for --protocol {protocol} (a `protocols: "
+                         f"{protocol}: heads:` block)")
+    return block
 
 
 def _parse_space(fusion: str, document: Any) -> Space:

@@ -215,8 +215,10 @@ def owner_gone(trial: FrozenTrial) -> bool:
 
 
 def base_train_config(config: SweepConfig) -> TrainConfig:
-    """The preset every trial starts from, with the sweep's task, data and budget."""
-    from fusion.train import PRESETS
+    """The config every trial starts from: the protocol's recipe, then the fields the preset
+    changes (`fusion.train`'s layering, as `--protocol P --preset NAME`), with the sweep's
+    task, data and budget."""
+    from fusion.train import PRESETS, overlay, protocol_config
 
     name = config.preset or (
         f"{'mambavl' if config.fusion == 'mamba' else config.fusion}-{config.backbone or 'vitl'}"
@@ -224,7 +226,7 @@ def base_train_config(config: SweepConfig) -> TrainConfig:
     if name not in PRESETS:
         raise HarnessError(f"--preset {name}: no such fusion.train preset; have "
                            f"{', '.join(sorted(PRESETS))}")
-    base = PRESETS[name]
+    base = overlay(protocol_config(config.protocol), PRESETS[name])
     backbone = config.backbone or base.backbone
     overrides: dict[str, Any] = {
         "fusion": config.fusion, "task": config.task, "backbone": backbone,
@@ -242,7 +244,7 @@ def preflight(config: SweepConfig) -> TrainConfig:
     no trial behind."""
     base = base_train_config(config)
     resolve_device(base.device)
-    load_space(config.fusion, config.space)
+    load_space(config.fusion, config.space, config.protocol)
     if config.train_fn == DEFAULT_TRAIN_FN:
         check_stores(base)
     return base
@@ -269,15 +271,15 @@ def open_study(config: SweepConfig, storage: RDBStorage | None = None) -> optuna
     """Create the study or load it, refusing to continue a study of a different sweep."""
     base = base_train_config(config)
     name = config.study_name(base.backbone)
-    space = load_space(config.fusion, config.space)  # a bad file must not leave a study behind
+    space = load_space(config.fusion, config.space, config.protocol)  # no study if bad
     study = optuna.create_study(
         study_name=name, storage=storage or make_storage(config), direction="maximize",
         sampler=make_sampler(config, 0, 0), pruner=make_pruner(config, base.epochs),
         load_if_exists=True,
     )
-    identity = {"fusion": config.fusion, "task": config.task, "backbone": base.backbone,
-                "metric": config.metric, "epochs": base.epochs}
-    stored = study.user_attrs
+    identity = {"fusion": config.fusion, "protocol": config.protocol, "task": config.task,
+                "backbone": base.backbone, "metric": config.metric, "epochs": base.epochs}
+    stored = {"protocol": "clean", **study.user_attrs}  # studies from before protocols: clean
     settings = train_settings(base)
     if "fusion" in stored:
         clash = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
@@ -515,7 +517,8 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
     base = preflight(config)
     storage = make_storage(config)
     study = open_study(config, storage)
-    objective = Objective(config, study.study_name, base, load_space(config.fusion, config.space),
+    objective = Objective(config, study.study_name, base,
+                          load_space(config.fusion, config.space, config.protocol),
                           parent_run_id or study.user_attrs.get("mlflow_parent_run_id"),
                           worker, load_train_fn(config.train_fn))
     poll = poll if poll is not None else min(2.0, max(0.2, config.heartbeat / 2))

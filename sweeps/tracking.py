@@ -58,11 +58,13 @@ def ensure_parent_run(study: optuna.Study, config: SweepConfig, base: TrainConfi
                      else client.create_experiment(base.experiment))
     tags = {
         "sweep": "true", "optuna.study": study.study_name, "fusion": config.fusion,
-        "task": config.task, "backbone": base.backbone, "sweep.metric": config.metric,
+        "protocol": config.protocol, "task": config.task, "backbone": base.backbone,
+        "sweep.metric": config.metric,
         "sweep.target_trials": str(config.trials), "sweep.pruner": config.pruner,
         "sweep.storage": redact(config.storage),
         "mlflow.note.content": (
-            f"Optuna sweep `{study.study_name}`: {config.fusion} head, {config.task}, "
+            f"Optuna sweep `{study.study_name}`: {config.fusion} head under the "
+            f"{config.protocol} protocol, {config.task}, "
             f"objective validation {config.metric}. Trials are the nested runs; compare them "
             "in the table (tags optuna.trial, metrics best_*) or select several and Compare."
         ),
@@ -71,8 +73,9 @@ def ensure_parent_run(study: optuna.Study, config: SweepConfig, base: TrainConfi
     run_id = run.info.run_id
     client.log_batch(run_id, params=[
         mlflow.entities.Param(k, str(v)) for k, v in {
-            "fusion": config.fusion, "task": config.task, "backbone": base.backbone,
-            "epochs": base.epochs, "seed": config.seed, "pruner": config.pruner,
+            "fusion": config.fusion, "protocol": config.protocol, "task": config.task,
+            "backbone": base.backbone, "epochs": base.epochs, "seed": config.seed,
+            "pruner": config.pruner,
             "startup_trials": config.startup_trials, "data": str(base.data),
         }.items()
     ])

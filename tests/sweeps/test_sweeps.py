@@ -699,3 +699,89 @@ def test_sweep_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert run.data.tags["fusion"] == "mamba"
         assert run.data.metrics["best_action_top1"] == pytest.approx(trial.value)
         assert Path(trial.user_attrs["run_folder"], "last.pt").exists()
+
+
+# --- protocols (`--protocol authors|paper|clean`) -------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["authors", "paper"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_protocol_spaces_are_on_the_sgd_scale(protocol: str, fusion: str) -> None:
+    """Each protocol's space holds its own recipe (the reference) and searches around it;
+    no width is searched, as the authors' heads take the video's."""
+    from fusion.protocols import get_protocol
+    from sweeps.space import in_space, load_space
+
+    recipe, space = get_protocol(protocol), load_space(fusion, protocol=protocol)
+    reference = space.reference
+    assert "d_model" not in {p.name for p in space.params}
+    assert (reference["peak_lr"], reference["weight_decay"], reference["batch_size"],
+            reference["label_smoothing"]) == (recipe.peak_lr, recipe.weight_decay,
+                                              recipe.batch_size, recipe.label_smoothing)
+    assert reference["warmup_fraction"] == recipe.warmup_epochs / 100  # of their 100 epochs
+    if fusion == "mamba":
+        assert reference["ssm_peak_lr"] == recipe.ssm_peak_lr
+    full = {p.name: (p.choices[0] if p.choices else p.low) for p in space.params}
+    assert in_space(space, {**full, **reference})
+    clean_lr = next(p for p in load_space(fusion).params if p.name == "peak_lr")
+    lr = next(p for p in space.params if p.name == "peak_lr")
+    assert lr.low > clean_lr.low  # SGD needs larger steps than AdamW's 1e-5
+
+
+def test_a_space_file_without_the_protocol_is_one_error(tmp_path: Path) -> None:
+    from features.errors import HarnessError
+    from sweeps.space import load_space
+
+    space = tmp_path / "spaces.yaml"
+    space.write_text("heads:\n  mamba:\n    params:\n"
+                     "      peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    assert load_space("mamba", space).params[0].name == "peak_lr"
+    with pytest.raises(HarnessError, match=f"--space {space}: no search spaces for "
+                                           "--protocol authors"):
+        load_space("mamba", space, "authors")
+
+
+def test_base_config_is_the_protocol_then_the_preset() -> None:
+    from fusion.train import PRESETS
+    from sweeps.config import SweepConfig
+    from sweeps.study import base_train_config
+
+    authors = base_train_config(SweepConfig(fusion="mlp", protocol="authors", preset="demo-mlp",
+                                            epochs=5))
+    assert (authors.protocol, authors.optimizer, authors.schedule, authors.selection) == (
+        "authors", "sgd", "authors", "running-max")
+    assert authors.label_smoothing == PRESETS["demo-mlp"].label_smoothing == 0.0  # preset wins
+    assert authors.epochs == 5 and authors.out.name == "mlp-demo-recognition-authors"
+    clean = base_train_config(SweepConfig(fusion="mlp", preset="demo-mlp"))
+    assert (clean.protocol, clean.optimizer, clean.out.name) == ("clean", "adamw",
+                                                                 "mlp-demo-recognition")
+
+
+@pytest.mark.skipif(not _real_train_available(), reason="fusion.train is not importable yet")
+def test_tiny_sweep_under_the_authors_protocol(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--protocol authors --fusion mlp`: trials train the authors' MLP with their SGD recipe,
+    and the study and its MLflow parent run record the protocol."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("SWEEP_BENCH_SHAPES", json.dumps({
+        "train_clips": 32, "val_clips": 16, "video_shape": [2, 16], "text_shape": [2, 4, 8]}))
+    space = tmp_path / "spaces.yaml"
+    space.write_text("heads: {}\nprotocols:\n  authors:\n    heads:\n      mlp:\n        params:\n"
+                     "          peak_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    config = sweep_config(tmp_path, f"sqlite:///{tmp_path / 'sweeps.db'}", trials=2, epochs=2,
+                          fusion="mlp", preset="mlp-vitb", protocol="authors", space=space,
+                          device="cpu", train_fn="benchmarks.sweep_throughput:train_random")
+    result = sweep(config)
+    assert result["complete"] == 2
+    study = load(config.storage)
+    assert study.user_attrs["protocol"] == "authors"
+    client = MlflowClient(config.tracking_uri)
+    assert client.get_run(result["parent_run_id"]).data.tags["protocol"] == "authors"
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags["protocol"] == "authors"
+        checkpoint = torch.load(Path(trial.user_attrs["run_folder"], "last.pt"), weights_only=True)
+        assert "txt_proj.0.weight" in checkpoint["model"]  # the authors' MLP, not ours
+        assert all(g["nesterov"] for g in checkpoint["optimizer"]["param_groups"])
