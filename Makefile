@@ -77,7 +77,10 @@ demo: venv demo-data ## whole pipeline on the synthetic dataset, offline: data â
 	$(MAKE) --no-print-directory BACKBONE=demo DATA=data/demo demo-features
 	$(MAKE) --no-print-directory BACKBONE=demo DATA=data/demo demo-train
 	$(PY) -m sweeps $(DEMO_SWEEP)
-	$(PY) -m reports.tables --dataset synthetic-demo
+	$(PY) -m extract.questions audit --train $(DATA)/questions/train-template-paper.jsonl \
+		--eval $(DATA)/questions/validation-template-paper.jsonl --annotations $(DATA)/annotations \
+		--json > $(DATA)/audit-template-paper.json
+	$(PY) -m reports.tables --dataset synthetic-demo --audit $(DATA)/audit-template-paper.json
 	@echo
 	@echo "demo done. Features: data/demo/features  runs: runs/  tables: reports/out/tables.md"
 	@echo "  summary page: reports/out/index.html"
@@ -101,6 +104,9 @@ demo-train: venv ## the four heads, the Mamba head under the authors'/paper's pr
 	# the authors' head has no video projection: its width is the video's (128 for vit-demo)
 	$(MAKE) --no-print-directory train FUSION=mamba PROTOCOL=authors ARGS="--head.d-model 128"
 	$(MAKE) --no-print-directory train FUSION=mlp ARGS="--questions none"
+	# information sources of the Mamba head: video alone, questions alone (both: above)
+	$(MAKE) --no-print-directory train FUSION=mamba ARGS="--questions none"
+	$(MAKE) --no-print-directory train FUSION=mamba ARGS="--video none"
 
 # --- stages -----------------------------------------------------------------------------------
 questions: venv ## verb/noun questions of SPLIT (GENERATOR=template|llm|predictions MASK=paper|strict)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import to_dict
+from fusion.data import features_used
 
 if TYPE_CHECKING:
     import mlflow
@@ -132,7 +133,7 @@ def start_run(
         "backbone": config.backbone,
         "task": config.task,
         "text_model": config.text_model,
-        "features": "video" if config.questions == "none" else "video+questions",
+        "features": features_used(config),
         "dataset": config.dataset_name or data_info.get("dataset", "unknown"),
         "git_revision": git_revision(),
         "backbone_weights": data_info.get("backbone_weights", "unknown"),
