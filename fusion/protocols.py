@@ -92,8 +92,9 @@ class Protocol:
             return {k: getattr(self, k) for k in self.HEAD_FIELDS}
         if self.name == "clean":
             return {}
-        raise ValueError(f"--protocol {self.name} defines the mamba head only; its {fusion} "
-                         "baseline is not built yet (issue 15): train it under --protocol clean")
+        # the authors' baselines (mlp, transformer_*) come from fusion.heads.authors.protocol_head
+        raise ValueError(f"--protocol {self.name} defines no {fusion!r} head: train it under "
+                         "--protocol clean")
 
     def train_fields(self) -> dict[str, Any]:
         """The recipe as `fusion.train.TrainConfig` field values."""

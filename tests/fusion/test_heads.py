@@ -35,7 +35,8 @@ def small_head(name: str, dims=DIMS, **kwargs):
 
 
 def test_registry():
-    assert list_heads() == HEADS
+    assert list_heads() == sorted([*HEADS, "mlp_authors", "transformer_authors_6x4",
+                                   "transformer_authors_12x12"])
     with pytest.raises(KeyError, match="unknown fusion head"):
         build_head("lstm", modality_dims=DIMS)
     with pytest.raises(TypeError, match="fixes"):
