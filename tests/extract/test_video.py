@@ -419,6 +419,52 @@ def test_torchvision_path_matches_avions_non_fused_transform() -> None:
     np.testing.assert_allclose(out.numpy(), (crop - mean) / std, atol=1e-5, rtol=0)
 
 
+# Issue 14: expected values produced by running AVION's own transform outside this repository
+# (numbers only; no AVION code here). AVION commit 31b00b6bc5d2c09f56b90643cd546cfe8a31c005
+# (github.com/zhaoyue-zephyrus/AVION), scripts/main_lavila_finetune_cls.py, `main`: the
+# `val_transform` built without --fused-decode-crop, i.e. torchvision.transforms.Compose of
+# avion.data.transforms.Permute([3, 0, 1, 2]), torchvision.transforms.Resize(crop_size),
+# torchvision.transforms.CenterCrop(crop_size) and
+# torchvision.transforms._transforms_video.NormalizeVideo(mean, std) with the 'openai' norm_style
+# mean/std (= AVION_MEAN/AVION_STD), crop_size 32, applied to
+# torch.from_numpy(frames.astype(np.float32)) as avion/data/clip_dataset.py `video_loader` hands
+# frames over (float32 before Permute). Run in a separate venv, /tmp/tvenv (Python 3.11.7,
+# `pip install torch==2.14.1 torchvision==0.29.1 numpy`: torch 2.14.1+cu130 on the CPU,
+# torchvision 0.29.1+cu130, numpy 2.4.6), with the AVION checkout on sys.path:
+# `/tmp/tvenv/bin/python /tmp/h14/avion_ref.py`. Resize was given antialias=False explicitly:
+# AVION pins torchvision 0.14.1 (docs/INSTALL.md), whose Resize default antialias=None means no
+# antialiasing for tensors, while 0.17+ defaults to True (here that would move values by up to
+# 1.87). Positions: np.sort(np.random.default_rng(14).choice(9216, 48, replace=False)) into the
+# flattened (3, 3, 32, 32) output; values printed as float32, rounded to 8 decimals; sums in
+# float64 over the float32 output. Observed: our output equals AVION's bit for bit (max |d| = 0).
+AVION_RUN_VALUES = {
+    4: 0.55367678, 584: -0.47091475, 673: 0.97944421, 813: -0.25905135, 857: 1.02741194,
+    1377: 1.58934617, 1521: -0.65297431, 1677: -0.16927011, 1851: 0.09142717, 2104: 0.32205862,
+    2406: -0.03293244, 2750: -0.60794008, 3104: -0.85548353, 3193: 1.00672054, 3310: 0.92142940,
+    3667: -0.46705693, 3884: 0.07228477, 4262: 1.58893991, 4291: 0.72241247, 4666: -0.49167904,
+    5033: 0.57327121, 5080: 0.45183367, 5143: -0.41275442, 5259: -0.69140273, 5886: -0.82242256,
+    5947: 0.98872507, 5984: 1.21954095, 5991: -0.64745039, 6446: 1.30389571, 6578: 0.80711889,
+    6661: -0.10176212, 6768: 0.51617390, 6858: -0.34531459, 6982: -1.34906507, 6999: 0.57143569,
+    7179: -0.88901126, 7253: 0.85539454, 7325: 1.47465825, 7497: -0.87548512, 7620: -0.62911063,
+    7690: -1.12919676, 7892: -0.19027713, 7928: 0.89646578, 7955: -0.29528832, 8213: -1.01495576,
+    8349: -0.17345871, 8941: -1.17607343, 9014: 1.51319361,
+}  # fmt: skip
+AVION_RUN_SUM, AVION_RUN_SUMSQ = 2260.2354167111916, 5444.074053894008
+
+
+def test_torchvision_path_matches_numbers_from_running_avions_transform() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)
+    out = torchvision_clip(frames, 32).numpy().astype(np.float64)
+    assert out.shape == (3, 3, 32, 32)
+    idx = np.sort(np.random.default_rng(14).choice(out.size, 48, replace=False))
+    assert idx.tolist() == list(AVION_RUN_VALUES)
+    expected = np.array(list(AVION_RUN_VALUES.values()))
+    np.testing.assert_allclose(out.ravel()[idx], expected, atol=1e-5, rtol=0)
+    atol = 1e-5 * out.size  # 1e-5 per element, summed
+    assert abs(out.sum() - AVION_RUN_SUM) <= atol
+    assert abs((out * out).sum() - AVION_RUN_SUMSQ) <= atol * 2 * np.abs(out).max()
+
+
 @pytest.mark.parametrize("scaler", ["bilinear", "bicubic"])
 def test_fused_crop_scale_is_ffmpegs_filter_within_the_stated_bound(
     avion_data: Path, scaler: str
