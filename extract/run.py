@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from features.annotations import load_split
+from features.authors_init import authors_reinit as reinit
 from features.config import cli, to_dict
 from features.errors import HarnessError
 from features.store import (
@@ -740,29 +741,9 @@ def order_questions(
 
 
 def authors_reinit(model: torch.nn.Module, seed: int) -> None:
-    """Re-initialise `model` in place as the authors' model re-initialises itself after
-    building (and so overwrites) its pretrained RoBERTa.
-
-    Their `init_weights()` then `self.apply(self._init_weights)` (`Dongzhikang/MambaVL` at
-    601b789d48acdf34ada50e9b4f78f219ffc470dc, `slowfast/models/video_model_builder.py`,
-    classes `Motionformer`, `AVION`, `AVION_B`): xavier_uniform on every parameter with more
-    than one dimension, then every Linear trunc_normal(std 0.02) with zero bias and every
-    LayerNorm weight 1, bias 0. Embedding tables (incl. the pad row) keep their xavier values.
-    Seeded on a private CPU generator: the same seed gives the same table on any device. It is
-    not the authors' exact draw (their stream also initialises the rest of their model)."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                torch.nn.init.xavier_uniform_(parameter)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                torch.nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    torch.nn.init.zeros_(module.bias)
-            elif isinstance(module, torch.nn.LayerNorm):
-                torch.nn.init.ones_(module.weight)
-                torch.nn.init.zeros_(module.bias)
+    """The authors' re-initialisation of the loaded text model (`features.authors_init`),
+    seeded by --seed: the same seed gives the same table on any device."""
+    reinit(model, seed=seed)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

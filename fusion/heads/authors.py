@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from features.authors_init import authors_reinit
 from fusion.heads.base import NUM_NOUNS, NUM_VERBS, FusionHead, HeadConfigError, masked_mean
 from fusion.heads.mamba import relu3_projection
 from fusion.protocols import get_protocol
@@ -82,22 +83,6 @@ def protocol_head(protocol: str, fusion: str) -> tuple[str, dict[str, Any]]:
     if spec.name != "clean" and fusion in BASELINES:
         return BASELINES[fusion], {"init": spec.init}
     return fusion, spec.head_options(fusion)
-
-
-@torch.no_grad()
-def authors_reinit(model: nn.Module) -> None:
-    """The commit's `init_weights()` then `apply(_init_weights)` (class AVION_B)."""
-    for param in model.parameters():
-        if param.dim() > 1:
-            nn.init.xavier_uniform_(param)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class AuthorsBaseline(FusionHead):

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from features.authors_init import authors_reinit
 from fusion.heads.base import (
     NUM_NOUNS,
     NUM_VERBS,
@@ -237,26 +238,10 @@ class MambaFusion(FusionHead):
             return nn.Identity()
         return MLPProjection(d_in, self.d_model, dropout)
 
-    @torch.no_grad()
     def _authors_init(self) -> None:
-        """The authors' re-initialisation, in their order (`init_weights`, then
-        `apply(_init_weights)`): xavier_uniform on every parameter of more than one dimension
-        (each layer's (2D, 16) `A_log` on its own, as their single `A_log` is), then every
-        Linear trunc_normal(std 0.02) with zero bias and every LayerNorm (1, 0)."""
-        for name, param in self.named_parameters():
-            if name == "A_log":
-                for table in param.view(-1, *param.shape[-2:]):
-                    nn.init.xavier_uniform_(table)
-            elif param.dim() > 1:
-                nn.init.xavier_uniform_(param)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """The authors' re-initialisation (`features.authors_init`), each layer's (2D, 16)
+        `A_log` table on its own, as their single `A_log` is."""
+        authors_reinit(self, per_table=("A_log",))
 
     def _A(self, branch_index: int, layer: int) -> Tensor:
         a_log = self.A_log[layer] if self.shared_A else self.A_log[branch_index, layer]
