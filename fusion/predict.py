@@ -1,0 +1,279 @@
+"""A trained run's predictions for any split, labelled or not (the EK100 test timestamps).
+
+    python -m fusion.predict --run runs/mamba-vitl-recognition-s0 --split test
+    python -m fusion.export --predictions runs/mamba-vitl-recognition-s0/predictions_test.npz \
+        --annotations data/ek100/annotations/EPIC_100_test_timestamps.csv --out test.zip
+
+Training scores only its validation split (`predictions_best.npz`); a challenge submission
+needs the test split, which has no labels. This reads the run folder (`config.json`, checked
+against `fingerprint.json`), rebuilds the head exactly as `fusion.train` built it
+(`head_choice`: protocol, head options, modalities), loads `best.pt` (or `--checkpoint
+last`, `weights_only`), opens the split's stores with the run's store names (`open_stores`:
+`<data>/features/<dataset>/<split>/{video,text}-<name>.zarr`; split `test` is what
+`extract video --split test` writes, from `EPIC_100_test_timestamps.csv`) and writes verb
+and noun logits per narration id with `save_predictions`, as training writes
+`predictions_best.npz` (no action arrays: action scores are formed from verb x noun by the
+metrics and the exporter). Same batch size, dtype and autocast as training's validation, so
+`--split validation` reproduces `predictions_best.npz` exactly.
+
+Rows that failed extraction (`--failed`): `exclude` leaves them out and counts them on
+stderr, as training does; `refuse` stops, naming the store and the fix. `auto` (default)
+refuses on `test`, where a submission needs a score for every segment (the exporter and
+the challenge server reject a file that lacks one), and excludes elsewhere. On `test` the
+stores must also hold every segment of the timestamps file (a `--limit`ed extraction is
+refused under `refuse`). Unwritten shards are always refused (`open_stores`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from features import errors
+from features.annotations import load_classes, load_segments, split_path
+from features.config import to_dict
+from features.store import FeatureStore, StoreError, check_aligned
+from fusion.data import (
+    FeatureSplit,
+    StreamedSplit,
+    _kept_rows,
+    _stream,
+    check_compatible,
+    feature_dtype,
+    modality_tensors,
+    open_stores,
+)
+from fusion.heads import build_head
+from fusion.heads.base import HeadConfigError
+from fusion.predictions import save_predictions
+from fusion.train import (
+    FINGERPRINT_FILE,
+    HeadConfig,
+    RunFolderError,
+    TrainConfig,
+    _changes,
+    autocast_dtype,
+    fingerprint,
+    head_choice,
+    load_checkpoint,
+    predict,
+)
+
+
+@dataclass
+class PredictConfig:
+    """Write a trained run's predictions for one split (test: for a challenge submission)."""
+
+    run: Path
+    """Run folder of `fusion.train` (holds config.json, fingerprint.json, best.pt)."""
+    split: Literal["test", "validation", "train"] = "test"
+    """Split whose stores are scored; `test` reads EPIC_100_test_timestamps.csv (no labels)."""
+    checkpoint: Literal["best", "last"] = "best"
+    out: Path | None = None
+    """Output .npz (default: <run>/predictions_<split>.npz)."""
+    data: Path | None = None
+    """Dataset folder, when not the run's (e.g. the run was trained on another machine)."""
+    failed: Literal["auto", "exclude", "refuse"] = "auto"
+    """Rows that failed extraction: left out and counted, or refused (auto: refused on test,
+    where a submission needs every segment; left out elsewhere, as training does)."""
+    device: str = "auto"
+
+
+def run_config(folder: Path) -> TrainConfig:
+    """The `TrainConfig` the run was trained with: its `config.json`, checked against
+    `fingerprint.json` (they are written together; a mismatch means one was edited)."""
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: no such run folder; pass --run the folder "
+                             "fusion.train printed (runs/<fusion>-<backbone>-<task>...-s<seed>)")
+    path = folder / "config.json"
+    if not path.exists():
+        raise RunFolderError(f"{path}: not found, so {folder} is not a fusion.train run folder "
+                             "(or it never started); pass --run the folder fusion.train printed")
+    try:
+        saved = json.loads(path.read_text())
+        head = HeadConfig(**saved.pop("head", {}))
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise RunFolderError(f"{path}: fields {unknown} unknown to this fusion.train; "
+                                 "predict with the harness version that trained the run")
+        for name in ("data", "out"):
+            if name in saved:
+                saved[name] = Path(saved[name])
+        saved["tags"] = tuple(saved.get("tags", ()))
+        config = dataclasses.replace(TrainConfig(), head=head, **saved)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise RunFolderError(f"{path}: unreadable ({errors.one_line(error)[:200]}); it is "
+                             "written by fusion.train: restore it or retrain the run") from None
+    record = folder / FINGERPRINT_FILE
+    if record.exists():
+        try:
+            changed = _changes(json.loads(record.read_text())["fields"],
+                               fingerprint(to_dict(config)))
+        except (ValueError, KeyError, TypeError) as error:
+            raise RunFolderError(f"{record}: unreadable ({errors.one_line(error)[:200]}); "
+                                 "restore it or retrain the run") from None
+        if changed:
+            note = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in list(changed.items())[:5])
+            raise RunFolderError(f"{path} and {record} disagree ({note}): one was edited by "
+                                 "hand; restore it, or retrain the run")
+    return config
+
+
+def _check_segments(stores: dict[str, FeatureStore], ids: np.ndarray, annotations: Path,
+                    complete: bool) -> None:
+    """Store rows must be segments of the split's annotation file; with `complete` (a
+    submission) every segment of the file must have a row."""
+    wanted = load_segments(annotations)["narration_id"].astype(str).to_numpy()
+    store = next(iter(stores.values())).path
+    extra = np.setdiff1d(ids.astype(str), wanted)
+    if len(extra):
+        raise StoreError(f"{store}: {len(extra)} row(s) not in {annotations} (first "
+                         f"{extra[0]!r}); extract from the same annotation folder")
+    missing = np.setdiff1d(wanted, ids.astype(str))
+    if complete and len(missing):
+        raise StoreError(
+            f"{store}: {len(missing)} of {len(wanted)} segments of {annotations} have no row "
+            f"(first {missing[0]!r}; a --limit extraction?); a submission needs all: extract "
+            "the whole split, or pass --failed exclude for partial predictions")
+
+
+def _refuse_failed(stores: dict[str, FeatureStore], split: str) -> None:
+    """A `StoreError` naming the first store with failed rows and what to do."""
+    for store in stores.values():
+        failures = store.failures()
+        if failures:
+            first, why = next(iter(failures.items()))
+            report = store.path.with_name(store.path.name.removesuffix(".zarr")
+                                          + ".failures.json")
+            raise StoreError(
+                f"{store.path}: {len(failures)} row(s) failed extraction (first {first}: "
+                f"{errors.one_line(why)[:120]}; all in {report}); a {split} submission needs "
+                "every segment: restore the videos and rerun the extraction with "
+                "--retry-failed, or pass --failed exclude to predict without them")
+
+
+def load_unlabelled(config: TrainConfig, split: str, device: torch.device, failed: str
+                    ) -> tuple[FeatureSplit | StreamedSplit, dict[str, FeatureStore]]:
+    """One split's features in store order, labels -1 (none are read): the rows training
+    would use (`exclude`), or all rows with every one valid (`refuse`)."""
+    try:
+        stores = open_stores(config, split)
+    except StoreError as error:  # its hint names a training flag; here the run fixes names
+        message = str(error)
+        for kind in ("video", "text"):
+            message = message.replace(f" (or pass --{kind}-store NAME)",
+                                      " (its name comes from the run's config.json)")
+        raise StoreError(message) from None
+    ids = check_aligned(*stores.values())
+    if failed == "refuse":
+        _refuse_failed(stores, split)
+    _check_segments(stores, ids, split_path(config.data / "annotations", split),
+                    complete=failed == "refuse")
+    keep = _kept_rows(stores, split)
+    narration_ids = [str(i) for i in ids[keep]]
+    unknown = torch.full((len(keep),), -1, dtype=torch.int64)
+    if _stream(config, stores, device):
+        return StreamedSplit(narration_ids, stores, unknown, unknown, device, rows=keep), stores
+    dtype = feature_dtype(device)
+    video = (stores["video"].load(device, arrays=["tokens"], dtype=dtype) if "video" in stores
+             else None)
+    text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
+    if len(keep) < len(ids):
+        index = torch.from_numpy(keep).to(device)
+        video = {k: v[index] for k, v in video.items()} if video is not None else None
+        text = {k: v[index] for k, v in text.items()} if text is not None else None
+    inputs, masks = modality_tensors(video, text)
+    return FeatureSplit(narration_ids, inputs, masks, unknown.to(device),
+                        unknown.to(device)), stores
+
+
+def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], split: str) -> None:
+    """Refuse features of another extractor than the run's training stores (when those are
+    here: a run moved to another machine may bring only the split it predicts)."""
+    if split == config.train_split:
+        return
+    try:
+        trained = open_stores(config, config.train_split)
+    except StoreError:
+        print(f"note: no {config.train_split} stores under {config.data / 'features'}: the "
+              f"{split} features are not checked against the ones the run trained on",
+              file=sys.stderr)
+        return
+    try:
+        check_compatible(trained, stores)
+    except StoreError as error:
+        reason = errors.one_line(error).replace("train and validation", f"train and {split}")
+        raise StoreError(f"the {split} features differ from those the run trained on: "
+                         f"{reason}") from None
+
+
+def load_model(config: TrainConfig, folder: Path, which: str, dims: dict[str, int],
+               device: torch.device) -> torch.nn.Module:
+    """The head as `fusion.train.build_training` builds it, with the checkpoint's weights."""
+    path = folder / f"{which}.pt"
+    if not path.exists():
+        raise RunFolderError(f"{path}: not found; the run has not finished an epoch (train it: "
+                             "rerun its fusion.train command)"
+                             + ("" if which == "last" else ", or pass --checkpoint last"))
+    checkpoint = load_checkpoint(path, device)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise RunFolderError(f"{path}: not a fusion.train checkpoint (no model weights); "
+                             "retrain the run")
+    annotations = config.data / "annotations"
+    num_verbs = len(load_classes(annotations / "EPIC_100_verb_classes.csv"))
+    num_nouns = len(load_classes(annotations / "EPIC_100_noun_classes.csv"))
+    name, options = head_choice(config)
+    try:
+        model = build_head(name, modality_dims=dims, num_verbs=num_verbs, num_nouns=num_nouns,
+                           **options).to(device)
+    except TypeError as error:
+        raise HeadConfigError(f"fusion head {name!r} rejects the head options {options}: "
+                              f"{error}") from error
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise RunFolderError(f"{path}: does not fit the head built from {folder / 'config.json'}"
+                             f" and these stores ({errors.one_line(error)[:300]}); predict "
+                             "from the features and class files the run trained on") from None
+    return model
+
+
+def run_predict(config: PredictConfig) -> tuple[Path, int]:
+    """Write the predictions file; returns its path and its number of segments."""
+    device = errors.resolve_device(config.device)
+    train_config = run_config(config.run)
+    if config.data is not None:
+        train_config = dataclasses.replace(train_config, data=config.data)
+    failed = config.failed
+    if failed == "auto":
+        failed = "refuse" if config.split == "test" else "exclude"
+    split, stores = load_unlabelled(train_config, config.split, device, failed)
+    _check_trained_on(train_config, stores, config.split)
+    model = load_model(train_config, config.run, config.checkpoint, split.dims, device)
+    amp = train_config.amp and device.type == "cuda"
+    scores = predict(model, split, train_config.batch_size, amp, autocast_dtype(train_config))
+    out = config.out or config.run / f"predictions_{config.split}.npz"
+    save_predictions(out, split.narration_ids, scores["verb"], scores["noun"])
+    return out, len(split)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from features.config import cli
+
+    config = cli(PredictConfig, args=argv)
+    path, count = run_predict(config)
+    print(f"wrote {path} ({count} {config.split} segments, {config.checkpoint}.pt)")
+
+
+if __name__ == "__main__":
+    from features.errors import run_cli
+
+    sys.exit(run_cli(main))
