@@ -45,7 +45,7 @@ EK100_FILES := EPIC_100_train.csv EPIC_100_validation.csv EPIC_100_test_timestam
 	EPIC_100_unseen_participant_ids_validation.csv EPIC_100_unseen_participant_ids_test.csv
 
 .PHONY: help venv test test-gpu lint demo demo-data demo-train questions annotations extract \
-	demo-features embed-text reencode train sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
+	demo-features embed-text reencode train predict sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -144,6 +144,9 @@ embed-text: venv ## question embeddings of SPLITS for PROTOCOL (run `make questi
 train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK= PROTOCOL=)
 	$(PY) -m fusion.train --preset $(TRAIN_PRESET) --task $(TASK) --seed $(SEED) \
 		--protocol $(PROTOCOL) $(ARGS)
+
+predict: venv ## a run's predictions for SPLIT into RUN/predictions_SPLIT.npz (RUN= SPLIT=test for a submission)
+	$(PY) -m fusion.predict --run $(RUN) --split $(SPLIT) $(ARGS)
 
 sweep: venv ## Optuna sweep of a head (FUSION= TRIALS=50 WORKERS=1 PARALLEL=1 STUDY= BACKBONE= TASK=)
 	$(PY) -m sweeps --fusion $(FUSION) --preset $(TRAIN_PRESET) --task $(TASK) --trials $(TRIALS) \
