@@ -45,7 +45,7 @@ EK100_FILES := EPIC_100_train.csv EPIC_100_validation.csv EPIC_100_test_timestam
 	EPIC_100_unseen_participant_ids_validation.csv EPIC_100_unseen_participant_ids_test.csv
 
 .PHONY: help venv test test-gpu lint demo demo-data demo-train questions annotations extract \
-	demo-features embed-text reencode train predict sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
+	demo-features embed-text reencode train sources predict sweep tables evaluate submission mlflow-ui bench-fusion bench-train clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -104,9 +104,7 @@ demo-train: venv ## the four heads, the Mamba head under the authors'/paper's pr
 	# the authors' head has no video projection: its width is the video's (128 for vit-demo)
 	$(MAKE) --no-print-directory train FUSION=mamba PROTOCOL=authors ARGS="--head.d-model 128"
 	$(MAKE) --no-print-directory train FUSION=mlp ARGS="--questions none"
-	# information sources of the Mamba head: video alone, questions alone (both: above)
-	$(MAKE) --no-print-directory train FUSION=mamba ARGS="--questions none"
-	$(MAKE) --no-print-directory train FUSION=mamba ARGS="--video none"
+	$(MAKE) --no-print-directory sources
 
 # --- stages -----------------------------------------------------------------------------------
 questions: venv ## verb/noun questions of SPLIT (GENERATOR=template|llm|predictions MASK=paper|strict)
@@ -144,6 +142,11 @@ embed-text: venv ## question embeddings of SPLITS for PROTOCOL (run `make questi
 train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK= PROTOCOL=)
 	$(PY) -m fusion.train --preset $(TRAIN_PRESET) --task $(TASK) --seed $(SEED) \
 		--protocol $(PROTOCOL) $(ARGS)
+
+sources: venv ## the Mamba head on the video alone and on the questions alone (beside make train; PROTOCOL=)
+	$(MAKE) --no-print-directory train FUSION=mamba ARGS="--questions none $(ARGS)"
+	$(MAKE) --no-print-directory train FUSION=mamba \
+		ARGS="--video none $(if $(filter clean,$(PROTOCOL)),,--mixup-alpha 0) $(ARGS)"
 
 predict: venv ## a run's predictions for SPLIT into RUN/predictions_SPLIT.npz (RUN= SPLIT=test for a submission)
 	$(PY) -m fusion.predict --run $(RUN) --split $(SPLIT) $(ARGS)
