@@ -216,7 +216,7 @@ def check_compatible(train: dict[str, FeatureStore], val: dict[str, FeatureStore
             )
 
 
-def _kept_rows(stores: dict[str, FeatureStore], split: str) -> np.ndarray:
+def kept_rows(stores: dict[str, FeatureStore], split: str) -> np.ndarray:
     """Rows valid in every store; says on stderr how many failed rows are left out."""
     valid = np.logical_and.reduce([s.valid for s in stores.values()])
     keep = np.flatnonzero(valid)
@@ -241,29 +241,37 @@ def load_split(config: TrainConfig, split: str, device: torch.device,
     stores = stores or open_stores(config, split)
     first_path = next(iter(stores.values())).path  # the video store, or the text store alone
     ids = check_aligned(*stores.values())
-    keep = _kept_rows(stores, split)
+    keep = kept_rows(stores, split)
     reference = _aligned(load_reference(split_path(config.data / "annotations", split)),
                          ids[keep], first_path)
     verb = torch.from_numpy(reference.verb_labels.astype(np.int64))
     noun = torch.from_numpy(reference.noun_labels.astype(np.int64))
     narration_ids = [str(i) for i in ids[keep]]
     manifests = {k: s.manifest_hash for k, s in stores.items()}
+    features = split_features(config, split, stores, keep, narration_ids, verb, noun, device)
+    return features, reference, manifests
+
+
+def split_features(config: TrainConfig, split: str, stores: dict[str, FeatureStore],
+                   keep: np.ndarray, narration_ids: list[str], verb: Tensor, noun: Tensor,
+                   device: torch.device) -> FeatureSplit | StreamedSplit:
+    """The `keep` rows of aligned `stores` with their labels: loaded onto `device`, or
+    streamed when the split is too large for it (`--stream`)."""
     if _stream(config, stores, device):
-        print(f"streaming {split} from {first_path.parent} (larger than free device memory)",
+        folder = next(iter(stores.values())).path.parent
+        print(f"streaming {split} from {folder} (larger than free device memory)",
               file=sys.stderr)
-        streamed = StreamedSplit(narration_ids, stores, verb, noun, device, rows=keep)
-        return streamed, reference, manifests
+        return StreamedSplit(narration_ids, stores, verb, noun, device, rows=keep)
     dtype = feature_dtype(device)
     video = (stores["video"].load(device, arrays=["tokens"], dtype=dtype) if "video" in stores
              else None)
     text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
-    if len(keep) < len(ids):
+    if len(keep) < len(next(iter(stores.values()))):
         index = torch.from_numpy(keep).to(device)
         video = {k: v[index] for k, v in video.items()} if video is not None else None
         text = {k: v[index] for k, v in text.items()} if text is not None else None
     inputs, masks = modality_tensors(video, text)
-    features = FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
-    return features, reference, manifests
+    return FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
 
 
 def feature_dtype(device: torch.device) -> torch.dtype:

@@ -43,12 +43,10 @@ from features.store import FeatureStore, StoreError, check_aligned
 from fusion.data import (
     FeatureSplit,
     StreamedSplit,
-    _kept_rows,
-    _stream,
     check_compatible,
-    feature_dtype,
-    modality_tensors,
+    kept_rows,
     open_stores,
+    split_features,
 )
 from fusion.heads import build_head
 from fusion.heads.base import HeadConfigError
@@ -58,12 +56,12 @@ from fusion.train import (
     HeadConfig,
     RunFolderError,
     TrainConfig,
-    _changes,
     autocast_dtype,
     fingerprint,
     head_choice,
     load_checkpoint,
     predict,
+    setting_changes,
 )
 
 
@@ -115,7 +113,7 @@ def run_config(folder: Path) -> TrainConfig:
     record = folder / FINGERPRINT_FILE
     if record.exists():
         try:
-            changed = _changes(json.loads(record.read_text())["fields"],
+            changed = setting_changes(json.loads(record.read_text())["fields"],
                                fingerprint(to_dict(config)))
         except (ValueError, KeyError, TypeError) as error:
             raise RunFolderError(f"{record}: unreadable ({errors.one_line(error)[:200]}); "
@@ -177,22 +175,12 @@ def load_unlabelled(config: TrainConfig, split: str, device: torch.device, faile
         _refuse_failed(stores, split)
     _check_segments(stores, ids, split_path(config.data / "annotations", split),
                     complete=failed == "refuse")
-    keep = _kept_rows(stores, split)
+    keep = kept_rows(stores, split)
     narration_ids = [str(i) for i in ids[keep]]
     unknown = torch.full((len(keep),), -1, dtype=torch.int64)
-    if _stream(config, stores, device):
-        return StreamedSplit(narration_ids, stores, unknown, unknown, device, rows=keep), stores
-    dtype = feature_dtype(device)
-    video = (stores["video"].load(device, arrays=["tokens"], dtype=dtype) if "video" in stores
-             else None)
-    text = stores["text"].load(device, dtype=dtype) if "text" in stores else None
-    if len(keep) < len(ids):
-        index = torch.from_numpy(keep).to(device)
-        video = {k: v[index] for k, v in video.items()} if video is not None else None
-        text = {k: v[index] for k, v in text.items()} if text is not None else None
-    inputs, masks = modality_tensors(video, text)
-    return FeatureSplit(narration_ids, inputs, masks, unknown.to(device),
-                        unknown.to(device)), stores
+    features = split_features(config, split, stores, keep, narration_ids, unknown, unknown,
+                              device)
+    return features, stores
 
 
 def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], split: str) -> None:

@@ -346,7 +346,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
                              ) from None
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     """Fields whose value differs. A field missing from `old` (added to the harness after
     that folder was made) at its default is no change: the default is what the run did."""
     missing = "(unset)"
@@ -393,7 +393,7 @@ def open_run(config: TrainConfig, folder: Path,
     except (ValueError, KeyError, TypeError) as error:
         raise RunFolderError(f"{record_path}: unreadable ({errors.one_line(error)}); rerun "
                              "with --restart, or train under another --run-name") from None
-    changed = _changes(old, new)
+    changed = setting_changes(old, new)
     if not changed:
         return checkpoint, ""
     note = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())

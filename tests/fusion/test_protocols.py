@@ -233,13 +233,13 @@ def test_short_cpu_training_under_each_protocol(name, tmp_path):
 def test_run_folders_from_before_protocols_keep_resuming():
     """A fingerprint without the new fields at their defaults is no change; another protocol is."""
     from features.config import to_dict
-    from fusion.train import _changes, fingerprint
+    from fusion.train import fingerprint, setting_changes
 
     new_fields = {"protocol", "optimizer", "schedule", "decay_exclusions", "a_log_lr",
                   "mixup_alpha", "precision", "selection", "head.block", "head.init"}
     old = {k: v for k, v in fingerprint(to_dict(TrainConfig())).items() if k not in new_fields}
-    assert _changes(old, fingerprint(to_dict(TrainConfig()))) == {}
-    changed = _changes(old, fingerprint(to_dict(protocol_config("authors"))))
+    assert setting_changes(old, fingerprint(to_dict(TrainConfig()))) == {}
+    changed = setting_changes(old, fingerprint(to_dict(protocol_config("authors"))))
     assert {"protocol", "optimizer", "peak_lr"} <= set(changed)
 
 
