@@ -566,6 +566,22 @@ def read_frame_folder(
 # --------------------------------------------------------------------------- preprocessing
 
 
+def resize_center_crop(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """(..., H, W) -> (..., size, size) as torchvision's `Resize(size)` + `CenterCrop(size)`:
+    short side to `size` (long side `int(size * long / short)`), bilinear, then the centre
+    square with offsets `int(round((h - size) / 2))`."""
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    if short != size:
+        new_long = int(size * long / short)
+        new_hw = (size, new_long) if h <= w else (new_long, size)
+        x = F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False,
+                          antialias=antialias)
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
 def preprocess_clip(
     frames: np.ndarray | torch.Tensor,
     size: int = 224,
@@ -581,15 +597,7 @@ def preprocess_clip(
     within one grey level of the float resize), so decoding full-HD EK100 stays cheap.
     """
     x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) channels-last
-    h, w = x.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    if short != size:
-        new_long = int(size * long / short)
-        new_hw = (size, new_long) if h <= w else (new_long, size)
-        x = F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False, antialias=True)
-    h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    x = x[..., top : top + size, left : left + size].float()
+    x = resize_center_crop(x, size, antialias=True).float()
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     return ((x - m) / s).permute(1, 0, 2, 3).contiguous()
@@ -620,15 +628,7 @@ def torchvision_clip(
     # C images of T channels; made contiguous, since PyTorch 2's kernel for the permuted
     # strides rounds differently (up to 1.3e-5 after normalisation where a weight is 1/2)
     x = torch.as_tensor(np.asarray(frames)).float().permute(3, 0, 1, 2).contiguous()
-    h, w = x.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    if short != size:
-        new_long = int(size * long / short)
-        new_hw = (size, new_long) if h <= w else (new_long, size)
-        x = F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False, antialias=False)
-    h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    x = x[..., top : top + size, left : left + size]
+    x = resize_center_crop(x, size, antialias=False)
     m = torch.tensor(mean255, dtype=torch.float32).view(3, 1, 1, 1)
     s = torch.tensor(std255, dtype=torch.float32).view(3, 1, 1, 1)
     return ((x - m) / s).contiguous()
