@@ -62,7 +62,28 @@ SHARD_BYTES = 256 << 20  # cap for automatic shard sizes (patch tokens are ~6 MB
 
 
 @dataclass
-class VideoConfig:
+class PreprocessOptions:
+    """What the backbone sees: a preprocessing preset and single-field overrides (shared by
+    `extract video` and its dry run `extract clips`, so both plan the same frames)."""
+
+    preprocess: Literal["avion", "ours-v1"] | None = None
+    """Preprocessing preset (default: avion for vitb/vitl, ours-v1 otherwise); see extract.video."""
+    timeline: Literal["avion-30fps", "native"] | None = None
+    """Override the preset's frame timeline."""
+    resize: Literal["fused", "torchvision", "antialias"] | None = None
+    """Override the preset's resize and crop."""
+    scaler: Literal["bilinear", "bicubic"] | None = None
+    """Override the FFmpeg scaler of the fused resize."""
+    norm: Literal["avion", "clip"] | None = None
+    """Override the preset's mean/std (AVION's or CLIP's, on 0-255)."""
+    precision: Literal["fp16", "bf16"] | None = None
+    """Override the preset's CUDA autocast dtype (AVION evaluates in fp16)."""
+    fps: float | None = None
+    """Native fps of rgb_frames folders (the avion-30fps timeline needs it for them)."""
+
+
+@dataclass
+class VideoConfig(PreprocessOptions):
     """Extract video features of one EK100 split into a feature store (resumable)."""
 
     annotations: Path = Path("data/demo/annotations")
@@ -79,20 +100,6 @@ class VideoConfig:
     """AVION checkpoint (vitb/vitl need one: see `python -m extract.backbones --backbone vitb`)."""
     random_init: bool = False
     """Extract with seeded random weights on purpose (the manifest says weights: random-init)."""
-    preprocess: Literal["avion", "ours-v1"] | None = None
-    """Preprocessing preset (default: avion for vitb/vitl, ours-v1 otherwise); see extract.video."""
-    timeline: Literal["avion-30fps", "native"] | None = None
-    """Override the preset's frame timeline."""
-    resize: Literal["fused", "torchvision", "antialias"] | None = None
-    """Override the preset's resize and crop."""
-    scaler: Literal["bilinear", "bicubic"] | None = None
-    """Override the FFmpeg scaler of the fused resize."""
-    norm: Literal["avion", "clip"] | None = None
-    """Override the preset's mean/std (AVION's or CLIP's, on 0-255)."""
-    precision: Literal["fp16", "bf16"] | None = None
-    """Override the preset's CUDA autocast dtype (AVION evaluates in fp16)."""
-    fps: float | None = None
-    """Native fps of rgb_frames folders (the avion-30fps timeline needs it for them)."""
     trust_pickle: bool = False
     """fully unpickle --checkpoint and .pkl annotations (runs their code: trusted files only)"""
     tokens: Literal["cls", "frame", "patch", "cls+patch"] = "frame"
@@ -191,7 +198,7 @@ class TinyRobertaConfig:
 
 
 @dataclass
-class ClipsConfig:
+class ClipsConfig(PreprocessOptions):
     """Dry run: print the frames each clip of a split reads; no backbone is built or run."""
 
     data: Path | None = None
@@ -205,14 +212,6 @@ class ClipsConfig:
     backbone: str = "vit-demo"
     """Its preprocessing preset is the default (avion for vitb/vitl)."""
     num_frames: int = 16
-    preprocess: Literal["avion", "ours-v1"] | None = None
-    timeline: Literal["avion-30fps", "native"] | None = None
-    resize: Literal["fused", "torchvision", "antialias"] | None = None
-    scaler: Literal["bilinear", "bicubic"] | None = None
-    norm: Literal["avion", "clip"] | None = None
-    precision: Literal["fp16", "bf16"] | None = None
-    fps: float | None = None
-    """Native fps of rgb_frames folders."""
     limit: int | None = None
     """Only the first N segments."""
     json: bool = False
