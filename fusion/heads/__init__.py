@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fusion.heads.authors import AuthorsFuser, AuthorsMLP, fuser, protocol_head
+from fusion.heads.authors import AuthorsFuser, AuthorsMLP, protocol_head
 from fusion.heads.base import FusionHead, left_align, masked_mean
 from fusion.heads.mamba import MambaFusion
 from fusion.heads.mlp import MLPFusion
@@ -32,24 +32,29 @@ def register(name: str, factory: Callable[..., FusionHead]) -> None:
     HEADS[name] = factory
 
 
-def _transformer(depth: int, num_heads: int) -> Callable[..., FusionHead]:
+def fixed_size(head: type[FusionHead], name: str, depth: int, num_heads: int
+               ) -> Callable[..., FusionHead]:
+    """A factory of `head` whose depth and heads are fixed by its registered `name`."""
+
     def build(**kwargs) -> FusionHead:
         fixed = {"depth", "num_heads"} & set(kwargs)
         if fixed:
-            raise TypeError(f"transformer_{depth}x{num_heads} fixes {sorted(fixed)}")
-        return TransformerFusion(depth=depth, num_heads=num_heads, **kwargs)
+            raise TypeError(f"{name} fixes {sorted(fixed)}")
+        return head(depth=depth, num_heads=num_heads, **kwargs)
 
-    build.__doc__ = f"TransformerFusion with {depth} layers of {num_heads} heads."
+    build.__doc__ = f"{head.__name__} with {depth} layers of {num_heads} heads."
     return build
 
 
 register("mamba", MambaFusion)
 register("mlp", MLPFusion)
-register("transformer_6x4", _transformer(6, 4))
-register("transformer_12x12", _transformer(12, 12))
+register("transformer_6x4", fixed_size(TransformerFusion, "transformer_6x4", 6, 4))
+register("transformer_12x12", fixed_size(TransformerFusion, "transformer_12x12", 12, 12))
 register("mlp_authors", AuthorsMLP)
-register("transformer_authors_6x4", fuser(6, 4))
-register("transformer_authors_12x12", fuser(12, 12))
+register("transformer_authors_6x4",
+         fixed_size(AuthorsFuser, "transformer_authors_6x4", 6, 4))
+register("transformer_authors_12x12",
+         fixed_size(AuthorsFuser, "transformer_authors_12x12", 12, 12))
 
 
 def build_head(name: str, **kwargs) -> FusionHead:

@@ -55,7 +55,7 @@ Fuser 6x4 50.20 M (52.27 M in all, 7.68 M of it the two position tables); Fuser 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -225,16 +225,3 @@ class AuthorsFuser(AuthorsBaseline):
         for block in self.blocks:
             x = block(x)
         return x[:, 0]  # cls_v, no final norm
-
-
-def fuser(depth: int, num_heads: int) -> Callable[..., FusionHead]:
-    """The Fuser with `depth` layers of `num_heads` heads, fixed by the registered name."""
-
-    def build(**kwargs: Any) -> FusionHead:
-        fixed = {"depth", "num_heads"} & set(kwargs)
-        if fixed:
-            raise TypeError(f"transformer_authors_{depth}x{num_heads} fixes {sorted(fixed)}")
-        return AuthorsFuser(depth=depth, num_heads=num_heads, **kwargs)
-
-    build.__doc__ = f"The authors' Fuser with {depth} layers of {num_heads} heads."
-    return build
