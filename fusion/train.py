@@ -52,18 +52,19 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch import Tensor
-from tqdm import tqdm
 
 from features import errors
 from features.config import save_config, to_dict
 from fusion import tracking
-from fusion.data import Batch, FeatureSplit, features_used, load_features
+from fusion.console import Console, Progress, final_json, run_header, summary
+from fusion.data import Batch, FeatureSplit, StreamedSplit, features_used, load_features
 from fusion.graphs import GraphedTrainStep
 from fusion.heads import build_head, protocol_head
 from fusion.heads.base import HeadConfigError
 from fusion.metrics import HEADLINE_METRIC, metrics_for
 from fusion.optim import build_authors_scheduler, build_optimizer, build_scheduler, param_groups
 from fusion.predictions import save_predictions
+from fusion.profile import count_params
 from fusion.protocols import CLEAN, PROTOCOLS, ProtocolName, get_protocol
 
 Task = Literal["recognition", "anticipation"]
@@ -189,6 +190,13 @@ class TrainConfig:
     """Extra MLflow tags as key=value."""
     track: bool = True
     """Record the run in MLflow (off: checkpoints and history.csv only, e.g. benchmarks)."""
+    progress: Progress = "auto"
+    """Per-step output (`fusion.console`): a tqdm bar, a progress line every ~10 % of an
+    epoch (for log files), or quiet (no header, steps or epoch lines; the final line only);
+    auto: a bar when stderr is a terminal, lines otherwise."""
+    json: bool = False
+    """Print each epoch's record as a JSON line (stderr) and the result as JSON (stdout)
+    instead of the human epoch lines and summary."""
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -270,6 +278,7 @@ NOT_RESULT_FIELDS = frozenset({
     "out", "run_name", "resume", "restart",  # where the run lives, how to continue it
     "experiment", "tracking_uri", "track", "parent_run_id", "tags", "dataset_name",  # records
     "device", "compile", "cuda_graphs", "head.backend",  # execution: same maths, other kernels
+    "progress", "json",  # what the console prints
 })
 LOCK_FILE, FINGERPRINT_FILE = "run.lock", "fingerprint.json"
 CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "rng", "state", "config"})
@@ -599,6 +608,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
            checkpoint: dict[str, Any] | None, changed: str,
            on_epoch: EpochCallback | None) -> dict[str, Any]:
     amp = config.amp and device.type == "cuda"
+    console = Console.create(config.progress, config.epochs, config.json)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     train_split, val_split, data_info = load_features(config, device)
@@ -633,7 +643,6 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         state = checkpoint["state"]
-        print(f"resuming {folder} after epoch {state['epoch']}", file=sys.stderr)
 
     forward = torch.compile(model) if config.compile else model  # shares model's weights
     if config.cuda_graphs and device.type == "cuda" and graph_safe(config):
@@ -649,7 +658,15 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
         tracking.set_tags({"protocol": config.protocol,
                            "protocol.deviations": json.dumps(deviations(config))[:5000],
                            "features": features_used(config)})  # video, questions or both
+    console.header(*run_header(
+        config, device=device, folder=folder, head=head_choice(config)[0],
+        params=count_params(model), train_clips=len(train_split), val_clips=len(val_split),
+        data_info=data_info, deviations=deviations(config), steps_per_epoch=steps_per_epoch,
+        resumed_after=state["epoch"], graphs=isinstance(step, GraphedTrainStep),
+        streamed=isinstance(train_split, StreamedSplit), run_id=state["run_id"],
+        tracking_uri=tracking.tracking_uri(config.tracking_uri) if config.track else None))
     metric_name = config.early_stop_metric or HEADLINE_METRIC[config.task]
+    shown = list(dict.fromkeys([HEADLINE_METRIC[config.task], metric_name]))  # best: the last
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
     val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
 
@@ -657,16 +674,18 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
     with tracking.ended_on_error(state["run_id"] if config.track else None):
         for epoch in range(state["epoch"], config.epochs):
             if config.patience and stale >= config.patience:
-                print(f"early stop: no {metric_name} gain for {stale} epochs", file=sys.stderr)
+                console.print(f"early stop: no {metric_name} gain for {stale} epochs")
                 break
             model.train()
             started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
-            bar = tqdm(train_split.batches(config.batch_size, generator), total=steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
-            for batch in bar:
+            progress = console.steps(train_split.batches(config.batch_size, generator),
+                                     epoch + 1, steps_per_epoch)
+            for batch in progress:
                 loss = step(batch)
                 total_loss += loss * len(batch.index)
                 seen += len(batch.index)
+                progress.update(total_loss, seen)
+            progress.close()
             train_loss = float(total_loss) / max(seen, 1)
             scores = predict(forward, val_split, config.batch_size, amp, dtype)
             metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
@@ -692,8 +711,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                 shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
                 (folder / "best.tmp").replace(folder / "best.pt")
             (folder / "last.tmp").replace(last)  # atomic: a kill never leaves a torn checkpoint
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                              for k, v in record.items()}), file=sys.stderr)
+            console.epoch(record, shown, state["best"], state["best_epoch"] + 1)
             if on_epoch is not None:
                 try:
                     on_epoch(epoch + 1, metrics)
@@ -739,8 +757,12 @@ def selected_metrics(history: list[dict[str, Any]], best_epoch: int,
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     result = train(config)
-    print(json.dumps({"run_id": result["run_id"], "folder": result["folder"],
-                      **{k: v for k, v in result["best"].items() if isinstance(v, float)}}))
+    if config.json:
+        print(final_json(result))
+    else:
+        print(summary(result, config.task, config.selection, config.epochs,
+                      tracking.tracking_uri(config.tracking_uri) if config.track else None,
+                      compact=config.progress == "quiet"))
 
 
 if __name__ == "__main__":
