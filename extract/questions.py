@@ -12,6 +12,9 @@ Generators:
   `extract.llm`), cached on disk and resumable.
 - `predictions`: for anticipation, questions about the next action built from the predicted
   verb and noun of the observed clip (a predictions `.npz` from a recognition model).
+- `recognized`: for an unlabelled split (the EK100 test timestamps) in recognition, the
+  template questions about the clip itself, built from a recognition model's predicted verb
+  and noun of that clip (a predictions `.npz`): there are no labels to write them from.
 
 Masking (`--mask`), with the text model's mask token: `paper` masks the verb in the noun
 question and the noun in the verb question (the paper's rule, §4.1: "we mask the verb in the
@@ -19,8 +22,8 @@ noun-related question with a <MASK> token if it appears, and vice versa for the 
 verb-related questions"); `strict` masks both labels and both labels' categories (the class
 files' `category` column, which the templates name) in both; `none` masks nothing. The labels
 are those the questions are built from (the annotation for `template`/`llm`, the predicted
-classes of the observed clip for `predictions`, never the labels of the action to
-anticipate). Every run prints the word-level leakage audit.
+classes of the observed clip for `predictions`, of the clip itself for `recognized`, never the
+labels of the action to anticipate). Every run prints the word-level leakage audit.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from extract.llm import LLMConfig, generate_llm_questions
 from extract.masking import LEAK_KEYS, LabelMasker, pair_leaks, surface_phrases
 from features.annotations import AnnotationError, ClassTable, load_classes, load_segments
 from features.config import cli
+from features.errors import HarnessError
 
-Generator = Literal["template", "llm", "predictions"]
+Generator = Literal["template", "llm", "predictions", "recognized"]
 MaskMode = Literal["paper", "strict", "none"]
 
 # Words here must never collide with an EK100 class or category word, nor an inflection of
@@ -89,7 +93,9 @@ class QuestionsConfig:
     """The text model's mask token (`<mask>` for RoBERTa, `[MASK]` for BERT)."""
     seed: int = 0
     predictions: Path | None = None
-    """`generator=predictions`: a predictions `.npz` (narration_id, verb_scores, noun_scores)."""
+    """`generator=predictions|recognized`: a predictions `.npz` (narration_id, verb_scores,
+    noun_scores) of a recognition model: of the observed windows before each action
+    (predictions) or of the segments' clips (recognized)."""
     trust_pickle: bool = False
     """fully unpickle a `.pkl` --annotations file (runs its code: only for files you trust)"""
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -193,14 +199,17 @@ def generate(config: QuestionsConfig) -> dict[str, int]:
     writer = QuestionWriter(verbs, nouns, config)
     labelled = "verb_class" in segments.columns
 
-    if config.generator == "predictions":
+    if config.generator in ("predictions", "recognized"):
         if config.predictions is None:
-            raise SystemExit("--generator predictions needs --predictions P.npz")
+            raise HarnessError(f"--generator {config.generator} needs --predictions P.npz (a "
+                               "recognition run's predictions: python -m fusion.predict)")
         items = list(_predicted_labels(segments, config.predictions, verbs, nouns))
-        pairs = {nid: writer.template(nid, lab, future=True) for nid, lab in items}
+        future = config.generator == "predictions"  # anticipation: the action after the clip
+        pairs = {nid: writer.template(nid, lab, future=future) for nid, lab in items}
     elif not labelled:
-        raise SystemExit(
-            f"{config.annotations}: has no labels; use --generator predictions for test segments"
+        raise HarnessError(
+            f"{config.annotations}: has no labels to write questions from; use --generator "
+            "recognized (recognition) or predictions (anticipation) with --predictions P.npz"
         )
     elif config.generator == "llm":
         items = list(_segment_labels(segments))
