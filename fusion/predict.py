@@ -21,23 +21,36 @@ stderr, as training does; `refuse` stops, naming the store and the fix. `auto` (
 refuses on `test`, where a submission needs a score for every segment (the exporter and
 the challenge server reject a file that lacks one), and excludes elsewhere. On `test` the
 stores must also hold every segment of the timestamps file (a `--limit`ed extraction is
-refused under `refuse`). Unwritten shards are always refused (`open_stores`).
+refused under `refuse`). Unwritten shards are always refused (`open_stores`). `prior`
+(an explicit choice, counted on stderr) scores them with the train split's class frequencies
+(add-one), what a model without input would predict: for clips never filmed, such as an
+anticipation window wholly before its video's start, where a challenge file still needs a row.
+
+`--video-store` / `--text-store` read other stores of the split than the run's: the EK100
+chains (Makefile) score a recognition run on the observed windows before each action (the
+`-anticipation` video store) to write anticipation questions, and the test split with
+questions written from predictions (no labels exist there). Those stores are checked against
+the run's training stores like any other, except for what the override is for, named on
+stderr: the clip window (`clip.task`, `clip.observed_s`, `clip.gap_s`) for a video store, the
+questions' `generator` for a text store.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from features import errors
-from features.annotations import load_classes, load_segments, split_path
+from features.annotations import load_classes, load_segments, load_split, split_path
 from features.config import to_dict
 from features.store import FeatureStore, StoreError, check_aligned
 from fusion.data import (
@@ -78,9 +91,16 @@ class PredictConfig:
     """Output .npz (default: <run>/predictions_<split>.npz)."""
     data: Path | None = None
     """Dataset folder, when not the run's (e.g. the run was trained on another machine)."""
-    failed: Literal["auto", "exclude", "refuse"] = "auto"
-    """Rows that failed extraction: left out and counted, or refused (auto: refused on test,
-    where a submission needs every segment; left out elsewhere, as training does)."""
+    failed: Literal["auto", "exclude", "refuse", "prior"] = "auto"
+    """Rows that failed extraction: left out and counted, refused, or scored with the train
+    split's class prior and counted (auto: refused on test, where a submission needs every
+    segment; left out elsewhere, as training does)."""
+    video_store: str | None = None
+    """Read this video store of the split instead of the run's (e.g. `vitl-anticipation`:
+    a recognition run on the observed windows); only its clip window may differ."""
+    text_store: str | None = None
+    """Read this text store of the split instead of the run's (e.g. questions written from
+    predictions on the unlabelled test split); only its questions' generator may differ."""
     device: str = "auto"
 
 
@@ -161,7 +181,8 @@ def _refuse_failed(stores: dict[str, FeatureStore], split: str) -> None:
 def load_unlabelled(config: TrainConfig, split: str, device: torch.device, failed: str
                     ) -> tuple[FeatureSplit | StreamedSplit, dict[str, FeatureStore]]:
     """One split's features in store order, labels -1 (none are read): the rows training
-    would use (`exclude`), or all rows with every one valid (`refuse`)."""
+    would use (`exclude`, `prior`: every segment must have a row), or all rows with every one
+    valid (`refuse`)."""
     try:
         stores = open_stores(config, split)
     except StoreError as error:  # its hint names a training flag; here the run fixes names
@@ -174,7 +195,7 @@ def load_unlabelled(config: TrainConfig, split: str, device: torch.device, faile
     if failed == "refuse":
         _refuse_failed(stores, split)
     _check_segments(stores, ids, split_path(config.data / "annotations", split),
-                    complete=failed == "refuse")
+                    complete=failed in ("refuse", "prior"))
     keep = kept_rows(stores, split)
     narration_ids = [str(i) for i in ids[keep]]
     unknown = torch.full((len(keep),), -1, dtype=torch.int64)
@@ -183,10 +204,29 @@ def load_unlabelled(config: TrainConfig, split: str, device: torch.device, faile
     return features, stores
 
 
-def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], split: str) -> None:
+OVERRIDE_MAY_DIFFER = {"video": (("clip", "task"), ("clip", "observed_s"), ("clip", "gap_s")),
+                       "text": (("generator",),)}
+"""Manifest fields a `--video-store` / `--text-store` override may change: what it is for."""
+
+
+def _without(store: FeatureStore, fields: tuple[tuple[str, ...], ...]) -> Any:
+    """`store` as `check_compatible` reads it (path, arrays, manifest) minus `fields`."""
+    manifest = copy.deepcopy(dict(store.manifest))
+    for path in fields:
+        parent = manifest
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return SimpleNamespace(path=store.path, arrays=store.arrays, manifest=manifest)
+
+
+def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], split: str,
+                      overridden: tuple[str, ...] = ()) -> None:
     """Refuse features of another extractor than the run's training stores (when those are
-    here: a run moved to another machine may bring only the split it predicts)."""
-    if split == config.train_split:
+    here: a run moved to another machine may bring only the split it predicts); an
+    `overridden` kind's store may differ in `OVERRIDE_MAY_DIFFER` only."""
+    if split == config.train_split and not overridden:
         return
     try:
         trained = open_stores(config, config.train_split)
@@ -195,6 +235,16 @@ def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], spli
               f"{split} features are not checked against the ones the run trained on",
               file=sys.stderr)
         return
+    if overridden:
+        trained = {k: _without(v, OVERRIDE_MAY_DIFFER[k] if k in overridden else ())
+                   for k, v in trained.items()}
+        stores = {k: _without(v, OVERRIDE_MAY_DIFFER[k] if k in overridden else ())
+                  for k, v in stores.items()}
+        for kind in overridden:
+            fields = ", ".join(".".join(f) for f in OVERRIDE_MAY_DIFFER[kind])
+            print(f"note: {split} {kind} features from {stores[kind].path}, not the run's "
+                  f"store; checked against its training store but for {fields}",
+                  file=sys.stderr)
     try:
         check_compatible(trained, stores)
     except StoreError as error:
@@ -234,23 +284,66 @@ def load_model(config: TrainConfig, folder: Path, which: str, dims: dict[str, in
     return model
 
 
+def class_prior(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Log class frequencies (add-one) of the run's train split: verb and noun scores of a
+    segment the model cannot see (`--failed prior`)."""
+    annotations = config.data / "annotations"
+    segments = load_split(annotations, config.train_split).segments
+    priors = []
+    for name in ("verb", "noun"):
+        count = len(load_classes(annotations / f"EPIC_100_{name}_classes.csv"))
+        frequency = np.bincount(segments[f"{name}_class"].to_numpy(), minlength=count) + 1.0
+        priors.append(np.log(frequency / frequency.sum()).astype(np.float32))
+    return priors[0], priors[1]
+
+
+def with_prior(config: TrainConfig, stores: dict[str, FeatureStore], split: str,
+               ids: list[str], scores: dict[str, np.ndarray]
+               ) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Every row of the stores: the model's scores where it had features, the train split's
+    class prior where extraction failed (counted on stderr)."""
+    every = [str(i) for i in check_aligned(*stores.values())]
+    if len(every) == len(ids):
+        return ids, scores
+    verb_prior, noun_prior = class_prior(config)
+    row = {narration_id: i for i, narration_id in enumerate(ids)}
+    out = {}
+    for name, prior in (("verb", verb_prior), ("noun", noun_prior)):
+        full = np.repeat(prior[None], len(every), axis=0)
+        for i, narration_id in enumerate(every):
+            if narration_id in row:
+                full[i] = scores[name][row[narration_id]]
+        out[name] = full
+    print(f"{split}: {len(every) - len(ids)} of {len(every)} segments failed extraction and "
+          f"score the {config.train_split} split's class prior (--failed prior)",
+          file=sys.stderr)
+    return every, out
+
+
 def run_predict(config: PredictConfig) -> tuple[Path, int]:
     """Write the predictions file; returns its path and its number of segments."""
     device = errors.resolve_device(config.device)
     train_config = run_config(config.run)
     if config.data is not None:
         train_config = dataclasses.replace(train_config, data=config.data)
+    overrides = {f"{kind}_store": name for kind, name in (("video", config.video_store),
+                                                          ("text", config.text_store)) if name}
+    split_config = dataclasses.replace(train_config, **overrides)
     failed = config.failed
     if failed == "auto":
         failed = "refuse" if config.split == "test" else "exclude"
-    split, stores = load_unlabelled(train_config, config.split, device, failed)
-    _check_trained_on(train_config, stores, config.split)
+    split, stores = load_unlabelled(split_config, config.split, device, failed)
+    _check_trained_on(train_config, stores, config.split,
+                      tuple(k.removesuffix("_store") for k in overrides))
     model = load_model(train_config, config.run, config.checkpoint, split.dims, device)
     amp = train_config.amp and device.type == "cuda"
     scores = predict(model, split, train_config.batch_size, amp, autocast_dtype(train_config))
+    ids = list(split.narration_ids)
+    if failed == "prior":
+        ids, scores = with_prior(train_config, stores, config.split, ids, scores)
     out = config.out or config.run / f"predictions_{config.split}.npz"
-    save_predictions(out, split.narration_ids, scores["verb"], scores["noun"])
-    return out, len(split)
+    save_predictions(out, ids, scores["verb"], scores["noun"])
+    return out, len(ids)
 
 
 def main(argv: list[str] | None = None) -> None:
