@@ -88,7 +88,7 @@ class BenchConfig:
     about one point's time of it)."""
     sweep: bool = True
     """Triton tile-size sweep (GPU only)."""
-    sweep_lengths: tuple[int, ...] = (16, 4096)
+    sweep_lengths: tuple[int, ...] = (16, 256, 4096)
     out: Path = ROOT / "benchmarks" / "results" / "scan_backends"
     """Output stem: writes .json and .md (`--quick` appends _quick)."""
     quick: bool = False
@@ -97,19 +97,17 @@ class BenchConfig:
 
 
 SWEEP_CONFIGS = [  # (block_t, block_d_fwd, block_d_bwd, warps_fwd, warps_bwd); None = heuristic
-    (None, None, None, None, None),  # 16 / 8 / 1 / 4 / 1 at n = 16
-    (16, 8, 8, 4, 4),  # the first run's heuristic
-    (16, 8, 2, 4, 1),  # 2 channels a warp: half the dB/dC atomics, all 16 states a thread
-    (8, 8, 1, 4, 1),  # 80 registers (sm_90 ptxas) instead of 168: more warps resident
-    (8, 8, 2, 4, 2),
-    (8, 8, 4, 4, 4),  # a quarter of the atomics; state sums across warps (shared memory)
-    (8, 16, 1, 4, 1),
-    (32, 4, 1, 4, 1),
+    (None, None, None, None, None),  # 8 / 32 / 16 / 1 / 1 at n = 16
+    (8, 16, 16, 1, 1),  # forward with two lanes a channel: 148 registers instead of 255
+    (8, 16, 8, 1, 1),  # backward with four lanes a channel: no spills (sm_90 ptxas)
+    (4, 32, 8, 1, 1),
+    (4, 16, 16, 1, 1),
+    (16, 16, 8, 1, 1),
+    (8, 64, 32, 2, 1),
 ]
-# Dropped after the first H100 run (fwd_bwd vs its 16/8/8/4/4 default at L = 16 / 256 /
-# 4096): 16/4/4/2/2 1.04x, 16/16/16/8/8 1.14-1.18x, 16/8/1/4/2 0.67-0.79x, 32/1/1/1/2
-# 0.68-1.36x, 8/16/16/4/4 0.71-0.76x; 32/4/4/4/4 and 64/4/4/4/4 only had their first call
-# (compilation, 2-3.6 s) reported, a bug of `timed` since fixed.
+# The sequential-in-thread kernels' layouts follow from BLOCK_D and the warps (see
+# `fusion.ssm_triton.scan_config`); the earlier cross-lane-scan kernels' sweep is in
+# scan_backends.md (H100).
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -390,7 +388,7 @@ def markdown(data: dict) -> str:
              f"{', '.join(meta['available'])}. Median ms per step (CUDA events on the GPU, "
              "after warm-up). "
              "`fwd`: forward with inputs that require grad; `fwd_bwd`: forward + backward. "
-             "Goal: triton <= 0.5x mamba_ssm at L <= 256, <= 1x at L = 4096.", ""]
+             "Goal: triton <= 0.5x mamba_ssm at L <= 256, <= 1x at every L.", ""]
     if meta.get("stage", "complete") != "complete":
         lines += [f"**Partial results**: the run stopped at stage `{meta['stage']}` after "
                   f"{meta.get('elapsed_s')} s.", ""]
@@ -418,7 +416,7 @@ def markdown(data: dict) -> str:
                 m = cells.get("mamba_ssm", (None, ""))[0]
                 goal = ""
                 if t is not None and m is not None:
-                    limit = 0.5 if length <= 256 else 1.0 if length >= 4096 else None
+                    limit = 0.5 if length <= 256 else 1.0
                     goal = "" if limit is None else ("yes" if t <= limit * m else "NO")
                 lines.append(f"| {length} | {mode} | " + " | ".join(c[1] for c in cells.values())
                              + f" | {ratio(t, m)} | {ratio(t, cells.get('torch', (None,))[0])}"
