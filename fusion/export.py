@@ -380,7 +380,9 @@ class ExportConfig:
     """Verb classes (default: the class file beside --annotations, else 97)."""
     noun_count: int | None = None
     """Noun classes (default: the class file beside --annotations, else 300)."""
-    action_count: int = N_ACTIONS
+    action_count: int | None = None
+    """Best actions per segment in an anticipation file (default: the challenge's 100, or
+    every verb x noun pair when there are fewer, as in the synthetic demo)."""
     sls_pt: int = 2
     """Supervision level, pretraining 0..5 (C1 create_submission.py default 2)."""
     sls_tl: int = 3
@@ -425,10 +427,14 @@ def export(config: ExportConfig) -> Path:
             raise PredictionsError("--format results is the C1 recognition format; use "
                                    "--format submission for anticipation")
         return write_results(preds, config.out)
+    actions = config.action_count or min(N_ACTIONS, n_verbs * n_nouns)
+    if actions > n_verbs * n_nouns:
+        raise PredictionsError(f"--action-count {actions}: only {n_verbs} x {n_nouns} verb-noun "
+                               f"pairs exist; pass at most {n_verbs * n_nouns}")
     submission = make_submission(preds, config.task, config.sls_pt, config.sls_tl,
-                                 config.sls_td, config.action_count)
+                                 config.sls_td, actions)
     validate_submission(submission, config.task, n_verbs=n_verbs, n_nouns=n_nouns,
-                        n_actions=config.action_count)
+                        n_actions=actions)
     return write_submission(submission, config.out)
 
 
