@@ -65,6 +65,7 @@ class RunInfo:
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
     params: Mapping[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
 
     @property
     def dataset(self) -> str:
@@ -78,9 +79,21 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Missing:
-    """An empty cell and the reason it is empty (rendered "—" with a footnote)."""
+    """An empty cell: rendered "—", explained once per table by its `legend` (or `reason`).
+
+    `reason` is the precise cause (tags searched, file), kept for the CSV notes and the
+    HTML tooltip; `legend` is the short sentence a reader of the paper needs.
+    """
 
     reason: str
+    legend: str = ""
+
+    @property
+    def short(self) -> str:
+        return self.legend or self.reason
+
+
+NOT_RUN = "ours: no run with this set-up yet"
 
 
 @dataclass(frozen=True)
@@ -122,13 +135,23 @@ class Pick:
     candidates: int
     mode: Select
     reason: str = ""
+    legend: str = NOT_RUN
+
+    def missing(self) -> Missing:
+        """The empty cell of a row without a run."""
+        return Missing(self.reason, self.legend)
+
+    def selection(self) -> str:
+        """How the run was chosen, in words: `best of 3; sweep demo trial 2`."""
+        assert self.run is not None
+        study = self.run.tags.get("optuna.study")
+        sweep = f"; sweep {study} trial {self.run.tags.get('optuna.trial', '?')}" if study else ""
+        return f"{self.mode} of {self.candidates}{sweep}"
 
     def cell(self) -> str | Missing:
         if self.run is None:
-            return Missing(self.reason)
-        study = self.run.tags.get("optuna.study")
-        sweep = f"; sweep {study} trial {self.run.tags.get('optuna.trial', '?')}" if study else ""
-        return f"{self.run.run_id} ({self.mode} of {self.candidates}{sweep})"
+            return self.missing()
+        return f"{self.run.run_id} ({self.selection()})"
 
 
 def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
@@ -140,7 +163,8 @@ def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
         return Pick(None, 0, mode, f"no finished run {where}")
     usable = [r for r in tagged if f"best_{metric}" in r.metrics]
     if not usable:
-        return Pick(None, 0, mode, f"{len(tagged)} run(s) {where} but none logged best_{metric}")
+        return Pick(None, 0, mode, f"{len(tagged)} run(s) {where} but none logged best_{metric}",
+                    "runs of ours with this set-up logged no validation score")
     def key(run: RunInfo) -> tuple[float, int]:
         return (run.metrics[f"best_{metric}"] if mode == "best" else 0.0, run.start_time)
 
@@ -171,7 +195,8 @@ def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
             break
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}  # of any status
     infos = [RunInfo(r.info.run_id, r.info.run_name or "", r.info.start_time or 0,
-                     dict(r.data.tags), dict(r.data.metrics), dict(r.data.params))
+                     dict(r.data.tags), dict(r.data.metrics), dict(r.data.params),
+                     r.info.experiment_id)
              for r in runs if r.info.status == "FINISHED" and "task" in r.data.tags
              and r.data.tags.get("sweep") != "true" and r.info.run_id not in parents]
     if not infos:
@@ -184,9 +209,15 @@ def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
 
 @dataclass(frozen=True)
 class Column:
+    """A table column; `group` spans a header over neighbours (verb top-1: ours, pub., Δ);
+    `hidden` columns are kept for the CSV only (tags, dataset, run id: the caption, the
+    legend and the run notes carry them for a reader)."""
+
     key: str
     header: str
     fmt: Literal["text", "pct", "delta", "num"] = "text"
+    group: str = ""
+    hidden: bool = False
 
 
 @dataclass
@@ -201,24 +232,62 @@ class Table:
     picks: list[tuple[str, Pick]] = field(default_factory=list)
     """(row label, pick) pairs: the runs behind the table, for plots."""
 
-    def notes(self) -> dict[str, str]:
-        """Reason -> footnote letter, in order of first appearance."""
-        letters: dict[str, str] = {}
+    @property
+    def shown(self) -> list[Column]:
+        return [c for c in self.columns if not c.hidden]
+
+    def legend(self) -> list[str]:
+        """What an empty ("—") shown cell means, each meaning once, in order of appearance."""
+        seen: dict[str, None] = {}
         for row in self.rows:
-            for col in self.columns:
+            for col in self.shown:
                 value = row.get(col.key)
-                if isinstance(value, Missing) and value.reason not in letters:
-                    letters[value.reason] = _letter(len(letters))
-        return letters
+                if isinstance(value, Missing):
+                    seen.setdefault(value.short)
+        return list(seen)
+
+    def runs(self) -> list[RunNote]:
+        """One numbered note per row that has a run (its footnote marker), in row order."""
+        notes: list[RunNote] = []
+        for i, row in enumerate(self.rows):
+            pick = row.get("_pick")
+            if isinstance(pick, Pick) and pick.run is not None:
+                notes.append(RunNote(len(notes) + 1, pick, i))
+        return notes
 
 
-def _letter(i: int) -> str:
-    return chr(ord("a") + i % 26) * (1 + i // 26)
+@dataclass(frozen=True)
+class RunNote:
+    """A row's footnote: the run behind it and how it was chosen."""
+
+    number: int
+    pick: Pick
+    row: int
+
+    @property
+    def run(self) -> RunInfo:
+        assert self.pick.run is not None
+        return self.pick.run
+
+    def url(self, mlflow_url: str) -> str:
+        """The run's page in the MLflow UI (`mlflow ui` serves it at `mlflow_url`)."""
+        return (f"{mlflow_url.rstrip('/')}/#/experiments/{self.run.experiment_id or '0'}"
+                f"/runs/{self.run.run_id}")
+
+    def text(self) -> str:
+        """`run 0123abcd (best of 3), protocol clean, synthetic-demo`."""
+        return (f"run {self.run.run_id[:8]} ({self.pick.selection()}), protocol "
+                f"{self.run.protocol}, dataset {self.run.dataset}.")
 
 
-def fmt(value: Any, kind: str, notes: Mapping[str, str]) -> str:
+DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
+"""Where `mlflow ui` (make mlflow-ui) serves by default; run links point there."""
+
+
+def fmt(value: Any, kind: str, notes: Mapping[str, str] | None = None) -> str:
+    """A cell as text: % and Δ with one decimal, "—" for an empty cell (see the legend)."""
     if isinstance(value, Missing):
-        return f"— ({notes[value.reason]})"
+        return "—"
     if value is None:
         return ""
     if kind == "pct" or (kind == "num" and abs(value) >= 10):
@@ -240,7 +309,7 @@ def datasets_line(picks: Iterable[Pick], dataset_filter: str | None) -> str:
     if any(d != "ek100" for d in used):
         text += " — NOT EK100: these numbers are not comparable with the published ones"
     if len(used) > 1:
-        text += " (mixed datasets; see the dataset column)"
+        text += " (mixed datasets; each run note names its own)"
     return text + "."
 
 
@@ -248,8 +317,8 @@ def protocols_line(picks: Iterable[Pick]) -> str:
     """The caption's protocol sentence, and the frozen-features warning."""
     used = {p.run.protocol for p in picks if p.run is not None}
     ordered = [p for p in PROTOCOLS if p in used] + sorted(used - set(PROTOCOLS))
-    text = (f"Protocol of our runs: {', '.join(ordered)} (see the protocol column; runs "
-            f"without one are clean)." if ordered else "Protocol: none (no runs).")
+    text = (f"Protocol of our runs: {', '.join(ordered)} (runs without one: clean)."
+            if ordered else "Protocol: none (no runs).")
     return f"{text} {FROZEN}"
 
 
@@ -269,6 +338,7 @@ def _caption_tail(table: Table, dataset: str | None) -> str:
 
 
 NO_COUNTERPART = "another method: published value shown for reference, not run here"
+OTHER_METHOD = Missing(NO_COUNTERPART, "ours: another method, published value only")
 
 
 def _published(task: str, backbone: str, method: str
@@ -282,8 +352,10 @@ def _published(task: str, backbone: str, method: str
         readme = paper.README_MODEL_ZOO.get((README_KEY.get(backbone), method, task))
         if readme:
             return dict(readme), "authors' README (not the paper)"
-        return {}, Missing(paper.TABLE2_MISSING)
-    return {}, Missing(f"the paper reports no {_name(backbone)} row for this method")
+        return {}, Missing(paper.TABLE2_MISSING, "published: the paper's Table 2 values are "
+                           "not in the paper text we have")
+    return {}, Missing(f"the paper reports no {_name(backbone)} row for this method",
+                       "published: the paper reports no row for this backbone")
 
 
 def _ours_vs_published(row: dict[str, Any], pick: Pick | None, metrics: Sequence[str],
@@ -293,16 +365,17 @@ def _ours_vs_published(row: dict[str, Any], pick: Pick | None, metrics: Sequence
     `pick=None` is a published-only row (a method this harness does not run).
     """
     no_pub = source if isinstance(source, Missing) else Missing(
-        f"{source} gives no value for this cell")
+        f"{source} gives no value for this cell", "published: no value in the source")
     for metric in metrics:
         head = metric.split("_")[0]
         if pick is None:
-            ours: float | Missing = Missing(NO_COUNTERPART)
+            ours: float | Missing = OTHER_METHOD
         elif pick.run is None:
-            ours = Missing(pick.reason)
+            ours = pick.missing()
         else:
             value = pick.run.metrics.get(f"best_{metric}")
-            ours = Missing(f"run logged no best_{metric}") if value is None else 100 * value
+            ours = (Missing(f"run logged no best_{metric}", "ours: the run logged no such score")
+                    if value is None else 100 * value)
         pub = published.get(head)
         row[metric] = ours
         row[f"{metric}_pub"] = no_pub if pub is None else pub
@@ -313,13 +386,18 @@ def _ours_vs_published(row: dict[str, Any], pick: Pick | None, metrics: Sequence
 
 
 def _metric_columns(metrics: Sequence[str], label: str) -> list[Column]:
+    """Per metric a group `verb top-1` of three columns: ours, published, Δ."""
     cols = []
     for m in metrics:
-        head = m.split("_")[0]
-        cols += [Column(m, f"{head} {label}", "pct"), Column(f"{m}_pub", f"{head} published",
-                                                             "pct"),
-                 Column(f"{m}_diff", f"{head} Δ", "delta")]
+        group = f"{m.split('_')[0]} {label}"
+        cols += [Column(m, "ours", "pct", group), Column(f"{m}_pub", "pub.", "pct", group),
+                 Column(f"{m}_diff", "Δ", "delta", group)]
     return cols
+
+
+def _hidden(*keys: str) -> list[Column]:
+    """CSV-only columns (the run cells, tags and sources)."""
+    return [Column(k, k, hidden=True) for k in keys]
 
 
 def _backbones(runs: Sequence[RunInfo], task: str, first: Sequence[str]) -> list[str]:
@@ -333,9 +411,10 @@ def _name(backbone: str) -> str:
 
 def _run_cells(row: dict[str, Any], pick: Pick) -> None:
     """The protocol, dataset and run columns of a row from its pick (or why it has none)."""
-    row["protocol"] = pick.run.protocol if pick.run else Missing(pick.reason)
-    row["dataset"] = pick.run.dataset if pick.run else Missing(pick.reason)
+    row["protocol"] = pick.run.protocol if pick.run else pick.missing()
+    row["dataset"] = pick.run.dataset if pick.run else pick.missing()
     row["run"] = pick.cell()
+    row["_pick"] = pick
 
 
 def _label(base: str, pick: Pick) -> str:
@@ -345,10 +424,9 @@ def _label(base: str, pick: Pick) -> str:
 def _other_row(table: Table, published: paper.Published, metrics: Sequence[str]) -> None:
     """A published-only row (MeMViT, Omnivore, LaViLa): the paper's value, no run of ours."""
     row: dict[str, Any] = {"backbone": published.row, "method": "(published only)",
-                           "head": Missing(NO_COUNTERPART)}
+                           "model": published.row, "head": OTHER_METHOD}
     _ours_vs_published(row, None, metrics, published.vna(), published.source)
-    row.update(protocol=Missing(NO_COUNTERPART), dataset=Missing(NO_COUNTERPART),
-               run=Missing(NO_COUNTERPART))
+    row.update(protocol=None, dataset=OTHER_METHOD, run=OTHER_METHOD)
     table.rows.append(row)
 
 
@@ -357,10 +435,9 @@ def _accuracy_table(name: str, title: str, task: str, metrics: Sequence[str], la
                     mode: Select, dataset: str | None) -> Table:
     """Tables 1 and 2: per backbone, alone (video features, any head) and with MambaVL, one
     row per protocol found among the matching runs; Table 1 adds the paper's other methods."""
-    cols = [Column("backbone", "backbone"), Column("method", "method"), Column("head", "head"),
-            Column("protocol", "protocol"), *_metric_columns(metrics, label),
-            Column("source", "published by"), Column("dataset", "dataset"),
-            Column("run", "run (selection)")]
+    cols = [Column("model", "model"), Column("protocol", "protocol"),
+            *_metric_columns(metrics, label),
+            *_hidden("backbone", "method", "head", "source", "dataset", "run")]
     table = Table(name, title, "", cols)
     if task == "recognition":
         for other in paper.TABLE1_OTHERS:
@@ -383,8 +460,10 @@ def _accuracy_table(name: str, title: str, task: str, metrics: Sequence[str], la
                 base = _name(backbone) if method == "backbone" else f"{_name(backbone)} + MambaVL"
                 row: dict[str, Any] = {"backbone": _name(backbone),
                                        "method": "alone" if method == "backbone" else "+ MambaVL"}
-                row["head"] = pick.run.tags.get("fusion", "?") if pick.run else Missing(
-                    pick.reason)
+                row["head"] = pick.run.tags.get("fusion", "?") if pick.run else pick.missing()
+                head = HEAD_NAMES.get(head_family(row["head"]), row["head"]) if pick.run else ""
+                row["model"] = (f"{_name(backbone)} alone" + (f" ({head} head)" if head else "")
+                                if method == "backbone" else base)
                 _ours_vs_published(row, pick, metrics, published, source)
                 _run_cells(row, pick)
                 table.rows.append(row)
@@ -398,11 +477,10 @@ def table1(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None) ->
                             "recognition", [f"{h}_top1" for h in VNA], "top-1",
                             backbones, runs, mode, dataset)
     table.caption = (
-        f"Validation top-1 accuracy (%) per backbone: the backbone alone (video features only, "
-        f"tag features=video) and with MambaVL (fusion=mamba, features=video+questions); "
-        f"published values from the MambaVL paper, Table 1, including its other methods. "
-        f"Each row is the {_mode_words(mode)} run for its tags and protocol. "
-        f"Δ = ours − published. {_caption_tail(table, dataset)}")
+        f"Validation top-1 accuracy (%) per backbone: the backbone alone (a head on the video "
+        f"features only) and with MambaVL (the Mamba head on video and questions); published "
+        f"values (pub.) from the MambaVL paper, Table 1, with its other methods. "
+        f"{_picked(mode)} Δ = ours − pub. {_caption_tail(table, dataset)}")
     return table
 
 
@@ -412,11 +490,10 @@ def table2(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None) ->
                             "(%)", "anticipation", [f"{h}_recall5" for h in VNA], "recall@5",
                             backbones, runs, mode, dataset)
     table.caption = (
-        f"Validation class-mean recall@5 (%) for anticipation (task=anticipation). "
-        f"Each row is the {_mode_words(mode)} run for its tags and protocol. Δ = ours − "
-        f"published. The paper's Table 2 values are not available to us; the ORViT + MambaVL "
-        f"row is compared with the authors' README, which labels its anticipation columns "
-        f"top-1, so its metric may differ. {_caption_tail(table, dataset)}")
+        f"Validation class-mean recall@5 (%) for action anticipation. {_picked(mode)} "
+        f"Δ = ours − pub. The paper's Table 2 values are not in the paper text we have; the "
+        f"ORViT + MambaVL row is compared with the authors' README, which labels its "
+        f"anticipation columns top-1, so its metric may differ. {_caption_tail(table, dataset)}")
     return table
 
 
@@ -436,9 +513,8 @@ def table3(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
     metrics = [f"{h}_top1" for h in VNA]
     cols = [Column("backbone", "backbone"), Column("head", "fusion head"),
             Column("protocol", "protocol"), *_metric_columns(metrics, "top-1"),
-            Column("source", "published by"), Column("params_m", "head params (M)", "num"),
-            Column("gflops", "head GFLOPs", "num"),
-            Column("dataset", "dataset"), Column("run", "run (selection)")]
+            Column("params_m", "params (M)", "num", "head cost"),
+            Column("gflops", "GFLOPs", "num", "head cost"), *_hidden("source", "dataset", "run")]
     table = Table("table3", "Table 3 — fusion ablation, action recognition top-1 (%)", "", cols)
     found = sorted({r.tags.get("fusion", "") for r in runs if r.tags.get("task") == "recognition"
                     and head_family(r.tags.get("fusion", "")) in HEADS} - set(HEADS))
@@ -452,7 +528,9 @@ def table3(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                 published = paper.TABLE3.get("mambavl" if family == "mamba" else family, {})
                 source: str | Missing = "MambaVL paper, Table 3"
             else:
-                published, source = {}, Missing("the paper's Table 3 is on ORViT features only")
+                published, source = {}, Missing("the paper's Table 3 is on ORViT features only",
+                                                "published: the paper's ablation is on ORViT "
+                                                "features only")
             for protocol in query.protocols(runs, dataset):
                 pick = select(runs, replace(query, protocol=protocol), "action_top1", mode,
                               dataset)
@@ -463,20 +541,19 @@ def table3(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                 table.rows.append(row)
                 table.picks.append((_label(f"{name} ({_name(backbone)})", pick), pick))
     table.caption = (
-        f"Fusion heads on the same video and question features (features=video+questions, "
-        f"task=recognition); backbone(s): {', '.join(_name(b) for b in backbones)}. The "
-        f"paper's ablation (Table 3) ran on ORViT features, so its values stand beside the "
-        f"ORViT rows only. Head cost from the run's params/flops metrics (fusion.profile). "
-        f"Each row is the {_mode_words(mode)} run for its tags and protocol. "
-        f"Δ = ours − published. {_caption_tail(table, dataset)}")
+        f"Fusion heads on the same video and question features; backbone(s): "
+        f"{', '.join(_name(b) for b in backbones)}. The paper's ablation (Table 3) ran on "
+        f"ORViT features, so its values stand beside the ORViT rows only. Head cost: "
+        f"parameters (M) and GFLOPs per clip of the trained head at its input shapes. "
+        f"{_picked(mode)} Δ = ours − pub. {_caption_tail(table, dataset)}")
     return table
 
 
 def _head_cost(row: dict[str, Any], pick: Pick) -> None:
     for key, metric, scale in (("params_m", "params", 1e6), ("gflops", "flops", 1e9)):
         value = pick.run.metrics.get(metric) if pick.run else None
-        row[key] = (value / scale if value is not None else
-                    Missing(pick.reason if pick.run is None else f"run logged no {metric}"))
+        row[key] = (value / scale if value is not None else pick.missing() if pick.run is None
+                    else Missing(f"run logged no {metric}", "ours: the run logged no head cost"))
 
 
 BackboneCost = Callable[[str], "tuple[float | Missing, float | Missing, str]"]
@@ -489,15 +566,17 @@ def backbone_cost(backbone: str) -> tuple[float | Missing, float | Missing, str]
     name = BACKBONE_ALIAS.get(backbone, backbone)
     if name in list_backbones():
         d = describe_backbone(name)
-        alias = f" ({backbone!r} taken as {name!r})" if name != backbone else ""
+        alias = f" as {name}" if name != backbone else ""
         return (float(d["params"]), float(d["flops_per_clip"]),
-                f"extract.backbones{alias}, {d['num_frames']}×{d['image_size']} clip")
+                f"counted by us{alias} on a {d['num_frames']}×{d['image_size']}² clip")
     published = paper.TABLE4.get(backbone, {})
     if published.get("params_m") is not None:
         flops = (published["gflops"] * 1e9 if published.get("gflops") is not None else
-                 Missing(f"{_name(backbone)} GFLOPs: not counted here and not published"))
-        return published["params_m"] * 1e6, flops, paper.TABLE4_SOURCE
-    why = Missing(f"backbone {backbone!r}: cost neither counted here nor published")
+                 Missing(f"{_name(backbone)} GFLOPs: not counted here and not published",
+                         "ours: backbone cost neither counted nor published"))
+        return published["params_m"] * 1e6, flops, f"from the {paper.TABLE4_SOURCE}"
+    why = Missing(f"backbone {backbone!r}: cost neither counted here nor published",
+                  "ours: backbone cost neither counted nor published")
     return why, why, ""
 
 
@@ -506,14 +585,12 @@ def table4(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
     """GFLOPs and parameters: backbone alone, + Transformer 12×12 fusion, + MambaVL."""
     cols = [Column("backbone", "backbone"), Column("model", "model"),
             Column("protocol", "protocol"),
-            Column("params_m", "params (M)", "num"), Column("params_pub", "params published",
-                                                            "num"),
-            Column("params_diff", "params Δ", "delta"), Column("gflops", "GFLOPs", "num"),
-            Column("gflops_pub", "GFLOPs published", "num"),
-            Column("gflops_diff", "GFLOPs Δ", "delta"), Column("head_params_m", "head params (M)",
-                                                             "num"),
-            Column("cost_source", "backbone cost from"), Column("dataset", "dataset"),
-            Column("run", "head cost run (selection)")]
+            *(Column(f"{short}{suffix}", header, fmt, group)
+              for short, group in (("params", "parameters (M)"), ("gflops", "GFLOPs per clip"))
+              for suffix, header, fmt in (("_m" if short == "params" else "", "ours", "num"),
+                                          ("_pub", "pub.", "num"), ("_diff", "Δ", "delta"))),
+            Column("head_params_m", "head params (M)", "num"),
+            *_hidden("cost_source", "dataset", "run")]
     table = Table("table4", "Table 4 — parameters and GFLOPs per clip", "", cols)
     for backbone in _backbones(runs, "recognition", PAPER_BACKBONES):
         params, flops, source = cost(backbone)
@@ -524,7 +601,8 @@ def table4(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                                        ("+ MambaVL", "mamba", f"{backbone}+mambavl")):
             published = paper.TABLE4.get(pub_key, {}) if key == "orvit" else {}
             if fusion is None:
-                alone = Missing("backbone alone: cost counted or published, no run involved")
+                alone = Missing("backbone alone: cost counted or published, no run involved",
+                                "backbone alone: no run involved")
                 entries: list[tuple[Pick | None, float | Missing, float | Missing]] = [
                     (None, 0.0, 0.0)]
             else:
@@ -540,7 +618,7 @@ def table4(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                 row: dict[str, Any] = {"backbone": _name(backbone), "model": model,
                                        "cost_source": source or params, "head_params_m": head_p}
                 if pick is None:
-                    row.update(protocol=alone, dataset=alone, run=alone)
+                    row.update(protocol=None, dataset=alone, run=alone)
                 else:
                     _run_cells(row, pick)
                     table.picks.append((_label(f"{model} ({_name(backbone)})", pick), pick))
@@ -550,18 +628,22 @@ def table4(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                     pub = published.get("params_m" if short == "params" else "gflops")
                     row[f"{short}_pub"] = pub if pub is not None else Missing(
                         f"the paper's Table 4 gives no {short.replace('gflops', 'GFLOPs')} for "
-                        f"{_name(backbone)}")
+                        f"{_name(backbone)}", "published: the paper's Table 4 is on ORViT only")
                     ours = row["params_m" if short == "params" else "gflops"]
                     row[f"{short}_diff"] = (ours if isinstance(ours, Missing) else
                                             row[f"{short}_pub"] if pub is None else ours - pub)
                 table.rows.append(row)
+    sources: dict[str, str] = {}
+    for row in table.rows:
+        if isinstance(row["cost_source"], str):
+            sources.setdefault(row["backbone"], row["cost_source"])
     table.caption = (
-        f"Parameters (M) and GFLOPs per clip (2 FLOPs per multiply-add), one row per protocol "
-        f"of the head runs. Backbone cost from extract.backbones (counted on the meta device) "
-        f"or, for ORViT, the {paper.TABLE4_SOURCE}; head cost from the params/flops metrics "
-        f"of the {_mode_words(mode)} recognition run with that head (fusion.profile, at the "
-        f"run's feature shapes). Published: {paper.TABLE4_SOURCE} (ORViT only; the paper does "
-        f"not say which Transformer its fusion row uses). {_caption_tail(table, dataset)}")
+        f"Parameters (M) and GFLOPs per clip (2 FLOPs per multiply-add) of backbone + head, "
+        f"one row per protocol of the head runs. Backbone cost: "
+        f"{'; '.join(f'{b} {how}' for b, how in sources.items()) or 'none'}. Head cost: the "
+        f"trained head of the {_mode_words(mode)} recognition run with that head, at its input "
+        f"shapes. Published: {paper.TABLE4_SOURCE} (ORViT only; the paper does not say which "
+        f"Transformer its fusion row uses). {_caption_tail(table, dataset)}")
     return table
 
 
@@ -574,8 +656,14 @@ def _add(backbone: float | Missing, scale: float, head: float | Missing) -> floa
 
 
 def _mode_words(mode: Select) -> str:
-    return ("best (highest validation best_<metric>: action top-1, or action recall@5 for "
-            "anticipation)" if mode == "best" else "latest finished")
+    return ("best (highest validation action top-1; action recall@5 for anticipation)"
+            if mode == "best" else "latest finished")
+
+
+def _picked(mode: Select) -> str:
+    """The caption's sentence on how a row's run was chosen and where its marker leads."""
+    return (f"Each row of ours is the {_mode_words(mode)} run with that set-up and protocol; "
+            f"its numbered marker leads to the run in MLflow.")
 
 
 # --------------------------------------------------------------------------- sources
@@ -629,9 +717,9 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
     metrics = [f"{h}_top1" for h in VNA]
     cols = [Column("backbone", "backbone"), Column("protocol", "protocol"),
             Column("source", "information"),
-            *(Column(m, f"{m.split('_')[0]} top-1", "pct") for m in metrics),
-            *(Column(f"{m}_gain", f"{m.split('_')[0]}: both − this", "delta") for m in metrics),
-            Column("dataset", "dataset"), Column("run", "run (selection)")]
+            *(Column(m, m.split("_")[0], "pct", "top-1 (%)") for m in metrics),
+            *(Column(f"{m}_gain", m.split("_")[0], "delta", "both − this") for m in metrics),
+            *_hidden("dataset", "run")]
     table = Table("sources", "Information sources — what the video and the questions each "
                   "give, action recognition top-1 (%)", "", cols)
     queries = [(label, Query("recognition", "", features=f, fusion="mamba"))
@@ -651,8 +739,9 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
                 row: dict[str, Any] = {"backbone": _name(backbone), "source": label}
                 for m in metrics:
                     value = pick.run.metrics.get(f"best_{m}") if pick.run else None
-                    row[m] = (100 * value if value is not None else Missing(
-                        pick.reason if pick.run is None else f"run logged no best_{m}"))
+                    row[m] = (100 * value if value is not None else pick.missing()
+                              if pick.run is None else Missing(
+                                  f"run logged no best_{m}", "the run logged no such score"))
                 _run_cells(row, pick)
                 block.append(row)
                 table.picks.append((_label(f"{label} ({_name(backbone)})", pick), pick))
@@ -660,15 +749,17 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
                                                                   "probe_noun_top1")),
                                 ("majority class", ("majority_verb_top1",
                                                     "majority_noun_top1"))):
-                where = (Missing(f"from the audit {audit['path']}, not a training run")
-                         if audit else Missing(NO_AUDIT))
-                row = {"backbone": _name(backbone), "source": label, "protocol": where,
+                where = (Missing(f"from the audit {audit['path']}, not a training run",
+                                 "probe rows: from the question audit, not a training run")
+                         if audit else Missing(NO_AUDIT, "no question audit given (--audit)"))
+                row = {"backbone": _name(backbone), "source": label, "protocol": None,
                        "dataset": where, "run": where}
                 for m, key in zip(metrics, (*keys, None), strict=True):
                     if not audit:
-                        row[m] = Missing(NO_AUDIT)
+                        row[m] = Missing(NO_AUDIT, "no question audit given (--audit)")
                     elif key is None:
-                        row[m] = Missing("the audit scores verb and noun separately: no action")
+                        row[m] = Missing("the audit scores verb and noun separately: no action",
+                                         "the probe scores verb and noun separately: no action")
                     else:
                         row[m] = 100 * audit[key]
                 block.append(row)
@@ -677,7 +768,8 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
                 for m in metrics:
                     row[f"{m}_gain"] = None if row is both else _gain(both[m], row[m])
             table.rows.extend(block)
-    probe = ("Text probe and majority class: not given (pass --audit AUDIT.json)." if not audit
+    probe = (f"Text probe and majority class: not given (write them with `{AUDIT_COMMAND}` "
+             f"and pass --audit AUDIT.json)." if not audit
              else f"Text probe and majority class from the audit {audit['path']}: a "
              f"bag-of-words logistic regression from both questions to the label, trained on "
              f"{audit.get('train', '?')} ({audit.get('train_pairs', '?')} pairs) and scored on "
@@ -688,58 +780,147 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
                    - {""})
     mask_line = f" Question mask of our runs: {', '.join(masks)}." if masks else ""
     table.caption = (
-        f"Validation top-1 (%) of the Mamba head (fusion=mamba) on each information source: "
-        f"the video alone (features=video, fusion.train --questions none), the questions "
-        f"alone (features=questions, --video none) and both (features=video+questions); "
-        f"'both − this' is the gain of both over the row. The questions are written from "
-        f"the clip's own labels (paper §4.1), so a questions-alone or probe score far above "
-        f"the majority class is label leakage, not fusion. {probe}{mask_line} Each run row is "
-        f"the {_mode_words(mode)} run for its tags and protocol. {_caption_tail(table, dataset)}")
+        f"Validation top-1 (%) of the Mamba head on each information source: the video "
+        f"alone, the questions alone and both; 'both − this' is the gain of both over the "
+        f"row. The questions are written from the clip's own labels (paper §4.1), so a "
+        f"questions-alone or probe score far above the majority class is label leakage, not "
+        f"fusion. {probe}{mask_line} {_picked(mode)} {_caption_tail(table, dataset)}")
     return table
 
 
 # --------------------------------------------------------------------------- writers
 
 
-def to_markdown(table: Table) -> str:
-    notes = table.notes()
+@dataclass(frozen=True)
+class Cell:
+    """A shown cell: its text ("—" when empty), the empty cell's cause, the row's run note."""
+
+    text: str
+    numeric: bool
+    missing: Missing | None = None
+    note: RunNote | None = None
+
+
+LABEL_KEYS = ("model", "head", "source")
+"""The first of these among a table's shown columns carries the row's run marker."""
+
+
+def groups(table: Table) -> list[tuple[str, int]]:
+    """The grouped header over the shown columns: (label or "", span), left to right."""
+    spans: list[tuple[str, int]] = []
+    for col in table.shown:
+        if spans and col.group and spans[-1][0] == col.group:
+            spans[-1] = (col.group, spans[-1][1] + 1)
+        else:
+            spans.append((col.group, 1))
+    return spans
+
+
+def layout(table: Table) -> list[list[Cell]]:
+    """The shown cells row by row, the same for Markdown, LaTeX and HTML: formatted values,
+    a repeated backbone left blank (it heads its block), the run note on the row's label."""
+    shown = table.shown
+    label = next((c.key for c in shown if c.key in LABEL_KEYS), shown[0].key)
+    notes = {n.row: n for n in table.runs()}
+    rows, previous = [], None
+    for i, row in enumerate(table.rows):
+        cells = []
+        for col in shown:
+            value = row.get(col.key)
+            text = fmt(value, col.fmt)
+            if col.key == "backbone" and label != "backbone":
+                text, previous = ("" if text == previous else text), text
+            note = notes.get(i) if col.key == label else None
+            cells.append(Cell(text, col.fmt != "text",
+                              value if isinstance(value, Missing) else None, note))
+        rows.append(cells)
+    return rows
+
+
+def legend_line(table: Table) -> str:
+    """The one sentence that explains every "—" of the table."""
+    legend = table.legend()
+    return f"Empty cells (—): {'; '.join(legend)}." if legend else ""
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table, mlflow_url: str = DEFAULT_MLFLOW_URL) -> str:
+    """GitHub Markdown: grouped headers spelled `verb top-1: ours`, run markers linked."""
+    shown = table.shown
     lines = [f"### {table.title}", "", table.caption, "",
-             "| " + " | ".join(c.header for c in table.columns) + " |",
-             "|" + "|".join("---" for _ in table.columns) + "|"]
-    for row in table.rows:
-        cells = [fmt(row.get(c.key), c.fmt, notes).replace("|", "\\|") for c in table.columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *(f"({letter}) {reason}" for reason, letter in notes.items())]
+             "| " + " | ".join(_md(f"{c.group}: {c.header}" if c.group else c.header)
+                               for c in shown) + " |",
+             "|" + "|".join("---:" if c.fmt != "text" else "---" for c in shown) + "|"]
+    for cells in layout(table):
+        texts = [_md(c.text) + (f" <sup>[{c.note.number}]({c.note.url(mlflow_url)})</sup>"
+                                if c.note else "") for c in cells]
+        lines.append("| " + " | ".join(texts) + " |")
+    lines.append("")
+    if legend_line(table):
+        lines += [legend_line(table), ""]
+    lines += [f"<sup>{n.number}</sup> [{_md(n.text())}]({n.url(mlflow_url)})  "
+              for n in table.runs()]
     return "\n".join(lines).rstrip() + "\n"
 
 
 _TEX = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
-        "—": "---", "−": "$-$", "×": r"$\times$", "Δ": r"$\Delta$", "~": r"\textasciitilde{}",
-        "<": r"\textless{}", ">": r"\textgreater{}"}
+        "\\": r"\textbackslash{}", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}",
+        "<": r"\textless{}", ">": r"\textgreater{}", "—": "---", "–": "--", "−": "$-$",
+        "×": r"$\times$", "Δ": r"$\Delta$", "²": r"\textsuperscript{2}", "§": r"\S{}",
+        "·": r"$\cdot$", "…": r"\dots{}", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
+        "’": "'", "‘": "`", "“": "``", "”": "''", "\n": " "}
 
 
-def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
+def tex_escape(text: str) -> str:
+    """Text as LaTeX source that pdflatex compiles with no package beyond booktabs: every
+    special character escaped, every non-ASCII one spelled in ASCII (accents dropped)."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        if ch in _TEX:
+            out.append(_TEX[ch])
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:
+            out.append(unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+                       or "?")
+    return "".join(out)
 
 
 def to_latex(table: Table) -> str:
-    """A standalone `table*` (booktabs); run ids shortened to 8 characters to fit a page."""
-    notes = table.notes()
+    r"""A `table*` float for `\input` (booktabs; needs only `\usepackage{booktabs}`): grouped
+    headers with `\cmidrule`, run markers as superscripts, the legend and the run notes
+    (8-character ids) under the tabular."""
+    shown = table.shown
+    spec = "".join("r" if c.fmt != "text" else "l" for c in shown)
     out = [r"\begin{table*}[t]", r"\centering", r"\scriptsize",
-           r"\begin{tabular}{" + "l" * 2 + "r" * (len(table.columns) - 2) + "}", r"\toprule",
-           " & ".join(_tex(c.header) for c in table.columns) + r" \\", r"\midrule"]
-    for row in table.rows:
-        cells = []
-        for c in table.columns:
-            text = fmt(row.get(c.key), c.fmt, notes)
-            if c.key == "run" and not isinstance(row.get(c.key), Missing):
-                text = text[:8] + text[32:]
-            cells.append(_tex(text))
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}",
-            r"\caption{" + _tex(table.title + ". " + table.caption) + " " +
-            " ".join(_tex(f"({letter}) {reason}.") for reason, letter in notes.items()) + "}",
-            r"\label{tab:" + table.name + "}", r"\end{table*}"]
+           r"\caption{" + tex_escape(f"{table.title}. {table.caption}") + "}",
+           r"\label{tab:" + table.name + "}", r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    spans = groups(table)
+    if any(label for label, _ in spans):
+        heads, rules, first = [], [], 1
+        for label, span in spans:
+            heads.append(rf"\multicolumn{{{span}}}{{c}}{{{tex_escape(label)}}}" if label
+                         else " & ".join([""] * span))
+            if label:
+                rules.append(rf"\cmidrule(lr){{{first}-{first + span - 1}}}")
+            first += span
+        out += [" & ".join(heads) + r" \\", " ".join(rules)]
+    out += [" & ".join(tex_escape(c.header) for c in shown) + r" \\", r"\midrule"]
+    for cells in layout(table):
+        out.append(" & ".join(tex_escape(c.text) + (rf"\textsuperscript{{{c.note.number}}}"
+                                                     if c.note else "") for c in cells) + r" \\")
+    out.append(r"\bottomrule")
+    out.append(r"\end{tabular}")
+    below = [tex_escape(legend_line(table))] if legend_line(table) else []
+    below += [rf"\textsuperscript{{{n.number}}}\," + tex_escape(n.text()) for n in table.runs()]
+    if below:
+        out += [r"\par\smallskip", r"\parbox{\linewidth}{\raggedright " + " ".join(below) + "}"]
+    out.append(r"\end{table*}")
     return "\n".join(out) + "\n"
 
 
@@ -773,16 +954,19 @@ def build_tables(runs: Sequence[RunInfo], mode: Select, dataset: str | None = No
             sources_table(runs, mode, dataset, audit)]
 
 
-def write_tables(tables: Sequence[Table], out: Path, header: str = "") -> list[Path]:
+def write_tables(tables: Sequence[Table], out: Path, header: str = "",
+                 mlflow_url: str = DEFAULT_MLFLOW_URL) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for table in tables:
-        for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
+        for suffix, text in ((".md", to_markdown(table, mlflow_url)), (".tex", to_latex(table)),
+                             (".csv", to_csv(table))):
             path = out / f"{table.name}{suffix}"
-            path.write_text(render(table), encoding="utf-8")
+            path.write_text(text, encoding="utf-8")
             written.append(path)
     combined = out / "tables.md"
-    combined.write_text(header + "\n".join(to_markdown(t) for t in tables), encoding="utf-8")
+    combined.write_text(header + "\n".join(to_markdown(t, mlflow_url) for t in tables),
+                        encoding="utf-8")
     return [*written, combined]
 
 
@@ -809,6 +993,8 @@ class TablesConfig:
     audit: Path | None = None
     """`python -m extract.questions audit ... --json` output: the text-probe and majority-class
     rows of the information-sources table (without it those cells say how to make one)."""
+    mlflow_url: str = DEFAULT_MLFLOW_URL
+    """The MLflow UI the run markers link to (`make mlflow-ui` serves the store there)."""
 
 
 def main(args: Sequence[str] | None = None) -> list[Path]:
@@ -821,14 +1007,14 @@ def main(args: Sequence[str] | None = None) -> list[Path]:
     tables = build_tables(runs, config.select, config.dataset, audit=audit)
     header = (f"# MambaVL tables\n\nRuns: experiment `{config.experiment}` at `{uri}`, "
               f"selection `{config.select}`, {len(runs)} finished training run(s).\n\n")
-    written = write_tables(tables, config.out, header)
+    written = write_tables(tables, config.out, header, config.mlflow_url)
     if config.html:
         from reports.html import write_page
         from reports.plots import make_plots
 
         plots = make_plots(tables, uri, config.out / "plots", config.benchmark)
         written.append(write_page(tables, plots, config.out, uri, config.experiment,
-                                  config.select, problem))
+                                  config.select, problem, config.mlflow_url))
     if problem:
         print(f"reports.tables: {problem}. Every cell is '—' with its reason; train runs first "
               f"(`make demo`, or `python -m fusion.train --preset ...`), or pass "

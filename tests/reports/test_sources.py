@@ -88,7 +88,8 @@ def test_rows_and_gains_per_protocol(store: dict) -> None:
     assert isinstance(missing, Missing) and "features=video" in missing.reason
     assert "protocol=paper" in missing.reason and paper[0]["verb_top1_gain"] is missing
     text = to_markdown(table)
-    assert "| AVION ViT-L" not in text and "| demo | clean | video alone | 40.0 |" in text
+    assert "| AVION ViT-L" not in text and "|  | clean | video alone <sup>[" in text
+    assert "| 40.0 | 30.0 | 20.0 | +20.0 |" in text  # video alone: top-1 then both − this
     assert "+20.0" in text and ids["video"] in to_csv(table) and ids["video"][:8] in \
         to_latex(table)
 
@@ -107,7 +108,7 @@ def test_without_an_audit_the_probe_rows_say_how_to_make_one(store: dict) -> Non
     runs, _ = load_runs(store["uri"], EXPERIMENT)
     table = sources_table(runs, "best")
     probe = rows(table, source="text probe (both questions)")[0]
-    assert probe["verb_top1"] == Missing(NO_AUDIT) and "--audit" in NO_AUDIT
+    assert probe["verb_top1"].reason == NO_AUDIT and "--audit" in NO_AUDIT
     assert "extract.questions audit" in to_markdown(table)
     assert rows(table, source="video alone")[1]["verb_top1_gain"] == pytest.approx(20.0)  # clean
 

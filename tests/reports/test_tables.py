@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def fake_cost(backbone: str):
     """Backbone costs without counting FLOPs (main() below uses the real extract.backbones)."""
-    known = {"vitl": (303.2e6, 4129.5e9, "extract.backbones"),
-             "vitb": (85.8e6, 899.3e9, "extract.backbones")}
+    known = {"vitl": (303.2e6, 4129.5e9, "counted by us on a 16×224² clip"),
+             "vitb": (85.8e6, 899.3e9, "counted by us on a 16×224² clip")}
     if backbone in known:
         return known[backbone]
     from reports.tables import backbone_cost
@@ -188,12 +189,34 @@ def test_missing_cells_say_why(store: dict) -> None:
         orvit["run"].reason
     text = to_markdown(t3)
     t12 = rows(t3, head="Transformer 12×12")[0]
-    letter = t3.notes()[t12["run"].reason]
-    assert f"— ({letter})" in text and f"({letter}) no finished run tagged " \
-        "fusion=transformer_12x12" in text
-    assert "the paper's Table 3 is on ORViT features only" in text
-    assert "reports/paper.py" not in text  # footnotes never name internal files
+    assert "no finished run tagged fusion=transformer_12x12" in t12["run"].reason
+    # every empty cell is a bare "—", explained once in the legend under the table
+    assert "| Transformer 12×12 | — | — |" in text
+    legend = [line for line in text.splitlines() if line.startswith("Empty cells (—): ")]
+    assert len(legend) == 1 and text.count("ours: no run with this set-up yet") == 1
+    assert "published: the paper's ablation is on ORViT features only" in legend[0]
+    for table in (t1, t3, t4):  # what a reader sees never names internal files or tags
+        for shown in (to_markdown(table), to_latex(table)):
+            for internal in ("reports/", "fusion/", "fusion.", "extract.", ".csv", ".py",
+                             "tagged", "best_"):
+                assert internal not in shown, (table.name, internal)
     assert "transformer_12x12" in to_csv(t4)  # the CSV notes column carries the reason
+
+
+def test_run_markers_link_to_mlflow(store: dict) -> None:
+    runs, _ = load_runs(store["uri"], EXPERIMENT)
+    t1 = build_tables(runs, "best", cost=fake_cost)[0]
+    run = next(r for r in runs if r.run_id == store["ids"]["mamba_best"])
+    url = f"http://mlflow.example:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    text = to_markdown(t1, "http://mlflow.example:5000/")
+    notes = t1.runs()
+    number = next(n.number for n in notes if n.run.run_id == run.run_id)
+    assert f"| AVION ViT-L + MambaVL <sup>[{number}]({url})</sup> | clean |" in text
+    assert f"<sup>{number}</sup> [run {run.run_id[:8]} (best of 3), protocol clean" in text
+    assert [n.number for n in notes] == list(range(1, len(notes) + 1))
+    # grouped header: per metric ours, published, difference; one decimal everywhere
+    assert "| verb top-1: ours | verb top-1: pub. | verb top-1: Δ |" in text
+    assert "| 60.0 | 74.3 | −14.3 |" in text  # verb = best 0.40 + 0.2
 
 
 def test_captions_name_the_dataset(store: dict) -> None:
@@ -241,7 +264,9 @@ def test_empty_store_explains(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "no tracking store" in err and "make demo" in err
     text = (out / "table1.md").read_text()
-    assert "no finished run tagged" in text and "Dataset: none" in text
+    assert "Empty cells (—): ours: another method, published value only; ours: no run with " \
+        "this set-up yet." in text and "Dataset: none" in text
+    assert "no finished run tagged" in (out / "table1.csv").read_text()  # the precise cause
     assert not (out / "index.html").exists()
 
 
@@ -268,7 +293,9 @@ def test_protocols_side_by_side(tmp_path: Path) -> None:
     assert "Protocol of our runs: authors, paper, clean" in t1.caption
     assert "frozen features" in t1.caption and "frozen features" in to_latex(t1)
     text = to_markdown(t3)
-    assert "| ORViT | MambaVL | paper | 55.0 | 69.1 | −14.1 |" in text  # verb 0.35 + 0.2
+    assert re.search(r"\|  \| MambaVL <sup>\[\d\]\(http\S+\)</sup> \| paper \| 55.0 \| 69.1 \| "
+                     r"−14.1 \|", text)  # verb 0.35 + 0.2; the backbone heads its block only
+    assert text.count("| ORViT |") == 1
     assert [r["protocol"] for r in rows(t4, backbone="ORViT", model="+ MambaVL")] == \
         ["authors", "paper", "clean"]
     assert "frozen features" in t4.caption
