@@ -36,8 +36,9 @@ T = TypeVar("T")
 
 LINES_PER_EPOCH = 10
 """Progress lines per epoch in `lines` mode (one every ~10 % of the steps)."""
-LINE_MIN_SECONDS = 5.0
-"""...and at most one every this many seconds: a short epoch's one epoch line is enough."""
+LINE_MIN_SECONDS = 30.0
+"""...and at most one every this many seconds: a short epoch's own line is enough, and a log
+shows a sign of life at least this often during long ones."""
 BAR_LOSS_SECONDS = 0.5
 """How often the bar's running loss is read from the device (each read is a host sync)."""
 SIGNIFICANT = 4
@@ -61,8 +62,9 @@ def sci(value: float) -> str:
 
 
 def loss_text(value: float) -> str:
-    """A loss to 3 significant digits (2.31, 0.0123) without losing small values."""
-    return f"{value:.3g}"
+    """A loss to 3 significant digits, trailing zeros kept so a log's column lines up
+    (2.31, 4.90, 0.0123, 112), without losing small values."""
+    return f"{value:#.3g}".rstrip(".")
 
 
 def duration(seconds: float) -> str:

@@ -15,7 +15,15 @@ import torch
 
 from features.config import to_dict
 from fusion import console
-from fusion.console import Console, epoch_line, final_json, json_line, metric_label, summary
+from fusion.console import (
+    Console,
+    epoch_line,
+    final_json,
+    json_line,
+    loss_text,
+    metric_label,
+    summary,
+)
 from fusion.train import NOT_RESULT_FIELDS, TrainConfig, fingerprint, main, train
 from tests.fusion.test_train import TEXT_STORE, config_for, make_dataset
 
@@ -53,6 +61,7 @@ def test_labels_durations_and_json_rounding() -> None:
     assert [metric_label(k) for k in ("action_top1", "noun_top5", "tail_verb_recall5",
                                       "train_loss")] == [
         "action@1", "noun@5", "tail verb R@5", "train_loss"]
+    assert [loss_text(v) for v in (4.9, 0.01234, 112.0)] == ["4.90", "0.0123", "112"]
     assert [console.duration(s) for s in (0.04, 59.94, 61, 3 * 3600 + 7 * 60)] == [
         "0.0s", "59.9s", "1m01s", "3h07m"]
     record = json.loads(json_line(RECORD))
@@ -74,7 +83,7 @@ def test_lines_mode_writes_periodic_progress_to_a_file() -> None:
     lines = log.getvalue().splitlines()
     # every ceil(25 / 10) = 3 steps, not on the last (the epoch line follows)
     assert [int(re.search(r"step (\d+)/25", line)[1]) for line in lines] == list(range(3, 25, 3))
-    assert re.fullmatch(r"epoch  3/20  step 3/25  loss 2  [\d.]+ it/s  eta [\d.]+s", lines[0])
+    assert re.fullmatch(r"epoch  3/20  step 3/25  loss 2.00  [\d.]+ it/s  eta [\d.]+s", lines[0])
 
 
 def test_lines_mode_stays_quiet_within_its_minimum_interval() -> None:
@@ -118,7 +127,7 @@ def test_header_epoch_lines_and_summary_of_a_real_run(dataset: Path, tmp_path: P
     assert len(epochs) == 3
     for number, (line, record) in enumerate(zip(epochs, torch.load(
             folder / "last.pt", weights_only=True)["state"]["history"], strict=True), 1):
-        assert line.startswith(f"epoch {number}/3  loss {record['train_loss']:.3g}  "
+        assert line.startswith(f"epoch {number}/3  loss {loss_text(record['train_loss'])}  "
                                f"action@1 {100 * record['action_top1']:.1f}  best ")
         assert f"lr {record['lr']:.2e}" in line
     text = summary(result, "recognition", "best-epoch", 3, config.tracking_uri)
