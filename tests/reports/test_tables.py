@@ -46,8 +46,8 @@ def log_run(client, experiment_id: str, *, fusion: str, backbone: str, task: str
         client.log_metric(run_id, f"best_{head}_top5", min(1.0, 2 * best))
         client.log_metric(run_id, f"best_{head}_recall5", best + 0.05 * (2 - i))
     sizes = {"mlp": 1.0e6, "transformer_6x4": 20e6, "transformer_12x12": 94e6, "mamba": 9e6}
-    client.log_metric(run_id, "params", sizes[fusion])
-    client.log_metric(run_id, "flops", 40 * sizes[fusion])
+    client.log_metric(run_id, "params", sizes.get(fusion, 5.6e6))
+    client.log_metric(run_id, "flops", 40 * sizes.get(fusion, 5.6e6))
     client.set_terminated(run_id, status=status)
     return run_id
 
