@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -175,11 +176,17 @@ def run_header(config: TrainConfig, *, device: torch.device, folder: Path, head:
 
 
 def resolve_mode(progress: Progress, stream: IO[str]) -> Literal["bar", "lines", "quiet"]:
-    """`auto`: a bar where `stream` is a terminal, progress lines where it is a file or pipe."""
+    """`auto`: a bar where `stream` is a terminal, progress lines where it is a file or pipe,
+    or a terminal that reports no width (a pty without a size: tqdm would draw nothing)."""
     if progress != "auto":
         return progress
     isatty = getattr(stream, "isatty", None)
-    return "bar" if isatty is not None and isatty() else "lines"
+    if isatty is None or not isatty():
+        return "lines"
+    try:
+        return "bar" if os.get_terminal_size(stream.fileno()).columns > 0 else "lines"
+    except (OSError, ValueError):
+        return "lines"
 
 
 @dataclass

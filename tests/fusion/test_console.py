@@ -4,10 +4,13 @@ and the header, on real training runs of the tiny synthetic dataset (`test_train
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
 import re
+import struct
+import termios
 from pathlib import Path
 
 import pytest
@@ -97,8 +100,9 @@ def test_lines_mode_stays_quiet_within_its_minimum_interval() -> None:
 def test_auto_draws_a_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     primary, secondary = os.openpty()
     with os.fdopen(secondary, "w") as terminal:
-        out = Console.create("auto", epochs=2, stream=terminal)
-        assert out.mode == "bar"
+        assert Console.create("auto", epochs=2, stream=terminal).mode == "lines"  # 0 columns
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        assert Console.create("auto", epochs=2, stream=terminal).mode == "bar"
     os.close(primary)
     log = io.StringIO()
     monkeypatch.setattr(console, "BAR_LOSS_SECONDS", 0.0)
