@@ -89,9 +89,10 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     sequences). The layout follows from the tile shapes (module docstring): with
     BLOCK_D = 32 x warps every thread owns one channel and all its states; with 16 channels
     and one warp, two lanes share a channel's states (half the registers, one shuffle in each
-    sum over states). Defaults: forward 32 channels and one warp (its state is 16 registers),
-    backward 16 channels and one warp (it keeps the chunk's states in registers), the fastest
-    of the tile sweep on the H200 (benchmarks/results/scan_backends_h200.md).
+    sum over states). Default 16 channels and one warp for both kernels: the fastest of the
+    tile sweep on the H200 at L = 256 and 4096 (fwd+bwd 0.83x the 32-channel forward;
+    benchmarks/results/scan_backends_h200_sweep.md); 32 channels with BLOCK_T 4 was faster
+    at L = 16 only (0.78 vs 0.97 ms).
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
@@ -103,7 +104,7 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
         return _pow2(given) if given else max(1, min(_pow2(d), default))
 
     return {"BLOCK_N": block_n, "BLOCK_T": block_t,
-            "BLOCK_D_FWD": block_d(config.block_d_fwd, 32 * warps_fwd),
+            "BLOCK_D_FWD": block_d(config.block_d_fwd, 16 * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd}
 
