@@ -116,6 +116,34 @@ def test_anticipation_questions_ignore_the_labels_to_anticipate(
     assert outputs["template"][0] != outputs["template"][1]  # recognition's do follow the labels
 
 
+def test_recognized_generator_asks_about_the_clip_from_predictions(
+    tiny_ek100: Path, tmp_path: Path
+) -> None:
+    """`recognized` (the unlabelled test split in recognition): the clip's own templates, from
+    the predicted classes, exactly as `template` writes them for those labels."""
+    ids = [f"P01_01_{i}" for i in range(4)] + ["P02_01_0", "P02_01_1"]
+    verb_scores, noun_scores = np.zeros((6, 3), np.float32), np.zeros((6, 4), np.float32)
+    verb_scores[:, 2], noun_scores[:, 1] = 1, 1  # "open", "knife"
+    np.savez(tmp_path / "p.npz", narration_id=np.array(ids), verb_scores=verb_scores,
+             noun_scores=noun_scores)
+    _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="none",
+         generator="recognized", predictions=tmp_path / "p.npz")
+    questions = read_questions(tmp_path / "q.jsonl")
+    assert (questions["verb_class"] == 2).all() and (questions["noun_class"] == 1).all()
+    assert (questions["generator"] == "recognized").all()
+    scaffolds = [t.split("{")[0] for t in (*VERB_TEMPLATES, *NOUN_TEMPLATES)]
+    for text in (*questions["verb_question"], *questions["noun_question"]):
+        assert text.startswith(tuple(scaffolds)), text
+        assert not text.startswith(tuple(t.split("{")[0] for t in NEXT_VERB_TEMPLATES))
+
+
+def test_generators_from_predictions_need_them(tiny_ek100: Path) -> None:
+    for generator in ("recognized", "predictions"):
+        line = one_error_line(questions_cli(tiny_ek100 / "EPIC_100_validation.csv", tiny_ek100,
+                                            "--generator", generator))
+        assert f"--generator {generator} needs --predictions" in line
+
+
 def _relabel(row: str) -> str:
     """The row with another target action: verb and noun classes (and words) moved by one."""
     verbs, nouns = ("take", "put-down", "open"), ("tap", "knife", "plate", "cupboard")
