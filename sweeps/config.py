@@ -74,6 +74,10 @@ class SweepConfig:
     """module:function with fusion.train.train's signature (tests and benchmarks swap it)."""
     summary: bool = True
     """Log best params, plots and history to the MLflow parent run when the study is done."""
+    verbose: bool = False
+    """Show each trial's own training output and Optuna's INFO logs; by default a sweep
+    prints one line as a trial starts (`trial k/N` and its parameters) and one as it ends
+    (its result and the best so far)."""
 
     def study_name(self, backbone: str) -> str:
         protocol = "" if self.protocol == "clean" else f"-{self.protocol}"

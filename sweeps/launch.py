@@ -29,6 +29,7 @@ from sweeps.study import (
     open_study,
     preflight,
     run_worker,
+    set_log_level,
     stop_on_signals,
     stop_requested,
     visible_gpus,
@@ -103,6 +104,7 @@ def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path,
 
 def sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or continue) the sweep to `config.trials` finished trials."""
+    set_log_level(config.verbose)
     base = preflight(config)
     gpus = worker_gpus(config, base.device) if config.workers * config.parallel > 1 else []
     storage = make_storage(config)

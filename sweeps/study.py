@@ -46,6 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from features.errors import HarnessError, one_line, resolve_device
 from sweeps.config import DEFAULT_TRAIN_FN, SweepConfig
+from sweeps.console import INDEX_ATTR, SweepConsole, label
 from sweeps.space import Space, apply, in_space, load_space
 
 if TYPE_CHECKING:
@@ -58,6 +59,12 @@ def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
+
+def set_log_level(verbose: bool) -> None:
+    """Optuna's own INFO lines ("Trial 3 finished with value ...") only with `--verbose`:
+    the sweep's console says the same per trial, with k/N and the best so far."""
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -373,6 +380,7 @@ class Objective:
     parent_run_id: str | None
     worker: int
     train_fn: TrainFn
+    console: SweepConsole
     last_number: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -383,20 +391,26 @@ class Objective:
             raise SetupError(error) from error
 
     def _run(self, trial: optuna.Trial) -> float:
-        if _rank(trial.study, trial.number) >= self.config.trials:
+        rank = _rank(trial.study, trial.number)
+        if rank >= self.config.trials:
             trial.set_user_attr("over_target", True)
             raise OverTarget(f"trial {trial.number} is beyond the target of "
                              f"{self.config.trials}; another worker took the last slot")
         values = self.space.suggest(trial)
         root = root_number(trial)
+        index = (rank + 1 if root == trial.number
+                 else label(trial.study.get_trials(deepcopy=False)[root]))
+        trial.set_user_attr(INDEX_ATTR, index)
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number),
-                "optuna.trial_root": str(root), "sweep.worker": str(self.worker)}
+                "optuna.trial_root": str(root), "sweep.worker": str(self.worker),
+                "mlflow.runName": f"{self.study_name}/trial-{root:04d}"}
         train_config = dataclasses.replace(
             apply(self.base, self.space, values),
             run_name=f"trial-{root:04d}",
             parent_run_id=self.parent_run_id,
             seed=self.base.seed,
             tags=(*self.base.tags, *(f"{k}={v}" for k, v in tags.items())),
+            progress=self.base.progress if self.config.verbose else "quiet",
         )
         from sweeps.tracking import close_orphan_runs
 
@@ -404,23 +418,24 @@ class Objective:
         trial.set_user_attr("run_folder", str(folder))
         trial.set_user_attr("worker", self.worker)
         if root != trial.number:
-            print(f"trial {trial.number} retries trial {root}: resuming {folder}",
-                  file=sys.stderr)
             close_orphan_runs(train_config, self.study_name, root, folder)
+        self.console.started(index, values, resumed=root != trial.number)
         metric = self.config.metric
-        first = [True]
+        run_ids: list[str] = []
+        last: dict[str, Any] = {}
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if stop_requested():  # a signal's KeyboardInterrupt may have been swallowed
                 raise KeyboardInterrupt("stop requested")
-            if first[0]:
-                first[0] = False
+            if not run_ids:
                 from sweeps.tracking import tag_active_run
 
                 run_id = tag_active_run(tags)
                 if run_id:
+                    run_ids.append(run_id)
                     trial.set_user_attr("mlflow_run_id", run_id)
             value = float(metrics[metric])
+            last.update(epoch=epoch, value=value)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {metric} {value:.4f}")
@@ -429,6 +444,10 @@ class Objective:
             with interruptible():
                 result = self.train_fn(train_config, on_epoch=on_epoch)
         except optuna.TrialPruned:
+            from sweeps.tracking import end_pruned_run
+
+            end_pruned_run(train_config, run_ids[0] if run_ids else None, last["epoch"])
+            self.console.pruned(trial.study, index, last["epoch"], last["value"])
             raise
         except BaseException as error:
             from sweeps.tracking import end_active_runs
@@ -440,7 +459,7 @@ class Objective:
             raise
         from sweeps.tracking import tag_run
 
-        tag_run(train_config, result.get("run_id"), tags)
+        tag_run(train_config, result.get("run_id"), {**tags, "pruned": "false"})
         trial.set_user_attr("mlflow_run_id", result.get("run_id"))
         trial.set_user_attr("epochs_run", result.get("epochs_run"))
         best = result.get("best") or {}
@@ -448,6 +467,7 @@ class Objective:
             raise RuntimeError(f"training returned no {metric!r} (best: {sorted(best)})")
         if "epoch" in best:
             trial.set_user_attr("best_epoch", best["epoch"])
+        self.console.finished(trial.study, index, float(best[metric]))
         return float(best[metric])
 
 
@@ -514,13 +534,17 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
                poll: float | None = None) -> dict[str, int]:
     """Run trials until the study holds `config.trials` finished ones; safe to run anywhere,
     any number of times, alongside other workers of the same study."""
+    set_log_level(config.verbose)
     base = preflight(config)
     storage = make_storage(config)
     study = open_study(config, storage)
+    several = config.workers * config.parallel > 1
     objective = Objective(config, study.study_name, base,
                           load_space(config.fusion, config.space, config.protocol),
                           parent_run_id or study.user_attrs.get("mlflow_parent_run_id"),
-                          worker, load_train_fn(config.train_fn))
+                          worker, load_train_fn(config.train_fn),
+                          SweepConsole(config.trials, config.metric,
+                                       f"[worker {worker}] " if several else ""))
     poll = poll if poll is not None else min(2.0, max(0.2, config.heartbeat / 2))
     failures, ran = 0, 0
     with stop_on_signals():

@@ -53,9 +53,9 @@ def ensure_parent_run(study: optuna.Study, config: SweepConfig, base: TrainConfi
             return run_id
         except mlflow.exceptions.MlflowException:
             print(f"parent run {run_id} not in {_uri(base)}: starting a new one", file=sys.stderr)
-    experiment = client.get_experiment_by_name(base.experiment)
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(base.experiment))
+    from fusion.tracking import connect
+
+    experiment_id = connect(_uri(base), base.experiment)  # artifacts beside the database
     tags = {
         "sweep": "true", "optuna.study": study.study_name, "fusion": config.fusion,
         "protocol": config.protocol, "task": config.task, "backbone": base.backbone,
@@ -65,11 +65,12 @@ def ensure_parent_run(study: optuna.Study, config: SweepConfig, base: TrainConfi
         "mlflow.note.content": (
             f"Optuna sweep `{study.study_name}`: {config.fusion} head under the "
             f"{config.protocol} protocol, {config.task}, "
-            f"objective validation {config.metric}. Trials are the nested runs; compare them "
-            "in the table (tags optuna.trial, metrics best_*) or select several and Compare."
+            f"objective validation {config.metric}. Trials are the nested runs "
+            f"`{study.study_name}/trial-NNNN`; compare them in the table (metrics best_*, "
+            "tag pruned) or select several and Compare."
         ),
     }
-    run = client.create_run(experiment_id, run_name=f"sweep-{study.study_name}", tags=tags)
+    run = client.create_run(experiment_id, run_name=study.study_name, tags=tags)
     run_id = run.info.run_id
     client.log_batch(run_id, params=[
         mlflow.entities.Param(k, str(v)) for k, v in {
@@ -103,6 +104,20 @@ def tag_run(train_config: TrainConfig, run_id: str | None, tags: dict[str, str])
         client = MlflowClient(_uri(train_config))
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
+
+
+def end_pruned_run(train_config: TrainConfig, run_id: str | None, epoch: int) -> None:
+    """A pruned trial's run ends FINISHED, tagged `pruned=true` and `pruned.epoch`: it did
+    what the sweep asked (stop when the pruner says so), unlike a KILLED or FAILED run.
+    The trainer ends its run when the pruner's exception passes through (fusion.train:
+    KILLED); this sets the outcome after."""
+    end_active_runs("FINISHED")  # a trainer that left it open
+    if run_id is None:
+        return
+    client = MlflowClient(_uri(train_config))
+    client.set_tag(run_id, "pruned", "true")
+    client.set_tag(run_id, "pruned.epoch", str(epoch))
+    client.update_run(run_id, status="FINISHED")
 
 
 def end_active_runs(status: str) -> None:

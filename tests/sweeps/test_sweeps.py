@@ -60,8 +60,10 @@ def fake_train(config: Any, on_epoch: Any = None) -> dict[str, Any]:
         tags = dict(tag.split("=", 1) for tag in config.tags)
         if config.parent_run_id:
             tags["mlflow.parentRunId"] = config.parent_run_id
-        run = mlflow.start_run(run_name=folder.name, tags=tags)
+        run = mlflow.start_run(run_name=tags.pop("mlflow.runName", folder.name), tags=tags)
     state["run_id"] = run.info.run_id
+    if config.progress != "quiet":  # fusion.train's epoch lines, which `quiet` leaves out
+        print(f"TRAINING OUTPUT of {folder.name}", file=sys.stderr)
     quality = 1.0 - abs(math.log10(config.peak_lr) + 3.0) / 3.0
     for epoch in range(state["epoch"], config.epochs):
         time.sleep(float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05")))
@@ -165,11 +167,18 @@ def check_mlflow(tmp: Path, trials: int) -> None:
     parent = parents[0]
     assert parent.data.tags["optuna.study"] == "t" and parent.data.tags["fusion"] == "mamba"
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "t"  # the study's name
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == trials
     assert all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.tags["optuna.study"] == "t" and "optuna.trial" in r.data.tags
                for r in children)
+    assert sorted(r.info.run_name for r in children) == sorted(
+        f"t/trial-{int(r.data.tags['optuna.trial_root']):04d}" for r in children)
+    # artifacts beside the database, not in ./mlruns of the folder the sweep ran in
+    assert experiment.artifact_location.removeprefix("file://") == str(
+        (tmp / "mlartifacts").resolve())
+    assert (tmp / "mlartifacts").is_dir()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     for name in ("best.json", "trials.csv", "optimization_history.png",
                  "param_importances.png", "parallel_coordinate.png"):
@@ -611,9 +620,49 @@ def test_pruning_on_the_per_epoch_metric(tmp_path: Path, pruner: str,
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert all(len(t.intermediate_values) < 4 for t in pruned)
     client = MlflowClient(uri)
-    for trial in pruned:  # the training run of a pruned trial ends KILLED, not FINISHED
-        assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    for trial in pruned:  # a pruned trial's run ends FINISHED and says it was pruned, when
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["pruned"] == "true"
+        assert run.data.tags["pruned.epoch"] == str(len(trial.intermediate_values))
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags["pruned"] == "false"
     assert result["best_value"] == pytest.approx(study.best_value)
+
+
+def test_console_says_trial_k_of_n_its_params_and_the_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line as a trial starts (k/N, its parameters), one as it ends (its result, the
+    best so far); the trials' own output and Optuna's INFO logs only with --verbose."""
+    from sweeps.launch import sweep
+
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
+    (tmp_path / "space.yaml").write_text(CPU_SPACE)
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    sweep(sweep_config(tmp_path, storage, trials=3, epochs=2, space=tmp_path / "space.yaml",
+                       summary=False))
+    err = capsys.readouterr().err
+    trials = load(storage).trials
+    expected = []
+    for k, trial in enumerate(trials, 1):
+        p = trial.params
+        expected.append(f"trial {k}/3  lr {p['peak_lr']:.1e}  ssm_lr {p['ssm_peak_lr']:.1e}  "
+                        f"d_model {p['d_model']}  depth {p['depth']}")
+        best = max(range(k), key=lambda i: trials[i].value)
+        expected.append(f"trial {k}/3  action@1 {100 * trial.value:.1f}  "
+                        f"(best {100 * trials[best].value:.1f}, trial {best + 1})")
+    assert [line for line in err.splitlines() if line.startswith("trial ")] == expected
+    assert "TRAINING OUTPUT" not in err  # trials train with progress="quiet"
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+
+    verbose = tmp_path / "verbose"
+    sweep(sweep_config(verbose, f"sqlite:///{verbose / 'sweeps.db'}", trials=1, epochs=1,
+                       space=tmp_path / "space.yaml", summary=False, verbose=True,
+                       tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}"))  # one migration
+    assert "TRAINING OUTPUT of trial-0000" in capsys.readouterr().err
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def test_workers_are_spread_over_visible_gpus() -> None:
@@ -697,6 +746,8 @@ def test_sweep_with_the_real_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert run.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
         assert run.data.tags["optuna.trial"] == str(trial.number)
         assert run.data.tags["fusion"] == "mamba"
+        assert run.info.run_name == f"t/trial-{trial.number:04d}"
+        assert run.data.params["device"] == "cpu" and run.data.params["head.d_state"] != "None"
         assert run.data.metrics["best_action_top1"] == pytest.approx(trial.value)
         assert Path(trial.user_attrs["run_folder"], "last.pt").exists()
 
