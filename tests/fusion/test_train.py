@@ -162,7 +162,8 @@ def run_train_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     whole = train(config_for(dataset, tmp_path, run_name="whole"))
@@ -176,7 +177,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path:
     client = MlflowClient(config.tracking_uri)
     assert client.get_run(last["state"]["run_id"]).info.status == "RUNNING"
 
+    capsys.readouterr()
     resumed = train(config)  # the same command again: the dead process's lock is gone
+    err = capsys.readouterr().err  # the header says so, then epochs 3 and 4 only
+    assert f"  run       {config.out / 'killed'} (resuming after epoch 2)" in err
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("epoch ")] == [
+        "epoch 3/4", "epoch 4/4"]
     assert resumed["run_id"] == last["state"]["run_id"]  # the same MLflow run, reopened
     assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
     a = torch.load(config.out / "whole" / "last.pt", weights_only=True)
@@ -192,7 +198,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path:
     assert whole["best"]["action_top1"] == resumed["best"]["action_top1"]
 
 
-def test_video_only_and_early_stop(dataset: Path, tmp_path: Path) -> None:
+def test_video_only_and_early_stop(dataset: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     config = config_for(dataset, tmp_path, questions="none", fusion="mlp",
@@ -201,6 +208,11 @@ def test_video_only_and_early_stop(dataset: Path, tmp_path: Path) -> None:
                         run_name="video-only")
     result = train(config)
     assert result["epochs_run"] == 3  # epoch 1 is best; two more without a gain
+    err = capsys.readouterr().err
+    assert "early stop: no action_top1 gain for 2 epochs" in err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all("  lr 1.00e-12  " in line for line in epochs)  # not 0.0
+    assert "  features  video demo\n" in err and "@ 1  lr" in epochs[-1]
     run = MlflowClient(config.tracking_uri).get_run(result["run_id"])
     assert run.data.tags["features"] == "video"
     assert "manifest.text.train" not in run.data.tags
