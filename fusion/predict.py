@@ -240,17 +240,16 @@ def _check_trained_on(config: TrainConfig, stores: dict[str, FeatureStore], spli
                    for k, v in trained.items()}
         stores = {k: _without(v, OVERRIDE_MAY_DIFFER[k] if k in overridden else ())
                   for k, v in stores.items()}
-        for kind in overridden:
-            fields = ", ".join(".".join(f) for f in OVERRIDE_MAY_DIFFER[kind])
-            print(f"note: {split} {kind} features from {stores[kind].path}, not the run's "
-                  f"store; checked against its training store but for {fields}",
-                  file=sys.stderr)
     try:
         check_compatible(trained, stores)
     except StoreError as error:
         reason = errors.one_line(error).replace("train and validation", f"train and {split}")
         raise StoreError(f"the {split} features differ from those the run trained on: "
                          f"{reason}") from None
+    for kind in overridden:
+        fields = ", ".join(".".join(f) for f in OVERRIDE_MAY_DIFFER[kind])
+        print(f"note: {split} {kind} features from {stores[kind].path}, not the run's store; "
+              f"they match its training store but for {fields}", file=sys.stderr)
 
 
 def load_model(config: TrainConfig, folder: Path, which: str, dims: dict[str, int],

@@ -132,3 +132,56 @@ def test_one_line_errors(trained, tmp_path: Path) -> None:
     line = one_error_line(cli("fusion.predict", "--run", str(folder), "--split", "test",
                               "--data", str(copy), "--device", "cpu"))
     assert "test/video-demo.zarr: no video feature store" in line and "make extract" in line
+
+
+def test_failed_rows_score_the_train_prior(trained, tmp_path: Path) -> None:
+    """`--failed prior`: every segment gets a row; a failed clip scores the train split's
+    class frequencies (add-one), the others what the model predicts."""
+    dataset, folder, test_ids = trained
+    copy = tmp_path / "demo"
+    shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns("test"))
+    write_test_split(copy, fail_row=3)
+    common = dict(run=folder, split="test", device="cpu", data=copy)
+    excluded = load_predictions(run_predict(PredictConfig(**common, failed="exclude",
+                                                          out=tmp_path / "e.npz"))[0])
+    path, count = run_predict(PredictConfig(**common, failed="prior", out=tmp_path / "p.npz"))
+    prior = load_predictions(path)
+    assert count == len(test_ids) and prior.narration_id.tolist() == test_ids
+    keep = [i for i in range(len(test_ids)) if i != 3]
+    np.testing.assert_array_equal(prior.verb_scores[keep], excluded.verb_scores)
+    train = load_segments(copy / "annotations" / "EPIC_100_train.csv")
+    for name, count_classes in (("verb", 5), ("noun", 6)):
+        frequency = np.bincount(train[f"{name}_class"], minlength=count_classes) + 1.0
+        np.testing.assert_allclose(getattr(prior, f"{name}_scores")[3],
+                                   np.log(frequency / frequency.sum()), rtol=1e-6)
+
+
+def _text_store(root: Path, name: str, ids: list[str], manifest: dict) -> None:
+    rng = np.random.default_rng(3)
+    arrays = {"verb_tokens": rng.normal(size=(len(ids), 6, 8)).astype(np.float16),
+              "noun_tokens": rng.normal(size=(len(ids), 6, 8)).astype(np.float16),
+              "verb_mask": np.ones((len(ids), 6), bool), "noun_mask": np.ones((len(ids), 6), bool)}
+    specs = {k: ArraySpec(v.shape[1:], str(v.dtype)) for k, v in arrays.items()}
+    writer = open_writer(store_path(root / "features", root.name, "test", "text", name), ids,
+                         specs, manifest, "text", shard_rows=16)
+    for shard in writer.pending_shards():
+        start, stop = writer.shard_range(shard)
+        writer.write_shard(shard, {k: v[start:stop] for k, v in arrays.items()})
+
+
+def test_text_store_override_may_differ_in_generator_only(trained, tmp_path: Path) -> None:
+    """`--text-store`: questions written from predictions (the unlabelled test split) are
+    read; a store from another extractor is still refused."""
+    dataset, folder, test_ids = trained
+    _text_store(dataset, "from-predictions", test_ids,
+                {"extractor": "test", "kind": "text", "generator": "recognized"})
+    _text_store(dataset, "other-model", test_ids, {"extractor": "other", "kind": "text"})
+    args = ("fusion.predict", "--run", str(folder), "--split", "test", "--device", "cpu")
+    done = cli(*args, "--text-store", "from-predictions", "--out", str(tmp_path / "p.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "text-from-predictions.zarr, not the run's store" in done.stderr
+    assert "match its training store but for generator" in done.stderr
+    assert load_predictions(tmp_path / "p.npz").narration_id.tolist() == test_ids
+    line = one_error_line(cli(*args, "--text-store", "other-model", "--out",
+                              str(tmp_path / "q.npz")))
+    assert "differ from those the run trained on" in line and "extractor" in line
