@@ -262,3 +262,21 @@ def test_export_refuses_a_c1_payload_and_trusts_on_request(setup, tmp_path, caps
     assert capsys.readouterr().err.startswith(f"warning: {path}: refused")
     assert scores(out, annotations, "recognition") == scores(predictions, annotations,
                                                              "recognition")
+
+
+def test_anticipation_actions_are_at_most_the_verb_noun_pairs(tmp_path, capsys):
+    """Fewer than 100 verb x noun pairs (the synthetic demo's 4 x 5): every pair is an action
+    by default; asking for more is one error line, not a traceback."""
+    ids = np.array(["a_0", "a_1", "a_2"])
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "p.npz", narration_id=ids, verb_scores=rng.normal(size=(3, 4)),
+             noun_scores=rng.normal(size=(3, 5)))
+    common = ("--predictions", str(tmp_path / "p.npz"), "--task", "anticipation",
+              "--verb-count", "4", "--noun-count", "5")
+    out = export(*common, "--out", str(tmp_path / "a.json"))
+    sub = json.loads(out.read_text())
+    ex.validate_submission(sub, "anticipation", n_verbs=4, n_nouns=5, n_actions=20,
+                           expected_ids=ids)
+    assert errors.run_cli(ex.main, [*common, "--action-count", "21", "--out",
+                                    str(tmp_path / "b.json")]) == 2
+    assert "--action-count 21: only 4 x 5 verb-noun pairs" in capsys.readouterr().err
