@@ -105,14 +105,14 @@ def epoch_line(record: dict[str, Any], epochs: int, shown: Sequence[str], best: 
 
     `shown`: the metric keys to print (the headline first; the selection metric last, which
     `best` and `best_epoch` (1-based) refer to). The epoch number is padded to the width of
-    `epochs`, so a log's columns line up.
+    `epochs` and percentages to 4 characters, so a log's columns line up.
     """
     width = len(str(epochs))
     parts = [f"epoch {record['epoch']:>{width}}/{epochs}",
              f"loss {loss_text(record['train_loss'])}"]
-    parts += [f"{metric_label(k)} {percent(record[k])}" for k in shown if k in record]
+    parts += [f"{metric_label(k)} {percent(record[k]):>4}" for k in shown if k in record]
     if best_epoch > 0:
-        parts.append(f"best {percent(best)} @ {best_epoch}")
+        parts.append(f"best {percent(best):>4} @ {best_epoch:<{width}}")
     parts += [f"lr {sci(record['lr'])}", duration(record["epoch_seconds"])]
     return "  ".join(parts)
 

@@ -50,11 +50,14 @@ def cli_args(config: TrainConfig, *extra: str) -> list[str]:
 
 def test_epoch_line_reads_as_percent_and_scientific_lr() -> None:
     line = epoch_line(RECORD, 100, ["action_top1"], best=0.4189, best_epoch=5)
-    assert line == "epoch   7/100  loss 2.31  action@1 41.2  best 41.9 @ 5  lr 1.35e-05  12.4s"
+    # columns padded to the widest value (epoch 100, 100.0 %), so a log reads as a table
+    assert line == "epoch   7/100  loss 2.31  action@1 41.2  best 41.9 @ 5    lr 1.35e-05  12.4s"
     anticipation = epoch_line({**RECORD, "epoch_seconds": 125.0}, 20, ["action_recall5"],
                               best=0.2, best_epoch=3)
-    assert anticipation == ("epoch  7/20  loss 2.31  action R@5 12.3  best 20.0 @ 3  "
+    assert anticipation == ("epoch  7/20  loss 2.31  action R@5 12.3  best 20.0 @ 3   "
                             "lr 1.35e-05  2m05s")
+    low = epoch_line({**RECORD, "action_top1": 0.03}, 9, ["action_top1"], best=0.05, best_epoch=2)
+    assert low == "epoch 7/9  loss 2.31  action@1  3.0  best  5.0 @ 2  lr 1.35e-05  12.4s"
     # a selection metric other than the headline is shown too, last (the one `best` is of)
     assert "action@1 41.2  verb@1 60.0  best 60.0 @ 7" in epoch_line(
         RECORD, 100, ["action_top1", "verb_top1"], best=0.6, best_epoch=7)
@@ -132,7 +135,7 @@ def test_header_epoch_lines_and_summary_of_a_real_run(dataset: Path, tmp_path: P
     for number, (line, record) in enumerate(zip(epochs, torch.load(
             folder / "last.pt", weights_only=True)["state"]["history"], strict=True), 1):
         assert line.startswith(f"epoch {number}/3  loss {loss_text(record['train_loss'])}  "
-                               f"action@1 {100 * record['action_top1']:.1f}  best ")
+                               f"action@1 {100 * record['action_top1']:4.1f}  best ")
         assert f"lr {record['lr']:.2e}" in line
     text = summary(result, "recognition", "best-epoch", 3, config.tracking_uri)
     assert text.startswith(f"done: best epoch {result['best']['epoch']}/3 (validation %): "
