@@ -50,7 +50,7 @@ def cli_args(config: TrainConfig, *extra: str) -> list[str]:
 
 def test_epoch_line_reads_as_percent_and_scientific_lr() -> None:
     line = epoch_line(RECORD, 100, ["action_top1"], best=0.4189, best_epoch=5)
-    # columns padded to the widest value (epoch 100, 100.0 %), so a log reads as a table
+    # padded (epochs to the width of 100, percentages to 4 characters): a log reads as a table
     assert line == "epoch   7/100  loss 2.31  action@1 41.2  best 41.9 @ 5    lr 1.35e-05  12.4s"
     anticipation = epoch_line({**RECORD, "epoch_seconds": 125.0}, 20, ["action_recall5"],
                               best=0.2, best_epoch=3)
