@@ -38,7 +38,8 @@ def recorded(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
     config = dataclasses.replace(config_for(dataset, root, run_name="record", epochs=2),
-                                 device="auto", tracking_uri=f"sqlite:///{root / 'db' / 'mlruns.db'}")
+                                 device="auto",
+                                 tracking_uri=f"sqlite:///{root / 'db' / 'mlruns.db'}")
     (root / "db").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(elsewhere)
