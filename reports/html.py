@@ -26,6 +26,7 @@ table { border-collapse: collapse; margin: 0.3em 0; font-size: 12.5px; }
 caption { display: none; }
 th, td { padding: 3px 8px; text-align: right; white-space: nowrap; }
 thead th { background: #f3f3f3; font-weight: 600; }
+thead th.group { text-align: center; }
 thead tr.groups th { border-bottom: 1px solid #bbb; }
 thead tr:last-child th { border-bottom: 2px solid #888; }
 tbody tr { border-bottom: 1px solid #e4e4e4; }
