@@ -449,9 +449,8 @@ def load_features(config: TrainConfig, device: torch.device
         "manifests": {**{f"{k}.{config.train_split}": v for k, v in manifests.items()},
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
         "excluded": excluded,
-        # `checkpoint` or `random-init` (extract video --random-init); older stores: unknown
-        "backbone_weights": (str(train_stores["video"].manifest.get("weights", "unknown"))
-                             if "video" in train_stores else "none (no video)"),
+        # what training reads: whole splits on the device, or windows streamed from the store
+        "streamed": isinstance(train, StreamedSplit),
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

@@ -115,7 +115,7 @@ def test_failed_rows_are_excluded_and_counted(tmp_path: Path,
     train_split, val_split, info = load_features(config, torch.device("cpu"))
     assert info["excluded"] == {"video.train": 4, "text.train": 0, "video.validation": 1,
                                 "text.validation": 0}
-    assert info["backbone_weights"] == "unknown"  # these stores' manifests do not say
+    assert info["streamed"] is False  # small stores load whole
     assert len(train_split) == len(train_ids) - 4 and len(val_split) == len(val_ids) - 1
     assert train_split.narration_ids == [n for i, n in enumerate(train_ids) if i not in
                                          failed["train"]]
