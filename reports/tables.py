@@ -3,12 +3,13 @@ and an information-sources table (video alone, questions alone, both, the text p
 
     python -m reports.tables [--tracking-uri URI] [--experiment mambavl] [--select best|latest]
                              [--dataset ek100] [--out reports/out] [--html/--no-html]
-                             [--audit AUDIT.json]
+                             [--audit AUDIT.json] [--mlflow-url http://127.0.0.1:5000]
 
 Why this shape: a number in a table is only worth something if one can trace it. Every row
-picks its run by tags (fusion, backbone, task, features, protocol), names the run id, prints
-the published value (MambaVL paper, arXiv 2409.11513) and the difference beside ours, and
-says *why* a cell is empty. Every caption names the dataset and the protocol of the runs and
+picks its run by tags (fusion, backbone, task, features, protocol), carries a numbered marker
+linked to that run's MLflow page, prints the published value (MambaVL paper, arXiv
+2409.11513) and the difference beside ours, and a legend under the table says what each
+kind of empty cell means (the CSV keeps each cell's precise cause). Every caption names the dataset and the protocol of the runs and
 says that ours are heads on frozen features, so a synthetic-demo number never passes for
 EK100 and a frozen-feature head never passes for the paper's fine-tuned model.
 The information-sources table (`sources.*`) asks how much of a score the questions give
