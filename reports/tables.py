@@ -9,9 +9,10 @@ Why this shape: a number in a table is only worth something if one can trace it.
 picks its run by tags (fusion, backbone, task, features, protocol), carries a numbered marker
 linked to that run's MLflow page, prints the published value (MambaVL paper, arXiv
 2409.11513) and the difference beside ours, and a legend under the table says what each
-kind of empty cell means (the CSV keeps each cell's precise cause). Every caption names the dataset and the protocol of the runs and
-says that ours are heads on frozen features, so a synthetic-demo number never passes for
-EK100 and a frozen-feature head never passes for the paper's fine-tuned model.
+kind of empty cell means (the CSV keeps each cell's precise cause). Every caption names
+the dataset and the protocol of the runs and says that ours are heads on frozen features,
+so a synthetic-demo number never passes for EK100 and a frozen-feature head never passes
+for the paper's fine-tuned model.
 The information-sources table (`sources.*`) asks how much of a score the questions give
 by themselves: they are written from the clip's own labels, so the Mamba head trained on the
 questions alone, and a bag-of-words probe from `python -m extract.questions audit --json`
