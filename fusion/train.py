@@ -191,9 +191,10 @@ class TrainConfig:
     track: bool = True
     """Record the run in MLflow (off: checkpoints and history.csv only, e.g. benchmarks)."""
     progress: Progress = "auto"
-    """Per-step output (`fusion.console`): a tqdm bar, a progress line every ~10 % of an
-    epoch (for log files), or quiet (no header, steps or epoch lines; the final line only);
-    auto: a bar when stderr is a terminal, lines otherwise."""
+    """Per-step output (`fusion.console`): a tqdm bar; lines for log files (the header, one
+    line per epoch, and a progress line every ~10 % of an epoch that runs over 30 s); or
+    quiet (no header, steps or epoch lines; the final line only). auto: a bar when stderr
+    is a terminal, lines otherwise."""
     json: bool = False
     """Print each epoch's record as a JSON line (stderr) and the result as JSON (stdout)
     instead of the human epoch lines and summary."""
