@@ -29,6 +29,8 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--force-device-scale-factor=1")
 """Offline and quiet: no update, sync or network probes (the CI machine has no network)."""
+SCRIPT_LINE = re.compile(r"^Script (started|done) on \d{4}-\d\d-\d\d")
+"""The first and last lines `script(1)` adds to a transcript it records (not the program's)."""
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 
@@ -70,12 +72,14 @@ def screenshot(page: Path, png: Path, width: int, height: int,
 
 def plain_console(text: str) -> str:
     """What a terminal shows of a transcript: ANSI codes dropped, each `\\r` redraw (a
-    progress bar) replaced by its last state, trailing blank lines removed."""
+    progress bar) replaced by its last state, `script(1)`'s own first and last lines and
+    trailing blank lines removed."""
     lines = []
     for line in ANSI.sub("", text).replace("\r\n", "\n").split("\n"):
         parts = [p for p in line.split("\r") if p.strip()]
-        lines.append(parts[-1] if parts else "")
-    return "\n".join(lines).rstrip() + "\n"
+        if not (parts and SCRIPT_LINE.match(parts[-1])):
+            lines.append(parts[-1] if parts else "")
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 LINE_PX = 18
@@ -96,8 +100,8 @@ pre {{ margin: 0; padding: {PAD_PX}px; color: #e6e6e6; white-space: pre-wrap;
 """
 
 
-def console_screenshot(transcript: Path, png: Path, width: int,
-                       browser: str | None = None) -> Path:
+def console_screenshot(transcript: Path, png: Path, width: int, browser: str | None = None,
+                       title: str | None = None) -> Path:
     """The transcript as a console picture, as tall as its lines (wrapped ones included)."""
     try:
         text = transcript.read_text(encoding="utf-8", errors="replace")
@@ -109,7 +113,7 @@ def console_screenshot(transcript: Path, png: Path, width: int,
     height = rows * LINE_PX + 2 * PAD_PX + 32
     with tempfile.TemporaryDirectory(prefix="console-") as folder:
         page = Path(folder) / "console.html"
-        page.write_text(console_page(text, transcript.name), encoding="utf-8")
+        page.write_text(console_page(text, title or transcript.name), encoding="utf-8")
         return screenshot(page, png, width, height, browser)
 
 
@@ -120,7 +124,10 @@ class ScreenshotsConfig:
     page: Path | None = None
     """The report's `index.html` (python -m reports.tables writes reports/out/index.html)."""
     console: Path | None = None
-    """A training console transcript, e.g. `python -m fusion.train ... 2>&1 | tee t.txt`."""
+    """A training console transcript, e.g. `python -m fusion.train ... 2>&1 | tee t.txt`, or
+    recorded on a terminal with `script -q -c "python -m fusion.train ..." t.txt`."""
+    console_title: str | None = None
+    """The console picture's title bar, e.g. the command; default: the transcript's name."""
     out: Path = Path("docs/screenshots")
     width: int = 1280
     """Window width in CSS pixels (the PNGs' width)."""
@@ -143,7 +150,7 @@ def main(args: Sequence[str] | None = None) -> list[Path]:
                                   config.height, config.browser))
     if config.console is not None:
         written.append(console_screenshot(config.console, config.out / "console.png",
-                                          config.width, config.browser))
+                                          config.width, config.browser, config.console_title))
     for path in written:
         print(f"wrote {path}")
     return written

@@ -33,9 +33,11 @@ def png_size_and_colours(path: Path) -> tuple[tuple[int, int], int]:
 
 
 def test_transcript_is_cleaned_as_a_terminal_shows_it() -> None:
-    raw = ("\x1b[1mmambavl\x1b[0m train  device cpu\r\n"
+    raw = ("Script started on 2026-12-02 11:02:06+00:00 [COMMAND=\"python -m fusion.train\"]\n"
+           "\x1b[1mmambavl\x1b[0m train  device cpu\r\n"
            "epoch 1/2:  10%|#         | 1/10\repoch 1/2: 100%|##########| 10/10\n"
-           "\x1b[32mepoch 1/2  loss 2.31  action@1 41.2\x1b[0m\n\n\n")
+           "\x1b[32mepoch 1/2  loss 2.31  action@1 41.2\x1b[0m\n\n\n"
+           "Script done on 2026-12-02 11:03:29+00:00 [COMMAND_EXIT_CODE=\"0\"]\n")
     text = plain_console(raw)
     assert text == ("mambavl train  device cpu\nepoch 1/2: 100%|##########| 10/10\n"
                     "epoch 1/2  loss 2.31  action@1 41.2\n")
