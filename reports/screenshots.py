@@ -108,7 +108,7 @@ def console_screenshot(transcript: Path, png: Path, width: int, browser: str | N
     except FileNotFoundError:
         raise ScreenshotError(f"{transcript}: no such transcript; record one with "
                               f"`COMMAND 2>&1 | tee {transcript}`") from None
-    columns = max(20, (width - 2 * PAD_PX) // 8)  # 14px monospace is ~8.4 px a character
+    columns = max(20, (width - 2 * PAD_PX) // 10)  # 14px monospace: 8.4-9.6 px a character
     rows = sum(max(1, -(-len(line) // columns)) for line in plain_console(text).splitlines())
     height = rows * LINE_PX + 2 * PAD_PX + 32
     with tempfile.TemporaryDirectory(prefix="console-") as folder:
