@@ -189,6 +189,18 @@ def open_stores(config: TrainConfig, split: str) -> dict[str, FeatureStore]:
     return stores
 
 
+def check_task(config: TrainConfig, stores: dict[str, FeatureStore]) -> None:
+    """Refuse to train a task on a video store of the other task's clips (an anticipation run
+    on the action itself would learn recognition and report it as anticipation)."""
+    video = stores.get("video")
+    clip = video.manifest.get("clip") if video is not None else None
+    task = clip.get("task") if isinstance(clip, dict) else None
+    if task is not None and task != config.task:
+        raise StoreError(f"{video.path}: holds {task} clips, but --task is {config.task}; "
+                         f"pass a store of {config.task} clips with --video-store NAME, or "
+                         f"extract one with `make extract TASK={config.task}`")
+
+
 SPLIT_FIELDS = ("split", "annotations_sha256", "questions_sha256", "limit", "row_order",
                 "batch_size")
 """Manifest fields that describe a split's inputs (or only float rounding: the extraction
@@ -435,6 +447,7 @@ def load_features(config: TrainConfig, device: torch.device
     train_stores = open_stores(config, config.train_split)
     val_stores = open_stores(config, config.val_split)
     check_compatible(train_stores, val_stores)
+    check_task(config, train_stores)
     train, _, manifests = load_split(config, config.train_split, device, train_stores)
     val, reference, val_manifests = load_split(config, config.val_split, device, val_stores)
     dataset = config.dataset or config.data.name

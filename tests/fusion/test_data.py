@@ -43,7 +43,8 @@ def write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind:
 
 
 def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
-                 val_width: int = 16, val_manifest: dict | None = None) -> Path:
+                 val_width: int = 16, val_manifest: dict | None = None,
+                 manifest: dict | None = None) -> Path:
     """Annotations + video/text stores of train and validation, with a learnable signal."""
     config = SyntheticConfig(out=root, videos=6, segments_per_video=16, num_verbs=5,
                              num_nouns=6, workers=1)
@@ -59,10 +60,10 @@ def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
         video = rng.normal(size=(n, 4, width)) + 3 * (np.arange(width) % 5 == verb[:, None])[
             :, None]
         mask = np.arange(6) < rng.integers(2, 7, size=n)[:, None]
-        manifest = (val_manifest or {}) if split == "validation" else {}
+        extra = {**(manifest or {}), **((val_manifest or {}) if split == "validation" else {})}
         write_store(store_path(root / "features", root.name, split, "video", "demo"), ids,
                     {"tokens": video.astype(np.float16)}, "video",
-                    (failed or {}).get(split), **manifest)
+                    (failed or {}).get(split), **extra)
         write_store(store_path(root / "features", root.name, split, "text", TEXT_STORE), ids,
                     {"verb_tokens": rng.normal(size=(n, 6, 8)).astype(np.float16),
                      "verb_mask": mask,
@@ -169,3 +170,14 @@ def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "demo")
     with pytest.raises(StoreError, match="video-vitl.zarr: no video feature store.*make extract"):
         load_features(config_for(data, tmp_path, backbone="vitl"), torch.device("cpu"))
+
+
+def test_a_store_of_the_other_tasks_clips_is_refused(tmp_path: Path) -> None:
+    """An anticipation run on recognition clips (the action itself) would report recognition
+    as anticipation: refused, naming the store and both tasks."""
+    data = make_dataset(tmp_path / "demo", manifest={"clip": {"task": "recognition"}})
+    load_features(config_for(data, tmp_path), torch.device("cpu"))  # same task: fine
+    with pytest.raises(StoreError, match=r"video-demo.zarr: holds recognition clips, but "
+                                         r"--task is anticipation; pass a store"):
+        load_features(config_for(data, tmp_path, task="anticipation", video_store="demo",
+                                 text_store=TEXT_STORE), torch.device("cpu"))
