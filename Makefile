@@ -225,7 +225,7 @@ bench-train: venv ## seconds per epoch of each head on EK100-sized random featur
 	$(PY) benchmarks/train_epoch.py $(ARGS)
 
 clean: ## remove generated demo data, runs and reports (keeps .venv and data/ek100)
-	rm -rf data/demo runs mlruns mlruns.db reports/out
+	rm -rf data/demo runs mlruns mlruns.db mlruns.db.lock mlartifacts reports/out
 
 # --- the EK100 chains ---------------------------------------------------------------------------
 # Every stage writes one file and reads what the stage before wrote; make skips a stage whose
