@@ -104,8 +104,9 @@ def plot_html(plot: Plot, out: Path) -> str:
     src = Path(os.path.relpath(plot.png, out)).as_posix()
     pdf = Path(os.path.relpath(plot.pdf, out)).as_posix() if plot.pdf else src
     return (f'<figure id="plot-{plot.name}"><img src="{html.escape(src)}" '
-            f'alt="{html.escape(plot.title)}"><figcaption>{html.escape(plot.title)} '
-            f'(<a href="{html.escape(pdf)}">PDF</a>)</figcaption></figure>')
+            f'alt="{html.escape(plot.title)}"><figcaption><b>{html.escape(plot.title)}</b>'
+            + (f": {html.escape(plot.note)}" if plot.note else "")
+            + f' (<a href="{html.escape(pdf)}">PDF</a>)</figcaption></figure>')
 
 
 def write_page(tables: Sequence[Table], plots: Sequence[Plot], out: Path, tracking_uri: str,
