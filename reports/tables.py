@@ -286,7 +286,7 @@ DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 """Where `mlflow ui` (make mlflow-ui) serves by default; run links point there."""
 
 
-def fmt(value: Any, kind: str, notes: Mapping[str, str] | None = None) -> str:
+def fmt(value: Any, kind: str) -> str:
     """A cell as text: % and Δ with one decimal, "—" for an empty cell (see the legend)."""
     if isinstance(value, Missing):
         return "—"
