@@ -230,7 +230,7 @@ class Console:
 
 class StepProgress(Iterator[T]):
     """One epoch's batches. `bar`: a tqdm bar with the running loss (read every
-    `BAR_LOSS_SECONDS`); `lines`: `epoch 3/20  step 200/525  loss 2.41  12.3 it/s  eta 26s`
+    `BAR_LOSS_SECONDS`); `lines`: `epoch 3/20  step 200/525  loss 2.41  12.3 step/s  eta 26.0s`
     every ~10 % of the steps, at most every `min_interval` seconds; `quiet`: nothing."""
 
     def __init__(self, console: Console, batches: Iterable[T], epoch: int, total: int) -> None:
@@ -265,9 +265,10 @@ class StepProgress(Iterator[T]):
             return
         self.shown = now
         rate = self.step / max(now - self.started, 1e-9)
+        speed = f"{rate:.1f} step/s" if rate >= 1 else f"{1 / rate:.1f} s/step"  # as tqdm
         self.console.print(
             f"{self.desc}  step {self.step}/{self.total}  "
-            f"loss {loss_text(float(total_loss) / max(seen, 1))}  {rate:.1f} it/s  "
+            f"loss {loss_text(float(total_loss) / max(seen, 1))}  {speed}  "
             f"eta {duration((self.total - self.step) / rate)}")
 
     def close(self) -> None:
