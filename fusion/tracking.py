@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 RUN_FILE = "run.json"  # {"run_id", "tracking_uri"} of the MLflow run a run folder feeds
+OUTPUT_FIELDS = ("progress", "json")  # console settings: not logged as params
 
 
 def _mlflow():  # imported on first use: training without tracking needs no MLflow
@@ -76,6 +77,10 @@ def _startup_lock(uri: str) -> Iterator[None]:
 def connect(uri: str, experiment: str | None = None) -> str | None:
     """Point MLflow at `uri` (creating/migrating its database under the start-up lock) and
     make `experiment` the active one (`ensure_experiment`); returns its id."""
+    _mlflow()  # configures its loggers on import; then: its INFO lines ("Creating initial
+    # MLflow database tables...") would print above the training header; warnings still show
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with _startup_lock(uri):
         _mlflow().set_tracking_uri(uri)
         if experiment is None:
@@ -237,10 +242,8 @@ def resolved_params(config: TrainConfig, data_info: dict, model: nn.Module, fold
             else config.stream),
         **{f"head.{k}": v for k, v in head_params(config, model).items()},
     }
-    if "progress" in params:  # the console's mode as resolved for this run's stderr
-        from fusion.console import resolve_mode
-
-        resolved["progress"] = resolve_mode(config.progress, sys.stderr)
+    for name in OUTPUT_FIELDS:  # how the console looks, not what the run did
+        params.pop(name, None)
     params.update({k: v for k, v in resolved.items() if k in params})
     return {k: ("None" if v is None else v) for k, v in params.items()}
 

@@ -286,7 +286,8 @@ CHECKPOINT_KEYS = frozenset({"model", "optimizer", "scheduler", "rng", "state", 
 # what `--restart` deletes (never run.lock: the holder keeps its lock on that file)
 RUN_OUTPUTS = ("last.pt", "last.tmp", "best.pt", "best.tmp", "predictions_best.npz",
                "history.csv", "per_class_accuracy.csv", "training_curves.png",
-               "verb_confusion.png", "config.json", FINGERPRINT_FILE, tracking.RUN_FILE)
+               "verb_confusion.png", "noun_confusion.png", "config.json", FINGERPRINT_FILE,
+               tracking.RUN_FILE)
 
 
 class RunFolderError(errors.HarnessError):
