@@ -463,7 +463,9 @@ def _accuracy_table(name: str, title: str, task: str, metrics: Sequence[str], la
                 row: dict[str, Any] = {"backbone": _name(backbone),
                                        "method": "alone" if method == "backbone" else "+ MambaVL"}
                 row["head"] = pick.run.tags.get("fusion", "?") if pick.run else pick.missing()
-                head = HEAD_NAMES.get(head_family(row["head"]), row["head"]) if pick.run else ""
+                family = head_family(row["head"]) if pick.run else ""
+                # the Mamba head on video alone is not MambaVL (no questions to fuse)
+                head = "Mamba" if family == "mamba" else HEAD_NAMES.get(family, family)
                 row["model"] = (f"{_name(backbone)} alone" + (f" ({head} head)" if head else "")
                                 if method == "backbone" else base)
                 _ours_vs_published(row, pick, metrics, published, source)
