@@ -174,7 +174,8 @@ def select(runs: Sequence[RunInfo], query: Query, metric: str, mode: Select,
 
 
 def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
-    """Finished training runs of `experiment` (sweep parents left out), or a problem note.
+    """Finished training runs of `experiment` (sweep parents and pruned trials left out), or
+    a problem note.
 
     Sweep parents (tag sweep=true, or any run that has child runs) summarise their trials;
     the trials themselves are ordinary training runs and compete like any other.
@@ -200,7 +201,8 @@ def load_runs(tracking_uri: str, experiment: str) -> tuple[list[RunInfo], str]:
                      dict(r.data.tags), dict(r.data.metrics), dict(r.data.params),
                      r.info.experiment_id)
              for r in runs if r.info.status == "FINISHED" and "task" in r.data.tags
-             and r.data.tags.get("sweep") != "true" and r.info.run_id not in parents]
+             and r.data.tags.get("sweep") != "true" and r.info.run_id not in parents
+             and r.data.tags.get("pruned") != "true"]  # pruned trials end FINISHED
     if not infos:
         return [], f"no finished training run in experiment {experiment!r} at {tracking_uri}"
     return infos, ""

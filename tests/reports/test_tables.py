@@ -69,6 +69,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # a killed (pruned) run with a higher value must never be picked
         "killed": log_run(client, exp, fusion="mamba", backbone="vitl", best=0.90, start=9,
                           status="KILLED"),
+        # a pruned sweep trial ends FINISHED with tag pruned=true: never picked either
+        "pruned": log_run(client, exp, fusion="mamba", backbone="vitl", best=0.95, start=10,
+                          extra_tags={"pruned": "true"}),
         "alone": log_run(client, exp, fusion="mlp", backbone="vitl", features="video",
                          best=0.20, start=2),
         "mlp": log_run(client, exp, fusion="mlp", backbone="vitl", best=0.25, start=3),
@@ -119,7 +122,7 @@ def test_load_runs_keeps_finished_training_runs(store: dict) -> None:
     runs, problem = load_runs(store["uri"], EXPERIMENT)
     ids = {r.run_id for r in runs}
     assert problem == ""
-    assert store["ids"]["killed"] not in ids
+    assert store["ids"]["killed"] not in ids and store["ids"]["pruned"] not in ids
     assert store["ids"]["parent"] not in ids
     assert store["ids"]["sweep_parent"] not in ids
     assert store["ids"]["trial"] in ids
