@@ -464,6 +464,8 @@ def load_features(config: TrainConfig, device: torch.device
         "excluded": excluded,
         # what training reads: whole splits on the device, or windows streamed from the store
         "streamed": isinstance(train, StreamedSplit),
+        "train_clips": len(train),  # rows used (failed extractions left out)
+        "val_clips": len(val),
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

@@ -207,7 +207,9 @@ def start_run(
     from fusion.profile import profile_model
 
     cost = profile_model(model, data_info["profile_shapes"])
-    _mlflow().log_metrics({"params": cost["params"], "flops": cost["flops"]})
+    # the clip counts behind every accuracy: the reports' confidence intervals need them
+    clips = {k: data_info[k] for k in ("train_clips", "val_clips") if k in data_info}
+    _mlflow().log_metrics({"params": cost["params"], "flops": cost["flops"], **clips})
     return run
 
 

@@ -125,6 +125,8 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
     assert [m.step for m in curve] == [1, 2, 3, 4]
     assert run.data.metrics["best_action_top1"] == max(m.value for m in curve)
     assert run.data.metrics["params"] > 0 and run.data.metrics["flops"] > 0
+    assert run.data.metrics["val_clips"] == len(load_split(dataset / "annotations",
+                                                           "validation").segments)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions_best.npz", "config.json", "fingerprint.json", "best.pt", "history.csv",
             "per_class_accuracy.csv", "training_curves.png", "verb_confusion.png",
