@@ -96,7 +96,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
-    block_t = _pow2(config.block_t) if config.block_t else min(8, _pow2(L))
+    # a chunk's steps are unrolled: 64 took minutes to compile, so at most 32
+    block_t = min(32, _pow2(config.block_t)) if config.block_t else min(8, _pow2(L))
     warps_fwd = config.num_warps_fwd or 1
     warps_bwd = config.num_warps_bwd or 1
 
