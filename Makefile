@@ -66,7 +66,7 @@ EK100_FILES := EPIC_100_train.csv EPIC_100_validation.csv EPIC_100_test_timestam
 .PHONY: help venv test test-gpu lint demo demo-data demo-train questions annotations extract \
 	demo-features embed-text reencode train sources predict sweep tables evaluate submission \
 	mlflow-ui bench-fusion bench-train clean check-annotations ek100-recognition ek100-anticipation \
-	chain-files
+	chain-files screenshots
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -214,6 +214,10 @@ evaluate: venv ## score PREDICTIONS (.npz, C1 .pkl/.pt, challenge .json/.zip) on
 submission: venv ## challenge file of PREDICTIONS on SPLIT=test into OUT (.zip recognition, .json anticipation)
 	$(PY) -m fusion.export --predictions $(PREDICTIONS) --task $(TASK) --format submission \
 		--annotations $(call split_csv,$(SPLIT)) --out $(OUT) $(ARGS)
+
+screenshots: venv ## PNGs of reports/out/index.html and CONSOLE=transcript into docs/screenshots (needs chromium)
+	$(PY) -m reports.screenshots --page reports/out/index.html $(if $(CONSOLE),--console $(CONSOLE)) \
+		--out docs/screenshots
 
 mlflow-ui: venv ## browse runs at http://127.0.0.1:5000
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)
