@@ -14,36 +14,27 @@ cost and never changing a result.
 
 Why the kernels look the way they do
 ------------------------------------
-* One program per (row, block of BLOCK_D channels). The program walks its row in chunks of
-  BLOCK_T steps; the state h (BLOCK_N, BLOCK_D) is float32 and stays in registers from chunk
-  to chunk. Inside a chunk the (BLOCK_N, BLOCK_D, BLOCK_T) tiles of exp(Δ A) and Δ B u are
-  combined by `tl.associative_scan` along the time axis, so a chunk costs log-depth work
-  instead of BLOCK_T dependent steps, and each tile of u, Δ, z, y is loaded and stored once,
-  contiguous along time (coalesced for the usual (b, d, L) layout).
+* One program per (row, block of BLOCK_D channels); channels lie across the lanes and each
+  thread walks its channel's steps in order (time never crosses lanes, so no scan needs
+  shuffles). Tiles are shaped (channels, steps) and (channels, states) and the strides stay
+  run-time values: Triton then puts channels on the lanes and steps and states in the thread
+  (with 16 channels a warp, two lanes share a channel's 16 states). A chunk of BLOCK_T steps
+  is loaded as one tile; the chunk's loop is unrolled, so picking step k of a tile is a
+  register pick (`_col`, `_put`).
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
-  silu(z) gate, and in backward their derivatives. Inputs are read in their own dtype
-  (bf16/fp16/fp32) and converted to float32 in registers; outputs are written in the inputs'
-  dtypes. exp is computed as exp2 with A pre-scaled by log2(e).
-* Forward writes only y and, when a gradient is needed, the state entering each chunk
-  (b, d, L / BLOCK_T, n) in float32: 1/BLOCK_T of a per-step state history. Backward walks
-  the chunks from last to first, recomputes the chunk's states from that checkpoint (cheaper
-  than storing and re-reading b·d·L·n states) and runs the adjoint recurrence
-
-      g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1}      (gy' = gy · silu(z))
-
-  as a reverse associative scan (two values, the same combine as forward's). Its
-  coefficient exp(Δ_{t+1} A) belongs to the NEXT step and a register tile cannot be shifted
-  by one step, so backward loads Δ a second time one step later (an L1/L2 hit) and
-  recomputes its bias, softplus and exp; that is cheaper than the 4-value scan that carries
-  the shift inside the combine (fewer shuffles and live tiles). exp(Δ_t A) h_{t-1}, which the
-  Δ and A gradients need, is h_t - Δ_t B_t u_t.
-* Gradients of the per-channel parameters (A, D, delta_bias) are summed over time in
-  registers (A's as a (BLOCK_N, BLOCK_D, BLOCK_T) tile, reduced over time once after the
-  loop, not per chunk) and written per row; the wrapper sums the rows. Gradients of B and C
-  (shared by all channels of a row) are summed over the program's channels in registers and
-  added to a float32 (b, n, L) buffer with atomics, one add per (block of channels, n, t).
-  A (b, d / BLOCK_D, n, L) buffer of partial sums instead would not fit at one channel per
-  program (b·d·n·L floats: 51 GB at batch 128, d 1536, L 4096).
+  silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
+  computed in float32; exp is exp2 with A pre-scaled by log2(e).
+* Forward writes y and, when a gradient is needed, the state entering each chunk
+  (b, d, L / BLOCK_T, n) in float32. Backward walks the chunks from last to first,
+  recomputes the chunk's states from that checkpoint into registers (a tuple of BLOCK_T
+  states), then runs the adjoint g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards.
+* dB and dC are sums over channels: each program writes its block's partial sums
+  (b, d / BLOCK_D, n, L) and the wrapper adds them (deterministic, no atomics). A, D and
+  delta_bias gradients are summed over time in registers and over rows by the wrapper.
+* Measured on the H200 (benchmarks/results/scan_backends_h200.md): faster than mamba-ssm up to
+  L = 64 (fwd+bwd 0.23x at 16), slower from 256 on (1.11x at 256, 1.04x at 4096); the forward
+  is the weak part (1.2-1.6x), probably its per-step scalar loads of B and C and 2-byte
+  strided loads of u and Δ (not profiled).
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
