@@ -262,6 +262,9 @@ RECOGNITION_STAGES = $(foreach s,train validation,$(call questions_file,$(s),tem
 	$(foreach s,train validation,$(call text_report,$(s),template)) \
 	$(RECOGNITION_RUN)/history.csv $(RECOGNITION_RUN)/predictions_validation.npz \
 	$(RECOGNITION_RUN)/evaluation_validation.json $(SOURCE_RUN)/history.csv \
+	$(SOURCE_RUN)/predictions_validation.npz $(call questions_file,validation,recognized) \
+	$(call text_report,validation,recognized) \
+	$(RECOGNITION_RUN)/evaluation_validation_recognized.json \
 	$(SOURCE_RUN)/predictions_test.npz $(call questions_file,test,recognized) \
 	$(call text_report,test,recognized) $(RECOGNITION_RUN)/predictions_test.npz \
 	$(RECOGNITION_RUN)/submission.zip
@@ -276,6 +279,8 @@ ANTICIPATION_STAGES = $(SOURCE_RUN)/history.csv \
 
 ek100-recognition: $(RECOGNITION_STAGES) ## annotations → questions → video, text features → train → evaluate → test predictions → submission.zip
 	@echo "recognition chain done. Validation metrics: $(RECOGNITION_RUN)/evaluation_validation.json"
+	@echo "  with questions written as the test split's are (from predictions, what the"
+	@echo "  submission will score like): $(RECOGNITION_RUN)/evaluation_validation_recognized.json"
 	@echo "  challenge file: $(RECOGNITION_RUN)/submission.zip  (make chain-files lists every stage's file)"
 
 ek100-anticipation: $(ANTICIPATION_STAGES) ## observed-window predictions → questions → features → train → evaluate → submission.json
@@ -360,6 +365,19 @@ $(eval $(call score_rules,$(ANTICIPATION_RUN),anticipation,submission.json))
 $(RECOGNITION_RUN)/predictions_validation.npz: $(RECOGNITION_RUN)/history.csv \
 		$(call video_report,validation) $(call text_report,validation,template) | venv
 	$(PY) -m fusion.predict --run $(@D) --split validation --failed prior --out $@ $(PREDICT_ARGS)
+
+# validation scored as the test split will be: questions from the question source's predictions
+# (generator recognized), not from the labels the paper's questions are written from
+$(RECOGNITION_RUN)/predictions_validation_recognized.npz: $(RECOGNITION_RUN)/history.csv \
+		$(call video_report,validation) $(call text_report,validation,recognized) | venv
+	$(PY) -m fusion.predict --run $(@D) --split validation --text-store \
+		$(call text_name,recognized) --failed prior --out $@ $(PREDICT_ARGS)
+
+$(RECOGNITION_RUN)/evaluation_validation_recognized.json: \
+		$(RECOGNITION_RUN)/predictions_validation_recognized.npz | venv
+	$(PY) -m fusion.evaluate --predictions $< --task recognition \
+		--annotations $(call split_csv,validation) --json > $@.tmp
+	mv $@.tmp $@
 
 # the test split's questions come from the question source's predictions (generator recognized)
 $(RECOGNITION_RUN)/predictions_test.npz: $(RECOGNITION_RUN)/history.csv $(call video_report,test) \

@@ -140,6 +140,11 @@ def test_both_chains_on_synthetic_ek100(tmp_path: Path) -> None:
     for run in (recognition, anticipation):
         metrics = json.loads((run / "evaluation_validation.json").read_text())
         assert 0 <= metrics["action_top1"] <= 1
+    # validation is also scored with questions written as the test split's are
+    honest = json.loads((recognition / "evaluation_validation_recognized.json").read_text())
+    assert 0 <= honest["action_top1"] <= 1
+    assert '"generator": "recognized"' in (
+        data / "questions" / "validation-recognized-paper.jsonl").read_text()
     # test questions come from the video-alone run's predictions, never from labels
     test_questions = (data / "questions" / "test-recognized-paper.jsonl").read_text()
     assert len(test_questions.splitlines()) == len(test_ids)
