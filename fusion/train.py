@@ -603,7 +603,28 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> dict[st
     folder.mkdir(parents=True, exist_ok=True)
     with RunLock(folder):
         checkpoint, changed = open_run(config, folder, device)
+        if checkpoint is not None and not changed and complete(config, folder, checkpoint):
+            return already_trained(config, folder, checkpoint["state"])
         return _train(config, folder, device, checkpoint, changed, on_epoch)
+
+
+def complete(config: TrainConfig, folder: Path, checkpoint: dict[str, Any]) -> bool:
+    """The run in `folder` ended (all epochs, or stopped early) and was closed (`history.csv`
+    is written when a run ends): a rerun has nothing to train."""
+    state = checkpoint["state"]
+    stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
+    stopped = config.patience > 0 and stale >= config.patience
+    return (state["epoch"] >= config.epochs or stopped) and (folder / "history.csv").exists()
+
+
+def already_trained(config: TrainConfig, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's result, from its checkpoint: no features loaded, MLflow untouched."""
+    if config.progress != "quiet":
+        print(f"{folder}: complete ({state['epoch']} of {config.epochs} epochs): nothing to "
+              "train (--restart trains it again)", file=sys.stderr)
+    best = selected_metrics(state["history"], state["best_epoch"], config.selection)
+    return {"run_id": state["run_id"], "folder": str(folder), "best": best,
+            "epochs_run": state["epoch"]}
 
 
 def _train(config: TrainConfig, folder: Path, device: torch.device,

@@ -143,11 +143,12 @@ def test_header_epoch_lines_and_summary_of_a_real_run(dataset: Path, tmp_path: P
                            f"action@1 {100 * result['best']['action_top1']:.1f}  verb@1 ")
     assert str(folder) in text and result["run_id"] in text
 
-    # the same command again: a header that says the run is complete, no epoch lines
-    train(dataclasses.replace(config, progress="bar"))
+    # the same command again: one line that says the run is complete, no header, no epochs
+    again = train(dataclasses.replace(config, progress="bar"))
     err = capsys.readouterr().err
-    assert f"{folder} (complete (3 of 3 epochs): nothing to train)" in err
-    assert "epoch 1/3" not in err
+    assert err == f"{folder}: complete (3 of 3 epochs): nothing to train (--restart trains " \
+                  "it again)\n"
+    assert again == result
 
 
 def test_quiet_mode_prints_the_final_line_only(dataset: Path, tmp_path: Path,
