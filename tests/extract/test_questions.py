@@ -77,14 +77,16 @@ def test_none_mask_keeps_labels(tiny_ek100: Path, tmp_path: Path) -> None:
     assert audit["verb_question_leaks_noun"] > 0
 
 
-def test_predictions_generator_uses_predicted_classes(tiny_ek100: Path, tmp_path: Path) -> None:
+def open_the_knife(path: Path) -> None:
+    """Predictions of the validation clips: every clip "open" (verb 2) the "knife" (noun 1)."""
     ids = [f"P01_01_{i}" for i in range(4)] + ["P02_01_0", "P02_01_1"]
-    verb_scores = np.zeros((6, 3), np.float32)
-    noun_scores = np.zeros((6, 4), np.float32)
-    verb_scores[:, 2] = 1  # every clip predicted "open"
-    noun_scores[:, 1] = 1  # ... the "knife"
-    np.savez(tmp_path / "p.npz", narration_id=np.array(ids), verb_scores=verb_scores,
-             noun_scores=noun_scores)
+    verb_scores, noun_scores = np.zeros((6, 3), np.float32), np.zeros((6, 4), np.float32)
+    verb_scores[:, 2], noun_scores[:, 1] = 1, 1
+    np.savez(path, narration_id=np.array(ids), verb_scores=verb_scores, noun_scores=noun_scores)
+
+
+def test_predictions_generator_uses_predicted_classes(tiny_ek100: Path, tmp_path: Path) -> None:
+    open_the_knife(tmp_path / "p.npz")
     _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="none",
          generator="predictions", predictions=tmp_path / "p.npz")
     questions = read_questions(tmp_path / "q.jsonl")
@@ -121,11 +123,7 @@ def test_recognized_generator_asks_about_the_clip_from_predictions(
 ) -> None:
     """`recognized` (the unlabelled test split in recognition): the clip's own templates, from
     the predicted classes, exactly as `template` writes them for those labels."""
-    ids = [f"P01_01_{i}" for i in range(4)] + ["P02_01_0", "P02_01_1"]
-    verb_scores, noun_scores = np.zeros((6, 3), np.float32), np.zeros((6, 4), np.float32)
-    verb_scores[:, 2], noun_scores[:, 1] = 1, 1  # "open", "knife"
-    np.savez(tmp_path / "p.npz", narration_id=np.array(ids), verb_scores=verb_scores,
-             noun_scores=noun_scores)
+    open_the_knife(tmp_path / "p.npz")
     _run(tiny_ek100 / "EPIC_100_validation.csv", tmp_path / "q.jsonl", mask="none",
          generator="recognized", predictions=tmp_path / "p.npz")
     questions = read_questions(tmp_path / "q.jsonl")
