@@ -392,8 +392,13 @@ def measure(config: LongSeqConfig, data: Path, head: str, length: int, runs: Pat
         if estimate > config.max_epoch_seconds:
             return {**parts, "status": f"too slow (serial epoch ~{estimate:.0f} s)"}
         return {**parts, **end_to_end(config, train_cfg), "status": "ok"}
-    except torch.OutOfMemoryError:
-        release(torch.device("cuda"))
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        # a CUDA-graph capture that runs out of memory raises a plain RuntimeError
+        if not isinstance(error, torch.OutOfMemoryError) and "out of memory" not in str(error):
+            raise
+        from fusion.train import resolve_device
+
+        release(resolve_device(train_cfg.device))
         return {"status": "out of memory"}
 
 
@@ -461,6 +466,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
                             color=f"C{i}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    if not any(r["status"] == "ok" for r in results):  # log axes need a range to draw
+        ax.set_ylim(1, 10)
+        ax.text(0.5, 0.5, "no point measured", transform=ax.transAxes, ha="center")
     ax.set_xlabel("video tokens per clip L (+ 2 x question tokens)")
     ax.set_ylabel("training throughput (clips/s, streamed epoch)")
     ax.grid(True, which="both", alpha=0.3)
@@ -517,8 +525,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if config.merge:
         return merge(config.merge, config.out)
     if config.quick:
+        default = LongSeqConfig()  # flags given on the command line win over QUICK's
         config = dataclasses.replace(config, **{k: v for k, v in QUICK.items()
-                                                if k != "lengths" or config.lengths is None})
+                                                if getattr(config, k) == getattr(default, k)})
     unknown = [h for h in config.heads if h not in HEADS]
     if unknown:
         raise HarnessError(f"--heads {' '.join(unknown)}: unknown; pick from {' '.join(HEADS)}")
