@@ -6,16 +6,20 @@
     python benchmarks/fusion_heads.py --quick --out /tmp/x  # CPU smoke check
 
 Why: the paper claims the Mamba fusion scales linearly with sequence length and the
-Transformer fusion quadratically. Each head (and each scan backend of the Mamba head) runs a
-training step's forward and backward (bf16 autocast on CUDA, as `fusion.train` does; no
-optimizer step) on a batch of 128 random clips at EK100 shapes: video tokens of width 1024
-(AVION ViT-L) and two questions of 32 tokens of width 768 (RoBERTa-base). The video length L
-runs over 16 (EK100: 16 frame tokens) ... 4096; the questions stay 2 x 32. Every head keeps its
-defaults (d_model = video width; Transformer widths rounded to a multiple of 8 x heads).
+Transformer fusion quadratically. Each head (and each scan backend of the Mamba head: triton,
+the default on CUDA, mamba_ssm and torch) runs a training step's forward and backward (bf16
+autocast on CUDA, as `fusion.train` does; no optimizer step) on a batch of 128 random clips
+at EK100 shapes: video tokens of width 1024 (AVION ViT-L) and two questions of 32 tokens of
+width 768 (RoBERTa-base). The video length L runs over 16 (EK100: 16 frame tokens) ... 4096;
+the questions stay 2 x 32. Every head keeps its defaults (d_model = video width; Transformer
+widths rounded to a multiple of 8 x heads).
 
 Per point: the median of several timed steps after warm-up (CUDA synchronised), and the peak
 memory allocated during one step (`torch.cuda.max_memory_allocated`, model and inputs
-included). A series stops at the first out-of-memory or too-slow point (recorded as such).
+included), `peak_mem_mib` in MiB (2**20 bytes; files written before it was renamed call the
+same number `peak_mem_mb`, and `reports/plots.py` reads both). A series stops at the first
+out-of-memory or too-slow point (recorded as such). `meta.dtype` says what ran: bf16 autocast
+on CUDA, fp32 on CPU.
 The Markdown table adds a log-log slope over the last points of each series: ~1 is linear,
 ~2 quadratic. Results: `benchmarks/results/fusion_heads.{json,md,png}` (the JSON is what
 `python -m reports` plots as "scaling"); the second command (batch 8, up to 16k tokens) reaches
@@ -50,9 +54,9 @@ from fusion.ssm import available_backends  # noqa: E402
 class BenchConfig:
     """fwd+bwd time and peak memory of every fusion head against video length."""
 
-    series: tuple[str, ...] = ("mamba:mamba_ssm", "mamba:torch", "mlp", "transformer_6x4",
-                               "transformer_12x12")
-    """Heads, `head:backend` for the Mamba head's scan backend."""
+    series: tuple[str, ...] = ("mamba:triton", "mamba:mamba_ssm", "mamba:torch", "mlp",
+                               "transformer_6x4", "transformer_12x12")
+    """Heads, `head:backend` for the Mamba head's scan backend (triton: the default on CUDA)."""
     lengths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     """Video token counts L."""
     batch: int = 128
@@ -124,7 +128,7 @@ def measure(head, inputs, labels, device, config: BenchConfig) -> dict:
     times.sort()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"fwd_bwd_ms": 1e3 * times[len(times) // 2], "fwd_bwd_ms_min": 1e3 * times[0],
-            "steps": len(times), "peak_mem_mb": peak}
+            "steps": len(times), "peak_mem_mib": peak}
 
 
 def run(config: BenchConfig) -> list[dict]:
@@ -198,7 +202,7 @@ def markdown(results: list[dict], meta: dict) -> str:
              "", f"Command: `{meta['command']}`", "",
              f"Batch {meta['batch']}, video L x {meta['video_dim']}, questions 2 x "
              f"{meta['question_len']} x {meta['text_dim']}, "
-             f"{'bf16 autocast' if meta['amp'] else 'fp32'}; torch {meta['torch']}, "
+             f"{meta['dtype']}; torch {meta['torch']}, "
              f"mamba-ssm {meta['mamba_ssm']}. Median ms of the timed steps / peak MiB allocated.",
              "", "| L | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
     for length in lengths:
@@ -210,7 +214,7 @@ def markdown(results: list[dict], meta: dict) -> str:
             elif r["status"] != "ok":
                 cells.append(r["status"].split(":")[0])
             else:
-                mem = f" / {r['peak_mem_mb']:,.0f}" if r.get("peak_mem_mb") is not None else ""
+                mem = f" / {r['peak_mem_mib']:,.0f}" if r.get("peak_mem_mib") is not None else ""
                 cells.append(f"{r['fwd_bwd_ms']:,.1f}{mem}")
         lines.append(f"| {length} | " + " | ".join(cells) + " |")
     lines += ["", "Log-log slope over the last four measured lengths (1: linear, 2: quadratic):",
@@ -218,7 +222,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     for name, records in groups.items():
         ok = [r for r in records if r["status"] == "ok"]
         t = slope([(r["seq_len"], r["fwd_bwd_ms"]) for r in ok])
-        m = slope([(r["seq_len"], r["peak_mem_mb"]) for r in ok if r.get("peak_mem_mb")])
+        m = slope([(r["seq_len"], r["peak_mem_mib"]) for r in ok if r.get("peak_mem_mib")])
         params = f"{ok[0]['params'] / 1e6:.1f} M" if ok else ""
         lines.append(f"| {name} | {params} | {'' if t is None else f'{t:.2f}'} | "
                      f"{'' if m is None else f'{m:.2f}'} |")
@@ -238,9 +242,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             continue
         style = {"marker": "o", "label": name, "color": f"C{i}"}
         t_ax.plot([r["seq_len"] for r in ok], [r["fwd_bwd_ms"] for r in ok], **style)
-        mem = [r for r in ok if r.get("peak_mem_mb")]
+        mem = [r for r in ok if r.get("peak_mem_mib")]
         if mem:
-            m_ax.plot([r["seq_len"] for r in mem], [r["peak_mem_mb"] for r in mem], **style)
+            m_ax.plot([r["seq_len"] for r in mem], [r["peak_mem_mib"] for r in mem], **style)
     for ax, ylabel in ((t_ax, "fwd+bwd time (ms)"), (m_ax, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -271,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
             "backends": available_backends(device), "batch": config.batch,
             "video_dim": config.video_dim, "text_dim": config.text_dim,
             "question_len": config.question_len, "amp": config.amp and device.type == "cuda",
+            "dtype": "bf16 autocast" if config.amp and device.type == "cuda" else "fp32",
             "command": config.command, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     results = run(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)

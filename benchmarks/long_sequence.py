@@ -320,9 +320,9 @@ def release(device: torch.device) -> None:
 
 def scan_backend(device: torch.device) -> str:
     """The Mamba head's default (`auto`) scan backend on `device`."""
-    from fusion.ssm import available_backends
+    from fusion.ssm import resolve_backend
 
-    return available_backends(device)[-1]
+    return resolve_backend("auto", device)
 
 
 def run(config: LongSeqConfig, out: Path) -> dict[str, Any]:
