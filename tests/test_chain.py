@@ -158,3 +158,27 @@ def test_both_chains_on_synthetic_ek100(tmp_path: Path) -> None:
     assert sorted(p.name for p in runs.iterdir()) == [
         "mamba-demo-anticipation-s0", "mamba-demo-recognition-s0",
         "mamba-demo-recognition-video-s0"]
+
+    # what a researcher reads: the report of these runs and a training console, as PNGs
+    # (headless Chromium, which .ci/run installs; MAMBAVL_SCREENSHOTS=docs/screenshots keeps them)
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        return
+    shots = Path(os.environ.get("MAMBAVL_SCREENSHOTS", tmp_path / "shots"))
+    report = tmp_path / "report"
+    python = [sys.executable, "-m"]
+    subprocess.run([*python, "reports.tables", "--out", str(report)], check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+    console = subprocess.run(
+        [*python, "fusion.train", "--preset", "demo", "--data", str(data), "--epochs", "3",
+         "--device", "cpu", "--out", str(tmp_path / "console-run")],
+        env=env, capture_output=True, text=True, cwd=ROOT, check=True)
+    transcript = tmp_path / "console.txt"
+    transcript.write_text(console.stderr + console.stdout)
+    subprocess.run([*python, "reports.screenshots", "--page", str(report / "index.html"),
+                    "--console", str(transcript), "--console-title",
+                    "$ python -m fusion.train --preset demo --epochs 3", "--out", str(shots)],
+                   check=True, capture_output=True, cwd=ROOT)
+    for name in ("report.png", "console.png"):
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "epoch 3/3" in transcript.read_text() and "done: best epoch" in console.stdout
+
