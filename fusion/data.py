@@ -286,6 +286,22 @@ def split_features(config: TrainConfig, split: str, stores: dict[str, FeatureSto
     return FeatureSplit(narration_ids, inputs, masks, verb.to(device), noun.to(device))
 
 
+def zero_rows(split: FeatureSplit | StreamedSplit, name: str) -> int | None:
+    """How many clips' video features are all zeros (None: streamed, not read here). A real
+    backbone never outputs an all-zero clip: such rows are failed or placeholder extractions
+    (an import that filled gaps with zeros). Every row zero is refused; some are counted."""
+    if isinstance(split, StreamedSplit) or "video" not in split.inputs:
+        return None
+    zero = int((split.inputs["video"] == 0).flatten(1).all(1).sum())
+    if zero == len(split):
+        raise StoreError(f"{name}: every video row is all zeros: these are no features; "
+                         "re-extract the split (make extract) or import real ones")
+    if zero:
+        print(f"{name}: {zero} of {len(split)} clips have all-zero video features (placeholder "
+              "rows?); they are trained on as they are: check the store", file=sys.stderr)
+    return zero
+
+
 def feature_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA, as stored (the heads run under bf16 autocast); fp32 on CPU."""
     return torch.float16 if device.type == "cuda" else torch.float32
@@ -466,6 +482,9 @@ def load_features(config: TrainConfig, device: torch.device
         "streamed": isinstance(train, StreamedSplit),
         "train_clips": len(train),  # rows used (failed extractions left out)
         "val_clips": len(val),
+        "zero_rows": {f"video.{split}": zero_rows(features, f"{split} split")
+                      for split, features in ((config.train_split, train),
+                                              (config.val_split, val))},
         "profile_shapes": train.shapes,
         "metric_extra": {
             "participant_ids": reference.participant_ids,  # aligned to val's rows

@@ -366,6 +366,9 @@ def feature_tags(config: TrainConfig, data_info: dict) -> dict[str, str]:
                  "features.preprocess": (f"{preprocess.get('name')} ({preprocess.get('timeline')}"
                                          f", {preprocess.get('resize')})" if preprocess
                                          else "n/a (not extracted from videos)")}
+    zeros = {k: v for k, v in data_info.get("zero_rows", {}).items() if v is not None}
+    if zeros:  # all-zero clips are placeholders, not what the backbone saw
+        tags["features.zero_rows"] = ", ".join(f"{k}={v}" for k, v in zeros.items())
     first = video or manifests.get("text") or {}
     tags["features.dataset"] = str(first.get("dataset", "unknown"))
     if "questions" in features_used(config):

@@ -44,7 +44,8 @@ def write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind:
 
 def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
                  val_width: int = 16, val_manifest: dict | None = None,
-                 manifest: dict | None = None) -> Path:
+                 manifest: dict | None = None,
+                 zero_rows: dict[str, list[int] | slice] | None = None) -> Path:
     """Annotations + video/text stores of train and validation, with a learnable signal."""
     config = SyntheticConfig(out=root, videos=6, segments_per_video=16, num_verbs=5,
                              num_nouns=6, workers=1)
@@ -60,6 +61,7 @@ def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
         video = rng.normal(size=(n, 4, width)) + 3 * (np.arange(width) % 5 == verb[:, None])[
             :, None]
         mask = np.arange(6) < rng.integers(2, 7, size=n)[:, None]
+        video[(zero_rows or {}).get(split, [])] = 0  # valid rows, all-zero features
         extra = {**(manifest or {}), **((val_manifest or {}) if split == "validation" else {})}
         write_store(store_path(root / "features", root.name, split, "video", "demo"), ids,
                     {"tokens": video.astype(np.float16)}, "video",
@@ -181,3 +183,16 @@ def test_a_store_of_the_other_tasks_clips_is_refused(tmp_path: Path) -> None:
                                          r"--task is anticipation; pass a store"):
         load_features(config_for(data, tmp_path, task="anticipation", video_store="demo",
                                  text_store=TEXT_STORE), torch.device("cpu"))
+
+
+def test_all_zero_video_rows_are_counted_and_an_all_zero_split_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """All-zero clips are placeholders, never a backbone's output: counted on stderr and in
+    the info (an MLflow tag); a split of nothing but zeros is no features at all."""
+    data = make_dataset(tmp_path / "some", zero_rows={"train": [1, 4, 9]})
+    _, _, info = load_features(config_for(data, tmp_path), torch.device("cpu"))
+    assert info["zero_rows"] == {"video.train": 3, "video.validation": 0}
+    assert "train split: 3 of " in capsys.readouterr().err
+    data = make_dataset(tmp_path / "all", zero_rows={"validation": slice(None)})
+    with pytest.raises(StoreError, match="validation split: every video row is all zeros"):
+        load_features(config_for(data, tmp_path), torch.device("cpu"))

@@ -173,3 +173,7 @@ def test_feature_tags_without_a_store_say_so(tmp_path: Path) -> None:
     assert tags["features.weights"].startswith("unknown")
     questions = tracking.feature_tags(dataclasses.replace(config, video="none"), {})
     assert questions["features.weights"] == "none (no video)"
+    assert "features.zero_rows" not in tags
+    zeros = tracking.feature_tags(config, {"zero_rows": {"video.train": 3,
+                                                         "video.validation": None}})
+    assert zeros["features.zero_rows"] == "video.train=3"  # streamed splits are not read
