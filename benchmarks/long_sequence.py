@@ -1,12 +1,18 @@
 """A training epoch on long token sequences streamed from Zarr, per head, against length L.
 
-    # next GPU session (H200, ~8-9 min in all; run as two calls to stay under 10 min each):
-    python benchmarks/long_sequence.py --lengths 16 64 256 1024 \
-        --out benchmarks/results/long_sequence_short
-    python benchmarks/long_sequence.py --lengths 3137 --out benchmarks/results/long_sequence_full
+    # next GPU session (one H200), three calls of < 10 min; the stores are written once into
+    # the ignored data/ folder (kept between calls on a warm machine) and reused:
+    python benchmarks/long_sequence.py --lengths 16 64 256 1024 --store data/long-seq-bench \
+        --out $OUT/long_sequence_short                                  # ~3-4 min
+    python benchmarks/long_sequence.py --lengths 3137 --heads mamba mlp transformer_6x4 \
+        --store data/long-seq-bench --out $OUT/long_sequence_full_a     # ~4-6 min
+    python benchmarks/long_sequence.py --lengths 3137 --heads transformer_12x12 \
+        --store data/long-seq-bench --out $OUT/long_sequence_full_b     # ~3-5 min
+    # then here, with the three JSONs copied into benchmarks/results/:
     python benchmarks/long_sequence.py --merge benchmarks/results/long_sequence_short.json \
-        benchmarks/results/long_sequence_full.json --out benchmarks/results/long_sequence
-    # CPU smoke run (not a speed figure), < 60 s on 2 cores:
+        benchmarks/results/long_sequence_full_a.json benchmarks/results/long_sequence_full_b.json \
+        --out benchmarks/results/long_sequence
+    # CPU smoke run (not a speed figure), about 50 s on 2 busy cores:
     python benchmarks/long_sequence.py --quick --out benchmarks/results/long_sequence_cpu_quick
 
 Why (issue 18): the paper's efficiency claim is that Mamba fusion scales linearly with the
@@ -43,10 +49,14 @@ split fits in host memory; a cold disk is slower. Points that run out of memory 
 `--max-epoch-seconds` are recorded with that status and the head's longer lengths are skipped;
 points past `--max-seconds` are recorded as not run. Results are rewritten after every point.
 
-Expected runtime on one H200 (estimate from `fusion_heads.py` step times, not measured): the
-store at L=3137 is 4096 x 3137 x 768 fp16 = 19.7 GB (about a minute to write); the
-Transformer 12x12 epoch there about 1 min per pass (two passes), the others less; L <= 1024
-together about 3 min. If a call nears 10 min, pass fewer `--heads` and merge.
+Expected runtime on one H200 (estimates, not measured): the defaults are 4096 train clips,
+batch 32, ViT-B width 768, so the store at L=3137 is 4096 x 3137 x 768 fp16 = 19.7 GB. On this
+project's 2-core CPU machine the store writes at ~0.16 GB/s and `FeatureStore.read` reads at
+~0.25 GB/s (84 % of it in the store's NaN/inf check, `_check_finite`); a faster host is assumed
+2-4x faster, i.e. ~1-2 min to write that store and ~10-30 s per pass to read it (two passes per
+head). The Transformer 12x12 step at L=3137 (~24 MFLOP per token per layer forward, 13 M tokens
+an epoch) is ~1 min a pass. `--max-seconds` (default 560) records the points it cannot reach as
+not run; `--clips 2048` halves every figure above.
 """
 
 from __future__ import annotations
@@ -443,6 +453,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     meta, results = data["meta"], data["results"]
     fig, ax = plt.subplots(figsize=(8, 5.2))
@@ -465,6 +476,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
                             xytext=(-7, 0), ha="right", va="center", fontsize=7,
                             color=f"C{i}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["seq_len"] for r in results}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_yscale("log")
     if not any(r["status"] == "ok" for r in results):  # log axes need a range to draw
         ax.set_ylim(1, 10)
