@@ -340,11 +340,12 @@ def write_rows(path: Path, data: np.ndarray) -> None:
 def test_nan_row_is_refused_by_load(tmp_path: Path) -> None:
     data = np.ones((10, 3, 5), dtype=np.float16)
     data[[6, 8], 1, 2] = np.nan
+    data[3, 0, 4] = -np.inf
     path = store_path(tmp_path, "ek100", "train", "video", "demo")
     write_rows(path, data)
     store = FeatureStore(path)
-    with pytest.raises(StoreError, match=r"video-demo\.zarr \(split 'train'\): 2 row\(s\) of "
-                                         r"'tokens' hold NaN or inf; first: row 6 \('P01_01_6'\)"):
+    with pytest.raises(StoreError, match=r"video-demo\.zarr \(split 'train'\): 3 row\(s\) of "
+                                         r"'tokens' hold NaN or inf; first: row 3 \('P01_01_3'\)"):
         store.load()
     np.testing.assert_array_equal(store.read([0, 7])["tokens"], data[[0, 7]])  # clean rows
 
