@@ -255,6 +255,10 @@ def scaling(path: Path, out: Path) -> Plot:
                 ax.annotate(why, (length, top), xycoords=ax.get_xaxis_transform(),
                             textcoords="offset points", xytext=(-7, 0), ha="right",
                             va="center", fontsize=7, color=color)
+    if not any(p[2] is not None for points in series.values() for p in points):
+        m_ax.set_ylim(1, 10)  # nothing to log-scale: a CPU run records no GPU memory
+        m_ax.text(0.5, 0.5, "no memory recorded (CPU run)", transform=m_ax.transAxes,
+                  ha="center", va="center", color="0.4")
     for ax, ylabel, sub in ((t_ax, "fwd+bwd time per step (ms, median)", "time"),
                             (m_ax, "peak GPU memory allocated (MiB)", "memory")):
         ax.set_xscale("log", base=2)

@@ -90,6 +90,21 @@ def test_scaling_plot_says_when_the_default_backend_is_missing(tmp_path: Path) -
     assert f"no {DEFAULT_CUDA_BACKEND} scan" in figure.texts[0].get_text()
 
 
+def test_scaling_plot_of_a_cpu_run_without_memory(tmp_path: Path) -> None:
+    """`fusion_heads.py --quick` on a CPU records no GPU memory: the plot says so instead of
+    failing to log-scale an empty axis."""
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"meta": {"device": "cpu", "batch": 4, "dtype": "fp32"},
+                                "results": [{"head": h, "backend": None, "seq_len": n,
+                                             "fwd_bwd_ms": n / 4, "peak_mem_mib": None,
+                                             "status": "ok"}
+                                            for h in ("mlp", "transformer_6x4")
+                                            for n in (16, 64)]}))
+    assert scaling(path, tmp_path / "plots").png is not None
+    figure = _last_figure(path, tmp_path)
+    assert "no memory recorded (CPU run)" in [t.get_text() for t in figure.axes[1].texts]
+
+
 def test_cost_accuracy_reads_n_from_the_runs_artifact(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
