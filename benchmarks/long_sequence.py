@@ -38,7 +38,7 @@ transformer_6x4, transformer_12x12):
   is train clips / the last epoch's `epoch_seconds`, which includes validating the small
   validation split. Peak GPU memory of that run in MiB.
 - breakdown: a serial, instrumented pass over the same `StreamedSplit` (its window reads,
-  `StreamedSplit._read`, the host part: Zarr shards memory-mapped into host tensors), the
+  `StreamedSplit.read_window`, the host part: Zarr shards memory-mapped into host tensors), the
   host-to-device copy of each window, and the step (forward, backward, optimizer: the step
   function `fusion.train` uses, CUDA graph included), each timed with CUDA synchronisation.
   Without the prefetch thread, so read + h2d + step is more than the end-to-end epoch when the
@@ -270,7 +270,7 @@ def breakdown(train_cfg: Any, warmup_steps: int) -> dict[str, Any]:
         for start in range(0, len(split), split.window_rows):
             stop = min(start + split.window_rows, len(split))
             tick = time.perf_counter()
-            inputs, masks = split._read(start, stop)
+            inputs, masks = split.read_window(start, stop)
             seconds["read"] += time.perf_counter() - tick
             tick = time.perf_counter()
             inputs = {k: v.to(device) for k, v in inputs.items()}

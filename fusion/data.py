@@ -271,7 +271,9 @@ def split_features(config: TrainConfig, split: str, stores: dict[str, FeatureSto
     streamed when the split is too large for it (`--stream`)."""
     if _stream(config, stores, device):
         folder = next(iter(stores.values())).path.parent
-        print(f"streaming {split} from {folder} (larger than free device memory)",
+        why = ("--stream always" if config.stream == "always"
+               else "larger than free device memory")
+        print(f"streaming {split} from {folder} ({why})",
               file=sys.stderr)
         return StreamedSplit(narration_ids, stores, verb, noun, device, rows=keep)
     dtype = feature_dtype(device)
@@ -383,7 +385,7 @@ class StreamedSplit:
     def shapes(self) -> dict[str, tuple[int, int]]:
         return dict(self._shapes)
 
-    def _read(self, start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def read_window(self, start: int, stop: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Used rows [start, stop) of every store as host tensors (memory-mapped reads)."""
         dtype = feature_dtype(self.device)
         positions = self.rows[start:stop]
@@ -415,12 +417,12 @@ class StreamedSplit:
             windows.append((start, stop, order))
         leftover: FeatureSplit | None = None  # a window's last rows, carried to fill a batch
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(self._read, a, b) for a, b, _ in windows[: self.prefetch]]
+            futures = [pool.submit(self.read_window, a, b) for a, b, _ in windows[: self.prefetch]]
             for i, (start, _, order) in enumerate(windows):
                 inputs, masks = futures[i].result()
                 if i + self.prefetch < len(windows):
                     a, b, _ = windows[i + self.prefetch]
-                    futures.append(pool.submit(self._read, a, b))
+                    futures.append(pool.submit(self.read_window, a, b))
                 rows = order.to(self.device)
                 inputs = {k: v.to(self.device, non_blocking=True)[rows] for k, v in
                           inputs.items()}
