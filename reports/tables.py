@@ -716,23 +716,29 @@ def _gain(both: float | Missing, other: float | Missing) -> float | Missing:
 
 
 def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
-                  audit: Mapping[str, Any] | None = None) -> Table:
+                  audit: Mapping[str, Any] | None = None,
+                  task: str = "recognition") -> Table:
     """What each information source gives the Mamba head: video alone, questions alone, both,
-    and the audit's text probe and majority class, with the gain of both over each, one block
-    per backbone and protocol (recognition)."""
-    metrics = [f"{h}_top1" for h in VNA]
+    with the gain of both over each, one block per backbone and protocol. Recognition adds
+    the audit's text probe and majority class (its questions are written from the labels);
+    anticipation's are written from the predictions of the observed window, so its
+    questions-alone row measures what those predictions carry."""
+    recognition = task == "recognition"
+    metrics = [f"{h}_top1" if recognition else f"{h}_recall5" for h in VNA]
+    unit = "top-1 (%)" if recognition else "class-mean recall@5 (%)"
     cols = [Column("backbone", "backbone"), Column("protocol", "protocol"),
             Column("source", "information"),
-            *(Column(m, m.split("_")[0], "pct", "top-1 (%)") for m in metrics),
+            *(Column(m, m.split("_")[0], "pct", unit) for m in metrics),
             *(Column(f"{m}_gain", m.split("_")[0], "delta", "both − this") for m in metrics),
             *_hidden("dataset", "run")]
-    table = Table("sources", "Information sources — what the video and the questions each "
-                  "give, action recognition top-1 (%)", "", cols)
-    queries = [(label, Query("recognition", "", features=f, fusion="mamba"))
-               for label, f in SOURCES]
+    table = Table("sources" if recognition else "sources_anticipation",
+                  "Information sources — what the video and the questions each give, "
+                  + ("action recognition top-1 (%)" if recognition
+                     else "action anticipation, class-mean recall@5 (%)"), "", cols)
+    queries = [(label, Query(task, "", features=f, fusion="mamba")) for label, f in SOURCES]
     mamba = [r for r in runs if r.tags.get("fusion") == "mamba"
              and r.tags.get("features") in {f for _, f in SOURCES}]
-    for backbone in _backbones(mamba, "recognition", ()) or list(PAPER_BACKBONES):
+    for backbone in _backbones(mamba, task, ()) or list(PAPER_BACKBONES):
         found = {p for _, q in queries
                  for p in replace(q, backbone=backbone).protocols(runs, dataset)}
         ordered = [p for p in PROTOCOLS if p in found] + sorted(
@@ -741,7 +747,7 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
             block: list[dict[str, Any]] = []
             for label, query in queries:
                 pick = select(runs, replace(query, backbone=backbone, protocol=protocol),
-                              "action_top1", mode, dataset)
+                              HEADLINE_METRIC[task], mode, dataset)
                 row: dict[str, Any] = {"backbone": _name(backbone), "source": label}
                 for m in metrics:
                     value = pick.run.metrics.get(f"best_{m}") if pick.run else None
@@ -751,47 +757,65 @@ def sources_table(runs: Sequence[RunInfo], mode: Select, dataset: str | None = N
                 _run_cells(row, pick)
                 block.append(row)
                 table.picks.append((_label(f"{label} ({_name(backbone)})", pick), pick))
-            for label, keys in (("text probe (both questions)", ("probe_verb_top1",
-                                                                  "probe_noun_top1")),
-                                ("majority class", ("majority_verb_top1",
-                                                    "majority_noun_top1"))):
-                where = (Missing(f"from the audit {audit['path']}, not a training run",
-                                 "probe rows: from the question audit, not a training run")
-                         if audit else Missing(NO_AUDIT, "no question audit given (--audit)"))
-                row = {"backbone": _name(backbone), "source": label, "protocol": None,
-                       "dataset": where, "run": where}
-                for m, key in zip(metrics, (*keys, None), strict=True):
-                    if not audit:
-                        row[m] = Missing(NO_AUDIT, "no question audit given (--audit)")
-                    elif key is None:
-                        row[m] = Missing("the audit scores verb and noun separately: no action",
-                                         "the probe scores verb and noun separately: no action")
-                    else:
-                        row[m] = 100 * audit[key]
-                block.append(row)
+            if recognition:
+                block += _audit_rows(backbone, metrics, audit)
             both = block[2]
             for row in block:
                 for m in metrics:
                     row[f"{m}_gain"] = None if row is both else _gain(both[m], row[m])
             table.rows.extend(block)
-    probe = (f"Text probe and majority class: not given (write them with `{AUDIT_COMMAND}` "
-             f"and pass --audit AUDIT.json)." if not audit
-             else f"Text probe and majority class from the audit {audit['path']}: a "
-             f"bag-of-words logistic regression from both questions to the label, trained on "
-             f"{audit.get('train', '?')} ({audit.get('train_pairs', '?')} pairs) and scored on "
-             f"{audit.get('eval', '?')} ({audit.get('eval_pairs', '?')} pairs); it predicts "
-             f"verb and noun separately, so it has no action score.")
     masks = sorted({p.run.params.get("question_mask", "") for _, p in table.picks
                     if p.run is not None and "questions" in p.run.tags.get("features", "")}
                    - {""})
     mask_line = f" Question mask of our runs: {', '.join(masks)}." if masks else ""
-    table.caption = (
-        f"Validation top-1 (%) of the Mamba head on each information source: the video "
-        f"alone, the questions alone and both; 'both − this' is the gain of both over the "
-        f"row. The questions are written from the clip's own labels (paper §4.1), so a "
-        f"questions-alone or probe score far above the majority class is label leakage, not "
-        f"fusion. {probe}{mask_line} {_picked(mode)} {_caption_tail(table, dataset)}")
+    if recognition:
+        probe = (f"Text probe and majority class: not given (write them with "
+                 f"`{AUDIT_COMMAND}` and pass --audit AUDIT.json)." if not audit
+                 else f"Text probe and majority class from the audit {audit['path']}: a "
+                 f"bag-of-words logistic regression from both questions to the label, trained "
+                 f"on {audit.get('train', '?')} ({audit.get('train_pairs', '?')} pairs) and "
+                 f"scored on {audit.get('eval', '?')} ({audit.get('eval_pairs', '?')} pairs); "
+                 f"it predicts verb and noun separately, so it has no action score.")
+        table.caption = (
+            f"Validation top-1 (%) of the Mamba head on each information source: the video "
+            f"alone, the questions alone and both; 'both − this' is the gain of both over the "
+            f"row. The questions are written from the clip's own labels (paper §4.1), so a "
+            f"questions-alone or probe score far above the majority class is label leakage, "
+            f"not fusion. {probe}{mask_line} {_picked(mode)} {_caption_tail(table, dataset)}")
+    else:
+        table.caption = (
+            f"Validation class-mean recall@5 (%) of the Mamba head anticipating the next "
+            f"action from each information source: the observed video alone, the questions "
+            f"alone and both; 'both − this' is the gain of both over the row. Anticipation "
+            f"questions are written from a recognition model's predictions on the observed "
+            f"window, never from the labels to anticipate, so the questions-alone row is what "
+            f"those predictions carry.{mask_line} {_picked(mode)} "
+            f"{_caption_tail(table, dataset)}")
     return table
+
+
+def _audit_rows(backbone: str, metrics: Sequence[str],
+                audit: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The audit's text probe and majority class as rows of a recognition sources block."""
+    rows = []
+    for label, keys in (("text probe (both questions)", ("probe_verb_top1",
+                                                         "probe_noun_top1")),
+                        ("majority class", ("majority_verb_top1", "majority_noun_top1"))):
+        where = (Missing(f"from the audit {audit['path']}, not a training run",
+                         "probe rows: from the question audit, not a training run")
+                 if audit else Missing(NO_AUDIT, "no question audit given (--audit)"))
+        row = {"backbone": _name(backbone), "source": label, "protocol": None,
+               "dataset": where, "run": where}
+        for m, key in zip(metrics, (*keys, None), strict=True):
+            if not audit:
+                row[m] = Missing(NO_AUDIT, "no question audit given (--audit)")
+            elif key is None:
+                row[m] = Missing("the audit scores verb and noun separately: no action",
+                                 "the probe scores verb and noun separately: no action")
+            else:
+                row[m] = 100 * audit[key]
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- writers
@@ -954,10 +978,15 @@ def to_csv(table: Table) -> str:
 def build_tables(runs: Sequence[RunInfo], mode: Select, dataset: str | None = None,
                  cost: BackboneCost = backbone_cost,
                  audit: Mapping[str, Any] | None = None) -> list[Table]:
-    """The paper's four tables, then the information-sources table (`audit`: its probe rows)."""
-    return [table1(runs, mode, dataset), table2(runs, mode, dataset),
-            table3(runs, mode, dataset), table4(runs, mode, dataset, cost),
-            sources_table(runs, mode, dataset, audit)]
+    """The paper's four tables, then the information-sources table (`audit`: its probe rows),
+    and its anticipation twin when there are single-source anticipation runs."""
+    tables = [table1(runs, mode, dataset), table2(runs, mode, dataset),
+              table3(runs, mode, dataset), table4(runs, mode, dataset, cost),
+              sources_table(runs, mode, dataset, audit)]
+    if any(r.tags.get("task") == "anticipation" and r.tags.get("fusion") == "mamba"
+           and r.tags.get("features") in {"video", "questions"} for r in runs):
+        tables.append(sources_table(runs, mode, dataset, task="anticipation"))
+    return tables
 
 
 def write_tables(tables: Sequence[Table], out: Path, header: str = "",

@@ -150,3 +150,31 @@ def test_cli_bad_audit_is_one_error_line(tmp_path: Path) -> None:
              str(tmp_path / "out"), "--no-html"], capture_output=True, text=True, cwd=ROOT)
         assert str(tmp_path / name) in one_error_line(result)
     assert not (tmp_path / "out").exists()  # refused before any table is written
+
+
+def test_anticipation_sources_table(tmp_path: Path) -> None:
+    """Anticipation's own table: recall@5 of each source, no probe rows (its questions come
+    from predictions, not labels); built only when single-source anticipation runs exist."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "artifacts"))
+    log_run(client, exp, fusion="mamba", backbone="demo", task="anticipation", best=0.3)
+    runs, _ = load_runs(uri, EXPERIMENT)
+    assert [t.name for t in build_tables(runs, "best")][-1] == "sources"  # no single source
+    # log_run logs best recall@5: verb = best + 0.1, noun = best + 0.05, action = best
+    for i, (features, best) in enumerate((("video", 0.10), ("questions", 0.20))):
+        log_run(client, exp, fusion="mamba", backbone="demo", task="anticipation",
+                features=features, best=best, start=i + 1)
+    runs, _ = load_runs(uri, EXPERIMENT)
+    table = build_tables(runs, "best")[-1]
+    assert table.name == "sources_anticipation" and "recall@5" in table.title
+    assert [r["source"] for r in table.rows] == ["video alone", "questions alone",
+                                                 "video + questions"]
+    video, questions, both = table.rows
+    assert (both["verb_recall5"], both["action_recall5"]) == pytest.approx((40.0, 30.0))
+    assert (video["action_recall5_gain"], questions["noun_recall5_gain"]) == pytest.approx(
+        (20.0, 10.0))
+    assert "never from the labels to anticipate" in table.caption
+    assert "| 10.0 | +20.0 |" in to_markdown(table)
