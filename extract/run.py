@@ -148,10 +148,12 @@ class TextConfig:
     max_length: int = 32
     """Tokens per question, special tokens included; longer questions are truncated (the
     authors' code: 40)."""
-    readout: Literal["last-hidden", "embeddings"] = "last-hidden"
+    readout: Literal["last-hidden", "embeddings", "pooler"] = "last-hidden"
     """last-hidden: the encoder's last hidden state; embeddings: the embedding layer's output
     (word + position + token type, then LayerNorm), the only part of RoBERTa the authors'
-    Mamba path uses. Both in eval mode (no dropout)."""
+    Mamba path uses; pooler: the model's pooler output, tanh(dense(last hidden state of
+    token 0)), stored as one token per question (what the authors' MLP and Transformer
+    baselines read). All in eval mode (no dropout)."""
     init: Literal["pretrained", "authors-random"] = "pretrained"
     """authors-random: the loaded weights re-initialised as the authors' model does after
     loading RoBERTa (`authors_reinit`), seeded by --seed."""
@@ -685,7 +687,7 @@ DEFAULT_MAX_LENGTH = TextConfig.max_length
 def text_suffix(readout: str, init: str, seed: int, max_length: int, padding: str) -> str:
     """Store-name suffix naming each non-default text choice ("" for the defaults, so stores
     made before these choices existed keep their names); `fusion.data` uses it too."""
-    parts = ["emb"] if readout == "embeddings" else []
+    parts = {"embeddings": ["emb"], "pooler": ["pooler"]}.get(readout, [])
     parts += [f"authorsrandom-s{seed}"] if init == "authors-random" else []
     parts += [f"len{max_length}"] if max_length != DEFAULT_MAX_LENGTH else []
     parts += ["nomask"] if padding == "max-length" else []
@@ -696,10 +698,12 @@ PROTOCOL_TEXT_SEED = 0
 """Seed of the authors-random table a protocol's default text store holds."""
 
 
-def protocol_text_options(protocol: Any) -> dict[str, Any]:
-    """`TextConfig` values of the text store a `fusion.protocols.Protocol` reads: its readout,
-    init and question length; padding `max-length` (pads embedded) iff its head pools pads."""
-    return {"readout": protocol.text_readout, "init": protocol.text_init,
+def protocol_text_options(protocol: Any, fusion: str = "mamba") -> dict[str, Any]:
+    """`TextConfig` values of the text store the `fusion` head reads under a
+    `fusion.protocols.Protocol`: its readout for that head (`text_readout_for`), init and
+    question length; padding `max-length` (pads through the model) iff the protocol pools
+    pads (the authors' code gives the model no attention mask on either path)."""
+    return {"readout": protocol.text_readout_for(fusion), "init": protocol.text_init,
             "seed": PROTOCOL_TEXT_SEED, "max_length": protocol.question_length,
             "padding": "max-length" if protocol.pool_padding else "masked"}
 
@@ -753,6 +757,40 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+READOUT_LAYERS = {
+    "last-hidden": "last_hidden_state",
+    "embeddings": "embeddings (word + position + token type, LayerNorm)",
+    "pooler": "pooler_output (tanh(dense(last_hidden_state[:, 0]))), one token",
+}
+"""The manifest's `layer` of each readout."""
+PADDED_POSITIONS = {  # (padding, pooler readout) -> the manifest's `padded_positions`
+    ("max-length", False): "model output, no attention mask",
+    ("masked", False): "zeros, attention mask given",
+    ("max-length", True): "model input, no attention mask (one pooled token stored)",
+    ("masked", True): "attention mask given (one pooled token stored)",
+}
+
+
+def check_readout(model: torch.nn.Module, config: TextConfig, missing: Any) -> None:
+    """Refuse a readout the loaded model cannot give: no `embeddings` layer, no pooler, or
+    a pooler whose weights the checkpoint lacks under `--init pretrained` (they would be
+    random without anyone choosing it)."""
+    kind = f"{config.text_model} ({type(model).__name__})"
+    if config.readout == "embeddings" and not hasattr(model, "embeddings"):
+        raise HarnessError(f"--readout embeddings: {kind} has no embedding layer `embeddings`; "
+                           "use --readout last-hidden")
+    if config.readout != "pooler":
+        return
+    if getattr(model, "pooler", None) is None:
+        raise HarnessError(f"--readout pooler: {kind} has no pooling layer (`pooler`); use "
+                           "--readout last-hidden")
+    absent = sorted(k for k in missing if k.startswith("pooler."))
+    if absent and config.init == "pretrained":
+        raise HarnessError(f"--readout pooler: {config.text_model} has no pooler weights "
+                           f"({', '.join(absent)}), so they would be random; use --readout "
+                           "last-hidden, or --init authors-random on purpose")
+
+
 def extract_text(config: TextConfig) -> int:
     """Embed (or resume) the questions of one split into a text store."""
     from transformers import AutoModel, AutoTokenizer
@@ -762,10 +800,9 @@ def extract_text(config: TextConfig) -> int:
     device = resolve_device(config.device)
     records, annotations_file = order_questions(read_questions(config.questions), config)
     tokenizer = AutoTokenizer.from_pretrained(config.text_model)
-    model = AutoModel.from_pretrained(config.text_model).eval()
-    if config.readout == "embeddings" and not hasattr(model, "embeddings"):
-        raise HarnessError(f"--readout embeddings: {config.text_model} ({type(model).__name__}) "
-                           "has no embedding layer `embeddings`; use --readout last-hidden")
+    model, loading = AutoModel.from_pretrained(config.text_model, output_loading_info=True)
+    model = model.eval()
+    check_readout(model, config, loading["missing_keys"])
     if config.init == "authors-random":
         authors_reinit(model, config.seed)
         if rank == 0:
@@ -775,7 +812,8 @@ def extract_text(config: TextConfig) -> int:
     model = model.to(device)
     hidden = int(model.config.hidden_size)
     length = config.max_length
-    shard_rows = auto_shard_rows(2 * length * (hidden * 2 + 1), config.shard_rows)
+    tokens = 1 if config.readout == "pooler" else length  # stored tokens per question
+    shard_rows = auto_shard_rows(2 * tokens * (hidden * 2 + 1), config.shard_rows)
     amp = config.amp and device.type == "cuda"
     first = records[0] if records else {}
     manifest = make_manifest(
@@ -798,15 +836,13 @@ def extract_text(config: TextConfig) -> int:
         tokenizer=type(tokenizer).__name__,
         max_length=length,
         padding=config.padding,
-        padded_positions="model output, no attention mask" if config.padding == "max-length"
-        else "zeros, attention mask given",
+        padded_positions=PADDED_POSITIONS[config.padding, config.readout == "pooler"],
         readout=config.readout,
-        layer="last_hidden_state" if config.readout == "last-hidden"
-        else "embeddings (word + position + token type, LayerNorm)",
+        layer=READOUT_LAYERS[config.readout],
         text_init=config.init,
         text_init_seed=config.seed if config.init == "authors-random" else None,
         questions=["verb", "noun"],
-        token_shape=[length, hidden],
+        token_shape=[tokens, hidden],
         dtype="float16",
         compute={"device_type": device.type, "autocast": "bfloat16" if amp else None},
         batch_size=config.batch_size,
@@ -816,8 +852,8 @@ def extract_text(config: TextConfig) -> int:
     )
     arrays = {}
     for question in ("verb", "noun"):
-        arrays[f"{question}_tokens"] = ArraySpec((length, hidden))
-        arrays[f"{question}_mask"] = ArraySpec((length,), "bool")
+        arrays[f"{question}_tokens"] = ArraySpec((tokens, hidden))
+        arrays[f"{question}_mask"] = ArraySpec((tokens,), "bool")
     writer = open_writer(
         path,
         [str(r["narration_id"]) for r in records],
@@ -844,10 +880,13 @@ def extract_text(config: TextConfig) -> int:
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             if config.readout == "embeddings":
                 states = model.embeddings(input_ids=encoded.input_ids)
+            elif config.readout == "pooler":  # one token, always real
+                states = model(**inputs).pooler_output[:, None]
+                mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
             else:
                 states = model(**inputs).last_hidden_state
         states = states.float()
-        if config.padding == "masked":
+        if config.padding == "masked" and config.readout != "pooler":
             states = states.masked_fill(~mask[..., None], 0)
         return states.cpu().numpy().astype(np.float16), mask.cpu().numpy()
 

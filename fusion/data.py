@@ -127,7 +127,9 @@ def video_store_name(config: TrainConfig) -> str:
 
 def text_store_name(config: TrainConfig) -> str:
     """`<text_model>-<generator>-<mask><suffix>` as `python -m extract text` names the store
-    of the protocol's text choices (`extract.run.protocol_text_options`; `clean`: no suffix).
+    of the protocol's text choices for the run's head (`extract.run.protocol_text_options`;
+    `clean`: no suffix; `authors`: the embedding layer for the Mamba head, the pooler output
+    for the authors' baselines).
 
     Anticipation reads questions of the `predictions` generator (the clip is not seen yet).
     """
@@ -137,7 +139,7 @@ def text_store_name(config: TrainConfig) -> str:
     if config.text_store:
         return config.text_store
     generator = "predictions" if config.task == "anticipation" else "template"
-    suffix = text_suffix(**protocol_text_options(get_protocol(config.protocol)))
+    suffix = text_suffix(**protocol_text_options(get_protocol(config.protocol), config.fusion))
     return f"{config.text_model}-{generator}-{config.question_mask}{suffix}"
 
 

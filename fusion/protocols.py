@@ -9,9 +9,9 @@
 A protocol only sets defaults: `fusion.train --protocol NAME` starts from its values and every
 field stays overridable by its own flag, so an ablation flips one field (see `fusion.train`).
 Head structure goes to the Mamba head (`head_options`), the recipe to `TrainConfig`
-(`train_fields`). Text readout, text init and question length are read by
-`extract.run.protocol_text_options`: they name the default text store of `fusion.train`
-(`make embed-text PROTOCOL=NAME` writes it).
+(`train_fields`). Text readout (per head: `text_readout_for`), text init and question length
+are read by `extract.run.protocol_text_options`: they name the default text store of
+`fusion.train` (`make embed-text PROTOCOL=NAME` writes the store of each head).
 
 Everything stays on frozen, cached features: the authors fine-tune their backbone end to end
 (`tools/train_net.py` of the commit), which no protocol here reproduces.
@@ -24,6 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 ProtocolName = Literal["authors", "paper", "clean"]
+TextReadout = Literal["embeddings", "last-hidden", "pooler"]
+
+# `fusion.train --fusion NAME` under `authors` and `paper` builds the authors' baseline
+# (`fusion.heads.authors`); here so the text readout of a run can follow from its head
+BASELINES = {"mlp": "mlp_authors", "transformer_6x4": "transformer_authors_6x4",
+             "transformer_12x12": "transformer_authors_12x12"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,10 @@ class Protocol:
     `authors`: the commit's re-initialisation (xavier on every >1-D weight incl. A_log, then
     every Linear trunc_normal(0.02) with zero bias): A ≈ -1 ± 0.06, Δ = softplus(0)."""
     # --- text features (`extract text` options; they name the protocol's text store) ---
-    text_readout: Literal["embeddings", "last-hidden"]
+    text_readout: TextReadout
+    """Readout of the Mamba head's (and our own heads') questions."""
+    baseline_text_readout: TextReadout
+    """Readout of the authors' baselines' questions (`BASELINES`)."""
     text_init: Literal["pretrained", "authors-random"]
     question_length: int
     # --- recipe (`fusion.train.TrainConfig` fields of the same names) ---
@@ -84,7 +93,7 @@ class Protocol:
 
     HEAD_FIELDS = ("block", "video_proj", "text_proj", "proj_kernel", "route_questions",
                    "pool_padding", "init")
-    TEXT_FIELDS = ("text_readout", "text_init", "question_length")
+    TEXT_FIELDS = ("text_readout", "baseline_text_readout", "text_init", "question_length")
 
     def head_options(self, fusion: str) -> dict[str, Any]:
         """Constructor options of the `fusion` head under this protocol."""
@@ -95,6 +104,15 @@ class Protocol:
         # the authors' baselines (mlp, transformer_*) come from fusion.heads.authors.protocol_head
         raise ValueError(f"--protocol {self.name} defines no {fusion!r} head: train it under "
                          "--protocol clean")
+
+    def builds_baseline(self, fusion: str) -> bool:
+        """Whether `--fusion fusion` trains one of the authors' baselines under this protocol
+        (`clean` keeps our own `mlp` and `transformer_*`)."""
+        return fusion in BASELINES.values() or (self.name != "clean" and fusion in BASELINES)
+
+    def text_readout_for(self, fusion: str) -> TextReadout:
+        """The text readout the `fusion` head reads under this protocol (its store's name)."""
+        return self.baseline_text_readout if self.builds_baseline(fusion) else self.text_readout
 
     def train_fields(self) -> dict[str, Any]:
         """The recipe as `fusion.train.TrainConfig` field values."""
@@ -119,6 +137,8 @@ AUTHORS = Protocol(
     pool_padding=True,  # no attention mask: all 40 positions, pads included, enter the mean
     init="authors",  # init_weights() + apply(_init_weights) run after every module is built
     text_readout="embeddings",  # text_model.embeddings(input_ids=...), no encoder layers
+    # "mlp"/"transformer" branches of forward(): text_model(input_ids=...)[1], the pooler
+    baseline_text_readout="pooler",
     text_init="authors-random",  # the same re-initialisation overwrites the RoBERTa weights
     question_length=40,  # tokenizer max_length=40, padding="max_length" (datasets/*.py)
     optimizer="sgd",  # OPTIMIZING_METHOD sgd; MOMENTUM 0.9, NESTEROV True, DAMPENING 0.0
@@ -153,6 +173,7 @@ PAPER = Protocol(
     pool_padding=False,  # "average pooling at the sequence level": padding is not sequence
     init="mamba",  # "initialize a shared state transition matrix": S4D-real, as Mamba [9]
     text_readout="last-hidden",  # "the RoBERTa model to extract embeddings": its output
+    baseline_text_readout="last-hidden",  # Table 3 names no readout: the same store
     text_init="pretrained",  # a named pretrained model; the overwrite in the code is a bug
     question_length=40,  # unsaid: the code's tokenizer length
     optimizer="sgd",  # unsaid: the configs' SGD, Nesterov, momentum 0.9
@@ -185,6 +206,7 @@ CLEAN = Protocol(
     pool_padding=False,  # padding never changes an output (tokens masked and left-aligned)
     init="mamba",  # Mamba's published initialisation: long and short SSM memories at start
     text_readout="last-hidden",  # pretrained contextual features of the whole encoder
+    baseline_text_readout="last-hidden",  # `--fusion mlp_authors` named outright: our store
     text_init="pretrained",
     question_length=32,  # `extract text` default; padding is masked anyway
     optimizer="adamw",  # robust to the scale of frozen features without LR tuning

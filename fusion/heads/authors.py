@@ -12,13 +12,16 @@ What their model does per clip, and what these heads do:
   `frame` or `patch` store token 0 is the first frame's token, not a CLS.
 * text: `txt_proj(text_model(input_ids)[1])` per question, one (B, D) vector: RoBERTa's pooler
   output (`tanh(dense(h[:, 0]))` over the full 12-layer encoder, whose weights their
-  `init_weights()` re-initialised, frozen) through `txt_proj`, the 3-layer ReLU projection
-  (`fusion.heads.mamba.relu3_projection`). Our text stores hold token features, not the
-  pooler output, so the pooled vector is the question's token 0 (`text_pool="first"`: `<s>`,
-  the position the pooler reads; the pooler's frozen random dense + tanh is not applied) or
-  the mean of its real tokens (`text_pool="mean"`). With a store of the `embeddings` readout,
-  token 0 is the same `<s>` embedding for every question: use a `last-hidden` store (or
-  `text_pool="mean"`) for these baselines.
+  `init_weights()` re-initialised, frozen; ids alone, no attention mask) through `txt_proj`,
+  the 3-layer ReLU projection (`fusion.heads.mamba.relu3_projection`). Under `--protocol
+  authors` these heads read a `pooler` store by default (`extract text --readout pooler`:
+  that output as the question's one token; `fusion.protocols.AUTHORS.baseline_text_readout`),
+  so token 0 is the pooler output itself. On a token store (`last-hidden`, e.g. under
+  `paper`, or `--text-store` named outright) the pooled vector is the question's token 0
+  (`text_pool="first"`: `<s>`, the position the pooler reads, without its dense + tanh) or
+  the mean of its real tokens (`text_pool="mean"`); with an `embeddings` store token 0 is the
+  same `<s>` embedding for every question. Their RoBERTa is in train mode (dropout 0.1 in
+  the encoder while training); ours is extracted in eval mode, once.
 * fusion, run once per question with the same weights (verb, then noun), feeding `head0`
   (verb) and `head1` (noun) after `head_drop` (Dropout(MF.HEAD_DROPOUT = 0.0)):
   - `mlp_authors`: `MLP(in=2D, hidden=2D, out=D)` = Linear, GELU, Linear, Dropout(0) on
@@ -65,14 +68,10 @@ from torch import Tensor, nn
 from features.authors_init import authors_reinit
 from fusion.heads.base import NUM_NOUNS, NUM_VERBS, FusionHead, HeadConfigError, masked_mean
 from fusion.heads.mamba import relu3_projection
-from fusion.protocols import get_protocol
+from fusion.protocols import BASELINES, get_protocol
 
 VIDEO, QUESTIONS = "video", ("verb_question", "noun_question")
 TextPool = Literal["first", "mean"]
-
-# `fusion.train --fusion NAME` under `authors` and `paper` builds the authors' baseline
-BASELINES = {"mlp": "mlp_authors", "transformer_6x4": "transformer_authors_6x4",
-             "transformer_12x12": "transformer_authors_12x12"}
 
 
 def protocol_head(protocol: str, fusion: str) -> tuple[str, dict[str, Any]]:
@@ -80,7 +79,7 @@ def protocol_head(protocol: str, fusion: str) -> tuple[str, dict[str, Any]]:
     `protocol`: the authors' baselines under `authors` and `paper` (with the protocol's
     `init`), otherwise `fusion` itself with the protocol's structure (`head_options`)."""
     spec = get_protocol(protocol)
-    if spec.name != "clean" and fusion in BASELINES:
+    if spec.builds_baseline(fusion) and fusion in BASELINES:
         return BASELINES[fusion], {"init": spec.init}
     return fusion, spec.head_options(fusion)
 

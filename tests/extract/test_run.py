@@ -33,6 +33,7 @@ from extract.run import (
 from extract.synthetic import SyntheticConfig, generate
 from extract.video import ClipDataset
 from features.annotations import load_split
+from features.errors import HarnessError
 from features.store import FeatureStore, check_aligned
 from tests.cli import one_error_line
 
@@ -327,13 +328,16 @@ def test_authors_reinit_is_seeded_and_changes_every_weight(
     ("embeddings", "pretrained", "masked"),
     ("embeddings", "authors-random", "max-length"),  # the authors' text features
     ("last-hidden", "pretrained", "max-length"),
+    ("pooler", "authors-random", "max-length"),  # the authors' baselines' text features
+    ("pooler", "pretrained", "masked"),
 ])  # fmt: skip
 def test_text_readouts(
     tiny_roberta: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
     readout: str, init: str, padding: str,
 ) -> None:
     """Each stored row is what the loaded (or re-initialised) model gives for the question's
-    40 ids; with max-length padding pads are computed like tokens, with no attention mask."""
+    40 ids; with max-length padding pads are computed like tokens, with no attention mask.
+    The pooler readout stores `pooler_output` as the question's one (real) token."""
     from transformers import AutoModel, AutoTokenizer
 
     model_dir = _perturbed_roberta(tiny_roberta, tmp_path / "tiny-roberta")
@@ -347,14 +351,18 @@ def test_text_readouts(
     assert len(notes) == (init == "authors-random")
     suffix = {("embeddings", "pretrained", "masked"): "-emb-len40",
               ("embeddings", "authors-random", "max-length"): "-emb-authorsrandom-s3-len40-nomask",
-              ("last-hidden", "pretrained", "max-length"): "-len40-nomask"}[readout, init, padding]
+              ("last-hidden", "pretrained", "max-length"): "-len40-nomask",
+              ("pooler", "authors-random", "max-length"): "-pooler-authorsrandom-s3-len40-nomask",
+              ("pooler", "pretrained", "masked"): "-pooler-len40"}[readout, init, padding]
     store = FeatureStore(tmp_path / f"features/d/{SPLIT}/text-tiny-roberta-template-paper"
                          f"{suffix}.zarr")  # fmt: skip
     manifest = store.manifest
     assert (manifest["readout"], manifest["text_init"], manifest["padding"]) == (
         readout, init, padding)
     assert manifest["text_init_seed"] == (3 if init == "authors-random" else None)
-    assert manifest["max_length"] == 40 and store.arrays["noun_tokens"].row_shape == (40, 32)
+    tokens = 1 if readout == "pooler" else 40
+    assert manifest["max_length"] == 40 and manifest["token_shape"] == [tokens, 32]
+    assert store.arrays["noun_tokens"].row_shape == (tokens, 32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     if init == "authors-random":
@@ -363,14 +371,26 @@ def test_text_readouts(
     for record in records[:3]:
         encoded = tokenizer([record["verb_question"]], padding="max_length", truncation=True,
                             max_length=40, return_tensors="pt")  # fmt: skip
+        mask = encoded["attention_mask"][0].numpy().astype(bool)
+        assert 0 < mask.sum() < 40  # the question has real tokens and pads
+        row = store.get(record["narration_id"])
+        if readout == "pooler":
+            inputs = dict(encoded) if padding == "masked" else {"input_ids": encoded.input_ids}
+            with torch.inference_mode():
+                out = model(**inputs)
+                # the pooler is tanh(dense(token 0)) of the (re-initialised) model's own layer
+                assert torch.equal(out.pooler_output, model.pooler.activation(
+                    model.pooler.dense(out.last_hidden_state[:, 0])))
+            assert row["verb_mask"].tolist() == [True]
+            np.testing.assert_allclose(row["verb_tokens"], out.pooler_output.numpy(), rtol=1e-2,
+                                       atol=2e-3)  # fmt: skip
+            assert np.abs(row["verb_tokens"]).max() > 1e-2  # not a zero row
+            continue
         with torch.inference_mode():
             if readout == "embeddings":
                 want = model.embeddings(input_ids=encoded.input_ids)[0].numpy()
             else:  # no attention mask: pads are attended to, as in the authors' code
                 want = model(input_ids=encoded.input_ids).last_hidden_state[0].numpy()
-        mask = encoded["attention_mask"][0].numpy().astype(bool)
-        assert 0 < mask.sum() < 40  # the question has real tokens and pads
-        row = store.get(record["narration_id"])
         np.testing.assert_array_equal(row["verb_mask"], mask)  # True on real tokens
         if padding == "masked":
             np.testing.assert_allclose(row["verb_tokens"][mask], want[mask], rtol=1e-2,
@@ -379,6 +399,25 @@ def test_text_readouts(
         else:
             np.testing.assert_allclose(row["verb_tokens"], want, rtol=1e-2, atol=2e-3)
             assert np.abs(row["verb_tokens"][~mask]).sum(-1).min() > 0  # pads hold features
+
+
+def test_pooler_readout_needs_pooler_weights(tiny_roberta: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    """A checkpoint without pooler weights gives a random pooler: refused unless the weights
+    are re-initialised on purpose (--init authors-random), which draws them all anyway."""
+    from transformers import AutoTokenizer, RobertaModel
+
+    folder = tmp_path / "no-pooler"
+    RobertaModel.from_pretrained(tiny_roberta[0], add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_roberta[0]).save_pretrained(folder)
+    args = ["text", "--questions", str(tiny_roberta[1]), "--text-model", str(folder),
+            "--readout", "pooler", "--out", str(tmp_path / "t.zarr"), *COMMON]  # fmt: skip
+    with pytest.raises(HarnessError, match="no pooler weights") as error:
+        main(args)
+    assert "\n" not in str(error.value) and "pooler.dense.weight" in str(error.value)
+    assert not (tmp_path / "t.zarr").exists()
+    assert main([*args, "--init", "authors-random"]) == 0
+    assert FeatureStore(tmp_path / "t.zarr").arrays["verb_tokens"].row_shape == (1, 32)
 
 
 def test_segment_past_the_end_of_its_video_is_a_failure(

@@ -195,3 +195,45 @@ def test_clean_keeps_our_own_baseline():
     from fusion.train import head_choice
 
     assert head_choice(config) == ("mlp", {"d_model": 8})
+
+
+def test_authors_baselines_read_the_pooler_store_mamba_the_embeddings(tmp_path):
+    """Under `authors`, `--fusion mlp` opens the store `extract text` writes with the
+    protocol's options for it (RoBERTa's pooler output, one token per question) and trains on
+    it; the Mamba head looks for the embedding-layer store instead."""
+    from extract.questions import QuestionsConfig
+    from extract.questions import generate as generate_questions
+    from extract.run import (
+        TextConfig,
+        TinyRobertaConfig,
+        build_tiny_roberta,
+        extract_text,
+        protocol_text_options,
+    )
+    from features.store import StoreError
+    from fusion.data import open_stores
+    from fusion.protocols import AUTHORS
+
+    data = make_dataset(tmp_path / "demo")
+    model = build_tiny_roberta(TinyRobertaConfig(out=tmp_path / "tiny-roberta"))
+    options = protocol_text_options(AUTHORS, "mlp")
+    assert options["readout"] == "pooler"
+    for split in ("train", "validation"):
+        questions = tmp_path / f"{split}.jsonl"
+        generate_questions(QuestionsConfig(
+            annotations=data / f"annotations/EPIC_100_{split}.csv", out=questions))
+        assert extract_text(TextConfig(
+            questions=questions, text_model=str(model), annotations=data / "annotations",
+            split=split, root=data / "features", dataset="demo", device="cpu", threads=1,
+            progress=False, **options)) == 0
+    config = protocol_config("authors", fusion="mlp", data=data, epochs=1, batch_size=8,
+                             device="cpu", out=tmp_path / "runs", track=False)
+    text = open_stores(config, "train")["text"]
+    assert text.path.name == "text-tiny-roberta-template-paper-pooler-authorsrandom-s0-len40-" \
+                             "nomask.zarr"
+    assert text.manifest["readout"] == "pooler" and text.arrays["verb_tokens"].row_shape == (1, 32)
+    result = train(config)
+    assert math.isfinite(pd.read_csv(Path(result["folder"]) / "history.csv")["train_loss"][0])
+    mamba = protocol_config("authors", fusion="mamba", data=data, device="cpu")
+    with pytest.raises(StoreError, match="text-tiny-roberta-template-paper-emb-authorsrandom"):
+        open_stores(mamba, "train")

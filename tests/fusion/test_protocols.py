@@ -254,3 +254,23 @@ def test_short_cuda_training_under_each_protocol(name, tmp_path):
     result = train(config)
     history = pd.read_csv(Path(result["folder"]) / "history.csv")
     assert len(history) == 3 and history["train_loss"].map(math.isfinite).all()
+
+
+@pytest.mark.parametrize("protocol", [AUTHORS, PAPER, CLEAN])
+def test_text_readout_follows_the_head_built(protocol):
+    """The readout a run's text store holds is the baseline readout exactly when the head
+    built is one of the authors' baselines (`protocol_head`), the protocol's readout otherwise."""
+    from fusion.heads import protocol_head
+    from fusion.protocols import BASELINES
+
+    for fusion in ("mamba", "mlp", "transformer_6x4", "transformer_12x12", "mlp_authors"):
+        try:
+            built = protocol_head(protocol.name, fusion)[0]
+        except ValueError:  # not trainable under this protocol (`mlp_authors` outside clean)
+            continue
+        baseline = built in BASELINES.values()
+        assert protocol.builds_baseline(fusion) == baseline, fusion
+        assert protocol.text_readout_for(fusion) == (
+            protocol.baseline_text_readout if baseline else protocol.text_readout)
+    assert AUTHORS.text_readout_for("mlp") == "pooler"
+    assert AUTHORS.text_readout_for("mamba") == "embeddings"
