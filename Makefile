@@ -152,14 +152,19 @@ train_cmd = $(PY) -m fusion.train --preset $(1) --task $(2) --seed $(SEED) --pro
 ANTICIPATION_STORE = $(if $(filter demo,$(BACKBONE)),--video-store vit-demo-anticipation)
 
 # each protocol's text readout (fusion/protocols.py), named in the store, read by fusion.train;
-# the suffix is the store name's part for it (extract.run.text_suffix; tests/test_chain.py checks)
+# the suffix is the store name's part for it (extract.run.text_suffix; tests/test_chain.py checks).
+# authors: the Mamba head reads the embedding layer, their baselines (FUSION=mlp|transformer_*)
+# RoBERTa's pooler output; `make embed-text` writes the store of each FUSION in TEXT_FUSIONS_*
+AUTHORS_BASELINE = $(filter mlp transformer_6x4 transformer_12x12,$(FUSION))
 TEXT_ARGS_clean =
 TEXT_ARGS_paper = --max-length 40
-TEXT_ARGS_authors = --readout embeddings --init authors-random --seed 0 --padding max-length \
-	--max-length 40
+TEXT_ARGS_authors = --readout $(if $(AUTHORS_BASELINE),pooler,embeddings) --init authors-random \
+	--seed 0 --padding max-length --max-length 40
 TEXT_SUFFIX_clean =
 TEXT_SUFFIX_paper = -len40
-TEXT_SUFFIX_authors = -emb-authorsrandom-s0-len40-nomask
+TEXT_SUFFIX_authors = -$(if $(AUTHORS_BASELINE),pooler,emb)-authorsrandom-s0-len40-nomask
+TEXT_FUSIONS_authors = mamba mlp
+TEXT_STORE_FUSIONS = $(or $(TEXT_FUSIONS_$(PROTOCOL)),$(FUSION))
 
 # --- stages, one at a time (each runs its command; the command resumes or refuses by itself) ----
 questions: venv ## questions of SPLIT (GENERATOR=template|llm|predictions|recognized [PREDICTIONS=p.npz] MASK=paper|strict)
@@ -180,12 +185,14 @@ endif
 reencode: venv ## AVION's 320p/30fps/15-s chunked copy of raw videos (VIDEOS= OUT= WORKERS=; resumable)
 	$(PY) -m extract.reencode --videos $(VIDEOS) --out $(OUT) --workers $(WORKERS) $(ARGS)
 
-embed-text: venv ## question embeddings of SPLITS for PROTOCOL (run `make questions` first)
+# (foreach rebinds FUSION while it expands text_cmd: one store per readout of the protocol)
+embed-text: venv ## question embeddings of SPLITS for PROTOCOL, every head's store (run `make questions` first)
 	for s in $(SPLITS); do \
 		test -f $(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl || { echo "error:" \
 			"$(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl: not found; run make questions" \
 			"SPLIT=$$s GENERATOR=$(GENERATOR) MASK=$(MASK) first" >&2; exit 2; }; \
-		$(call text_cmd,$$s,$(DATA)/questions/$$s-$(GENERATOR)-$(MASK).jsonl,$(ARGS)) || exit 1; \
+		$(foreach FUSION,$(TEXT_STORE_FUSIONS),$(call text_cmd,$$s,$(call \
+			questions_file,$$s,$(GENERATOR)),$(ARGS)) || exit 1;) \
 	done
 
 train: venv ## train one head (FUSION=mamba|mlp|transformer_6x4|transformer_12x12 BACKBONE= TASK= PROTOCOL=)
