@@ -84,13 +84,16 @@ def test_venv_installs_nothing_when_py_is_given(tmp_path: Path) -> None:
     assert "pip install" in default
 
 
-@pytest.mark.parametrize("protocol", ["clean", "paper", "authors"])
-def test_chain_names_the_stores_that_training_reads(protocol: str) -> None:
-    """The text and video store files the chain waits for are those fusion.train opens."""
+@pytest.mark.parametrize(("protocol", "fusion"), [("clean", "mamba"), ("paper", "mamba"),
+                                                  ("authors", "mamba"), ("authors", "mlp")])
+def test_chain_names_the_stores_that_training_reads(protocol: str, fusion: str) -> None:
+    """The text and video store files the chain waits for are those fusion.train opens (the
+    authors' baselines read a pooler store, their Mamba head an embeddings store)."""
     listed = make("chain-files", "BACKBONE=vitl", "DATA=/x", "RUNS=/r",
-                  f"PROTOCOL={protocol}").stdout
+                  f"PROTOCOL={protocol}", f"FUSION={fusion}").stdout
+    preset = "mambavl-vitl" if fusion == "mamba" else f"{fusion}-vitl"
     for task in ("recognition", "anticipation"):
-        config = overlay(protocol_config(protocol), PRESETS["mambavl-vitl"])
+        config = overlay(protocol_config(protocol), PRESETS[preset])
         config.task = task
         name = text_store_name(config)
         video = "vitl" + ("-anticipation" if task == "anticipation" else "")
