@@ -281,9 +281,14 @@ def test_sigkill_and_sigterm_then_rerun_finishes_exact_target(
     first.wait()
 
     second = subprocess.Popen(cmd, cwd=REPO, env=slow, stderr=subprocess.PIPE, text=True)
+    from sweeps.study import OWNER_ATTR
+
+    # mid-trial in the SECOND process (under load the first may have reached trial 2 before
+    # its SIGKILL: that stale trial must not count, or SIGTERM lands before any handler)
     wait_until(storage, lambda trials: any(
         t.state == TrialState.RUNNING and t.intermediate_values and t.number >= 2
-        and t.number != 1 for t in trials), second)
+        and (t.system_attrs.get(OWNER_ATTR) or {}).get("pid") == second.pid
+        for t in trials), second)
     second.send_signal(signal.SIGTERM)
     _, err = second.communicate(timeout=60)
     assert second.returncode == 130, err[-3000:]
