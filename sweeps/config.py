@@ -74,6 +74,8 @@ class SweepConfig:
     """module:function with fusion.train.train's signature (tests and benchmarks swap it)."""
     summary: bool = True
     """Log best params, plots and history to the MLflow parent run when the study is done."""
+    json: bool = False
+    """Print the final summary as one JSON object (for scripts) instead of a few lines."""
     verbose: bool = False
     """Show each trial's own training output and Optuna's INFO logs; by default a sweep
     prints one line as a trial starts (`trial k/N` and its parameters) and one as it ends

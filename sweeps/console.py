@@ -83,3 +83,18 @@ class SweepConsole:
     def pruned(self, study: optuna.Study, index: int, epoch: int, value: float) -> None:
         self._print(index, f"pruned at epoch {epoch}: {metric_label(self.metric)} "
                            f"{percent(value)}{best_text(study, self.metric)}")
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """The end of a sweep, for people: how many trials ended how, the best and where it is."""
+    lines = [f"sweep {result['study']}: {result.get('complete', 0)} complete, "
+             f"{result.get('pruned', 0)} pruned, {result.get('fail', 0)} failed"
+             f"; MLflow parent run {result['parent_run_id']}"]
+    if result.get("best_value") is not None:
+        lines.append(f"  best      trial {result.get('best_index', result['best_trial'] + 1)}: "
+                     f"{metric_label(result['metric'])} {percent(result['best_value'])}  "
+                     f"{params_text(result.get('best_params') or {})}")
+        lines.append(f"  best run  {result.get('best_run_folder')}  "
+                     f"(MLflow run {result.get('best_run_id')})")
+    return "\n".join(lines)
+

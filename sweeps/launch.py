@@ -22,6 +22,7 @@ from typing import Any
 
 from features.errors import HarnessError, resolve_device
 from sweeps.config import SweepConfig
+from sweeps.console import summary_text
 from sweeps.study import (
     LAUNCHER_ENV,
     counts,
@@ -140,4 +141,4 @@ def main(config: SweepConfig) -> None:
     except KeyboardInterrupt:
         print("sweep interrupted: rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
-    print(json.dumps(result, default=str))
+    print(json.dumps(result, default=str) if config.json else summary_text(result))

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -62,8 +63,11 @@ def quiet() -> Iterator[None]:
 
 def set_log_level(verbose: bool) -> None:
     """Optuna's own INFO lines ("Trial 3 finished with value ...") only with `--verbose`:
-    the sweep's console says the same per trial, with k/N and the best so far."""
+    the sweep's console says the same per trial, with k/N and the best so far. MLflow's and
+    its migrations' INFO lines ("Creating initial MLflow database tables...") likewise."""
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -27,6 +27,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from features.errors import HarnessError  # noqa: E402
 from sweeps.config import SweepConfig  # noqa: E402
+from sweeps.console import label  # noqa: E402
 from sweeps.study import redact  # noqa: E402
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def log_summary(study: optuna.Study, run_id: str, config: SweepConfig,
     best = study.best_trial
     summary = {
         "study": study.study_name, "metric": config.metric, "best_value": best.value,
-        "best_trial": best.number, "best_params": best.params,
+        "best_trial": best.number, "best_index": label(best), "best_params": best.params,
         "best_run_id": best.user_attrs.get("mlflow_run_id"),
         "best_run_folder": best.user_attrs.get("run_folder"),
         "finished_trials": len(finished), "target_trials": config.trials,

@@ -841,3 +841,18 @@ def test_tiny_sweep_under_the_authors_protocol(tmp_path: Path,
         checkpoint = torch.load(Path(trial.user_attrs["run_folder"], "last.pt"), weights_only=True)
         assert "txt_proj.0.weight" in checkpoint["model"]  # the authors' MLP, not ours
         assert all(g["nesterov"] for g in checkpoint["optimizer"]["param_groups"])
+
+
+def test_a_sweep_ends_with_a_readable_summary_or_json_on_request(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    cmd = sweep_cmd(tmp_path, storage, trials=2, epochs=1)
+    done = subprocess.run(cmd, cwd=REPO, env=env(0.0), capture_output=True, text=True,
+                          check=True)
+    first, best, run = done.stdout.splitlines()
+    assert first.startswith("sweep t: 2 complete, 0 pruned, 0 failed; MLflow parent run ")
+    assert best.startswith("  best      trial ") and "action@1 " in best and " lr " in best
+    assert run.startswith("  best run  ") and str(tmp_path / "runs") in run
+    again = subprocess.run([*cmd, "--json"], cwd=REPO, env=env(0.0), capture_output=True,
+                           text=True, check=True)  # done already: the same summary as JSON
+    result = json.loads(again.stdout)
+    assert result["study"] == "t" and result["complete"] == 2 and result["best_index"] >= 1
