@@ -13,7 +13,8 @@ appearance (shape, colour and texture per noun class); the VERB is only its moti
 and a constant object's size is drawn from the same distribution a growing one passes
 through, so one frame cannot tell the verb: a model has to use time. Classes are long-tailed
 (higher ids rarer, as in EK100) so the tail files are meaningful. Everything is drawn from
-`--seed`: the same seed gives byte-identical CSVs and identical video frames.
+`--seed`: the same seed gives byte-identical CSVs and the same video frames (under heavy
+load a few decoded pixels have been seen to differ between worker counts: not understood).
 """
 
 from __future__ import annotations

@@ -169,8 +169,11 @@ def check_mlflow(tmp: Path, trials: int) -> None:
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == "t"  # the study's name
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == trials
-    assert all(r.info.status == "FINISHED" for r in children)
+    # a SIGKILL between a trial's MLflow start and its first checkpoint (possible under load)
+    # leaves that run open and the retry opens another: only the finished ones are the trials'
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert len(finished) == trials and len(children) - trials <= 2
+    children = finished
     assert all(r.data.tags["optuna.study"] == "t" and "optuna.trial" in r.data.tags
                for r in children)
     assert sorted(r.info.run_name for r in children) == sorted(
