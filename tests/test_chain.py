@@ -164,7 +164,9 @@ def test_both_chains_on_synthetic_ek100(tmp_path: Path) -> None:
 
     # what a researcher reads: the report of these runs and a training console, as PNGs
     # (headless Chromium, which .ci/run installs; MAMBAVL_SCREENSHOTS=docs/screenshots keeps them)
-    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+    from reports.screenshots import BROWSERS
+
+    if not any(shutil.which(name) for name in BROWSERS):
         return
     shots = Path(os.environ.get("MAMBAVL_SCREENSHOTS", tmp_path / "shots"))
     report = tmp_path / "report"
