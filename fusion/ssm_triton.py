@@ -338,6 +338,17 @@ def _scan_bwd_kernel(
 # ---------------------------------------------------------------------------- autograd
 
 
+def _like(u: Tensor, dtype: torch.dtype, zero: bool) -> Tensor:
+    """A (b, d, L) output in u's layout: channels-last (a transposed (b, L, d) tensor, as the
+    Mamba head passes its projections without copying them) or (b, d, L) contiguous. Outputs
+    in the inputs' layout keep the kernels' loads and stores coalesced alike."""
+    b, d, L = u.shape
+    make = torch.zeros if zero else torch.empty
+    if u.stride(1) == 1 and d > 1:
+        return make((b, L, d), dtype=dtype, device=u.device).transpose(1, 2)
+    return make((b, d, L), dtype=dtype, device=u.device)
+
+
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -351,8 +362,7 @@ class _TritonScan(torch.autograd.Function):
         n = A.shape[-1]
         n_chunks = triton.cdiv(L, cfg["BLOCK_T"])
         # y past a row's length is never written by the kernel: zeros
-        y = (torch.zeros if lengths is not None else torch.empty)((b, d, L), dtype=u.dtype,
-                                                                  device=u.device)
+        y = _like(u, u.dtype, zero=lengths is not None)
         states = (torch.empty((b, d, n_chunks, n), dtype=torch.float32, device=u.device)
                   if needs_grad else y.new_empty((1, 1, 1, 1), dtype=torch.float32))
         dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
@@ -380,13 +390,14 @@ class _TritonScan(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[-1]
         dev = u.device
-        alloc = torch.zeros if lengths is not None else torch.empty  # zero past each length
-        du = alloc((b, d, L), dtype=u.dtype, device=dev)
-        ddelta = alloc((b, d, L), dtype=delta.dtype, device=dev)
-        dz = None if z is None else alloc((b, d, L), dtype=z.dtype, device=dev)
+        zero = lengths is not None  # zero past each length
+        du = _like(u, u.dtype, zero)
+        ddelta = _like(u, delta.dtype, zero)
+        dz = None if z is None else _like(u, z.dtype, zero)
         dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
         # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
         blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
+        alloc = torch.zeros if zero else torch.empty
         dB = alloc((b, blocks, n, L), dtype=torch.float32, device=dev)
         dC = alloc((b, blocks, n, L), dtype=torch.float32, device=dev)
         dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)

@@ -262,6 +262,31 @@ for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 2e-2)):
         assert grads[name].dtype == inputs[name].dtype, name
         assert_close(grads[name].float(), grads_ref[name].float(), tol)
     print(dtype, "matches the torch backend at tolerance", tol)
+# channels-last views, as the Mamba head passes them: u, delta, z transposed (b, L, d)
+# tensors (z a half of a wider projection), B and C slices of one (b, L, 3 + 2n) tensor;
+# outputs and gradients come back in that layout
+b, d, n, L = 3, 6, 4, 11
+g = torch.Generator().manual_seed(7)
+xz = torch.randn(b, L, 2 * d, generator=g, requires_grad=True)
+bc = torch.randn(b, L, 3 + 2 * n, generator=g, requires_grad=True)
+dl = (0.5 * torch.randn(b, L, d, generator=g)).requires_grad_()
+A = (-torch.rand(d, n, generator=g) * 3).requires_grad_()
+D, bias = (torch.randn(d, generator=g).requires_grad_() for _ in range(2))
+leaves = [xz, bc, dl, A, D, bias]
+results = {}
+for name, fn in (("triton", selective_scan_triton),
+                 ("torch", lambda *a, **k: ssm.selective_scan(*a, **k, backend="torch"))):
+    u, z = xz[..., :d].transpose(1, 2), xz[..., d:].transpose(1, 2)
+    y = fn(u, dl.transpose(1, 2), A, bc[..., 3:3 + n].transpose(1, 2),
+           bc[..., 3 + n:].transpose(1, 2), D, z, bias, True,
+           lengths=torch.tensor([11, 4, 0]))
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    results[name] = (y.detach(), *torch.autograd.grad(y, leaves, gy))
+    if name == "triton":
+        assert y.stride(1) == 1, y.stride()  # channels-last like u
+for got, ref in zip(results["triton"], results["torch"], strict=True):
+    assert_close(got, ref, 1e-5)
+print("channels-last views match the torch backend")
 print("interpreter: all cases match the torch backend")
 """
 
