@@ -42,6 +42,13 @@ copies cost more than a second launch (triton: one call 4.2 ms, two calls 2.5 ms
 default ragged backends share a call only when no padding is needed
 (`max_padding_ragged = 1.0`); raise it to trade copies for launches (e.g. many tiny branches).
 
+Layout: every tensor of a branch stays (batch, tokens, channels), the layout of the
+projections. The eq. 5 convolution and the causal convolution with its SiLU are one
+`fusion.token_conv` kernel each in that layout, and the scan reads u, Δ, z, B and C as
+transposed views of the projections' outputs (no copies into (b, d, L)). A branch scanned in
+a call of its own gets Δ's bias and softplus (in float32), the D skip and the SiLU gate inside
+the scan kernel; branches stacked into one call get them around it (each has its own).
+
 Padding (unless `pool_padding`): tokens are left-aligned (real ones first), so the causal
 convolution and the scan, which run left to right, never carry a padded token into a real
 one; the eq. 5 convolution is centred but sees zeros past the last real token, as it would at
@@ -75,6 +82,7 @@ from fusion.heads.base import (
 )
 from fusion.heads.base import question_branch as _is_question
 from fusion.ssm import RAGGED_BACKENDS, Backend, resolve_backend, selective_scan
+from fusion.token_conv import token_conv
 
 
 class MambaMixer(nn.Module):
@@ -112,21 +120,21 @@ class MambaMixer(nn.Module):
                            + math.log(dt_min)).clamp(min=1e-4)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹
 
-    def scan_inputs(self, x: Tensor) -> dict[str, Tensor]:
-        """(b, L, d_model) -> the scan's u, delta, z (b, d_inner, L) and B, C (b, n, L)."""
-        L = x.shape[1]
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
-        u = F.silu(self.conv1d(u)[..., :L])  # causal: output t sees inputs <= t
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # Δ per branch here (bias and softplus in fp32) so branches can share one scan call
-        delta = F.softplus(self.dt_proj(dt).float()).transpose(1, 2).to(u.dtype)
-        return {"u": u, "delta": delta, "B": B.transpose(1, 2).to(u.dtype),
-                "C": C.transpose(1, 2).to(u.dtype), "z": z}
+    def scan_inputs(self, x: Tensor, conv_backend: str = "auto") -> dict[str, Tensor]:
+        """(b, L, d_model) -> the scan's u, z and delta (before its bias and softplus)
+        (b, d_inner, L) and B, C (b, n, L), all transposed views of (b, L, ·) tensors: the
+        scan kernels read those strides, so nothing is copied into (b, ·, L) layout."""
+        xz = self.in_proj(x)
+        u = token_conv(xz[..., :self.d_inner], self.conv1d.weight, self.conv1d.bias,
+                       causal=True, activation="silu", backend=conv_backend)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in float32 by the scan
+        return {"u": u.transpose(1, 2), "delta": delta.transpose(1, 2),
+                "B": B.transpose(1, 2), "C": C.transpose(1, 2),
+                "z": xz[..., self.d_inner:].transpose(1, 2)}
 
-    def finish(self, y: Tensor, u: Tensor, z: Tensor) -> Tensor:
-        """Scan output (b, d_inner, L) -> skip, gate and output projection (b, L, d_model)."""
-        y = (y + u * self.D.to(u.dtype)[:, None]) * F.silu(z)
+    def finish(self, y: Tensor) -> Tensor:
+        """Gated scan output y·silu(z) (b, d_inner, L) -> output projection (b, L, d_model)."""
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -137,11 +145,10 @@ def relu3_projection(d_in: int, d_model: int) -> nn.Sequential:
 
 
 def _pad_cat(tensors: list[Tensor], dim: int) -> Tensor:
-    """Right-pads `tensors` along `dim` to a common length and stacks them along dim 0.
-    A single tensor comes back as is when contiguous (the scan kernels read contiguous rows;
-    `torch.cat` of one tensor would copy it every step)."""
+    """Right-pads `tensors` along `dim` to a common length and stacks them along dim 0
+    (a single tensor comes back as it is: `torch.cat` of one would copy it every step)."""
     if len(tensors) == 1:
-        return tensors[0].contiguous()
+        return tensors[0]
     length = max(t.shape[dim] for t in tensors)
     padded = []
     for t in tensors:
@@ -248,26 +255,41 @@ class MambaFusion(FusionHead):
         return -torch.exp(a_log.float())
 
     def _scan(self, layer: int, pieces: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Scan outputs per branch: one call per group of branches (see `scan_groups`)."""
+        """Gated scan outputs y·silu(z) (b, d_inner, L) per branch, one call per group of
+        branches (see `scan_groups`). A branch scanned alone gets Δ's bias and softplus, the D
+        skip and the gate inside the scan; stacked branches (each its own Δ bias, D and z)
+        get them here, around one call."""
         out = {}
         device = next(iter(pieces.values()))["u"].device
         ragged = resolve_backend(self.backend, device) in RAGGED_BACKENDS
         for names in self.scan_groups({b: p["u"].shape for b, p in pieces.items()},
                                       ragged=ragged):
-            stacked = {k: _pad_cat([pieces[b][k] for b in names], dim=-1)
-                       for k in ("u", "delta", "B", "C")}
             A = self._A(self.branches.index(names[0]), layer)
+            mixers = {b: self.mixers[b][layer] for b in names}
+            if len(names) == 1:
+                p, mixer = pieces[names[0]], mixers[names[0]]
+                out[names[0]] = selective_scan(
+                    p["u"], p["delta"], A, p["B"], p["C"], mixer.D, p["z"],
+                    mixer.dt_proj.bias, delta_softplus=True, backend=self.backend)
+                continue
+            deltas = [F.softplus(pieces[b]["delta"].float()
+                                 + mixers[b].dt_proj.bias.float()[:, None]).to(
+                                     pieces[b]["u"].dtype) for b in names]
+            stacked = {k: _pad_cat([pieces[b][k] for b in names], dim=-1)
+                       for k in ("u", "B", "C")}
             lengths = None
             if ragged and len({pieces[b]["u"].shape[-1] for b in names}) > 1:
                 lengths = torch.cat([torch.full((pieces[b]["u"].shape[0],),
                                                 pieces[b]["u"].shape[-1], dtype=torch.int32,
                                                 device=device) for b in names])
-            y = selective_scan(stacked["u"], stacked["delta"], A, stacked["B"], stacked["C"],
-                               backend=self.backend, lengths=lengths)
+            y = selective_scan(stacked["u"], _pad_cat(deltas, dim=-1), A, stacked["B"],
+                               stacked["C"], backend=self.backend, lengths=lengths)
             start = 0
             for b in names:
-                rows, length = pieces[b]["u"].shape[0], pieces[b]["u"].shape[-1]
-                out[b] = y[start:start + rows, :, :length]
+                p = pieces[b]
+                rows, length = p["u"].shape[0], p["u"].shape[-1]
+                y_b = y[start:start + rows, :, :length]
+                out[b] = (y_b + p["u"] * mixers[b].D.to(y_b.dtype)[:, None]) * F.silu(p["z"])
                 start += rows
         return out
 
@@ -300,19 +322,23 @@ class MambaFusion(FusionHead):
         # pool_padding: the authors' code has no mask, every position is a token
         xs, ms = self.prepare(inputs, None if self.pool_padding else masks)
         members = {b: [m for m in xs if self.branch_of[m] == b] for b in self.branches}
+        # the convolutions follow an explicit torch or triton scan backend, else `auto`
+        conv_backend = self.backend if self.backend in ("torch", "triton") else "auto"
         h, valid = {}, {}
         for b, mods in members.items():
             x = _pad_cat([xs[m] for m in mods], dim=1)
             valid[b] = _pad_cat([ms[m] for m in mods], dim=1)
             x = self.proj[b](x) * valid[b][..., None].to(x.dtype)  # padded tokens are zeros
-            h[b] = self.proj_conv[b](x.transpose(1, 2)).transpose(1, 2)
+            conv = self.proj_conv[b]
+            h[b] = x if isinstance(conv, nn.Identity) else token_conv(
+                x, conv.weight, conv.bias, causal=False, backend=conv_backend)
         for layer in range(self.depth):
             pieces = {b: self.mixers[b][layer].scan_inputs(
-                self.norms[b][layer](h[b]) if self.prenorm else h[b]) for b in self.branches}
+                self.norms[b][layer](h[b]) if self.prenorm else h[b], conv_backend)
+                for b in self.branches}
             ys = self._scan(layer, pieces)
             for b in self.branches:
-                mixer, p = self.mixers[b][layer], pieces[b]
-                out = mixer.finish(ys[b].to(p["u"].dtype), p["u"], p["z"])
+                out = self.mixers[b][layer].finish(ys[b])
                 h[b] = h[b] + out if self.prenorm else out
         pooled, start = {}, dict.fromkeys(self.branches, 0)
         for m in xs:

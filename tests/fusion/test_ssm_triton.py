@@ -287,6 +287,19 @@ for name, fn in (("triton", selective_scan_triton),
 for got, ref in zip(results["triton"], results["torch"], strict=True):
     assert_close(got, ref, 1e-5)
 print("channels-last views match the torch backend")
+# the Mamba head: each branch in a call of its own (Δ's bias and softplus, D and the gate
+# inside the scan kernel) and its convolutions in Triton too, against the torch backend
+from tests.fusion.test_ssm_triton import head_results, ragged_batch, small_mamba
+
+head = small_mamba(depth=2)
+inputs, masks = ragged_batch()
+results = {}
+for backend in ("triton", "torch"):
+    head.backend = backend
+    results[backend] = head_results(head, inputs, masks)
+for got, ref in zip(results["triton"], results["torch"], strict=True):
+    assert_close(got, ref, 1e-5)
+print("the Mamba head matches the torch backend")
 print("interpreter: all cases match the torch backend")
 """
 
@@ -464,14 +477,16 @@ def test_mamba_head_triton_equals_torch_backend(monkeypatch):
     backend (padding), float32 and under bf16 autocast as in training."""
     needs_triton()
     head = small_mamba(depth=2).cuda()
-    head.max_padding_ragged = 4.0  # one ragged call per layer (the default keeps two)
     inputs, masks = ragged_batch(n=6, device="cuda")
-    results = {}
-    for backend in ("torch", "triton"):
-        head.backend = backend
-        results[backend] = head_results(head, inputs, masks)
-    for a, r in zip(results["triton"], results["torch"], strict=True):
-        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+    # the default keeps one call per branch (bias, D and gate in the kernel); 4.0 stacks them
+    for max_padding in (1.0, 4.0):
+        head.max_padding_ragged = max_padding
+        results = {}
+        for backend in ("torch", "triton"):
+            head.backend = backend
+            results[backend] = head_results(head, inputs, masks)
+        for a, r in zip(results["triton"], results["torch"], strict=True):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
     calls = []
     original = mamba_module.selective_scan
 
