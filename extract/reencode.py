@@ -22,9 +22,20 @@ published (not in the repository), so this matches the published properties, not
   frame starting before (n + 1/2) / 30 s) and `scale` filter (bicubic) through PyAV's
   libavfilter graph, libx264 at FFmpeg's defaults (crf 23, preset medium), no audio. So
   pixels differ from AVION's copy by codec noise, and possibly by one source frame where
-  AVION's frame-rate conversion rounded differently (not verified). Two runs are not always
-  byte-identical either: libx264's decisions varied between identical runs here (mean
-  differences of ~0.03 grey levels in a chunk), so compare chunks by decoded pixels.
+  AVION's frame-rate conversion rounded differently (not verified).
+
+Reproducible: the same raw video and settings give byte-identical chunks, on every run, under
+load and after a resume (checked with PyAV 18.1, libavcodec 62, x264 core 165). Two things
+used to make the bytes depend on more than the pixels, both fixed in `_Chunk`: PyAV opens
+every codec with slice threading and FFmpeg's automatic thread count, so libx264 cut each
+frame into one slice per core (at most one per 4 macroblock rows): a 320p chunk written on one
+core differed from one written on two; and a decoded frame keeps its source picture type (I/P/B),
+which FFmpeg's libx264 wrapper forces on x264, so the chunks copied the raw video's frame
+types (the ffmpeg CLI clears them). Now libx264 always runs `ENCODER_THREADS` frame threads
+(x264's own kind of threading; its default deterministic mode makes them repeatable) and picks
+every frame type itself. Decoder and filter graph threads change no pixel (checked: 1, 4 and
+automatic threads give identical frames). Another CPU model may still give other bytes (x264
+picks some algorithms per CPU unless given `cpu-independent`; not checked across CPUs).
 
 Resumable: each chunk is written to `<start>.MP4.partial` and renamed when complete; a video
 whose `.reencode.json` (written when its last chunk is done) lists chunks that all exist is
@@ -47,6 +58,7 @@ from typing import Any
 
 import av
 from av.filter import Graph
+from av.video.frame import PictureType
 from tqdm import tqdm
 
 from extract.avion_layout import CHUNK_NAME, chunk_folder
@@ -55,6 +67,10 @@ from features.config import cli
 from features.errors import HarnessError
 
 MARKER = ".reencode.json"
+# libx264 frame threads per chunk, the same on every machine so the bytes are too; 4 is the
+# fastest measured on 2 cores (a 15-s 320p chunk, decoding included: ~3.0 s, vs ~3.8 s for
+# PyAV's default sliced threads and ~4.7 s single-threaded); --workers adds videos in parallel
+ENCODER_THREADS = 4
 
 
 @dataclass
@@ -179,9 +195,12 @@ class _Chunk:
         self.stream = self.container.add_stream("libx264", rate=config.fps)
         self.stream.width, self.stream.height = frame.width, frame.height
         self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.thread_type = "FRAME"  # PyAV's default is SLICE
+        self.stream.codec_context.thread_count = ENCODER_THREADS  # 0 = one per core
         self.stream.options = {"crf": str(config.crf), "preset": config.preset}
 
     def write(self, frame: Any) -> None:
+        frame.pict_type = PictureType.NONE  # else the source's I/P/B type is forced on x264
         self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:
