@@ -20,14 +20,24 @@ Kernels
   load and store is coalesced; the k taps are k shifted (BLOCK_L, BLOCK_D) loads of the same
   rows (the halo rows come from L1/L2), accumulated in float32, bias and SiLU applied before
   the single store in the output dtype.
-* Backward: one kernel. With g = gy * act'(pre) (pre recomputed from x: nothing but x is saved),
-  dx_t = sum_j weight_j g[t + PAD - j], dweight_j = sum g_t x[t + j - PAD], dbias = sum g_t.
-  For SiLU, the pre-activation at the k output tokens that read x_t is recomputed from k
-  shifted loads each (k^2 loads of x a tile, all but one cached). A program walks a chunk of
-  token blocks of one row and keeps its dweight/dbias partial sums in registers; the partials
+* Backward: two kernels. With g = gy * act'(pre), dx_t = sum_j weight_j g[t + PAD - j],
+  dweight_j = sum_t g_t x[t + j - PAD] and dbias = sum_t g_t. The first kernel recomputes
+  pre from x (nothing but x is saved), writes g (SiLU only: otherwise g is gy) in gy's dtype
+  and sums dweight/dbias; the second is the forward kernel run on g with the taps reversed.
+  A first-kernel program walks a chunk of token blocks of one row, keeps one elementwise
+  (BLOCK_L, BLOCK_D) accumulator per tap (taps 0-3; a shared 3D one for taps 4..k-1) and
+  dbias in registers and reduces them across tokens once, at the end; the partials
   (row x chunk, k, d) in float32 are summed by the wrapper (deterministic, no atomics). The
-  chunking keeps at least `min_programs` programs in flight for short batches and the partial
-  buffers small for long sequences.
+  chunking keeps about `min_programs` programs for short batches and the partial buffers
+  small for long sequences.
+* What was tried, on one H200 (bf16, d = 2048, k = 4, SiLU; summed kernel times): a single
+  backward kernel recomputing pre at the k output tokens each x_t feeds (k^2 loads, k
+  sigmoids per element) took about 3x the two kernels' time at (32, 3137, 2048); reducing
+  dweight across tokens once per tile instead of once per program, or through a
+  (k, BLOCK_L, BLOCK_D) tap axis, was 1.5-2.5x slower. One warp per backward program with
+  8 x 128 tiles beat four warps at L <= 32 (fwd+bwd 68 vs 100 us at (128, 16, 2048), 248 vs
+  304 us at (256, 32, 2048)) and lost 10% at (32, 3137, 2048) (2475 vs 2244 us); 16-token
+  tiles with one warp spill at long L (4x slower there).
 * Strides are run-time values (a unit channel stride is specialised by Triton, which
   vectorises those loads); offsets of a row are int64, so views of (b, L, 2d) tensors beyond
   2^31 elements are fine.
@@ -45,16 +55,21 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Tile sizes and warps. Tokens per tile: `block_l_fwd` / `block_l_bwd` (capped at L rounded
-    up to a power of two); channels per tile `block_d` (capped at d, likewise); the backward
-    grid is chunked along tokens until it has about `min_programs` programs; `blocks_per_chunk`
-    forces the chunk length (tests)."""
+    """Tile sizes and warps. Tokens per tile: `block_l_fwd` (forward and backward's dx kernel) /
+    `block_l_bwd` (backward's g/dweight kernel), capped at L rounded up to a power of two;
+    channels per tile `block_d` / `block_d_bwd` (None: `block_d`), capped at d likewise; the
+    g/dweight grid is chunked along tokens until it has about `min_programs` programs;
+    `blocks_per_chunk` forces the chunk length (tests); `num_stages_bwd` None = Triton's.
+    Defaults: the fastest of a sweep on one H200 for b = 128-256, L = 16-32, d = 2048 (module
+    docstring); the forward's 32 x 128 tiles with 4 warps were the fastest at every size."""
 
     block_l_fwd: int = 32
-    block_l_bwd: int = 16
+    block_l_bwd: int = 8
     block_d: int = 128
+    block_d_bwd: int | None = None
     num_warps_fwd: int = 4
-    num_warps_bwd: int = 4
+    num_warps_bwd: int = 1
+    num_stages_bwd: int | None = None
     min_programs: int = 4096
     blocks_per_chunk: int | None = None
 
@@ -88,10 +103,11 @@ def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     L, d, n_dblocks, n_lblocks,
     s_xb, s_xl, s_xd, s_wd, s_wk, s_yb, s_yl, s_yd,
-    K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    K: tl.constexpr, PAD: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """y (b, L, d): one (BLOCK_L, BLOCK_D) tile of one row per program."""
+    """y_t = act(bias + sum_j w_j x[t + j - PAD]) (b, L, d), one (BLOCK_L, BLOCK_D) tile of one
+    row per program. FLIP reads the taps in reverse order (w_{K-1-j}): backward's dx."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     rest = pid // n_dblocks
@@ -105,7 +121,8 @@ def _conv_fwd_kernel(
     if HAS_BIAS:
         acc += _load_vec(bias_ptr, d_offs, d_mask, 1)[None, :]
     for j in tl.static_range(K):
-        w = _load_vec(w_ptr + j * s_wk, d_offs, d_mask, s_wd)
+        tap = K - 1 - j if FLIP else j
+        w = _load_vec(w_ptr + tap * s_wk, d_offs, d_mask, s_wd)
         acc += w[None, :] * _load_tile(x_row, t + (j - PAD), d_offs, d_mask, L, s_xl, s_xd)
     if SILU:
         acc = acc * tl.sigmoid(acc)
@@ -115,15 +132,33 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, gy_ptr, dx_ptr, dw_ptr, db_ptr,
+def _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, J: tl.constexpr,
+                 PAD: tl.constexpr):
+    """g_t * x[t + J - PAD]: tap J's term of dweight, a (BLOCK_L, BLOCK_D) tile."""
+    return g * _load_tile(x_row, t + (J - PAD), d_offs, d_mask, L, s_xl, s_xd)
+
+
+@triton.jit
+def _store_tap(dw_ptr, s_pk, acc, d_offs, d_mask, J: tl.constexpr):
+    tl.store(dw_ptr + J * s_pk + d_offs, tl.sum(acc, axis=0), mask=d_mask)
+
+
+@triton.jit
+def _conv_grad_kernel(
+    x_ptr, w_ptr, bias_ptr, gy_ptr, g_ptr, dw_ptr, db_ptr,
     L, d, n_dblocks, n_chunks, n_lblocks, blocks_per_chunk,
-    s_xb, s_xl, s_xd, s_wd, s_wk, s_gb, s_gl, s_gd, s_ob, s_ol, s_od, s_pc, s_pk,
+    s_xb, s_xl, s_xd, s_wd, s_wk, s_gb, s_gl, s_gd, s_hb, s_hl, s_hd, s_pc, s_pk,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """dx (b, L, d) and the partial sums of dweight (parts, K, d) and dbias (parts, d), one
-    part per (row, chunk of token blocks); the program walks its chunk's blocks in order."""
+    """g = gy * act'(pre) (b, L, d), written only for SiLU (else g = gy), and the partial sums
+    of dweight_j = sum_t g_t x[t + j - PAD] (parts, K, d) and dbias = sum_t g_t (parts, d), one
+    part per (row, chunk of token blocks); the program walks its chunk's blocks in order.
+
+    Every sum over tokens is kept elementwise in (BLOCK_L, BLOCK_D) registers through the loop
+    and reduced across the tile once at the end (a reduction per tile, across warps, was the
+    slow part). Taps 0-3 get one such accumulator each; taps 4..K-1 (K > 4, rare) share a
+    (BLOCK_R, BLOCK_L, BLOCK_D) one."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     rest = pid // n_dblocks
@@ -132,54 +167,66 @@ def _conv_bwd_kernel(
     part = row * n_chunks + chunk
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d_offs < d
-    kk = tl.arange(0, BLOCK_K)
-    x_row, gy_row, dx_row = x_ptr + row * s_xb, gy_ptr + row * s_gb, dx_ptr + row * s_ob
+    x_row, gy_row, g_row = x_ptr + row * s_xb, gy_ptr + row * s_gb, g_ptr + row * s_hb
     if HAS_BIAS:
         bias = _load_vec(bias_ptr, d_offs, d_mask, 1)
-    dw_acc = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    rr = tl.arange(0, BLOCK_R)
+    acc_r = tl.zeros((BLOCK_R, BLOCK_L, BLOCK_D), dtype=tl.float32)
     first = chunk * blocks_per_chunk
     for blk in range(first, tl.minimum(first + blocks_per_chunk, n_lblocks)):
         t = blk * BLOCK_L + tl.arange(0, BLOCK_L)
-        dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        g_own = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        for j in tl.static_range(K):
-            # output token t + PAD - j read x_t through tap j; its gradient is 0 outside [0, L)
-            gy = _load_tile(gy_row, t + (PAD - j), d_offs, d_mask, L, s_gl, s_gd)
-            if SILU:
-                pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-                if HAS_BIAS:
-                    pre += bias[None, :]
-                for i in tl.static_range(K):
-                    w_i = _load_vec(w_ptr + i * s_wk, d_offs, d_mask, s_wd)
-                    pre += w_i[None, :] * _load_tile(x_row, t + (i - j), d_offs, d_mask, L,
-                                                     s_xl, s_xd)
-                sig = tl.sigmoid(pre)
-                g = gy * sig * (1.0 + pre * (1.0 - sig))
-            else:
-                g = gy
-            w_j = _load_vec(w_ptr + j * s_wk, d_offs, d_mask, s_wd)
-            dx += w_j[None, :] * g
-            if j == PAD:
-                g_own = g  # the gradient at this tile's own output tokens
-        mask = (t < L)[:, None] & d_mask[None, :]
-        tl.store(dx_row + t[:, None] * s_ol + d_offs[None, :] * s_od,
-                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        for j in tl.static_range(K):
-            xs = _load_tile(x_row, t + (j - PAD), d_offs, d_mask, L, s_xl, s_xd)
-            dw_acc += tl.where(kk[:, None] == j, tl.sum(g_own * xs, axis=0)[None, :], 0.0)
-        db_acc += tl.sum(g_own, axis=0)
-    tl.store(dw_ptr + part * s_pc + kk[:, None] * s_pk + d_offs[None, :], dw_acc,
-             mask=(kk < K)[:, None] & d_mask[None, :])
+        g = _load_tile(gy_row, t, d_offs, d_mask, L, s_gl, s_gd)  # 0 past L
+        if SILU:  # recompute the pre-activation (x is all that was saved)
+            pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+            if HAS_BIAS:
+                pre += bias[None, :]
+            for j in tl.static_range(K):
+                w_j = _load_vec(w_ptr + j * s_wk, d_offs, d_mask, s_wd)
+                pre += w_j[None, :] * _load_tile(x_row, t + (j - PAD), d_offs, d_mask, L,
+                                                 s_xl, s_xd)
+            sig = tl.sigmoid(pre)
+            g = g * sig * (1.0 + pre * (1.0 - sig))
+            tl.store(g_row + t[:, None] * s_hl + d_offs[None, :] * s_hd,
+                     g.to(g_ptr.dtype.element_ty), mask=(t < L)[:, None] & d_mask[None, :])
+        db_acc += g
+        acc0 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 0, PAD)
+        if K > 1:
+            acc1 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 1, PAD)
+        if K > 2:
+            acc2 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 2, PAD)
+        if K > 3:
+            acc3 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 3, PAD)
+        if K > 4:
+            pos = t[None, :, None] + rr[:, None, None] + (4 - PAD)  # taps 4 + r
+            x_r = tl.load(x_row + pos * s_xl + d_offs[None, None, :] * s_xd,
+                          mask=(rr < K - 4)[:, None, None] & (pos >= 0) & (pos < L)
+                          & d_mask[None, None, :], other=0.0).to(tl.float32)
+            acc_r += g[None, :, :] * x_r
+    dw_part = dw_ptr + part * s_pc
+    _store_tap(dw_part, s_pk, acc0, d_offs, d_mask, 0)
+    if K > 1:
+        _store_tap(dw_part, s_pk, acc1, d_offs, d_mask, 1)
+    if K > 2:
+        _store_tap(dw_part, s_pk, acc2, d_offs, d_mask, 2)
+    if K > 3:
+        _store_tap(dw_part, s_pk, acc3, d_offs, d_mask, 3)
+    if K > 4:
+        tl.store(dw_part + (4 + rr[:, None]) * s_pk + d_offs[None, :], tl.sum(acc_r, axis=1),
+                 mask=(rr < K - 4)[:, None] & d_mask[None, :])
     if HAS_BIAS:
-        tl.store(db_ptr + part * d + d_offs, db_acc, mask=d_mask)
+        tl.store(db_ptr + part * d + d_offs, tl.sum(db_acc, axis=0), mask=d_mask)
 
 
 # ---------------------------------------------------------------------------- autograd
 
 
-def _tiles(L: int, d: int, block_l: int, cfg: ConvConfig) -> tuple[int, int]:
-    return min(_pow2(block_l), _pow2(L)), min(_pow2(cfg.block_d), _pow2(d))
+def _tiles(L: int, d: int, block_l: int, block_d: int) -> tuple[int, int]:
+    return min(_pow2(block_l), _pow2(L)), min(_pow2(block_d), _pow2(d))
 
 
 def _pad(k: int, causal: bool) -> int:
@@ -194,13 +241,13 @@ class _TritonTokenConv(torch.autograd.Function):
         b, L, d = x.shape
         k = weight.shape[-1]
         y = torch.empty((b, L, d), dtype=out_dtype, device=x.device)
-        block_l, block_d = _tiles(L, d, cfg.block_l_fwd, cfg)
+        block_l, block_d = _tiles(L, d, cfg.block_l_fwd, cfg.block_d)
         n_dblocks, n_lblocks = triton.cdiv(d, block_d), triton.cdiv(L, block_l)
         _conv_fwd_kernel[(b * n_lblocks * n_dblocks,)](
             x, weight, x if bias is None else bias, y,
             L, d, n_dblocks, n_lblocks,
             *x.stride(), weight.stride(0), weight.stride(2), *y.stride(),
-            K=k, PAD=_pad(k, causal), HAS_BIAS=bias is not None, SILU=silu,
+            K=k, PAD=_pad(k, causal), FLIP=False, HAS_BIAS=bias is not None, SILU=silu,
             BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg.num_warps_fwd,
         )
         if needs_grad:
@@ -214,22 +261,38 @@ class _TritonTokenConv(torch.autograd.Function):
         cfg = ctx.cfg
         b, L, d = x.shape
         k = weight.shape[-1]
-        block_l, block_d = _tiles(L, d, cfg.block_l_bwd, cfg)
+        pad = _pad(k, ctx.causal)
+        dev = x.device
+        # 1. g = gy * act'(pre) and the dweight/dbias partials, chunked along tokens
+        block_l, block_d = _tiles(L, d, cfg.block_l_bwd, cfg.block_d_bwd or cfg.block_d)
         n_dblocks, n_lblocks = triton.cdiv(d, block_d), triton.cdiv(L, block_l)
         per_chunk = cfg.blocks_per_chunk or triton.cdiv(
             n_lblocks, min(n_lblocks, triton.cdiv(cfg.min_programs, b * n_dblocks)))
         n_chunks = triton.cdiv(n_lblocks, per_chunk)
-        dx = torch.empty((b, L, d), dtype=x.dtype, device=x.device)
-        dw = torch.empty((b * n_chunks, k, d), dtype=torch.float32, device=x.device)
-        db = (torch.empty((b * n_chunks, d), dtype=torch.float32, device=x.device)
+        g = torch.empty((b, L, d), dtype=gy.dtype, device=dev) if ctx.silu else gy
+        dw = torch.empty((b * n_chunks, k, d), dtype=torch.float32, device=dev)
+        db = (torch.empty((b * n_chunks, d), dtype=torch.float32, device=dev)
               if bias is not None else dw)
-        _conv_bwd_kernel[(b * n_chunks * n_dblocks,)](
-            x, weight, x if bias is None else bias, gy, dx, dw, db,
+        _conv_grad_kernel[(b * n_chunks * n_dblocks,)](
+            x, weight, x if bias is None else bias, gy, g, dw, db,
             L, d, n_dblocks, n_chunks, n_lblocks, per_chunk,
-            *x.stride(), weight.stride(0), weight.stride(2), *gy.stride(), *dx.stride(),
+            *x.stride(), weight.stride(0), weight.stride(2), *gy.stride(), *g.stride(),
             dw.stride(0), dw.stride(1),
-            K=k, PAD=_pad(k, ctx.causal), HAS_BIAS=bias is not None, SILU=ctx.silu,
-            BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_K=_pow2(k), num_warps=cfg.num_warps_bwd,
+            K=k, PAD=pad, HAS_BIAS=bias is not None, SILU=ctx.silu,
+            BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_R=_pow2(max(1, k - 4)),
+            num_warps=cfg.num_warps_bwd,
+            **({} if cfg.num_stages_bwd is None else {"num_stages": cfg.num_stages_bwd}),
+        )
+        # 2. dx_t = sum_j w_j g[t + PAD - j]: the forward kernel, taps reversed, PAD' = K-1-PAD
+        dx = torch.empty((b, L, d), dtype=x.dtype, device=dev)
+        block_l, block_d = _tiles(L, d, cfg.block_l_fwd, cfg.block_d)
+        n_dblocks, n_lblocks = triton.cdiv(d, block_d), triton.cdiv(L, block_l)
+        _conv_fwd_kernel[(b * n_lblocks * n_dblocks,)](
+            g, weight, g, dx,
+            L, d, n_dblocks, n_lblocks,
+            *g.stride(), weight.stride(0), weight.stride(2), *dx.stride(),
+            K=k, PAD=k - 1 - pad, FLIP=True, HAS_BIAS=False, SILU=False,
+            BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg.num_warps_fwd,
         )
         dweight = dw.sum(0).t().unsqueeze(1).to(weight.dtype)  # (d, 1, k)
         dbias = None if bias is None else db.sum(0).to(bias.dtype)
