@@ -868,22 +868,22 @@ class ClipDataset(Dataset):
 
     def _chunks(self, index: int) -> tuple[FrameSelection, list[tuple[Path, list[int]]]]:
         """AVION's chunked layout: the selection and (chunk file, 0-based local ids) reads."""
-        from extract import avion_layout as chunks
+        from extract.avion_layout import ChunkedVideo
 
         narration_id, participant, video, _, _, _, start_s, stop_s = self.rows[index]
         assert start_s is not None and stop_s is not None
         if self.task == "anticipation":
             start_s, stop_s = start_s - self.gap_s - self.observed_s, start_s - self.gap_s
-        root = self.video_root
+        chunks = ChunkedVideo(self.video_root, participant, video)  # one listing, 1 probe/chunk
         try:  # our failure rule (mostly past the end), then AVION's exact ids and clamp
-            total = round(chunks.video_duration(root, participant, video) * AVION_FPS)
+            total = round(chunks.duration() * AVION_FPS)
             avion_frame_ids(start_s, stop_s, self.num_frames, total, f"{video} {narration_id}")
         except OutsideVideoError as error:
             raise VideoError(self.source(index), str(error)) from None
-        ids = chunks.clip_frame_ids(root, participant, video, start_s, stop_s, self.num_frames)
-        clamped = chunks.clamp_end_s(root, participant, video, stop_s) != stop_s
+        ids = chunks.clip_frame_ids(start_s, stop_s, self.num_frames)
+        clamped = chunks.clamp_end_s(stop_s) != stop_s
         selection = FrameSelection(tuple(ids), ids[0], ids[-1], clamped)
-        return selection, chunks.chunk_reads(root, participant, video, ids)
+        return selection, chunks.chunk_reads(ids)
 
     def _select(self, index: int) -> tuple[FrameSelection, tuple[int, ...], float | None]:
         """(selection, 1-based source frames, timeline fps) of item `index`."""

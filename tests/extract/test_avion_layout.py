@@ -10,15 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.avion_layout import (
-    chunk_reads,
-    chunk_starts,
-    clamp_end_s,
-    clip_frame_ids,
-    is_avion_chunks,
-    read_frames,
-    video_duration,
-)
+from extract import avion_layout
+from extract.avion_layout import ChunkedVideo, is_avion_chunks
 from extract.reencode import ReencodeConfig, reencode
 from extract.synthetic import SyntheticConfig, generate
 from extract.video import VideoError, read_video_frames
@@ -91,11 +84,11 @@ def test_detection(raw: Path, chunks: Path, tmp_path: Path) -> None:
 
 
 def test_layout_as_avion_reads_it(chunks: Path) -> None:
-    assert chunk_starts(chunks, "P01", "P01_01") == [0, 15, 30]
+    assert ChunkedVideo(chunks, "P01", "P01_01").starts() == [0, 15, 30]
     # 2505 raw frames at 60 fps = 41.75 s; FFmpeg's fps filter rounds the end to 1253 frames
-    assert video_duration(chunks, "P01", "P01_01") == pytest.approx(30 + 353 / 30)
-    assert clamp_end_s(chunks, "P01", "P01_01", 50.0) == pytest.approx(30 + 352 / 30)
-    assert clamp_end_s(chunks, "P01", "P01_01", 20.0) == 20.0
+    assert ChunkedVideo(chunks, "P01", "P01_01").duration() == pytest.approx(30 + 353 / 30)
+    assert ChunkedVideo(chunks, "P01", "P01_01").clamp_end_s(50.0) == pytest.approx(30 + 352 / 30)
+    assert ChunkedVideo(chunks, "P01", "P01_01").clamp_end_s(20.0) == 20.0
 
 
 @pytest.mark.parametrize(("video", "start_s", "end_s", "expected"), AVION_READS)
@@ -103,19 +96,40 @@ def test_chunk_reads_match_avion(
     chunks: Path, video: str, start_s: float, end_s: float, expected: list
 ) -> None:
     participant = video[:3]
-    ids = clip_frame_ids(chunks, participant, video, start_s, end_s)
-    reads = chunk_reads(chunks, participant, video, ids)
+    chunked = ChunkedVideo(chunks, participant, video)
+    ids = chunked.clip_frame_ids(start_s, end_s)
+    reads = chunked.chunk_reads(ids)
     assert [(int(path.stem), local) for path, local in reads] == expected
     assert all(path.parent == chunks / participant / f"{video}.MP4" for path, _ in reads)
+
+
+def test_one_listing_and_one_probe_per_chunk(
+    chunks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `ChunkedVideo` lists its folder once and probes each chunk once, however many calls."""
+    listed: list[str] = []
+    probed: list[str] = []
+    listdir, probe = avion_layout.os.listdir, avion_layout.probe_video
+    monkeypatch.setattr(avion_layout.os, "listdir", lambda p: listed.append(p) or listdir(p))
+    monkeypatch.setattr(avion_layout, "probe_video", lambda p: probed.append(p) or probe(p))
+    video = ChunkedVideo(chunks, "P01", "P01_01")
+    video.duration()  # as extract.video's ClipDataset asks, then decodes
+    ids = video.clip_frame_ids(14.0, 16.0)
+    video.clamp_end_s(16.0)
+    video.chunk_reads(ids)
+    video.read_frames(ids)
+    assert listed == [video.folder]
+    assert sorted(Path(p).name for p in probed) == ["0.MP4", "15.MP4", "30.MP4"]
 
 
 def test_crossing_segment_reads_the_raw_frames_at_their_times(
     raw: Path, chunks: Path, whole: Path
 ) -> None:
-    ids = clip_frame_ids(chunks, "P01", "P01_01", 14.0, 16.0)
+    ids = ChunkedVideo(chunks, "P01", "P01_01").clip_frame_ids(14.0, 16.0)
     assert ids[0] < 450 <= ids[-1]  # both chunks
-    chunked = read_frames(chunks, "P01", "P01_01", ids).astype(np.float32)
-    unchunked = read_frames(whole, "P01", "P01_01", ids, chunk_s=1000).astype(np.float32)
+    chunked = ChunkedVideo(chunks, "P01", "P01_01").read_frames(ids).astype(np.float32)
+    unchunked = ChunkedVideo(whole, "P01", "P01_01", chunk_s=1000).read_frames(ids)
+    unchunked = unchunked.astype(np.float32)
     assert chunked.shape == (16, 64, 96, 3)
     assert np.abs(chunked - unchunked).mean() < 3.0  # two x264 encodes of the same frames
     # frame i of the 30 fps timeline is raw frame 2i (0-based) of the 60 fps video: it is
@@ -132,15 +146,16 @@ def test_crossing_segment_reads_the_raw_frames_at_their_times(
 
 
 def test_end_of_video(chunks: Path) -> None:
-    ids = clip_frame_ids(chunks, "P01", "P01_01", 40.0, 45.0)
-    assert ids[-1] == 900 + 350 and read_frames(chunks, "P01", "P01_01", ids).shape[0] == 16
-    assert read_frames(chunks, "P01", "P01_01", [900 + 352]).shape[0] == 1  # the last frame
+    video = ChunkedVideo(chunks, "P01", "P01_01")
+    ids = video.clip_frame_ids(40.0, 45.0)
+    assert ids[-1] == 900 + 350 and video.read_frames(ids).shape[0] == 16
+    assert video.read_frames([900 + 352]).shape[0] == 1  # the last frame
     with pytest.raises(VideoError, match=r"frame 1253 is past the video's last frame 1252"):
-        chunk_reads(chunks, "P01", "P01_01", [1250, 1253])
+        video.chunk_reads([1250, 1253])
     with pytest.raises(VideoError, match="frame 1500 is past"):
-        chunk_reads(chunks, "P01", "P01_01", [1500])
+        video.chunk_reads([1500])
     with pytest.raises(VideoError, match="starts after the video's last frame"):
-        clip_frame_ids(chunks, "P01", "P01_01", 44.0, 46.0)
+        video.clip_frame_ids(44.0, 46.0)
 
 
 def test_missing_chunk_and_gap(chunks: Path, tmp_path: Path) -> None:
@@ -148,14 +163,14 @@ def test_missing_chunk_and_gap(chunks: Path, tmp_path: Path) -> None:
     shutil.copytree(chunks, copy)
     (copy / "P01" / "P01_01.MP4" / "15.MP4").unlink()
     with pytest.raises(VideoError, match=r"chunk 15\.MP4 is missing"):
-        read_frames(copy, "P01", "P01_01", [10])
+        ChunkedVideo(copy, "P01", "P01_01").read_frames([10])
     with pytest.raises(VideoError, match="chunk folder not found"):
-        chunk_reads(copy, "P01", "P01_09", [0])
+        ChunkedVideo(copy, "P01", "P01_09").chunk_reads([0])
     (copy / "P02" / "P02_01.MP4" / "20.MP4").write_bytes(b"")
     with pytest.raises(VideoError, match="multiple of 15"):
-        chunk_starts(copy, "P02", "P02_01")
+        ChunkedVideo(copy, "P02", "P02_01").starts()
     with pytest.raises(VideoError, match="not 25"):
-        read_frames(chunks, "P02", "P02_01", [0], fps=25)
+        ChunkedVideo(chunks, "P02", "P02_01", fps=25).read_frames([0])
 
 
 def test_missing_chunk_is_one_error_line(chunks: Path, tmp_path: Path) -> None:
@@ -165,8 +180,9 @@ def test_missing_chunk_is_one_error_line(chunks: Path, tmp_path: Path) -> None:
     (copy / "P01" / "P01_01.MP4" / "0.MP4").unlink()
     code = (
         "import sys; from features.errors import run_cli; "
-        "from extract.avion_layout import read_frames; "
-        f"sys.exit(run_cli(lambda argv: read_frames({str(copy)!r}, 'P01', 'P01_01', [3])))"
+        "from extract.avion_layout import ChunkedVideo; "
+        f"video = ChunkedVideo({str(copy)!r}, 'P01', 'P01_01'); "
+        "sys.exit(run_cli(lambda argv: video.read_frames([3])))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, timeout=120)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.avion_layout import is_avion_chunks, read_frames
+from extract.avion_layout import ChunkedVideo, is_avion_chunks
 from extract.reencode import MARKER, ReencodeConfig, reencode
 from extract.synthetic import SyntheticConfig, generate
 from extract.video import probe_video, read_video_frames
@@ -95,7 +95,7 @@ def test_default_is_avion_320p_even_width(tmp_path: Path) -> None:
     info = probe_video(out / "P02" / "P02_01.MP4" / "0.MP4")
     assert (info.width, info.height, info.fps) == (502, 320, 30.0)
     # the first frames are raw frames 0, 2, 4 scaled up (codec tolerance)
-    chunk = read_frames(out, "P02", "P02_01", [0, 1, 2]).astype(np.float32)
+    chunk = ChunkedVideo(out, "P02", "P02_01").read_frames([0, 1, 2]).astype(np.float32)
     video = raw / "P02" / "videos" / "P02_01.MP4"
     source = read_video_frames(video, [1, 3, 5]).astype(np.float32)
     small = torch.nn.functional.interpolate(torch.from_numpy(chunk).permute(0, 3, 1, 2),
