@@ -458,7 +458,8 @@ def load_features(config: TrainConfig, device: torch.device
     """Train and validation splits on `device` plus what training and tracking need.
 
     The info dict: class counts, the dataset's name for captions, the stores' manifest
-    hashes (tags, so a run names exactly the features it saw), the rows excluded as failed
+    hashes (tags, so a run names exactly the features it saw) and the training split's
+    manifests themselves (`train_manifests`: kind -> manifest), the rows excluded as failed
     extractions (`excluded`, keyed like `manifests`: `<kind>.<split>` -> count), per-modality
     shapes for FLOP counting, and the validation split's breakdown lists (of its used rows)
     for the EK100 metrics. The stores of both splits are opened and checked against each
@@ -482,6 +483,8 @@ def load_features(config: TrainConfig, device: torch.device
         "manifests": {**{f"{k}.{config.train_split}": v for k, v in manifests.items()},
                       **{f"{k}.{config.val_split}": v for k, v in val_manifests.items()}},
         "excluded": excluded,
+        # the training split's store manifests as loaded (tracking tags the features by them)
+        "train_manifests": {kind: store.manifest for kind, store in train_stores.items()},
         # what training reads: whole splits on the device, or windows streamed from the store
         "streamed": isinstance(train, StreamedSplit),
         "train_clips": len(train),  # rows used (failed extractions left out)

@@ -323,31 +323,14 @@ def _text_weights(manifest: dict[str, Any]) -> str:
 
 
 def feature_tags(config: TrainConfig, data_info: dict) -> dict[str, str]:
-    """What the features really are, from the training split's store manifests (the stores
-    `data_info["manifests"]` names, checked by hash): `features.backbone`, `features.weights`
-    (`avion:<checkpoint> sha256:<12>`, `checkpoint:...`, `random-init`,
-    `imported:<format>:<source>`), `features.dataset`, `features.preprocess`,
-    `features.text_weights`, and `backbone_weights` (checkpoint, random-init, imported,
-    unknown; the reports read it). A run that read no store (benchmarks' random tensors)
-    says so instead of guessing."""
-    from features.store import FeatureStore, StoreError, store_path
-    from fusion.data import text_store_name, video_store_name
-
-    hashes = data_info.get("manifests", {})
-    names = {"video": video_store_name, "text": text_store_name}
-    manifests: dict[str, dict[str, Any]] = {}
-    for kind, name in names.items():
-        expected = hashes.get(f"{kind}.{config.train_split}")
-        if expected is None:
-            continue
-        path = store_path(config.data / "features", config.dataset or config.data.name,
-                          config.train_split, kind, name(config))
-        try:
-            store = FeatureStore(path)
-        except StoreError:
-            continue
-        if store.manifest_hash == expected:  # the store the run loaded, not a newer one
-            manifests[kind] = store.manifest
+    """What the features really are, from the manifests of the training split's stores as
+    `fusion.data.load_features` loaded them (`data_info["train_manifests"]`):
+    `features.backbone`, `features.weights` (`avion:<checkpoint> sha256:<12>`,
+    `checkpoint:...`, `random-init`, `imported:<format>:<source>`), `features.dataset`,
+    `features.preprocess`, `features.text_weights`, and `backbone_weights` (checkpoint,
+    random-init, imported, unknown; the reports read it). A run that read no store
+    (benchmarks' random tensors) says so instead of guessing."""
+    manifests: dict[str, dict[str, Any]] = data_info.get("train_manifests", {})
     tags: dict[str, str] = {}
     video = manifests.get("video")
     if "video" not in features_used(config):

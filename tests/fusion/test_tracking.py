@@ -61,6 +61,10 @@ def test_params_are_the_values_used(recorded: dict[str, Any]) -> None:
     assert params["head.backend"] == ("torch" if not torch.cuda.is_available()
                                       else params["head.backend"])
     assert params["video_store"] == "demo" and params["run_name"] == "record"
+    tags = recorded["run"].data.tags  # from the manifests of the stores the run loaded
+    # (the test's stores name no dataset or model: what matters is that both were read)
+    assert not tags["features.weights"].startswith("unknown (no video store manifest")
+    assert tags["features.text_weights"] != "unknown (no text store manifest)"
 
 
 def test_head_params_of_a_fixed_size_transformer() -> None:
@@ -128,12 +132,13 @@ def test_confusion_shows_the_most_frequent_classes_and_the_rest() -> None:
 
 # --- what the features really are --------------------------------------------------------
 
-def _video_store(data: Path, name: str, manifest: dict[str, Any]) -> str:
-    """A one-row video store `name` of the train split with `manifest`; its hash."""
+def _video_store(data: Path, name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A one-row video store `name` of the train split with `manifest`; the manifest read
+    back (what `fusion.data.load_features` hands tracking)."""
     path = store_path(data / "features", data.name, "train", "video", name)
     writer = open_writer(path, ["a"], {"tokens": ArraySpec((2, 4))}, manifest, "video", 1)
     writer.write_shard(0, {"tokens": np.zeros((1, 2, 4), np.float16)})
-    return FeatureStore(path).manifest_hash
+    return FeatureStore(path).manifest
 
 
 MANIFESTS = {
@@ -158,9 +163,9 @@ def test_feature_tags_come_from_the_store_manifest(tmp_path: Path, kind: str) ->
     """A vitl store on EK100 is tagged AVION only when its manifest names AVION's weights."""
     manifest, weights, detail = MANIFESTS[kind]
     data = tmp_path / "ek100"
-    digest = _video_store(data, "vitl", manifest)
+    stored = _video_store(data, "vitl", manifest)
     config = TrainConfig(data=data, backbone="vitl", questions="none")
-    tags = tracking.feature_tags(config, {"manifests": {"video.train": digest}})
+    tags = tracking.feature_tags(config, {"train_manifests": {"video": stored}})
     assert (tags["backbone_weights"], tags["features.weights"]) == (weights, detail)
     assert tags["features.backbone"] == "vitl" and tags["features.dataset"] == "ek100"
     assert "features.text_weights" not in tags
@@ -168,7 +173,7 @@ def test_feature_tags_come_from_the_store_manifest(tmp_path: Path, kind: str) ->
 
 def test_feature_tags_without_a_store_say_so(tmp_path: Path) -> None:
     config = TrainConfig(data=tmp_path / "none", backbone="vitl")
-    tags = tracking.feature_tags(config, {"manifests": {}})  # random tensors, no store
+    tags = tracking.feature_tags(config, {"train_manifests": {}})  # random tensors, no store
     assert tags["backbone_weights"] == "unknown"
     assert tags["features.weights"].startswith("unknown")
     questions = tracking.feature_tags(dataclasses.replace(config, video="none"), {})
