@@ -87,8 +87,10 @@ endif
 test: venv ## run the test suite (GPU tests skip without CUDA)
 	$(PY) -m pytest -q
 
+# pytest-xdist workers of test-gpu: most of its time is Triton compiling kernels on the CPU
+GPU_TEST_WORKERS ?= 8
 test-gpu: venv ## only the GPU tests (on a CUDA machine with .[gpu] installed)
-	$(PY) -m pytest -q -m gpu
+	$(PY) -m pytest -q -m gpu -n $(GPU_TEST_WORKERS)
 
 lint: venv ## ruff
 	$(PY) -m ruff check .
