@@ -189,23 +189,11 @@ def test_ragged_backends_group_long_and_short_branches():
 
 INTERPRETER_SCRIPT = r"""
 import sys
-import numpy as np
 import torch
 
-# Triton's interpreter turns scalars into 1-element arrays and calls int() on them for a
-# loop bound, which NumPy >= 2.4 refuses; index the element instead (test-only shim).
-try:
-    int(np.array([1]))
-except TypeError:
-    from triton.runtime import interpreter as _interp
-    _patch = _interp._patch_lang_tensor
+from tests.fusion.triton_interpreter import patch_numpy_index
 
-    def _patch_lang_tensor(tensor, scope):
-        _patch(tensor, scope)
-        scope.set_attr(tensor, "__index__",
-                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    _interp._patch_lang_tensor = _patch_lang_tensor
+patch_numpy_index()
 
 from fusion import ssm
 from fusion.ssm_triton import ScanConfig
