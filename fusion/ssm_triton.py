@@ -21,6 +21,9 @@ Why the kernels look the way they do
   (with 16 channels a warp, two lanes share a channel's 16 states). A chunk of BLOCK_T steps
   is loaded as one tile; the chunk's loop is unrolled, so picking step k of a tile is a
   register pick (`_col`, `_put`).
+* Layout: any strides. The Mamba head passes transposed views of its (b, L, ·) projections
+  (channels contiguous: each step's loads across the lanes are coalesced), and outputs and
+  gradients are allocated in u's layout (`_like`), so nothing is copied on either side.
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
