@@ -107,14 +107,20 @@ def profile_model(model: nn.Module, shapes: Mapping[str, Shape]) -> dict[str, in
     """
     device = next(model.parameters()).device
     inputs = _clip_inputs(model, shapes, device)
-    was_training = model.training
+    was_training, backend = model.training, getattr(model, "backend", None)
     model.eval()
+    if backend is not None:
+        # the Mamba head's torch backend: its convolutions are then F.conv1d, which the
+        # counter sees (the Triton ones are opaque to it), so every device counts alike
+        model.backend = "torch"
     try:
         with torch.no_grad(), count_scan_flops() as scan, \
                 FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(inputs, None)
     finally:
         model.train(was_training)
+        if backend is not None:
+            model.backend = backend
     counted = int(counter.get_total_flops())
     return {"params": count_params(model), "flops": counted + scan.flops,
             "flops_counter": counted, "flops_scan": scan.flops}
