@@ -65,3 +65,21 @@ def test_profile_model_takes_lengths_or_shapes():
 def test_protocol_heads_at_the_paper_widths(capsys, protocol, params):
     result = run(capsys, "--fusion", "mamba", "--protocol", protocol, *PAPER)
     assert (result["protocol"], result["params"]) == (protocol, params)
+
+
+@pytest.mark.gpu
+def test_a_cuda_mamba_head_counts_what_the_cpu_one_counts():
+    """On CUDA the head's convolutions are Triton kernels, opaque to FlopCounterMode: the
+    count runs the torch backend, so both devices give the same FLOPs; the backend is
+    restored."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    head = build_head("mamba", modality_dims={"video": 64, "verb_question": 32,
+                                              "noun_question": 32}, d_model=64)
+    shapes = {"video": 16, "verb_question": 8, "noun_question": 8}
+    cpu = profile_model(head, shapes)
+    cuda = profile_model(head.cuda(), shapes)
+    assert cuda == cpu and head.backend == "auto"
