@@ -53,6 +53,7 @@ from features.store import (
     make_manifest,
     open_writer,
     store_path,
+    write_failure_report,
 )
 
 SHARD_BYTES = 256 << 20  # cap for automatic shard sizes (patch tokens are ~6 MB a clip)
@@ -387,21 +388,10 @@ def run_shards(
 def finish(path: Path, rank: int, allow_missing: bool, elapsed: float, computed: int) -> int:
     """Write the failure report next to the store, print a summary; the exit status."""
     store = FeatureStore(path)
+    report_path = write_failure_report(store)  # atomic: ranks may finish together
     failures = store.failures()
-    report = {
-        "store": str(path),
-        "rows": store.rows,
-        "shards_done": int(store.done.sum()),
-        "shards": store.num_shards,
-        "complete": store.complete,
-        "failed": [{"narration_id": k, "error": v} for k, v in failures.items()],
-    }
-    report_path = path.with_name(path.name.removesuffix(".zarr") + ".failures.json")
-    temp = report_path.with_name(f".{report_path.name}.{os.getpid()}")
-    temp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temp, report_path)  # atomic: ranks may finish together
     rate = computed / elapsed if elapsed > 0 else 0.0
-    state = "complete" if store.complete else f"{report['shards_done']}/{store.num_shards} shards"
+    state = "complete" if store.complete else f"{int(store.done.sum())}/{store.num_shards} shards"
     print(
         f"[rank {rank}] {path}: {computed} clips computed in {elapsed:.1f} s ({rate:.1f}/s); "
         f"store {state}; {len(failures)} failed; manifest {store.manifest_hash[:12]}",

@@ -17,6 +17,9 @@ A clip is (D,) (stored as L = 1) or (L, D); all clips must share one shape; valu
 stored as float16. Segments of the split without features stop the import with a list of
 them, unless `--allow-missing` (then they are zero rows with an error in the store).
 The import is resumable like extraction: a rerun continues after the last written shard.
+A finished import writes the store's `<store stem>.failures.json` as extraction does
+(`features.store.write_failure_report`; the `--allow-missing` rows are its `failed`), the
+file the Makefile's chains wait for.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from features.store import (
     make_manifest,
     open_writer,
     store_path,
+    write_failure_report,
 )
 
 SHARD_BYTES = 256 << 20
@@ -301,10 +305,11 @@ def _import(config: ImportConfig, source: Source) -> int:
             writer.write_shard(shard, {"tokens": data}, errors)
             progress.update(1)
     store = FeatureStore(path)
+    report = write_failure_report(store)
     print(
         f"{path}: {store.rows} rows ({len(missing)} missing, {extra} extra clips in the source "
         f"ignored), {len(shards)} shards written in {time.perf_counter() - started:.1f} s; "
-        f"manifest {store.manifest_hash[:12]}",
+        f"manifest {store.manifest_hash[:12]}; report {report}",
         file=sys.stderr,
     )
     return 0

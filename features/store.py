@@ -957,3 +957,33 @@ def check_aligned(*stores: FeatureStore | str | os.PathLike) -> np.ndarray:
                 f"{len(b)}; row {n} ({longer.narration_ids[n]!r}) is only in {longer.path}"
             )
     return first.narration_ids
+
+
+# ---------------------------------------------------------------------------- failure report
+
+
+def failure_report_path(path: str | os.PathLike) -> Path:
+    """`<store stem>.failures.json` beside the store (`video-vitl.zarr` ->
+    `video-vitl.failures.json`): the file the Makefile's chains wait for."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".zarr") + ".failures.json")
+
+
+def write_failure_report(store: FeatureStore) -> Path:
+    """Write the store's failure report beside it and return its path: `store`, `rows`,
+    `shards_done`, `shards`, `complete` and `failed` ([{narration_id, error}] of written rows
+    stored as zeros). Written whole to a temp file and renamed, so ranks (or an extraction
+    and an import) finishing together leave one complete report."""
+    report = {
+        "store": str(store.path),
+        "rows": store.rows,
+        "shards_done": int(store.done.sum()),
+        "shards": store.num_shards,
+        "complete": store.complete,
+        "failed": [{"narration_id": k, "error": v} for k, v in store.failures().items()],
+    }
+    path = failure_report_path(store.path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temp, path)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,27 @@ def test_missing_clips(tiny_ek100: Path, tmp_path: Path) -> None:
     assert store.valid.tolist() == [True, True, False, True, True, False]
     assert set(store.failures()) == {"P01_01_2", "P02_01_1"}
     assert not store.read([2])["tokens"].any()
+    # the failure report extraction writes, which the Makefile's chains wait for
+    report = json.loads((tmp_path / "s.failures.json").read_text())
+    assert report == {"store": str(tmp_path / "s.zarr"), "rows": 6, "shards_done": 2,
+                      "shards": 2, "complete": True, "failed": [
+                          {"narration_id": nid, "error": f"missing from {folder}"}
+                          for nid in ("P01_01_2", "P02_01_1")]}
+
+
+def test_report_of_a_complete_import(tiny_ek100: Path, tmp_path: Path) -> None:
+    """Every finished import writes the report, also a rerun that had nothing left to do
+    (a deleted report comes back)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for nid, value in clips().items():
+        np.save(folder / f"{nid}.npy", value)
+    report = tmp_path / "s.failures.json"
+    for _ in range(2):
+        assert run(tiny_ek100, folder, tmp_path / "s.zarr") == 0
+        assert json.loads(report.read_text())["failed"] == []
+        assert json.loads(report.read_text())["complete"] is True
+        report.unlink()
 
 
 def test_shape_mismatch_and_bad_source(tiny_ek100: Path, tmp_path: Path) -> None:
