@@ -19,6 +19,9 @@ ANNOTATIONS ?= $(DATA)/annotations
 VIDEOS ?= $(DATA)/videos
 # AVION's EK100 fine-tuned weights for BACKBONE=vitb|vitl (README: Feature store and extraction)
 CHECKPOINT ?=
+# BACKBONE=orvit: ORViT's own feature dump (features.import), `%` replaced by the split name
+# (dumps/orvit_%.h5); without `%` one dump keyed by narration id serves every split
+SOURCE ?=
 # training runs (one folder each), and the store folder under DATA/features (fusion.train's
 # default: the data folder's name)
 RUNS ?= runs
@@ -66,7 +69,7 @@ EK100_FILES := EPIC_100_train.csv EPIC_100_validation.csv EPIC_100_test_timestam
 .PHONY: help venv test test-gpu lint demo demo-data demo-train questions annotations extract \
 	demo-features embed-text reencode train sources predict sweep tables evaluate submission \
 	mlflow-ui bench-fusion bench-train clean check-annotations ek100-recognition ek100-anticipation \
-	chain-files screenshots
+	chain-files screenshots check-source
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -143,6 +146,13 @@ questions_cmd = $(PY) -m extract.questions --annotations $(call split_csv,$(1)) 
 video_cmd = $(PY) -m extract video --preset $(BACKBONE) --split $(1) --task $(2) \
 	--annotations $(ANNOTATIONS) --videos $(VIDEOS) --root $(DATA)/features --dataset $(DATASET) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(3)
+# BACKBONE=orvit: video features of split $(1) imported from SOURCE's dump (store video-orvit,
+# what the mambavl-orvit presets read); $(2): more flags
+import_cmd = $(PY) -m features.import --backbone orvit --source $(subst %,$(1),$(SOURCE)) \
+	--annotations $(ANNOTATIONS) --split $(1) --root $(DATA)/features --dataset $(DATASET) $(2)
+NO_SOURCE = echo "error: BACKBONE=orvit imports ORViT's dumped features: pass SOURCE=dump.h5" \
+	"(one dump keyed by narration id, every split) or SOURCE=dumps/orvit_%.h5 (% becomes the" \
+	"split name)" >&2; exit 2
 # question embeddings of split $(1) from questions file $(2), PROTOCOL's text store; $(3): more flags
 text_cmd = $(PY) -m extract text --preset $(TEXT_PRESET) --split $(1) --questions $(2) \
 	--text-model $(TEXT_MODEL) --annotations $(ANNOTATIONS) --root $(DATA)/features \
@@ -178,8 +188,8 @@ annotations: ## download the official EK100 annotation CSVs into ANNOTATIONS (de
 
 extract: venv ## video features of SPLITS (BACKBONE=demo|vitb|vitl [CHECKPOINT=] [VIDEOS=]; orvit: SOURCE=dump.h5)
 ifeq ($(BACKBONE),orvit)
-	for s in $(SPLITS); do $(PY) -m features.import --backbone orvit --source $(SOURCE) \
-		--annotations $(ANNOTATIONS) --split $$s $(ARGS) || exit 1; done
+	@test -n "$(SOURCE)" || { $(NO_SOURCE); }
+	for s in $(SPLITS); do $(call import_cmd,$$s,$(ARGS)) || exit 1; done
 else
 	for s in $(SPLITS); do $(call video_cmd,$$s,$(TASK),$(ARGS)) || exit 1; done
 endif
@@ -265,6 +275,14 @@ video_report = $(FEATURES)/$(1)/video-$(VIDEO_NAME)$(2).failures.json
 text_name = $(notdir $(TEXT_MODEL))-$(1)-$(MASK)$(TEXT_SUFFIX_$(PROTOCOL))
 text_report = $(FEATURES)/$(1)/text-$(call text_name,$(2)).failures.json
 TINY_ROBERTA = $(if $(filter demo,$(BACKBONE)),$(DATA)/tiny-roberta/config.json)
+# the checks the chains' first stages wait for; BACKBONE=orvit: the recognition video stores
+# still to import (from SOURCE), the observed-window stores not imported yet (by hand)
+CHAIN_CHECKS = check-annotations $(if $(filter orvit,$(BACKBONE)),check-source)
+missing_files = $(filter-out $(wildcard $(1)),$(1))
+ORVIT_MISSING = $(if $(filter orvit,$(BACKBONE)),$(call missing_files,$(foreach \
+	s,train validation test,$(call video_report,$(s)))))
+ORVIT_OBSERVED_MISSING = $(if $(filter orvit,$(BACKBONE)),$(call missing_files,$(foreach \
+	s,train validation test,$(call video_report,$(s),-anticipation))))
 # every stage's file, in chain order (`make chain-files` lists them)
 RECOGNITION_STAGES = $(foreach s,train validation,$(call questions_file,$(s),template)) \
 	$(TINY_ROBERTA) $(foreach s,train validation test,$(call video_report,$(s))) \
@@ -292,7 +310,7 @@ ek100-recognition: $(RECOGNITION_STAGES) ## annotations → questions → video,
 	@echo "  submission will score like): $(RECOGNITION_RUN)/evaluation_validation_recognized.json"
 	@echo "  challenge file: $(RECOGNITION_RUN)/submission.zip  (make chain-files lists every stage's file)"
 
-ek100-anticipation: $(ANTICIPATION_STAGES) ## observed-window predictions → questions → features → train → evaluate → submission.json
+ek100-anticipation: $(or $(firstword $(ORVIT_OBSERVED_MISSING)),$(ANTICIPATION_STAGES)) ## observed-window predictions → questions → features → train → evaluate → submission.json
 	@echo "anticipation chain done. Validation metrics: $(ANTICIPATION_RUN)/evaluation_validation.json"
 	@echo "  challenge file: $(ANTICIPATION_RUN)/submission.json  (make chain-files lists every stage's file)"
 
@@ -302,6 +320,10 @@ chain-files: ## each chain stage's file, in order, and whether it is there (dele
 		[ -e "$$f" ] && echo "  done     $$f" || echo "  pending  $$f"; \
 	done | { echo "recognition:"; cat; }
 
+# BACKBONE=orvit: the chain's first stages stop at once without SOURCE while a video store is missing
+check-source:
+	@test -n "$(SOURCE)" || test -z "$(ORVIT_MISSING)" || { $(NO_SOURCE); }
+
 check-annotations: ## the annotation files the chains read are in ANNOTATIONS
 	@for f in $(CHAIN_ANNOTATIONS); do test -f $(ANNOTATIONS)/$$f || { echo "error:" \
 		"$(ANNOTATIONS)/$$f: not found; run make annotations, or point ANNOTATIONS= at your copy" \
@@ -310,7 +332,7 @@ check-annotations: ## the annotation files the chains read are in ANNOTATIONS
 		"reads the annotations there: ln -s $(abspath $(ANNOTATIONS)) $(DATA)/annotations" >&2; \
 		exit 2; }
 
-$(call questions_file,%,template): | check-annotations venv
+$(call questions_file,%,template): | $(CHAIN_CHECKS) venv
 	$(call questions_cmd,$*,template,$@)
 
 $(call questions_file,%,recognized): $(SOURCE_RUN)/predictions_%.npz | venv
@@ -322,12 +344,28 @@ $(call questions_file,%,predictions): $(SOURCE_RUN)/observed_%.npz | venv
 $(TINY_ROBERTA): | venv
 	$(PY) -m extract tiny-roberta --out $(@D)
 
-$(call video_report,%): | check-annotations venv
+ifeq ($(BACKBONE),orvit)
+$(call video_report,%): | $(CHAIN_CHECKS) venv
+	$(call import_cmd,$*,$(VIDEO_ARGS))
+
+# ORViT's dumps hold the action segments, not the observed windows before them: the anticipation
+# stores are imported by hand (the error says how); until all three are there the chain stops at
+# once (ek100-anticipation then waits for the first missing one only)
+$(call video_report,%,-anticipation):
+	@echo "error: $(@:.failures.json=.zarr): not found; ORViT's dumps (SOURCE) hold features of" \
+		"the action segments, anticipation reads the observed window (the 2 s ending 1 s before" \
+		"each action): dump ORViT's features of those windows and import each split (train," \
+		"validation, test), e.g. python -m features.import --backbone orvit --name" \
+		"$(VIDEO_NAME)-anticipation --source WINDOWS_DUMP --annotations $(ANNOTATIONS) --split" \
+		"$* --root $(DATA)/features --dataset $(DATASET) --allow-missing; then rerun" >&2; exit 2
+else
+$(call video_report,%): | $(CHAIN_CHECKS) venv
 	$(call video_cmd,$*,recognition,$(VIDEO_ARGS))
 
 # an observed window wholly before its video's start was never filmed: listed in the report
-$(call video_report,%,-anticipation): | check-annotations venv
+$(call video_report,%,-anticipation): | $(CHAIN_CHECKS) venv
 	$(call video_cmd,$*,anticipation,--allow-missing $(VIDEO_ARGS))
+endif
 
 define text_rule
 $(call text_report,%,$(1)): $(call questions_file,%,$(1)) $(TINY_ROBERTA) | venv

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from features.annotations import load_segments
-from fusion.data import text_store_name
+from features.store import store_path
+from fusion.data import text_store_name, video_store_name
 from fusion.export import N_ACTIONS, read_submission, validate_submission
 from fusion.train import PRESETS, overlay, protocol_config
 
@@ -100,6 +101,57 @@ def test_chain_names_the_stores_that_training_reads(protocol: str, fusion: str) 
         for split in ("train", "validation"):
             assert f"/x/features/x/{split}/text-{name}.failures.json" in listed
             assert f"/x/features/x/{split}/video-{video}.failures.json" in listed
+
+
+def test_orvit_chain_imports_each_split_from_its_dump() -> None:
+    """BACKBONE=orvit: the video stage imports ORViT's dump of each split (`%` in SOURCE is the
+    split) into the store fusion.train --preset mambavl-orvit reads, the test split included;
+    `make extract` runs the same command."""
+    chain = commands("-B", "ek100-recognition", "BACKBONE=orvit", "SOURCE=x_%.h5", "DATA=/x",
+                     "RUNS=/r")
+    imports = [w for w in chain if w[1:3] == ["-m", "features.import"]]
+    assert [flag(w, "--split") for w in imports] == ["train", "validation", "test"]
+    config = PRESETS["mambavl-orvit"]
+    listed = make("chain-files", "BACKBONE=orvit", "DATA=/x", "RUNS=/r").stdout
+    for words in imports:
+        split = flag(words, "--split")
+        assert flag(words, "--source") == f"x_{split}.h5"
+        assert flag(words, "--annotations") == "/x/annotations"
+        name = flag(words, "--name") if "--name" in words else flag(words, "--backbone")
+        path = store_path(flag(words, "--root"), flag(words, "--dataset"), split, "video", name)
+        assert name == video_store_name(config) == "orvit"
+        assert f"{path.with_suffix('')}.failures.json" in listed  # the stage's file
+    assert not [w for w in chain if w[1:3] == ["-m", "extract"] and w[3] == "video"]
+    (extract,) = commands("extract", "BACKBONE=orvit", "SOURCE=one.h5", "DATA=/x")
+    assert flag(extract, "--source") == "one.h5" and flag(extract, "--split") == "$s"  # loop
+    same = {"one.h5": "x_train.h5", "$s": "train"}
+    assert [same.get(word, word) for word in extract] == imports[0]
+
+
+def chain_data(tmp_path: Path) -> Path:
+    """A DATA folder whose annotation files the chains' check finds (empty files)."""
+    (tmp_path / "annotations").mkdir()
+    for name in ("train", "validation", "test_timestamps", "verb_classes", "noun_classes"):
+        (tmp_path / "annotations" / f"EPIC_100_{name}.csv").touch()
+    return tmp_path
+
+
+def test_orvit_chains_stop_at_once_with_what_to_pass(tmp_path: Path) -> None:
+    data = f"DATA={chain_data(tmp_path)}"
+    for goal in ("ek100-recognition", "extract"):
+        result = make(goal, "BACKBONE=orvit", data, check=False)
+        assert result.returncode != 0 and sys.executable not in result.stdout
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+        assert "pass SOURCE=dump.h5" in line and "SOURCE=dumps/orvit_%.h5" in line
+    # anticipation reads observed windows, which ORViT's dumps of the actions are not
+    result = make("ek100-anticipation", "BACKBONE=orvit", "SOURCE=x.h5", data, check=False)
+    assert result.returncode != 0 and sys.executable not in result.stdout
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    store = store_path(tmp_path / "features", tmp_path.name, "train", "video",
+                       "orvit-anticipation")
+    assert line.startswith(f"error: {store}: not found") and "observed window" in line
+    assert "features.import --backbone orvit --name orvit-anticipation" in line
+    assert f"--split train --root {tmp_path}/features --dataset {tmp_path.name}" in line
 
 
 def test_embed_text_without_questions_says_which_make_questions_to_run(tmp_path: Path) -> None:
