@@ -52,7 +52,7 @@ import torch
 from features import errors
 from features.annotations import load_classes, load_segments, load_split, split_path
 from features.config import to_dict
-from features.store import FeatureStore, StoreError, check_aligned
+from features.store import FeatureStore, StoreError, check_aligned, failure_report_path
 from fusion.data import (
     FeatureSplit,
     StreamedSplit,
@@ -169,8 +169,7 @@ def _refuse_failed(stores: dict[str, FeatureStore], split: str) -> None:
         failures = store.failures()
         if failures:
             first, why = next(iter(failures.items()))
-            report = store.path.with_name(store.path.name.removesuffix(".zarr")
-                                          + ".failures.json")
+            report = failure_report_path(store.path)
             raise StoreError(
                 f"{store.path}: {len(failures)} row(s) failed extraction (first {first}: "
                 f"{errors.one_line(why)[:120]}; all in {report}); a {split} submission needs "

@@ -168,6 +168,20 @@ def test_train_and_validation_stores_must_match(tmp_path: Path, mismatch: str) -
     assert not (tmp_path / "runs" / "mismatch" / "last.pt").exists()  # refused before a step
 
 
+def test_stores_imported_from_one_dump_per_split_match(tmp_path: Path) -> None:
+    """`features.import` of a dump per split: the dumps' digests and missing-row counts
+    describe the split's input, not the extractor; another backbone is still refused."""
+    imported = {"extractor": "python -m features.import", "source_format": "hdf5"}
+    data = make_dataset(tmp_path / "demo", manifest={**imported, "source_digest": "a" * 64,
+                                                     "missing": 0},
+                        val_manifest={**imported, "source_digest": "b" * 64, "missing": 2})
+    load_features(config_for(data, tmp_path), torch.device("cpu"))
+    other = make_dataset(tmp_path / "other", manifest=imported,
+                         val_manifest={**imported, "backbone": {"name": "vitl"}})
+    with pytest.raises(StoreError, match="manifest.backbone"):
+        load_features(config_for(other, tmp_path), torch.device("cpu"))
+
+
 def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "demo")
     with pytest.raises(StoreError, match="video-vitl.zarr: no video feature store.*make extract"):
