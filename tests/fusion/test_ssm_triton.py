@@ -17,7 +17,6 @@ Three kinds of tests:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from fusion import ssm
 from fusion.heads import build_head
 from fusion.ssm import selective_scan, selective_scan_sequential
 from tests.fusion.test_ssm import assert_close, make_inputs, run_and_grads
+from tests.fusion.triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -294,14 +294,7 @@ print("interpreter: all cases match the torch backend")
 
 def test_triton_kernels_under_the_interpreter():
     """The Triton kernels themselves, on CPU tensors, run by Triton's interpreter."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    print(result.stdout)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert "all cases match" in result.stdout
+    run_interpreted(INTERPRETER_SCRIPT)
 
 
 # ------------------------------------------------------------------ GPU: compiled kernels

@@ -16,7 +16,6 @@ Three kinds of tests, as in test_ssm_triton:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from fusion import token_conv as token_conv_module
 from fusion.token_conv import token_conv
 from tests.fusion.test_ssm import assert_close
+from tests.fusion.triton_interpreter import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,14 +233,7 @@ print("interpreter: all cases match the torch backend")
 
 def test_triton_kernels_under_the_interpreter():
     """The Triton kernels themselves, on CPU tensors, run by Triton's interpreter."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    print(result.stdout)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert "all cases match" in result.stdout
+    run_interpreted(INTERPRETER_SCRIPT)
 
 
 # ------------------------------------------------------------------ GPU: compiled kernels

@@ -24,3 +24,25 @@ def patch_numpy_index() -> None:
                        lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
 
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def run_interpreted(script: str) -> str:
+    """Runs `script` (which ends by printing "all cases match") in a subprocess under
+    `TRITON_INTERPRET=1` on CPU tensors; its stdout. Skips where Triton is not installed."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                            env=env, capture_output=True, text=True, timeout=600)
+    print(result.stdout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "all cases match" in result.stdout
+    return result.stdout
