@@ -146,10 +146,11 @@ questions_cmd = $(PY) -m extract.questions --annotations $(call split_csv,$(1)) 
 video_cmd = $(PY) -m extract video --preset $(BACKBONE) --split $(1) --task $(2) \
 	--annotations $(ANNOTATIONS) --videos $(VIDEOS) --root $(DATA)/features --dataset $(DATASET) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(3)
-# BACKBONE=orvit: video features of split $(1) imported from SOURCE's dump (store video-orvit,
-# what the mambavl-orvit presets read); $(2): more flags
-import_cmd = $(PY) -m features.import --backbone orvit --source $(subst %,$(1),$(SOURCE)) \
-	--annotations $(ANNOTATIONS) --split $(1) --root $(DATA)/features --dataset $(DATASET) $(2)
+# BACKBONE=orvit: video features of split $(1), clips of task $(2), imported from SOURCE's dump
+# (store video-orvit, what the mambavl-orvit presets read); $(3): more flags
+import_cmd = $(PY) -m features.import --backbone orvit --task $(2) \
+	--source $(subst %,$(1),$(SOURCE)) --annotations $(ANNOTATIONS) --split $(1) \
+	--root $(DATA)/features --dataset $(DATASET) $(3)
 NO_SOURCE = echo "error: BACKBONE=orvit imports ORViT's dumped features: pass SOURCE=dump.h5" \
 	"(one dump keyed by narration id, every split) or SOURCE=dumps/orvit_%.h5 (% becomes the" \
 	"split name)" >&2; exit 2
@@ -189,7 +190,7 @@ annotations: ## download the official EK100 annotation CSVs into ANNOTATIONS (de
 extract: venv ## video features of SPLITS (BACKBONE=demo|vitb|vitl [CHECKPOINT=] [VIDEOS=]; orvit: SOURCE=dump.h5)
 ifeq ($(BACKBONE),orvit)
 	@test -n "$(SOURCE)" || { $(NO_SOURCE); }
-	for s in $(SPLITS); do $(call import_cmd,$$s,$(ARGS)) || exit 1; done
+	for s in $(SPLITS); do $(call import_cmd,$$s,$(TASK),$(ARGS)) || exit 1; done
 else
 	for s in $(SPLITS); do $(call video_cmd,$$s,$(TASK),$(ARGS)) || exit 1; done
 endif
@@ -346,7 +347,7 @@ $(TINY_ROBERTA): | venv
 
 ifeq ($(BACKBONE),orvit)
 $(call video_report,%): | $(CHAIN_CHECKS) venv
-	$(call import_cmd,$*,$(VIDEO_ARGS))
+	$(call import_cmd,$*,recognition,$(VIDEO_ARGS))
 
 # ORViT's dumps hold the action segments, not the observed windows before them: the anticipation
 # stores are imported by hand (the error says how); until all three are there the chain stops at
@@ -356,8 +357,9 @@ $(call video_report,%,-anticipation):
 		"the action segments, anticipation reads the observed window (the 2 s ending 1 s before" \
 		"each action): dump ORViT's features of those windows and import each split (train," \
 		"validation, test), e.g. python -m features.import --backbone orvit --name" \
-		"$(VIDEO_NAME)-anticipation --source WINDOWS_DUMP --annotations $(ANNOTATIONS) --split" \
-		"$* --root $(DATA)/features --dataset $(DATASET) --allow-missing; then rerun" >&2; exit 2
+		"$(VIDEO_NAME)-anticipation --task anticipation --source WINDOWS_DUMP --annotations" \
+		"$(ANNOTATIONS) --split $* --root $(DATA)/features --dataset $(DATASET) --allow-missing;" \
+		"then rerun" >&2; exit 2
 else
 $(call video_report,%): | $(CHAIN_CHECKS) venv
 	$(call video_cmd,$*,recognition,$(VIDEO_ARGS))

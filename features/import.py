@@ -1,6 +1,6 @@
 """Import precomputed per-clip features into a feature store.
 
-    python -m features.import --source orvit_val.h5 --backbone orvit \
+    python -m features.import --source orvit_val.h5 --backbone orvit --task recognition \
         --annotations data/ek100/annotations --split validation
 
 Why: ORViT (dumped with ORViT's own code) and any other backbone we do not run ourselves
@@ -17,6 +17,13 @@ A clip is (D,) (stored as L = 1) or (L, D); all clips must share one shape; valu
 stored as float16. Segments of the split without features stop the import with a list of
 them, unless `--allow-missing` (then they are zero rows with an error in the store).
 The import is resumable like extraction: a rerun continues after the last written shard.
+
+`--task recognition|anticipation` says which clips the source holds (the action segments, or
+the observed windows before them) and lands in the manifest as `clip.task`, the field
+`extract` writes; `fusion.data.check_task` refuses a store whose task is not the run's, and
+one without a task. It has no default on purpose: the importer cannot tell a dump's clips
+apart, and a default would label an anticipation dump recognition (or the reverse) without
+anyone having said so, so that training accepted it; an import without `--task` stops at once.
 A finished import writes the store's `<store stem>.failures.json` as extraction does
 (`features.store.write_failure_report`; the `--allow-missing` rows are its `failed`), the
 file the Makefile's chains wait for.
@@ -31,7 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,6 +67,10 @@ class ImportConfig:
 
     source: Path
     """An HDF5 file or a folder of `<narration_id>.npy|.pt` files."""
+    task: Literal["recognition", "anticipation"] | None = None
+    """Which task's clips the source holds: `recognition` (the action segments) or
+    `anticipation` (the observed windows before them). Required: the manifest's `clip.task`,
+    which training checks against its --task."""
     backbone: str = "orvit"
     """Name of the backbone that made the features (manifest and store name)."""
     annotations: Path | None = None
@@ -231,8 +242,17 @@ def row_order(config: ImportConfig, source: Source) -> tuple[list[str], str]:
     return list(source.ids), "source"
 
 
+TASKS = ("recognition", "anticipation")
+
+
 def import_features(config: ImportConfig) -> int:
     """Import (or resume importing) `config.source`; returns the exit status."""
+    if config.task not in TASKS:
+        raise HarnessError(
+            f"{config.source}: pass --task recognition (clips of the action segments) or "
+            "--task anticipation (the observed windows before them): the store records which, "
+            "and training refuses a store that does not say"
+        )
     source = open_source(config.source, config.key)
     try:
         return _import(config, source)
@@ -272,6 +292,7 @@ def _import(config: ImportConfig, source: Source) -> int:
         token_shape=list(shape),
         dtype="float16",
         missing=len(missing),
+        clip={"task": config.task},  # the field `extract` writes; fusion.data.check_task reads it
         note=config.note,
     )
     path = config.out or store_path(

@@ -193,11 +193,21 @@ def open_stores(config: TrainConfig, split: str) -> dict[str, FeatureStore]:
 
 def check_task(config: TrainConfig, stores: dict[str, FeatureStore]) -> None:
     """Refuse to train a task on a video store of the other task's clips (an anticipation run
-    on the action itself would learn recognition and report it as anticipation)."""
+    on the action itself would learn recognition and report it as anticipation), and on one
+    that does not say which (`clip.task`, written by `extract` and `features.import --task`;
+    an import made before `--task` existed could hold either)."""
     video = stores.get("video")
-    clip = video.manifest.get("clip") if video is not None else None
+    if video is None:  # a questions-only run
+        return
+    clip = video.manifest.get("clip")
     task = clip.get("task") if isinstance(clip, dict) else None
-    if task is not None and task != config.task:
+    if task is None:
+        raise StoreError(f"{video.path}: its manifest records no clip.task, so it may hold "
+                         f"recognition or anticipation clips; if it holds {config.task} clips "
+                         f"re-import it with `python -m features.import --task {config.task} "
+                         f"--overwrite` (same flags otherwise), else re-extract it with "
+                         f"`make extract TASK={config.task}`")
+    if task != config.task:
         raise StoreError(f"{video.path}: holds {task} clips, but --task is {config.task}; "
                          f"pass a store of {config.task} clips with --video-store NAME, or "
                          f"extract one with `make extract TASK={config.task}`")

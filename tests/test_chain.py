@@ -111,6 +111,7 @@ def test_orvit_chain_imports_each_split_from_its_dump() -> None:
                      "RUNS=/r")
     imports = [w for w in chain if w[1:3] == ["-m", "features.import"]]
     assert [flag(w, "--split") for w in imports] == ["train", "validation", "test"]
+    assert {flag(w, "--task") for w in imports} == {"recognition"}  # ORViT's dumps: actions
     config = PRESETS["mambavl-orvit"]
     listed = make("chain-files", "BACKBONE=orvit", "DATA=/x", "RUNS=/r").stdout
     for words in imports:
@@ -126,6 +127,9 @@ def test_orvit_chain_imports_each_split_from_its_dump() -> None:
     assert flag(extract, "--source") == "one.h5" and flag(extract, "--split") == "$s"  # loop
     same = {"one.h5": "x_train.h5", "$s": "train"}
     assert [same.get(word, word) for word in extract] == imports[0]
+    (extract,) = commands("extract", "BACKBONE=orvit", "SOURCE=one.h5", "DATA=/x",
+                          "TASK=anticipation")
+    assert flag(extract, "--task") == "anticipation"  # the clips' task is recorded as asked
 
 
 def chain_data(tmp_path: Path) -> Path:
@@ -150,7 +154,7 @@ def test_orvit_chains_stop_at_once_with_what_to_pass(tmp_path: Path) -> None:
     store = store_path(tmp_path / "features", tmp_path.name, "train", "video",
                        "orvit-anticipation")
     assert line.startswith(f"error: {store}: not found") and "observed window" in line
-    assert "features.import --backbone orvit --name orvit-anticipation" in line
+    assert "features.import --backbone orvit --name orvit-anticipation --task anticipation" in line
     assert f"--split train --root {tmp_path}/features --dataset {tmp_path.name}" in line
 
 

@@ -1,4 +1,5 @@
-"""`python -m features.import`: HDF5 (both layouts), .npy and .pt folders, order, missing."""
+"""`python -m features.import`: HDF5 (both layouts), .npy and .pt folders, order, missing,
+the clips' task."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from features.store import FeatureStore, check_aligned
+from features.errors import HarnessError
+from features.store import FeatureStore, StoreError, check_aligned
+from fusion.data import check_task
+from fusion.train import TrainConfig
 
 importer = importlib.import_module("features.import")  # `import` is a keyword
 REPO = Path(__file__).resolve().parents[2]
@@ -25,9 +29,11 @@ def clips(shape: tuple[int, ...] = (4, 8)) -> dict[str, np.ndarray]:
     return {nid: rng.standard_normal(shape).astype(np.float32) for nid in IDS}
 
 
-def run(tiny_ek100: Path, source: Path, out: Path, *extra: str) -> int:
+def run(tiny_ek100: Path, source: Path, out: Path, *extra: str,
+        task: str | None = "recognition") -> int:
     args = ["--source", str(source), "--annotations", str(tiny_ek100), "--out", str(out),
-            "--shard-rows", "4", "--no-progress", *extra]  # fmt: skip
+            "--shard-rows", "4", "--no-progress", *(["--task", task] if task else []),
+            *extra]  # fmt: skip
     return importer.main(args)
 
 
@@ -52,6 +58,7 @@ def test_hdf5_dataset_per_clip(tiny_ek100: Path, tmp_path: Path) -> None:
     assert manifest["source_format"] == "hdf5:dataset-per-clip"
     assert len(manifest["source_digest"]) == 64 and manifest["token_shape"] == [4, 8]
     assert manifest["sources"]["row_order"].endswith("EPIC_100_validation.csv")
+    assert manifest["clip"] == {"task": "recognition"}  # the field `extract` writes
 
 
 def test_hdf5_features_and_ids_vectors(tiny_ek100: Path, tmp_path: Path) -> None:
@@ -80,7 +87,8 @@ def test_folder_of_clips(tiny_ek100: Path, tmp_path: Path, suffix: str) -> None:
     assert FeatureStore(tmp_path / "s.zarr").manifest["source_format"] == f"folder:{suffix}"
     # --order-from copies another store's rows: aligned by construction
     assert importer.main(["--source", str(folder), "--order-from", str(tmp_path / "s.zarr"),
-                          "--out", str(tmp_path / "t.zarr"), "--no-progress"]) == 0  # fmt: skip
+                          "--out", str(tmp_path / "t.zarr"), "--no-progress",
+                          "--task", "recognition"]) == 0  # fmt: skip
     check_aligned(tmp_path / "s.zarr", tmp_path / "t.zarr")
 
 
@@ -139,7 +147,8 @@ def test_command_line(tiny_ek100: Path, tmp_path: Path) -> None:
     out = tmp_path / "features"
     result = subprocess.run(
         [sys.executable, "-m", "features.import", "--source", str(tmp_path / "orvit.h5"),
-         "--annotations", str(tiny_ek100), "--root", str(out), "--dataset", "ek100"],
+         "--annotations", str(tiny_ek100), "--root", str(out), "--dataset", "ek100",
+         "--task", "recognition"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -156,10 +165,12 @@ class Payload:
         return (Path.touch, (self.path,))
 
 
-def import_cli(tiny_ek100: Path, source: Path, out: Path) -> subprocess.CompletedProcess:
+def import_cli(tiny_ek100: Path, source: Path, out: Path,
+               task: str | None = "recognition") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "features.import", "--source", str(source), "--annotations",
-         str(tiny_ek100), "--out", str(out), "--no-progress"],
+         str(tiny_ek100), "--out", str(out), "--no-progress",
+         *(["--task", task] if task else [])],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -201,3 +212,37 @@ def test_empty_or_garbage_source_files_are_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), lines
     assert ("empty file" in lines[0]) == (not content)
+
+
+def npy_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for nid, value in clips().items():
+        np.save(folder / f"{nid}.npy", value)
+    return folder
+
+
+def test_an_import_must_say_which_tasks_clips_it_holds(tiny_ek100: Path, tmp_path: Path) -> None:
+    """No --task: refused in one line before anything is read or written (a default would
+    label the other task's dump without anyone saying so, and training would accept it)."""
+    folder = npy_folder(tmp_path)
+    result = import_cli(tiny_ek100, folder, tmp_path / "s.zarr", task=None)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder}: pass --task recognition")
+    assert "--task anticipation" in lines[0]
+    with pytest.raises(HarnessError, match="pass --task recognition"):
+        run(tiny_ek100, folder, tmp_path / "s.zarr", task=None)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_the_recorded_task_is_checked_by_training(tiny_ek100: Path, tmp_path: Path) -> None:
+    """`--task anticipation` lands in the manifest as `clip.task`; a recognition run refuses
+    the store (an anticipation run takes it), as it does an extracted one."""
+    assert run(tiny_ek100, npy_folder(tmp_path), tmp_path / "s.zarr", task="anticipation") == 0
+    store = FeatureStore(tmp_path / "s.zarr")
+    assert store.manifest["clip"] == {"task": "anticipation"}
+    check_task(TrainConfig(task="anticipation"), {"video": store})
+    with pytest.raises(StoreError, match=r"s.zarr: holds anticipation clips, but --task is "
+                                         r"recognition; pass a store of recognition clips"):
+        check_task(TrainConfig(task="recognition"), {"video": store})

@@ -45,8 +45,10 @@ def write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind:
 def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
                  val_width: int = 16, val_manifest: dict | None = None,
                  manifest: dict | None = None,
-                 zero_rows: dict[str, list[int] | slice] | None = None) -> Path:
-    """Annotations + video/text stores of train and validation, with a learnable signal."""
+                 zero_rows: dict[str, list[int] | slice] | None = None,
+                 task: str | None = "recognition") -> Path:
+    """Annotations + video/text stores of train and validation, with a learnable signal;
+    the video stores record `task` as `clip.task` (None: no task, as an old import)."""
     config = SyntheticConfig(out=root, videos=6, segments_per_video=16, num_verbs=5,
                              num_nouns=6, workers=1)
     videos = plan_videos(config)
@@ -62,7 +64,8 @@ def make_dataset(root: Path, failed: dict[str, dict[int, str]] | None = None,
             :, None]
         mask = np.arange(6) < rng.integers(2, 7, size=n)[:, None]
         video[(zero_rows or {}).get(split, [])] = 0  # valid rows, all-zero features
-        extra = {**(manifest or {}), **((val_manifest or {}) if split == "validation" else {})}
+        extra = {**({"clip": {"task": task}} if task else {}), **(manifest or {}),
+                 **((val_manifest or {}) if split == "validation" else {})}
         write_store(store_path(root / "features", root.name, split, "video", "demo"), ids,
                     {"tokens": video.astype(np.float16)}, "video",
                     (failed or {}).get(split), **extra)
@@ -191,12 +194,31 @@ def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
 def test_a_store_of_the_other_tasks_clips_is_refused(tmp_path: Path) -> None:
     """An anticipation run on recognition clips (the action itself) would report recognition
     as anticipation: refused, naming the store and both tasks."""
-    data = make_dataset(tmp_path / "demo", manifest={"clip": {"task": "recognition"}})
+    data = make_dataset(tmp_path / "demo", task="recognition")
     load_features(config_for(data, tmp_path), torch.device("cpu"))  # same task: fine
     with pytest.raises(StoreError, match=r"video-demo.zarr: holds recognition clips, but "
                                          r"--task is anticipation; pass a store"):
         load_features(config_for(data, tmp_path, task="anticipation", video_store="demo",
                                  text_store=TEXT_STORE), torch.device("cpu"))
+
+
+def test_a_store_that_records_no_task_is_refused(tmp_path: Path) -> None:
+    """A video store without `clip.task` (a `features.import` from before --task) may hold
+    either task's clips: refused for both tasks, in one line naming the store and the fix;
+    a questions-only run opens no video store, so has nothing to refuse."""
+    data = make_dataset(tmp_path / "demo", task=None)
+    assert "clip" not in FeatureStore(video_store(data, "train")).manifest
+    for task in ("recognition", "anticipation"):
+        config = config_for(data, tmp_path, task=task, video_store="demo", text_store=TEXT_STORE)
+        with pytest.raises(StoreError) as error:
+            load_features(config, torch.device("cpu"))
+        message = str(error.value)
+        assert "\n" not in message
+        assert message.startswith(f"{video_store(data, 'train')}: its manifest records no "
+                                  "clip.task")
+        assert f"features.import --task {task} --overwrite" in message
+        assert f"make extract TASK={task}" in message
+    load_features(config_for(data, tmp_path, video="none"), torch.device("cpu"))
 
 
 def test_all_zero_video_rows_are_counted_and_an_all_zero_split_refused(

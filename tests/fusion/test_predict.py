@@ -48,8 +48,9 @@ def write_test_split(root: Path, fail_row: int | None = None) -> list[str]:
         path = store_path(root / "features", root.name, "test", kind, name)
         shutil.rmtree(path, ignore_errors=True)
         specs = {k: ArraySpec(v.shape[1:], str(v.dtype)) for k, v in arrays.items()}
-        writer = open_writer(path, ids, specs, {"extractor": "test", "kind": kind}, kind,
-                             shard_rows=16)
+        manifest = {"extractor": "test", "kind": kind,  # as `make_dataset`'s stores
+                    **({"clip": {"task": "recognition"}} if kind == "video" else {})}
+        writer = open_writer(path, ids, specs, manifest, kind, shard_rows=16)
         for shard in writer.pending_shards():
             start, stop = writer.shard_range(shard)
             failed = [("video not found" if kind == "video" and i == fail_row else "")

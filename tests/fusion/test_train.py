@@ -32,17 +32,21 @@ TEXT_STORE = "tiny-roberta-template-paper"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind: str) -> None:
+def _write_store(path: Path, ids: list[str], arrays: dict[str, np.ndarray], kind: str,
+                 task: str = "recognition") -> None:
+    """A complete store; a video store records its clips' `task` as extraction does."""
     specs = {k: ArraySpec(v.shape[1:], str(v.dtype)) for k, v in arrays.items()}
-    writer = open_writer(path, ids, specs, {"extractor": "test", "kind": kind}, kind,
-                         shard_rows=16)
+    manifest = {"extractor": "test", "kind": kind,
+                **({"clip": {"task": task}} if kind == "video" else {})}
+    writer = open_writer(path, ids, specs, manifest, kind, shard_rows=16)
     for shard in writer.pending_shards():
         start, stop = writer.shard_range(shard)
         writer.write_shard(shard, {k: v[start:stop] for k, v in arrays.items()})
 
 
-def make_dataset(root: Path, order_seed: int | None = None) -> Path:
-    """Annotations + video/text stores for train and validation under `root`."""
+def make_dataset(root: Path, order_seed: int | None = None, task: str = "recognition") -> Path:
+    """Annotations + video/text stores for train and validation under `root`; the video
+    stores hold `task`'s clips (what `fusion.data.check_task` reads)."""
     config = SyntheticConfig(out=root, videos=6, segments_per_video=16, num_verbs=5,
                              num_nouns=6, workers=1)
     videos = plan_videos(config)
@@ -62,7 +66,7 @@ def make_dataset(root: Path, order_seed: int | None = None) -> Path:
         text_ids = ids if order_seed is None else list(np.random.default_rng(order_seed)
                                                        .permutation(ids))
         _write_store(store_path(root / "features", root.name, split, "video", "demo"), ids,
-                     {"tokens": video.astype(np.float16)}, "video")
+                     {"tokens": video.astype(np.float16)}, "video", task)
         _write_store(store_path(root / "features", root.name, split, "text", TEXT_STORE),
                      text_ids,
                      {"verb_tokens": rng.normal(size=(n, 6, 8)).astype(np.float16),
@@ -236,7 +240,8 @@ def test_train_cli_reports_a_missing_store_in_one_line(dataset: Path, tmp_path: 
     assert "video-vitl.zarr" in line and "make extract" in line
 
 
-def test_anticipation_selects_by_class_mean_recall(dataset: Path, tmp_path: Path) -> None:
+def test_anticipation_selects_by_class_mean_recall(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "demo", task="anticipation")
     config = config_for(dataset, tmp_path, task="anticipation", epochs=3, track=False,
                         video_store="demo", text_store=TEXT_STORE, run_name="anticipation")
     result = train(config)
