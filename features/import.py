@@ -17,16 +17,18 @@ A clip is (D,) (stored as L = 1) or (L, D); all clips must share one shape; valu
 stored as float16. Segments of the split without features stop the import with a list of
 them, unless `--allow-missing` (then they are zero rows with an error in the store).
 The import is resumable like extraction: a rerun continues after the last written shard.
+A finished import writes the store's `<store stem>.failures.json` as extraction does
+(`features.store.write_failure_report`; the `--allow-missing` rows are its `failed`), the
+file the Makefile's chains wait for.
 
 `--task recognition|anticipation` says which clips the source holds (the action segments, or
 the observed windows before them) and lands in the manifest as `clip.task`, the field
 `extract` writes; `fusion.data.check_task` refuses a store whose task is not the run's, and
 one without a task. It has no default on purpose: the importer cannot tell a dump's clips
 apart, and a default would label an anticipation dump recognition (or the reverse) without
-anyone having said so, so that training accepted it; an import without `--task` stops at once.
-A finished import writes the store's `<store stem>.failures.json` as extraction does
-(`features.store.write_failure_report`; the `--allow-missing` rows are its `failed`), the
-file the Makefile's chains wait for.
+anyone having said so, so that training accepted it. An import without `--task` stops at once
+with one line (the field is optional only so that this check, not the parser's usage text,
+refuses it).
 """
 
 from __future__ import annotations
