@@ -1,5 +1,7 @@
-"""Shared by the Triton tests that run kernels under `TRITON_INTERPRET=1` (in a subprocess,
-since the variable must be set before Triton is imported)."""
+"""Shared by the Triton tests: scripts run in a subprocess, since `TRITON_INTERPRET` must be
+set (or unset) before Triton is imported and `sys.modules` must start without it:
+`run_interpreted` runs kernels under Triton's interpreter, `run_without_triton` a CPU run that
+must never import Triton."""
 
 from __future__ import annotations
 
@@ -45,4 +47,23 @@ def run_interpreted(script: str) -> str:
     print(result.stdout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert "all cases match" in result.stdout
+    return result.stdout
+
+
+def run_without_triton(code: str) -> str:
+    """Runs `code` (dedented) in a fresh interpreter on the CPU (`CUDA_VISIBLE_DEVICES=""`,
+    `TRITON_INTERPRET` unset) from the repository root; its stdout. The test fails when the
+    script does (its own asserts, e.g. `"triton" not in sys.modules`), with its stderr."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            cwd=Path(__file__).parents[2], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
