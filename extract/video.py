@@ -63,7 +63,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -73,6 +73,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from features.errors import HarnessError
+
+if TYPE_CHECKING:  # extract.avion_layout imports this module
+    from extract.avion_layout import ChunkedVideo
 
 log = logging.getLogger(__name__)
 
@@ -798,6 +801,7 @@ class ClipDataset(Dataset):
         self.fps, self.observed_s, self.gap_s = fps, observed_s, gap_s
         self.on_error, self.frame_template, self.threads = on_error, frame_template, threads
         self._lengths: dict[str, tuple[float | Fraction | None, int]] = {}  # per worker process
+        self._chunked: dict[tuple[str, str], ChunkedVideo] = {}  # per worker: _chunked_video
         self._fused: FusedCropScale | None = None
 
     def __len__(self) -> int:
@@ -866,15 +870,35 @@ class ClipDataset(Dataset):
             first, last = min(source_ids), max(source_ids)
         return FrameSelection(source_ids, first, last, selection.clamped)
 
-    def _chunks(self, index: int) -> tuple[FrameSelection, list[tuple[Path, list[int]]]]:
-        """AVION's chunked layout: the selection and (chunk file, 0-based local ids) reads."""
+    CHUNKED_VIDEOS_KEPT = 64
+    """`ChunkedVideo`s a dataset keeps (per worker process), least recently used dropped first.
+    A worker's batches are runs of consecutive rows (`extract.run.shard_batches`), so where the
+    annotations list a video's segments together it meets a few videos at a time; an entry
+    holds its chunks' start seconds and frame counts (bytes): the bound only caps a long run."""
+
+    def _chunked_video(self, participant: str, video: str) -> ChunkedVideo:
+        """The `extract.avion_layout.ChunkedVideo` of one video, kept across its clips: its
+        folder listed once and each chunk probed once per worker process, not per clip (it
+        caches no errors, so a failed listing or probe is tried again on the next clip, as
+        before). A plain dict, filled lazily: the dataset pickles into DataLoader workers."""
         from extract.avion_layout import ChunkedVideo
 
+        key = (participant, video)
+        chunks = self._chunked.pop(key, None)
+        if chunks is None:
+            chunks = ChunkedVideo(self.video_root, participant, video)
+            while len(self._chunked) >= self.CHUNKED_VIDEOS_KEPT:
+                del self._chunked[next(iter(self._chunked))]  # the least recently used
+        self._chunked[key] = chunks  # last: the most recently used
+        return chunks
+
+    def _chunks(self, index: int) -> tuple[FrameSelection, list[tuple[Path, list[int]]]]:
+        """AVION's chunked layout: the selection and (chunk file, 0-based local ids) reads."""
         narration_id, participant, video, _, _, _, start_s, stop_s = self.rows[index]
         assert start_s is not None and stop_s is not None
         if self.task == "anticipation":
             start_s, stop_s = start_s - self.gap_s - self.observed_s, start_s - self.gap_s
-        chunks = ChunkedVideo(self.video_root, participant, video)  # one listing, 1 probe/chunk
+        chunks = self._chunked_video(participant, video)  # one listing, 1 probe/chunk per video
         try:  # our failure rule (mostly past the end), then AVION's exact ids and clamp
             total = round(chunks.duration() * AVION_FPS)
             avion_frame_ids(start_s, stop_s, self.num_frames, total, f"{video} {narration_id}")

@@ -7,6 +7,7 @@ Every synthetic frame shows its own 1-based number in binary (10 vertical stripe
 from __future__ import annotations
 
 import logging
+import pickle
 from fractions import Fraction
 from pathlib import Path
 
@@ -513,12 +514,41 @@ def test_avion_timeline_from_rgb_frames_needs_their_fps(avion_data: Path) -> Non
         ClipDataset(rows, avion_data / "rgb", layout="rgb_frames", preprocess=PRESETS["avion"])
 
 
-def test_avion_chunks_layout_gives_avions_ids(avion_data: Path, tmp_path: Path) -> None:
-    """The same segments read from AVION's chunked copy (written by extract.reencode)."""
+def test_chunked_videos_are_kept_one_per_video_and_bounded(avion_data: Path,
+                                                           tmp_path: Path) -> None:
+    """`ClipDataset._chunked_video`: the same `ChunkedVideo` for every clip of a video, at most
+    `CHUNKED_VIDEOS_KEPT` of them, the least recently used dropped (building one reads
+    nothing, so these videos need not exist)."""
+    data = ClipDataset(avion_segments(avion_data), tmp_path, layout="avion-chunks",
+                       preprocess=PRESETS["avion"])
+    data.CHUNKED_VIDEOS_KEPT = 2
+    first = data._chunked_video("P01", "P01_01")
+    assert data._chunked_video("P01", "P01_01") is first
+    assert (first.root, first.participant, first.video_id) == (tmp_path, "P01", "P01_01")
+    second = data._chunked_video("P01", "P01_02")
+    data._chunked_video("P01", "P01_01")  # now the most recently used
+    data._chunked_video("P02", "P02_01")  # drops P01_02
+    assert list(data._chunked) == [("P01", "P01_01"), ("P02", "P02_01")]
+    assert data._chunked_video("P01", "P01_01") is first
+    assert data._chunked_video("P01", "P01_02") is not second  # built again
+    assert len(data._chunked) == 2
+
+
+def test_avion_chunks_layout_gives_avions_ids(avion_data: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same segments read from AVION's chunked copy (written by extract.reencode); the
+    video's folder is listed once and its chunk probed once for all its clips (the dataset
+    keeps one `ChunkedVideo` per video), also in a pickled copy (a DataLoader worker's)."""
+    from extract import avion_layout
     from extract.reencode import ReencodeConfig, reencode
 
     reencode(ReencodeConfig(videos=avion_data / "videos", out=tmp_path / "chunks",
                             participants=("P03",), short_side=48, preset="ultrafast"))
+    listed: list[Path] = []
+    probed: list[Path] = []
+    listdir, probe = avion_layout.os.listdir, avion_layout.probe_video
+    monkeypatch.setattr(avion_layout.os, "listdir", lambda p: listed.append(p) or listdir(p))
+    monkeypatch.setattr(avion_layout, "probe_video", lambda p: probed.append(p) or probe(p))
     rows = avion_segments(avion_data)
     data = ClipDataset(rows, tmp_path / "chunks", layout="avion-chunks", size=32,
                        preprocess=PRESETS["avion"])
@@ -526,7 +556,13 @@ def test_avion_chunks_layout_gives_avions_ids(avion_data: Path, tmp_path: Path) 
         plan = data.clip_plan(i)
         assert plan.sources == (str(tmp_path / "chunks/P03/P03_01.MP4/0.MP4"),)
         assert list(plan.frame_ids) == AVION_IDS[nid][2] and plan.fps == 30.0, nid
+    copy = pickle.loads(pickle.dumps(data))  # as DataLoader workers get it (before a load)
+    assert [copy.clip_plan(i) for i in range(len(rows))] == [
+        data.clip_plan(i) for i in range(len(rows))]
     clip, _, error = data[len(rows) - 1]
     assert error == "" and clip.shape == (3, 16, 32, 32)
+    assert len(rows) == 6 and set(rows["video_id"]) == {"P03_01"}
+    assert listed == [tmp_path / "chunks/P03/P03_01.MP4"]  # not once per clip
+    assert probed == [tmp_path / "chunks/P03/P03_01.MP4/0.MP4"]
     with pytest.raises(ValueError, match="avion-30fps"):
         ClipDataset(rows, tmp_path / "chunks", layout="avion-chunks")
