@@ -36,8 +36,12 @@ Why the kernels look the way they do
   delta_bias gradients are summed over time in registers and over rows by the wrapper.
 * Measured on the H200 (benchmarks/results/scan_backends_h200.md): faster than mamba-ssm up to
   L = 64 (fwd+bwd 0.23x at 16), slower from 256 on (1.11x at 256, 1.04x at 4096); the forward
-  is the weak part (1.2-1.6x), probably its per-step scalar loads of B and C and 2-byte
-  strided loads of u and Δ (not profiled).
+  is the weak part (1.2-1.6x). Nsight Compute on the head's EK100 calls
+  (benchmarks/results/ncu_scan_h200.txt): backward at 255 registers a thread, 12.5 %
+  occupancy, register spills to local memory (Nsight's estimate: up to 83 % faster without
+  them), 34 % of issue slots busy; forward 128 registers, 25 % occupancy, 54 % of slots busy.
+  With B and C's state stride fixed to 1 (`_states_unit`) the backward spills 112 bytes a
+  thread instead of 744 (sm_90 compile) and the head's scans run 11-16 % faster.
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
@@ -108,7 +112,9 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
 
 
 # Strides stay run-time values: a stride specialised to 1 would make Triton lay the time (or
-# state) axis across the lanes for coalescing, the layout these kernels exist to avoid.
+# state) axis across the lanes for coalescing, the layout these kernels exist to avoid (seen
+# for the checkpoint's state stride in an sm_90 compile). B and C's state stride is the one
+# exception, through the STATES_UNIT flag (`_states_unit`): it leaves the layout alone.
 _FWD_STRIDES = tuple("""
     s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bn s_bl s_cb s_cn s_cl s_zb s_zd s_zl
     s_yb s_yd s_yl s_hb s_hd s_hc s_hn
@@ -156,13 +162,16 @@ def _scan_fwd_kernel(
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl,
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl, s_hb, s_hd, s_hc, s_hn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, STATES_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """y (b, d, L) and the state entering each chunk of BLOCK_T steps (b, d, chunks, n)."""
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
+    if STATES_UNIT:  # B, C states contiguous (the head's views): constant address offsets
+        s_bn = 1
+        s_cn = 1
     t_loc = tl.arange(0, BLOCK_T)
     d_mask = d_offs < d
     n_mask = n_offs < n
@@ -222,7 +231,7 @@ def _scan_bwd_kernel(
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hc, s_hn, s_ob, s_od, s_ol,
     s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr,
+    HAS_LEN: tl.constexpr, STATES_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d);
@@ -231,6 +240,9 @@ def _scan_bwd_kernel(
     pid_d = tl.program_id(1)
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
+    if STATES_UNIT:  # B, C states contiguous (the head's views): constant address offsets
+        s_bn = 1
+        s_cn = 1
     t_loc = tl.arange(0, BLOCK_T)
     d_mask = d_offs < d
     n_mask = n_offs < n
@@ -352,6 +364,16 @@ def _like(u: Tensor, dtype: torch.dtype, zero: bool) -> Tensor:
     return make((b, d, L), dtype=dtype, device=u.device)
 
 
+def _states_unit(B: Tensor, C: Tensor) -> bool:
+    """B and C with their states contiguous (stride 1), as the Mamba head's x_proj views are:
+    the kernels then compile with that stride fixed, so each thread's state loads share one
+    address plus constant offsets. Measured on the H200 at the head's EK100 calls: fewer
+    registers spilled in backward (stack 744 -> 112 bytes, sm_90 compile) and the scan 11-16 %
+    faster (benchmarks/results/issue18_status.md). Only this stride: letting Triton
+    specialise strides freely changes the tiles' layout (see the note above the kernels)."""
+    return B.stride(1) == 1 and C.stride(1) == 1
+
+
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -378,6 +400,7 @@ class _TritonScan(torch.autograd.Function):
             *y.stride(), *states.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(softplus), HAS_LEN=lengths is not None, STORE_STATES=bool(needs_grad),
+            STATES_UNIT=_states_unit(B, C),
             BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
             num_warps=cfg["WARPS_FWD"],
         )
@@ -416,7 +439,7 @@ class _TritonScan(torch.autograd.Function):
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
             *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None,
+            SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None, STATES_UNIT=_states_unit(B, C),
             BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
             num_warps=cfg["WARPS_BWD"],
         )

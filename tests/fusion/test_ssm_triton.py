@@ -249,6 +249,11 @@ dl = (0.5 * torch.randn(b, L, d, generator=g)).requires_grad_()
 A = (-torch.rand(d, n, generator=g) * 3).requires_grad_()
 D, bias = (torch.randn(d, generator=g).requires_grad_() for _ in range(2))
 leaves = [xz, bc, dl, A, D, bias]
+from fusion.ssm_triton import _states_unit
+
+# these B, C views compile the kernels with the state stride fixed to 1, (b, n, L) tensors not
+assert _states_unit(bc[..., 3:3 + n].transpose(1, 2), bc[..., 3 + n:].transpose(1, 2))
+assert not _states_unit(*(bc[..., 3:3 + n].transpose(1, 2).contiguous() for _ in range(2)))
 results = {}
 for name, fn in (("triton", selective_scan_triton),
                  ("torch", lambda *a, **k: ssm.selective_scan(*a, **k, backend="torch"))):
