@@ -1,0 +1,30 @@
+"""benchmarks/scan_sass.py: the scan kernels compiled for sm_90 on a machine without a GPU."""
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import scan_sass
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed")
+
+
+def test_compiles_both_kernels_and_reads_their_resources(tmp_path):
+    out = scan_sass.main(["--block-t", "2", "--out", str(tmp_path / "sass")])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["forward", "backward"]
+    for r in rows:
+        assert r["BLOCK_T"] == 2
+        assert 0 < r["registers"] <= 255 and r["instructions"] > 100
+        assert r["MUFU"] > 0 and r["LDG"] > 0 and r["STG"] > 0  # exp2, loads, stores
+    assert rows[1]["SHFL"] > 0  # the backward's sums over channels cross lanes
+    assert "| backward | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_a_register_cap_reaches_ptxas(tmp_path):
+    out = scan_sass.main(["--block-t", "2", "--maxnreg-bwd", "64", "--out",
+                          str(tmp_path / "capped")])
+    backward = json.loads(out.with_suffix(".json").read_text())["rows"][1]
+    assert backward["maxnreg"] == 64 and backward["registers"] <= 64
