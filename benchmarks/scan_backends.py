@@ -66,8 +66,10 @@ class BenchConfig:
 
     backends: tuple[str, ...] = ("triton", "mamba_ssm", "torch")
     lengths: tuple[int, ...] = (16, 64, 256, 1024, 4096)
-    variants: tuple[str, ...] = ("head", "full")
-    """`head`: the Mamba head's call (no D/z/bias, Δ pre-softplus'd); `full`: all options."""
+    variants: tuple[str, ...] = ("head", "head_views", "full")
+    """`head`: the Mamba head's call (no D/z/bias, Δ pre-softplus'd) on (b, d, L) tensors;
+    `head_views`: the same call in the head's own layout (see `scan_args`); `full`: all
+    options."""
     full_lengths: tuple[int, ...] = (16, 256)
     """Lengths of the `full` variant (a subset of `lengths` keeps the run short)."""
     batch: int = 128
@@ -125,14 +127,32 @@ def make_inputs(config: BenchConfig, batch: int, length: int, variant: str,
 
     inputs = {"u": randn(b, d, L), "B": randn(b, n, L), "C": randn(b, n, L),
               "A": -torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1)}
-    if variant == "head":  # the head passes Δ = softplus(dt_proj(...)) in the input dtype
+    if variant in ("head", "head_views"):  # the head passes Δ = softplus(dt_proj(...))
         inputs["delta"] = F.softplus(randn(b, d, L, scale=0.5, shift=-3.0, dt=torch.float32)
                                      ).to(dtype)
+    if variant == "head_views":  # the same values, stored as the head's projections hold them
+        bc = torch.cat([inputs.pop("B"), inputs.pop("C")], dim=1)
+        inputs = {k: v.transpose(1, 2).contiguous() if v.dim() == 3 else v
+                  for k, v in {**inputs, "BC": bc}.items()}
     else:
         inputs |= {"delta": randn(b, d, L, scale=0.5), "z": randn(b, d, L),
                    "D": torch.ones(d, device=device),
                    "delta_bias": randn(d, scale=0.5, shift=-3.0, dt=torch.float32)}
     return {k: v.requires_grad_() for k, v in inputs.items()}
+
+
+def scan_args(inputs: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
+    """`selective_scan`'s tensors from the leaves. `head_views`: u and Δ are transposed views
+    of (b, L, d) tensors and B, C transposed slices of one (b, L, 2n) tensor, as the Mamba
+    head passes its projections (`fusion/heads/mamba.py`); the triton backend reads them in
+    place, mamba-ssm copies them to unit time stride first (its `selective_scan_interface.py`
+    does, lines 28-38 in mamba-ssm 2.3.2.post1), and that copy is in its time."""
+    if variant != "head_views":
+        return inputs
+    n = inputs["BC"].shape[-1] // 2
+    return {"u": inputs["u"].transpose(1, 2), "delta": inputs["delta"].transpose(1, 2),
+            "A": inputs["A"], "B": inputs["BC"][..., :n].transpose(1, 2),
+            "C": inputs["BC"][..., n:].transpose(1, 2)}
 
 
 def scan_kwargs(variant: str) -> dict:
@@ -241,10 +261,12 @@ def run_lengths(config: BenchConfig, device: torch.device, available: list[str],
                     inputs = make_inputs(config, config.batch, length, variant, device)
                     gy = torch.randn(config.batch, config.d_inner, length, device=device
                                      ).to(DTYPES[config.dtype])
+                    if variant == "head_views":  # y's gradient arrives in y's (u's) layout
+                        gy = gy.transpose(1, 2).contiguous().transpose(1, 2)
 
                     def call(inputs=inputs, backend=backend, variant=variant):
-                        return ssm.selective_scan(**inputs, backend=backend,
-                                                  **scan_kwargs(variant))
+                        return ssm.selective_scan(**scan_args(inputs, variant),
+                                                  backend=backend, **scan_kwargs(variant))
 
                     for mode, step in steps_for(call, list(inputs.values()), gy).items():
                         if stopped:
@@ -403,8 +425,11 @@ def markdown(data: dict) -> str:
 
     backends = list(dict.fromkeys(r["backend"] for r in results))
     for variant in dict.fromkeys(r["variant"] for r in results):
-        what = ("the Mamba head's call: u, Δ (softplus'd), A, B, C" if variant == "head" else
-                "all options: D, z gate, delta_bias, softplus")
+        what = {"head": "the Mamba head's call: u, Δ (softplus'd), A, B, C; (b, d, L) tensors",
+                "head_views": "the same call in the head's layout: u, Δ transposed (b, L, d), "
+                              "B, C slices of one (b, L, 2n) tensor; mamba_ssm's copies to "
+                              "(b, d, L) included",
+                }.get(variant, "all options: D, z gate, delta_bias, softplus")
         lines += [f"## `{variant}` variant ({what})", "",
                   "| L | mode | " + " | ".join(backends) +
                   " | triton / mamba_ssm | triton / torch | goal met |",
