@@ -15,9 +15,12 @@ batch 128, d 1536, n 16, L in {16, 64, 256, 1024, 4096}:
 
 * `fwd`: the forward with inputs that require grad (what training runs: states saved);
   `fwd_bwd`: forward and backward (`y.backward(gy)`).
-* two call variants: `head` is the call the Mamba head makes (Δ already softplus'd, no D, z
-  or delta_bias: the head applies them outside), at every length; `full` is Mamba's usual
-  call (D, z gate, delta_bias and softplus inside the scan), at L = 16 and 256.
+* three call variants: `head` is the call the Mamba head makes for stacked branches (Δ
+  already softplus'd, no D, z or delta_bias: the head applies them outside) on (b, d, L)
+  tensors, at every length; `head_views` is the same call in the head's own layout (u, Δ
+  transposed (b, L, d) views, B and C slices of one (b, L, 2n) tensor: `scan_args`), at
+  every length; `full` is Mamba's usual call (D, z gate, delta_bias and softplus inside the
+  scan), at L = 16 and 256.
 * the two-modality EK100 case, video 16 + text 64 steps (batch 128 each): ONE call with both
   stacked along the batch (padded to 64; per-row lengths for triton, which then skips the
   padding; the other backends scan the padding) against TWO calls, one per modality; plus
