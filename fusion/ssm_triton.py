@@ -34,14 +34,17 @@ Why the kernels look the way they do
 * dB and dC are sums over channels: each program writes its block's partial sums
   (b, d / BLOCK_D, n, L) and the wrapper adds them (deterministic, no atomics). A, D and
   delta_bias gradients are summed over time in registers and over rows by the wrapper.
-* Measured on the H200 (benchmarks/results/scan_backends_h200.md): faster than mamba-ssm up to
-  L = 64 (fwd+bwd 0.23x at 16), slower from 256 on (1.11x at 256, 1.04x at 4096); the forward
-  is the weak part (1.2-1.6x). Nsight Compute on the head's EK100 calls
-  (benchmarks/results/ncu_scan_h200.txt): backward at 255 registers a thread, 12.5 %
-  occupancy, register spills to local memory (Nsight's estimate: up to 83 % faster without
-  them), 34 % of issue slots busy; forward 128 registers, 25 % occupancy, 54 % of slots busy.
-  With B and C's state stride fixed to 1 (`_states_unit`) the backward spills 112 bytes a
-  thread instead of 744 (sm_90 compile) and the head's scans run 11-16 % faster.
+* Measured on the H200 against mamba-ssm, fwd+bwd: in the head's layout (transposed views,
+  mamba-ssm copying them as it does) 0.33x at L = 16, 0.38x at 64, 0.80x at 256, 0.92x at
+  1024, 0.78x at 4096 (benchmarks/results/scan_backends_h200_views.md); on (b, d, L) tensors
+  faster up to L = 64 only (0.23x at 16; 1.11x at 256, 1.04x at 4096 in scan_backends_h200.md,
+  1.5-1.9x in a later run with the same compiled kernels), the forward the weak part there.
+  Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt): the
+  backward at 255 registers a thread, 12.5 % occupancy, spilling registers to local memory
+  (Nsight's estimate: up to 83 % faster without), 34 % of issue slots busy; the forward at
+  128 registers, 25 % occupancy. With B and C's state stride fixed to 1 (`_states_unit`) the
+  sm_90 compile (benchmarks/scan_sass.py) spills 72 bytes a thread instead of 664 in backward
+  and needs 72 registers instead of 128 in forward; the head's scans run 11-16 % faster.
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
