@@ -370,9 +370,10 @@ def _like(u: Tensor, dtype: torch.dtype, zero: bool) -> Tensor:
 def _states_unit(B: Tensor, C: Tensor) -> bool:
     """B and C with their states contiguous (stride 1), as the Mamba head's x_proj views are:
     the kernels then compile with that stride fixed, so each thread's state loads share one
-    address plus constant offsets. Measured on the H200 at the head's EK100 calls: fewer
-    registers spilled in backward (stack 744 -> 112 bytes, sm_90 compile) and the scan 11-16 %
-    faster (benchmarks/results/issue18_status.md). Only this stride: letting Triton
+    address plus constant offsets: fewer registers spilled in backward (stack 664 -> 72
+    bytes in the sm_90 compile of `benchmarks/scan_sass.py`) and, on the H200 at the head's
+    EK100 calls, the scan 11-16 % faster (benchmarks/results/issue18_status.md). Only this
+    stride: letting Triton
     specialise strides freely changes the tiles' layout (see the note above the kernels)."""
     return B.stride(1) == 1 and C.stride(1) == 1
 
