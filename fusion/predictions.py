@@ -4,13 +4,19 @@ Arrays: `narration_id (N,)` str, `verb_scores (N, V)` and `noun_scores (N, N_nou
 logits (softmax is applied by the metrics, as the official code does). Optional
 `action_verbs`, `action_nouns`, `action_scores (N, K)` carry a model's own ranked action
 candidates (e.g. read from a C3 submission); when present they replace verb x noun action
-scores. Saved without pickling, so loading a file never runs code.
+scores. Optional `source` (0-d str array of JSON, `read_source`): where the scores came from,
+as `fusion.predict` records it (`run`, `checkpoint`, `split`, `trained_on`, and `in_sample`:
+whether the split scored is the one the run was trained on); files without it (training's
+`predictions_best.npz`, other models', older files) read `None`, and `load_predictions`
+ignores it. Saved without pickling, so loading a file never runs code.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from fusion.metrics import to_numpy
 
 REQUIRED = ("narration_id", "verb_scores", "noun_scores")
 ACTION_FIELDS = ("action_verbs", "action_nouns", "action_scores")
+SOURCE = "source"
+"""Optional array: the provenance of the scores, a JSON object (`read_source`)."""
 SHOWN_IDS = 5
 
 
@@ -149,9 +157,12 @@ def save_predictions(
     narration_id: Any,
     verb_scores: Any = None,
     noun_scores: Any = None,
+    *,
+    source: Mapping[str, Any] | None = None,
     **actions: Any,
 ) -> Path:
-    """Write a predictions `.npz`; `narration_id` may also be a whole `Predictions`."""
+    """Write a predictions `.npz`; `narration_id` may also be a whole `Predictions`.
+    `source` (JSON-serialisable) is stored as the `source` array, read by `read_source`."""
     preds = narration_id if isinstance(narration_id, Predictions) else make_predictions(
         narration_id, verb_scores, noun_scores, **actions
     )
@@ -160,14 +171,15 @@ def save_predictions(
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f: getattr(preds, f) for f in REQUIRED + ACTION_FIELDS if getattr(preds, f)
               is not None}
+    if source is not None:
+        arrays[SOURCE] = np.asarray(json.dumps(dict(source), sort_keys=True))
     with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
         np.savez(f, **arrays)
     return path
 
 
-def load_predictions(path: str | os.PathLike) -> Predictions:
-    """Read and validate a predictions `.npz` written by `save_predictions` (or by hand)."""
-    path = Path(path)
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a predictions `.npz`; a `PredictionsError` for a file that is not one."""
     if not path.exists():
         raise PredictionsError(f"{path}: file not found")
     expected = f"expected a predictions .npz with arrays {', '.join(REQUIRED)}"
@@ -184,6 +196,32 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
                 if "allow_pickle" in str(error) else f"; {expected}")
         raise PredictionsError(f"{path}: not a predictions .npz ({one_line(error)}){hint}"
                                ) from None
+    return arrays
+
+
+def read_source(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The provenance `save_predictions` recorded (`fusion.predict`: run, checkpoint, split,
+    trained_on, in_sample), or `None` for a file without one (written before it existed, by
+    training, by another model or by hand)."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    if SOURCE not in arrays:
+        return None
+    try:
+        source = json.loads(str(arrays[SOURCE].item()))
+    except (ValueError, TypeError) as error:
+        source = error
+    if not isinstance(source, dict):
+        raise PredictionsError(f"{path}: its {SOURCE!r} array is not a JSON object ("
+                               f"{one_line(source)[:120]}); rewrite the file with "
+                               "fusion.predict, or drop the array")
+    return source
+
+
+def load_predictions(path: str | os.PathLike) -> Predictions:
+    """Read and validate a predictions `.npz` written by `save_predictions` (or by hand)."""
+    path = Path(path)
+    arrays = _read_arrays(path)
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
         raise PredictionsError(
