@@ -33,6 +33,13 @@ questions written from predictions (no labels exist there). Those stores are che
 the run's training stores like any other, except for what the override is for, named on
 stderr: the clip window (`clip.task`, `clip.observed_s`, `clip.gap_s`) for a video store, the
 questions' `generator` for a text store.
+
+The file records where it came from (`fusion.predictions.read_source`): the run, checkpoint,
+split, the run's train split, and `in_sample`, true when the split scored is the one the run
+was trained on. The EK100 anticipation chain scores its source run on the train split's
+observed windows to write the train questions: those predictions are in-sample, said on
+stderr, and `extract.questions` carries the flag into each question record
+(`predictions_in_sample`) and `extract text` into the text store's manifest.
 """
 
 from __future__ import annotations
@@ -340,7 +347,16 @@ def run_predict(config: PredictConfig) -> tuple[Path, int]:
     if failed == "prior":
         ids, scores = with_prior(train_config, stores, config.split, ids, scores)
     out = config.out or config.run / f"predictions_{config.split}.npz"
-    save_predictions(out, ids, scores["verb"], scores["noun"])
+    in_sample = config.split == train_config.train_split
+    if in_sample:
+        print(f"note: {config.run} was trained on the {config.split} split, so these "
+              f"predictions are in-sample (the run trained on these clips, or, with "
+              f"--video-store, on the {config.split} segments around them) and more accurate "
+              "than on held-out clips; recorded as in_sample=true in the file (and in "
+              "questions written from it)", file=sys.stderr)
+    source = {"run": str(config.run), "checkpoint": config.checkpoint, "split": config.split,
+              "trained_on": train_config.train_split, "in_sample": in_sample}
+    save_predictions(out, ids, scores["verb"], scores["noun"], source=source)
     return out, len(ids)
 
 

@@ -16,7 +16,7 @@ from features.annotations import load_segments
 from features.store import ArraySpec, open_writer, store_path
 from fusion.export import read_submission, validate_submission
 from fusion.predict import PredictConfig, run_predict
-from fusion.predictions import load_predictions
+from fusion.predictions import load_predictions, read_source
 from fusion.train import train
 from tests.cli import one_error_line
 from tests.fusion.test_train import TEXT_STORE, config_for, make_dataset
@@ -86,12 +86,35 @@ def test_validation_reproduces_the_runs_own_predictions(trained, tmp_path: Path)
     assert ours.action_scores is None and runs.action_scores is None
 
 
+def test_predictions_record_whether_they_are_in_sample(trained, tmp_path: Path, capsys
+                                                      ) -> None:
+    """The run's own train split: `in_sample` true in the file and one note on stderr (the
+    anticipation chain writes its train questions from such a file); validation: false and
+    no note."""
+    _, folder, _ = trained
+    recorded = {}
+    for split in ("train", "validation"):
+        path, count = run_predict(PredictConfig(run=folder, split=split, device="cpu",
+                                                out=tmp_path / f"{split}.npz"))
+        assert count == len(load_predictions(path)) > 0
+        recorded[split] = (read_source(path), capsys.readouterr().err)
+    source, err = recorded["train"]
+    assert source == {"run": str(folder), "checkpoint": "best", "split": "train",
+                      "trained_on": "train", "in_sample": True}
+    notes = [line for line in err.splitlines() if "in-sample" in line]
+    assert len(notes) == 1 and str(folder) in notes[0] and "trained on the train split" in notes[0]
+    source, err = recorded["validation"]
+    assert source["in_sample"] is False and source["split"] == "validation"
+    assert source["trained_on"] == "train" and "in-sample" not in err
+
+
 def test_test_split_without_labels_exports_as_a_submission(trained, tmp_path: Path) -> None:
     dataset, folder, test_ids = trained
     done = cli("fusion.predict", "--run", str(folder), "--split", "test", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     predictions = folder / "predictions_test.npz"
     assert load_predictions(predictions).narration_id.tolist() == test_ids
+    assert read_source(predictions)["in_sample"] is False and "in-sample" not in done.stderr
     annotations = dataset / "annotations" / TEST_FILE
     out = tmp_path / "submission.zip"
     done = cli("fusion.export", "--predictions", str(predictions), "--task", "recognition",
