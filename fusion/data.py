@@ -214,11 +214,12 @@ def check_task(config: TrainConfig, stores: dict[str, FeatureStore]) -> None:
 
 
 SPLIT_FIELDS = ("split", "annotations_sha256", "questions_sha256", "limit", "row_order",
-                "batch_size", "source_digest", "missing")
+                "batch_size", "source_digest", "missing", "predictions_in_sample")
 """Manifest fields that describe a split's inputs (or only float rounding: the extraction
 batch size; `features.import`'s dump digest and missing-row count, as a dump per split is
-one way to ship features), not the extractor; every other identity field must match across
-splits."""
+one way to ship features; whether the predictions the questions were written from are
+in-sample, true for the anticipation chain's train split and false for validation and test),
+not the extractor; every other identity field must match across splits."""
 
 
 def check_compatible(train: dict[str, FeatureStore], val: dict[str, FeatureStore]) -> None:

@@ -19,7 +19,7 @@ import torch
 from extract.synthetic import SyntheticConfig, plan_segments, plan_videos, write_annotations
 from features.annotations import load_split as load_annotations
 from features.store import ArraySpec, FeatureStore, StoreError, open_writer, store_path
-from fusion.data import StreamedSplit, load_features, load_split
+from fusion.data import StreamedSplit, check_compatible, load_features, load_split
 from fusion.train import TrainConfig, train
 from tests.cli import one_error_line
 
@@ -183,6 +183,26 @@ def test_stores_imported_from_one_dump_per_split_match(tmp_path: Path) -> None:
                          val_manifest={**imported, "backbone": {"name": "vitl"}})
     with pytest.raises(StoreError, match="manifest.backbone"):
         load_features(config_for(other, tmp_path), torch.device("cpu"))
+
+
+def test_stores_whose_questions_differ_in_sample_provenance_match(tmp_path: Path) -> None:
+    """The anticipation chain's text stores: train questions from in-sample predictions
+    (`predictions_in_sample` true), validation's from held-out ones (false): a split's input,
+    so they train together; another generator is still refused."""
+    rng = np.random.default_rng(0)
+    ids = [f"P01_01_{i}" for i in range(4)]
+    arrays = {"verb_tokens": rng.normal(size=(4, 6, 8)).astype(np.float16),
+              "verb_mask": np.ones((4, 6), bool)}
+    stores = {}
+    for name, manifest in (("train", {"generator": "predictions", "predictions_in_sample": True}),
+                           ("validation", {"generator": "predictions",
+                                           "predictions_in_sample": False}),
+                           ("other", {"generator": "template", "predictions_in_sample": False})):
+        write_store(tmp_path / f"{name}.zarr", ids, arrays, "text", **manifest)
+        stores[name] = {"text": FeatureStore(tmp_path / f"{name}.zarr")}
+    check_compatible(stores["train"], stores["validation"])
+    with pytest.raises(StoreError, match="manifest.generator: 'predictions' vs 'template'"):
+        check_compatible(stores["train"], stores["other"])
 
 
 def test_missing_store_is_a_store_error(tmp_path: Path) -> None:
