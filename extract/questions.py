@@ -24,6 +24,11 @@ files' `category` column, which the templates name) in both; `none` masks nothin
 are those the questions are built from (the annotation for `template`/`llm`, the predicted
 classes of the observed clip for `predictions`, of the clip itself for `recognized`, never the
 labels of the action to anticipate). Every run prints the word-level leakage audit.
+
+The predictions generators add `predictions_in_sample` to each record: true when the
+predictions file says its run was trained on the split it scored (`fusion.predict` records
+it: the chain's train split), false when held out, null when the file does not say (a notice
+on stderr when true or null).
 """
 
 from __future__ import annotations
@@ -190,6 +195,26 @@ def _predicted_labels(
         yield narration_id, Labels(verbs.keys[v], nouns.keys[n], v, n, "")
 
 
+def predictions_in_sample(path: Path) -> bool | None:
+    """Whether a predictions file scored the split its run was trained on (`fusion.predict`
+    records it), `None` when the file does not say (another model's, or older); says on
+    stderr when the questions are not known to come from held-out predictions."""
+    from fusion.predictions import read_source
+
+    source = read_source(path) or {}
+    in_sample = source.get("in_sample")
+    in_sample = in_sample if isinstance(in_sample, bool) else None
+    if in_sample:
+        print(f"note: {path} holds in-sample predictions ({source.get('run')} was trained on "
+              f"the {source.get('split')} split it scored): the questions record "
+              "predictions_in_sample=true", file=sys.stderr)
+    elif in_sample is None:
+        print(f"note: {path} does not record whether its model was trained on these clips: "
+              "the questions record predictions_in_sample=null (fusion.predict records it)",
+              file=sys.stderr)
+    return in_sample
+
+
 def generate(config: QuestionsConfig) -> dict[str, int]:
     """Write the questions JSONL and return the leakage audit counts."""
     classes_dir = config.classes_dir or config.annotations.parent
@@ -198,12 +223,14 @@ def generate(config: QuestionsConfig) -> dict[str, int]:
     segments = load_segments(config.annotations, verbs, nouns, config.trust_pickle)
     writer = QuestionWriter(verbs, nouns, config)
     labelled = "verb_class" in segments.columns
+    provenance: dict[str, bool | None] = {}  # the predictions generators' only
 
     if config.generator in ("predictions", "recognized"):
         if config.predictions is None:
             raise HarnessError(f"--generator {config.generator} needs --predictions P.npz (a "
                                "recognition run's predictions: python -m fusion.predict)")
         items = list(_predicted_labels(segments, config.predictions, verbs, nouns))
+        provenance = {"predictions_in_sample": predictions_in_sample(config.predictions)}
         future = config.generator == "predictions"  # anticipation: the action after the clip
         pairs = {nid: writer.template(nid, lab, future=future) for nid, lab in items}
     elif not labelled:
@@ -242,6 +269,7 @@ def generate(config: QuestionsConfig) -> dict[str, int]:
                 "noun_class": labels.noun_class,
                 "generator": config.generator,
                 "mask": config.mask,
+                **provenance,
             }
             handle.write(json.dumps(record) + "\n")
     tmp.replace(config.out)

@@ -819,6 +819,9 @@ def extract_text(config: TextConfig) -> int:
         questions_sha256=file_sha256(config.questions),
         generator=first.get("generator"),
         mask=first.get("mask"),
+        # whether the questions' predictions are in-sample (predictions generators only:
+        # template stores' manifests, and so their hashes, stay as they were)
+        **{k: first[k] for k in ("predictions_in_sample",) if k in first},
         row_order="annotations" if annotations_file else "questions file",
         text_model=Path(config.text_model.rstrip("/")).name,
         text_model_type=model.config.model_type,

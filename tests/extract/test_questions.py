@@ -21,6 +21,7 @@ from extract.questions import (
     read_questions,
 )
 from features.annotations import load_classes
+from fusion.predictions import save_predictions
 from tests.cli import one_error_line
 from tests.conftest import HEADER, SEGMENTS
 
@@ -93,6 +94,41 @@ def test_predictions_generator_uses_predicted_classes(tiny_ek100: Path, tmp_path
     assert (questions["verb_class"] == 2).all() and (questions["noun_class"] == 1).all()
     assert questions["noun_question"].str.contains("open").all()
     assert questions["verb_question"].str.contains("knife").all()
+
+
+@pytest.mark.parametrize("generator", ["predictions", "recognized"])
+def test_records_say_whether_the_predictions_are_in_sample(
+    tiny_ek100: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], generator: str
+) -> None:
+    """`predictions_in_sample` comes from the file's `source` (`fusion.predict` writes it):
+    true (with a note), false (no note), null for a file that does not say (with a note);
+    the questions themselves do not change."""
+    open_the_knife(tmp_path / "old.npz")  # no source: another model's file, or an older one
+    with np.load(tmp_path / "old.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    texts, notes = {}, {}
+    for in_sample in (True, False, None):
+        predictions = tmp_path / f"{in_sample}.npz"
+        if in_sample is None:
+            predictions = tmp_path / "old.npz"
+        else:
+            save_predictions(predictions, arrays["narration_id"], arrays["verb_scores"],
+                             arrays["noun_scores"], source={"run": "runs/src", "split": "train",
+                                                            "in_sample": in_sample})
+        out = tmp_path / f"{in_sample}.jsonl"
+        _run(tiny_ek100 / "EPIC_100_validation.csv", out, generator=generator,
+             predictions=predictions)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 6 and all(set(r) == FIELDS | {"predictions_in_sample"}
+                                         for r in records)
+        assert all(r["predictions_in_sample"] is in_sample for r in records)
+        texts[in_sample] = [(r["verb_question"], r["noun_question"]) for r in records]
+        notes[in_sample] = [line for line in capsys.readouterr().err.splitlines()
+                            if "predictions_in_sample" in line]
+    assert texts[True] == texts[False] == texts[None]
+    assert len(notes[True]) == 1 and "in-sample" in notes[True][0] and "runs/src" in notes[True][0]
+    assert notes[False] == []
+    assert len(notes[None]) == 1 and "does not record" in notes[None][0]
 
 
 def test_anticipation_questions_ignore_the_labels_to_anticipate(

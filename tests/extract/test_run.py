@@ -32,9 +32,10 @@ from extract.run import (
 )
 from extract.synthetic import SyntheticConfig, generate
 from extract.video import ClipDataset
-from features.annotations import load_split
+from features.annotations import load_classes, load_split
 from features.errors import HarnessError
 from features.store import FeatureStore, check_aligned
+from fusion.predictions import save_predictions
 from tests.cli import one_error_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,6 +255,7 @@ def test_text_store(
     manifest = store.manifest
     assert manifest["max_length"] == 24 and manifest["text_model"] == model_dir.name
     assert manifest["generator"] == "template" and manifest["mask"] == "paper"
+    assert "predictions_in_sample" not in manifest  # template stores' manifests unchanged
     assert manifest["sources"]["text_model"] == str(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
@@ -268,6 +270,34 @@ def test_text_store(
     np.testing.assert_allclose(row["noun_tokens"][mask], states[mask], rtol=1e-2, atol=2e-3)
     assert not row["noun_tokens"][~mask].any()
     assert main(args) == 0  # resume of a complete store: nothing to do
+
+
+@pytest.mark.parametrize("in_sample", [True, None])
+def test_text_manifest_records_whether_the_questions_predictions_are_in_sample(
+    data: Path, tiny_roberta: tuple[Path, Path], tmp_path: Path, in_sample: bool | None
+) -> None:
+    """Questions written from predictions (the anticipation chain's): the text store's
+    manifest carries the questions' `predictions_in_sample`, null included."""
+    annotations = data / "annotations"
+    ids = load_split(annotations, SPLIT).segments["narration_id"].astype(str).tolist()
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(size=(len(ids), len(load_classes(annotations / f"EPIC_100_{k}_classes"
+                                                               ".csv"))))
+              for k in ("verb", "noun")]
+    predictions = save_predictions(
+        tmp_path / "observed_train.npz", ids, *scores,
+        source=None if in_sample is None else {"run": "runs/src", "in_sample": in_sample})
+    questions = tmp_path / "train-predictions.jsonl"
+    generate_questions(QuestionsConfig(annotations=annotations / "EPIC_100_train.csv",
+                                       out=questions, generator="predictions",
+                                       predictions=predictions))
+    out = tmp_path / "text.zarr"
+    assert main(["text", "--questions", str(questions), "--text-model", str(tiny_roberta[0]),
+                 "--annotations", str(annotations), "--max-length", "24", "--out", str(out),
+                 *COMMON]) == 0
+    manifest = FeatureStore(out).manifest
+    assert manifest["generator"] == "predictions"
+    assert "predictions_in_sample" in manifest and manifest["predictions_in_sample"] is in_sample
 
 
 def test_text_missing_questions(data: Path, tiny_roberta: tuple[Path, Path], tmp_path: Path):
