@@ -6,9 +6,10 @@ logits (softmax is applied by the metrics, as the official code does). Optional
 candidates (e.g. read from a C3 submission); when present they replace verb x noun action
 scores. Optional `source` (0-d str array of JSON, `read_source`): where the scores came from,
 as `fusion.predict` records it (`run`, `checkpoint`, `split`, `trained_on`, and `in_sample`:
-whether the split scored is the one the run was trained on); files without it (training's
-`predictions_best.npz`, other models', older files) read `None`, and `load_predictions`
-ignores it. Saved without pickling, so loading a file never runs code.
+whether the split scored is the one the run was trained on; training's `predictions_best.npz`
+adds `selected_on`, the split its best epoch was chosen on); files without it (other
+models', older files) read `None`, and `load_predictions` ignores it. Saved without
+pickling, so loading a file never runs code.
 """
 
 from __future__ import annotations
@@ -201,8 +202,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def read_source(path: str | os.PathLike) -> dict[str, Any] | None:
     """The provenance `save_predictions` recorded (`fusion.predict`: run, checkpoint, split,
-    trained_on, in_sample), or `None` for a file without one (written before it existed, by
-    training, by another model or by hand)."""
+    trained_on, in_sample; training: also selected_on), or `None` for a file without one
+    (written before it existed, by another model or by hand)."""
     path = Path(path)
     arrays = _read_arrays(path)
     if SOURCE not in arrays:

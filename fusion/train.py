@@ -722,7 +722,12 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
             if improved:
                 state["best"], state["best_epoch"] = metrics[metric_name], epoch
                 save_predictions(folder / "predictions_best.npz", val_split.narration_ids,
-                                 scores["verb"], scores["noun"])
+                                 scores["verb"], scores["noun"], source={
+                                     "run": str(folder), "checkpoint": "best",
+                                     "split": config.val_split,
+                                     "trained_on": config.train_split,
+                                     "in_sample": config.val_split == config.train_split,
+                                     "selected_on": config.val_split})
             stale = 0 if improved else stale + 1
             state["epoch"] = epoch + 1
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

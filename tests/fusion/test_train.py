@@ -25,6 +25,7 @@ from features.annotations import load_split
 from features.errors import HarnessError
 from features.store import AlignmentError, ArraySpec, StoreError, open_writer, store_path
 from fusion.data import load_features, text_store_name, video_store_name
+from fusion.predictions import read_source
 from fusion.train import TrainConfig, load_checkpoint, run_dir, train
 from tests.cli import one_error_line
 
@@ -140,6 +141,11 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
     assert run.data.metrics["best_verb_top1"] > labels.value_counts(normalize=True).max()
     saved = json.loads((Path(result["folder"]) / "config.json").read_text())
     assert saved["head"]["d_model"] == 16
+    # the best epoch's validation scores say where they came from (held out, but selected on)
+    source = read_source(Path(result["folder"]) / "predictions_best.npz")
+    assert source == {"run": str(result["folder"]), "checkpoint": "best",
+                      "split": "validation", "trained_on": "train", "in_sample": False,
+                      "selected_on": "validation"}
 
 
 KILL_AFTER_EPOCH_2 = """
