@@ -1,0 +1,32 @@
+"""benchmarks/scan_head_calls.py: the Mamba head's scan calls recorded and replayed, on the CPU
+under Triton's interpreter (timings meaningless there; the recording and comparison are not)."""
+
+import json
+
+from tests.fusion.triton_interpreter import run_interpreted
+
+SCRIPT = """
+from tests.fusion.triton_interpreter import patch_numpy_index
+
+patch_numpy_index()
+from benchmarks import scan_head_calls
+
+out = scan_head_calls.main(["--quick", "--configs", "", "block_t=2", "block_t=2,nonsense=1",
+                            "--out", {out!r}])
+print("RESULT", out.with_suffix(".json").read_text().replace(chr(10), " "), "RESULT")
+print("all cases match")  # the runner's completion line; the test checks the result
+"""
+
+
+def test_records_the_heads_calls_and_compares_variants(tmp_path):
+    output = run_interpreted(SCRIPT.format(out=str(tmp_path / "calls")))
+    data = json.loads(output.split("RESULT")[1])
+    assert len(data["calls"]) >= 2  # the video branch and the questions, one call each or more
+    for shapes in data["calls"]:
+        assert shapes["u"][1][1] == 1  # channels-last views, as the head passes them
+    default, short_chunks, bad = data["rows"]
+    assert default["status"] == short_chunks["status"] == "ok"
+    assert default["max_rel_err"] == 0.0 and short_chunks["max_rel_err"] < 1e-5
+    assert bad["status"].startswith("failed: TypeError")  # an unknown ScanConfig field
+    text = (tmp_path / "calls.md").read_text()
+    assert "| fusion.ssm_triton | block_t=2 |" in text
