@@ -25,6 +25,7 @@ from sweeps.config import SweepConfig
 from sweeps.console import summary_text
 from sweeps.study import (
     LAUNCHER_ENV,
+    StopRequested,
     counts,
     make_storage,
     open_study,
@@ -98,7 +99,7 @@ def spawn_workers(config: SweepConfig, parent_run_id: str, folder: Path,
                     p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait()
-            raise KeyboardInterrupt("stop requested")
+            raise StopRequested("stop requested")
         time.sleep(0.2)
     return [p.returncode for p in procs]
 

@@ -430,7 +430,7 @@ class Objective:
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if stop_requested():  # a signal's KeyboardInterrupt may have been swallowed
-                raise KeyboardInterrupt("stop requested")
+                raise StopRequested("stop requested")
             if not run_ids:
                 from sweeps.tracking import tag_active_run
 
@@ -478,6 +478,18 @@ class Objective:
 # --- worker loop ---------------------------------------------------------------------------
 
 _STOP: dict[str, Any] = {"requested": False, "interruptible": False}
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal, raised as a KeyboardInterrupt subclass rather than the class itself.
+
+    CPython 3.11 marks an interrupt "unhandled" when a bare KeyboardInterrupt leaves code
+    run by `exec(str)` (dataclasses build their methods that way, e.g. in a lazy import
+    during training) and keeps the mark after the interrupt is caught: the process then
+    ends by SIGINT (-2) instead of the sweep's exit status 130. The check compares the
+    exact type, so a subclass does not set it (reproduced with 3.11.7).
+    """
+
 LAUNCHER_ENV = "SWEEPS_LAUNCHER_PID"
 
 
@@ -507,7 +519,7 @@ def stop_on_signals() -> Iterator[None]:
         _STOP["requested"] = True
         if _STOP["interruptible"]:
             _STOP["interruptible"] = False
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise StopRequested(f"signal {signum}")
 
     _STOP["requested"] = False
     try:
@@ -526,7 +538,7 @@ def stop_on_signals() -> Iterator[None]:
 def interruptible() -> Iterator[None]:
     """Training: a stop signal interrupts at once (see `stop_on_signals`)."""
     if stop_requested():
-        raise KeyboardInterrupt("stop requested")
+        raise StopRequested("stop requested")
     _STOP["interruptible"] = True
     try:
         yield
@@ -554,7 +566,7 @@ def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None =
     with stop_on_signals():
         while True:
             if stop_requested():
-                raise KeyboardInterrupt("stop requested")
+                raise StopRequested("stop requested")
             retry_interrupted(study, config.max_retry)
             with quiet():
                 optuna.storages.fail_stale_trials(study)

@@ -859,3 +859,24 @@ def test_a_sweep_ends_with_a_readable_summary_or_json_on_request(tmp_path: Path)
                            text=True, check=True)  # done already: the same summary as JSON
     result = json.loads(again.stdout)
     assert result["study"] == "t" and result["complete"] == 2 and result["best_index"] >= 1
+
+
+def test_signal_inside_exec_string_still_exits_130(tmp_path: Path) -> None:
+    """A stop signal landing in `exec(str)` code (a dataclass built by a lazy import) must not
+    turn the sweep's exit status 130 into death by SIGINT (CPython's unhandled-interrupt mark,
+    acted on when the program runs as `python -m`, as the sweep does)."""
+    (tmp_path / "stop_in_exec.py").write_text(
+        "import os, signal, sys\n"
+        "from sweeps.study import _STOP, stop_on_signals\n"
+        "with stop_on_signals():\n"
+        "    _STOP['interruptible'] = True\n"
+        "    try:\n"
+        "        exec('os.kill(os.getpid(), signal.SIGTERM)\\nfor _ in range(10**7): pass',"
+        " {'os': os, 'signal': signal})\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+        "sys.exit(130)\n"
+    )
+    done = subprocess.run([PY, "-m", "stop_in_exec"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 130, done.stderr[-2000:]
