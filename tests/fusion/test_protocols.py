@@ -159,16 +159,17 @@ def test_authors_learning_rate_curve_step_by_step():
 
 
 def test_running_max_takes_each_metric_over_epochs():
-    history = [{"epoch": 1, "train_loss": 2.0, "verb_top1": 0.5, "noun_top1": 0.2,
-                "action_top1": 0.10},
-               {"epoch": 2, "train_loss": 1.5, "verb_top1": 0.4, "noun_top1": 0.3,
+    times = {"epoch_seconds": 3.0, "val_seconds": 1.0, "lr": 0.1}  # the best epoch's, not maxima
+    history = [{"epoch": 1, "train_loss": 2.0, "epoch_seconds": 9.0, "val_seconds": 4.0,
+                "lr": 0.2, "verb_top1": 0.5, "noun_top1": 0.2, "action_top1": 0.10},
+               {"epoch": 2, "train_loss": 1.5, **times, "verb_top1": 0.4, "noun_top1": 0.3,
                 "action_top1": 0.12},
-               {"epoch": 3, "train_loss": 1.0, "verb_top1": 0.45, "noun_top1": 0.25,
-                "action_top1": 0.11}]
+               {"epoch": 3, "train_loss": 1.0, "epoch_seconds": 5.0, "val_seconds": 2.0,
+                "lr": 0.3, "verb_top1": 0.45, "noun_top1": 0.25, "action_top1": 0.11}]
     assert selected_metrics(history, 1, "best-epoch") == history[1]
     maxima = selected_metrics(history, 1, "running-max")
-    assert maxima == {"epoch": 2, "train_loss": 1.5, "verb_top1": 0.5, "noun_top1": 0.3,
-                      "action_top1": 0.12}
+    assert maxima == {"epoch": 2, "train_loss": 1.5, **times, "verb_top1": 0.5,
+                      "noun_top1": 0.3, "action_top1": 0.12}
 
 
 def test_clean_is_todays_defaults_and_flags_override_a_protocol():

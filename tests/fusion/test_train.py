@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ from features.errors import HarnessError
 from features.store import AlignmentError, ArraySpec, StoreError, open_writer, store_path
 from fusion.data import load_features, text_store_name, video_store_name
 from fusion.predictions import read_source
-from fusion.train import TrainConfig, load_checkpoint, run_dir, train
+from fusion.train import TrainConfig, build_training, load_checkpoint, predict, run_dir, train
 from tests.cli import one_error_line
 
 TEXT_STORE = "tiny-roberta-template-paper"
@@ -112,6 +113,27 @@ def test_load_features_aligns_labels_and_masks(dataset: Path, tmp_path: Path) ->
     assert len(info["metric_extra"]["unseen_participants"]) > 0
 
 
+def assert_epoch_times(history: list[dict]) -> None:
+    """Each epoch records its seconds and the part of them spent validating."""
+    for record in history:
+        assert 0 <= record["val_seconds"] <= record["epoch_seconds"], record
+
+
+def test_predict_returns_each_batchs_scores_in_order(dataset: Path, tmp_path: Path) -> None:
+    config = config_for(dataset, tmp_path)
+    train_split, val_split, info = load_features(config, torch.device("cpu"))
+    model, _, _ = build_training(config, train_split.dims, info, 1, torch.device("cpu"))
+    scores = predict(model, val_split, 5, amp=False)  # batches of 10: the last one partial
+    assert len(val_split) % 10 and list(scores) == ["verb", "noun"]
+    with torch.no_grad():
+        outputs = [model(b.inputs, b.masks) for b in val_split.batches(10)]
+    for head, count in (("verb", 5), ("noun", 6)):
+        expected = torch.cat([out[head] for out in outputs]).numpy()
+        assert isinstance(scores[head], np.ndarray) and scores[head].dtype == np.float32
+        assert scores[head].shape == (len(val_split), count)
+        np.testing.assert_array_equal(scores[head], expected)
+
+
 def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -120,6 +142,12 @@ def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) ->
     client = MlflowClient(config.tracking_uri)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
+    history = torch.load(Path(result["folder"]) / "last.pt", weights_only=True)["state"]["history"]
+    assert len(history) == 4
+    assert_epoch_times(history)
+    csv = pd.read_csv(Path(result["folder"]) / "history.csv")
+    assert {"epoch_seconds", "val_seconds"} <= set(csv.columns)
+    assert_epoch_times(csv.to_dict("records"))
     tags = run.data.tags
     assert (tags["fusion"], tags["backbone"], tags["task"], tags["features"], tags["dataset"]) == (
         "mamba", "demo", "recognition", "video+questions", "synthetic-demo")
@@ -204,7 +232,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, tmp_path:
     torch.load(config.out / "killed" / "best.pt", weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    drop = {"epoch_seconds"}
+    assert_epoch_times(a["state"]["history"])
+    assert_epoch_times(b["state"]["history"])  # epochs 1-2 from the killed process, 3-4 resumed
+    drop = {"epoch_seconds", "val_seconds"}
     assert ([{k: v for k, v in r.items() if k not in drop} for r in a["state"]["history"]]
             == [{k: v for k, v in r.items() if k not in drop} for r in b["state"]["history"]])
     curve = MlflowClient(config.tracking_uri).get_metric_history(resumed["run_id"], "train_loss")
