@@ -59,13 +59,14 @@ class HeadCallsConfig:
 
 
 def parse_config(module, text: str):
-    """`block_t=4,maxnreg_bwd=168` -> module.ScanConfig(...); "" -> None (the defaults)."""
+    """`block_t=4,backward=triton` -> module.ScanConfig(...); "" -> None (the defaults)."""
     if not text:
         return None
-    fields = {}
+    fields: dict[str, int | str] = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        fields[key.strip()] = int(value)
+        value = value.strip()
+        fields[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
     return module.ScanConfig(**fields)
 
 

@@ -2,7 +2,7 @@
 machine (no GPU needed, only Triton).
 
     python benchmarks/scan_sass.py                         # the head's call, default tiles
-    python benchmarks/scan_sass.py --block-t 4 --maxnreg-bwd 168 --out /tmp/scan_sass_t4
+    python benchmarks/scan_sass.py --block-t-bwd 8 --maxnreg-bwd 255 --out /tmp/sass_t8
 
 Why (issue 18): Nsight Compute found the scan backward latency-bound by its register use (255
 registers a thread, 12.5 % occupancy, spills: `benchmarks/results/ncu_scan_h200.txt`). Register
@@ -60,10 +60,12 @@ class SassConfig:
     block_d_bwd: int | None = None
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
+    block_t_bwd: int | None = None
     """Tile overrides, as `fusion.ssm_triton.ScanConfig` (None: its heuristic)."""
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
-    """Register caps passed to ptxas (None: Triton's choice)."""
+    """Register caps passed to ptxas (forward None: Triton's choice; backward None: the
+    launch's cap, `ScanConfig.maxnreg_bwd`)."""
     has_d: bool = True
     has_z: bool = True
     has_bias: bool = True
@@ -127,22 +129,25 @@ def resources(cubin: bytes) -> dict:
 
 
 def measure(c: SassConfig) -> list[dict]:
+    """Both kernels with the tiles and register cap a launch would use (`scan_config`)."""
     import fusion.ssm_triton as st
 
     tiles = st.scan_config(c.L, c.d, c.n, st.ScanConfig(
-        c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd, c.num_warps_bwd))
+        c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd, c.num_warps_bwd,
+        c.block_t_bwd, c.maxnreg_bwd))
     flags = {"HAS_D": c.has_d, "HAS_Z": c.has_z, "HAS_BIAS": c.has_bias,
              "SOFTPLUS": c.softplus, "HAS_LEN": c.has_len, "STATES_UNIT": c.states_unit,
-             "BLOCK_N": tiles["BLOCK_N"], "BLOCK_T": tiles["BLOCK_T"]}
+             "BLOCK_N": tiles["BLOCK_N"]}
     rows = []
-    for name, kernel, block_d, warps, maxnreg, extra in (
-            ("forward", st._scan_fwd_kernel, tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"],
-             c.maxnreg_fwd, {"STORE_STATES": True}),
-            ("backward", st._scan_bwd_kernel, tiles["BLOCK_D_BWD"], tiles["WARPS_BWD"],
-             c.maxnreg_bwd, {})):
-        constants = {**flags, **extra, "BLOCK_D": block_d}
+    for name, kernel, extra, block_t, block_d, warps, maxnreg in (
+            ("forward", st._scan_fwd_kernel,
+             {"STORE_STATES": True, "CKPT_T": tiles["BLOCK_T_BWD"]}, tiles["BLOCK_T"],
+             tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"], c.maxnreg_fwd),
+            ("backward", st._scan_bwd_kernel, {}, tiles["BLOCK_T_BWD"], tiles["BLOCK_D_BWD"],
+             tiles["WARPS_BWD"], tiles["MAXNREG_BWD"])):
+        constants = {**flags, **extra, "BLOCK_T": block_t, "BLOCK_D": block_d}
         compiled = compile_kernel(kernel, constants, (c.L, c.d, c.n), warps, maxnreg)
-        rows.append({"kernel": name, "BLOCK_T": tiles["BLOCK_T"], "BLOCK_D": block_d,
+        rows.append({"kernel": name, "BLOCK_T": block_t, "BLOCK_D": block_d,
                      "warps": warps, "maxnreg": maxnreg, **resources(compiled.asm["cubin"])})
     return rows
 

@@ -27,10 +27,12 @@ Why the kernels look the way they do
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
-* Forward writes y and, when a gradient is needed, the state entering each chunk
-  (b, d, L / BLOCK_T, n) in float32. Backward walks the chunks from last to first,
-  recomputes the chunk's states from that checkpoint into registers (a tuple of BLOCK_T
-  states), then runs the adjoint g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards.
+* Forward writes y and, when a gradient is needed, the state entering every
+  BLOCK_T_BWD steps (b, d, L / BLOCK_T_BWD, n) in float32 (its own chunks, BLOCK_T, may be
+  longer: fewer, larger tiles forward, fewer registers backward). Backward walks chunks of
+  BLOCK_T_BWD steps from last to first, recomputes the chunk's states from that checkpoint
+  into registers (a tuple of states), then runs the adjoint
+  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards.
 * dB and dC are sums over channels: each program writes its block's partial sums
   (b, d / BLOCK_D, n, L) and the wrapper adds them (deterministic, no atomics). A, D and
   delta_bias gradients are summed over time in registers and over rows by the wrapper.
@@ -53,6 +55,7 @@ Why the kernels look the way they do
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +68,18 @@ LOG2E = math.log2(math.e)
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes and warps of the two kernels (`block_t` must be the same for both: backward
-    reads forward's per-chunk states). `None` = the heuristic in `scan_config`."""
+    """Tile sizes, warps and the backward's register cap. `None` = the heuristic in
+    `scan_config`. `block_t` is the forward's chunk; the forward stores the state every
+    `block_t_bwd` steps (a divisor: powers of two), the chunk the backward walks."""
 
     block_t: int | None = None
     block_d_fwd: int | None = None
     block_d_bwd: int | None = None
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
+    block_t_bwd: int | None = None
+    maxnreg_bwd: int | None = None
+    """Register cap of the backward (ptxas); None = 168 (12 one-warp programs an SM)."""
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -84,31 +91,34 @@ def _pow2(x: int) -> int:
 
 
 def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dict[str, int]:
-    """Concrete tile sizes and warps (fields of `config` that are set win).
+    """Concrete tile sizes, warps and register cap (fields of `config` that are set win).
 
-    BLOCK_N = n rounded up to a power of two; BLOCK_T = 8 steps per chunk (fewer for shorter
-    sequences). The layout follows from the tile shapes (module docstring): with
-    BLOCK_D = 32 x warps every thread owns one channel and all its states; with 16 channels
-    and one warp, two lanes share a channel's states (half the registers, one shuffle in each
-    sum over states). Default 16 channels and one warp for both kernels: the fastest of the
-    tile sweep on the H200 at L = 256 and 4096 (fwd+bwd 0.83x the 32-channel forward;
-    benchmarks/results/scan_backends_h200_sweep.md); 32 channels with BLOCK_T 4 was faster
-    at L = 16 only (0.78 vs 0.97 ms).
+    BLOCK_N = n rounded up to a power of two; forward chunks of BLOCK_T = 8 steps (fewer
+    for shorter sequences); backward chunks of BLOCK_T_BWD = 4 at 168 registers. The
+    layout follows from the tile shapes (module docstring): with BLOCK_D = 32 x warps every
+    thread owns one channel and all its states; with 16 channels and one warp, two lanes
+    share a channel's states (half the registers, one shuffle in each sum over states).
+    Default 16 channels and one warp for both kernels: the fastest of the tile sweep on the
+    H200 (benchmarks/results/scan_backends_h200_sweep.md). Backward chunks of 4 capped at
+    168 registers, forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.31-2.66
+    ms vs 2.73 ms for chunks of 8 both ways at 255 registers (issue18_status.md).
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
     # a chunk's steps are unrolled: 64 took minutes to compile, so at most 32
     block_t = min(32, _pow2(config.block_t)) if config.block_t else min(8, _pow2(L))
+    block_t_bwd = min(block_t, _pow2(config.block_t_bwd) if config.block_t_bwd else 4)
     warps_fwd = config.num_warps_fwd or 1
     warps_bwd = config.num_warps_bwd or 1
 
     def block_d(given: int | None, default: int) -> int:
         return _pow2(given) if given else max(1, min(_pow2(d), default))
 
-    return {"BLOCK_N": block_n, "BLOCK_T": block_t,
+    return {"BLOCK_N": block_n, "BLOCK_T": block_t, "BLOCK_T_BWD": block_t_bwd,
             "BLOCK_D_FWD": block_d(config.block_d_fwd, 16 * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
-            "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd}
+            "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
+            "MAXNREG_BWD": config.maxnreg_bwd or 168}
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -166,9 +176,10 @@ def _scan_fwd_kernel(
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl, s_hb, s_hd, s_hc, s_hn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, STATES_UNIT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
 ):
-    """y (b, d, L) and the state entering each chunk of BLOCK_T steps (b, d, chunks, n)."""
+    """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n): the
+    backward's chunks (CKPT_T divides BLOCK_T)."""
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
@@ -204,11 +215,12 @@ def _scan_fwd_kernel(
             dt = _softplus(dt)
         dt = tl.where(mask, dt, 0.0)  # steps past the length: exp(0) = 1, no input
         dtu = dt * u
-        if STORE_STATES:
-            tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd + c * s_hc
-                     + n_offs[None, :] * s_hn, h, mask=dn_mask)
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
+            if STORE_STATES and k % CKPT_T == 0:
+                tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
+                         + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
+                         mask=dn_mask & (t0 + k < length))
             bc_mask = n_mask & (t0 + k < length)
             Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
                          other=0.0).to(tl.float32)
@@ -378,6 +390,10 @@ def _states_unit(B: Tensor, C: Tensor) -> bool:
     return B.stride(1) == 1 and C.stride(1) == 1
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -389,7 +405,7 @@ class _TritonScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, lengths, softplus, cfg, needs_grad):
         b, d, L = u.shape
         n = A.shape[-1]
-        n_chunks = triton.cdiv(L, cfg["BLOCK_T"])
+        n_chunks = triton.cdiv(L, cfg["BLOCK_T_BWD"])
         # y past a row's length is never written by the kernel: zeros
         y = _like(u, u.dtype, zero=lengths is not None)
         states = (torch.empty((b, d, n_chunks, n), dtype=torch.float32, device=u.device)
@@ -406,7 +422,7 @@ class _TritonScan(torch.autograd.Function):
             SOFTPLUS=bool(softplus), HAS_LEN=lengths is not None, STORE_STATES=bool(needs_grad),
             STATES_UNIT=_states_unit(B, C),
             BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-            num_warps=cfg["WARPS_FWD"],
+            CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
         )
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, lengths, states)
@@ -434,6 +450,8 @@ class _TritonScan(torch.autograd.Function):
         dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
                                                             device=dev)
         dummy = du
+        # a register cap is a compile option (the interpreter takes none)
+        options = {} if _interpreted() else {"maxnreg": cfg["MAXNREG_BWD"]}
         _scan_bwd_kernel[(b, blocks)](
             u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
             dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
@@ -444,8 +462,8 @@ class _TritonScan(torch.autograd.Function):
             *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None, STATES_UNIT=_states_unit(B, C),
-            BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-            num_warps=cfg["WARPS_BWD"],
+            BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
+            num_warps=cfg["WARPS_BWD"], **options,
         )
         return (du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype),
                 dC.sum(1).to(C.dtype), None if D is None else dD.sum(0).to(D.dtype), dz,

@@ -23,6 +23,14 @@ def test_compiles_both_kernels_and_reads_their_resources(tmp_path):
     assert "| backward | 2 |" in out.with_suffix(".md").read_text()
 
 
+def test_the_backward_walks_its_own_chunks(tmp_path):
+    out = scan_sass.main(["--block-t", "8", "--block-t-bwd", "2", "--out",
+                          str(tmp_path / "chunks")])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["kernel"], r["BLOCK_T"]) for r in rows] == [("forward", 8), ("backward", 2)]
+    assert rows[1]["maxnreg"] == 168  # the launch's default cap
+
+
 def test_a_register_cap_reaches_ptxas(tmp_path):
     out = scan_sass.main(["--block-t", "2", "--maxnreg-bwd", "64", "--out",
                           str(tmp_path / "capped")])

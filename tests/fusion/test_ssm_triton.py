@@ -196,6 +196,8 @@ CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks an
     (2, 5, 3, 11, True, [11, 4], ScanConfig(block_t=4, block_d_fwd=4, block_d_bwd=2)),
     (3, 4, 8, 20, False, [0, 20, 9], ScanConfig(block_t=4)),
     (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
+    # forward chunks of 8 storing a state every 2 steps, backward walking chunks of 2
+    (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=8, block_t_bwd=2, block_d_bwd=4)),
 ]
 for b, d, n, L, options, lengths, config in CASES:
     inputs = make_inputs(b, d, n, L, torch.float32, seed=L + d, options=options)
@@ -298,6 +300,19 @@ def needs_triton():
         pytest.skip("triton is not installed")
 
 
+def test_scan_config_chunks():
+    """Forward chunks of 8, backward chunks of 4 (never longer than the forward's), 168
+    registers for the backward unless a config says otherwise."""
+    needs_triton()
+    from fusion.ssm_triton import ScanConfig, scan_config
+
+    tiles = scan_config(32, 2048, 16)
+    assert (tiles["BLOCK_T"], tiles["BLOCK_T_BWD"], tiles["MAXNREG_BWD"]) == (8, 4, 168)
+    assert scan_config(2, 2048, 16)["BLOCK_T_BWD"] == 2
+    tiles = scan_config(32, 2048, 16, ScanConfig(block_t=4, block_t_bwd=16, maxnreg_bwd=255))
+    assert (tiles["BLOCK_T"], tiles["BLOCK_T_BWD"], tiles["MAXNREG_BWD"]) == (4, 4, 255)
+
+
 def cuda_inputs(b, d, n, L, dtype, seed, options=True):
     """Random inputs on CUDA; u, delta, B, C, z in `dtype`, A, D, delta_bias float32.
 
@@ -373,6 +388,29 @@ def test_tile_sizes_do_not_change_results(config):
 
     inputs = cuda_inputs(3, 50, 16, 200, torch.float32, seed=1)
     lengths = torch.tensor([200, 7, 131], device="cuda")
+    kwargs = {"delta_softplus": True, "lengths": lengths}
+    y, grads = run_and_grads(selective_scan_triton, inputs, config=ScanConfig(**config),
+                             **kwargs)
+    y_ref, grads_ref = run_and_grads(selective_scan, inputs, backend="torch", **kwargs)
+    assert_close(y, y_ref, 1e-4)
+    grads_equal(grads, grads_ref, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("b", "d", "n", "L", "config"), [
+    (3, 50, 16, 200, {"block_t": 16, "block_t_bwd": 16}),
+    (2, 40, 16, 37, {"block_t": 8, "block_t_bwd": 2, "maxnreg_bwd": 255}),
+    (2, 33, 3, 19, {"block_t": 4, "block_t_bwd": 1}),
+    (2, 128, 8, 70, {"block_d_bwd": 64, "block_t_bwd": 8}),
+])
+def test_backward_chunks_apart_from_forward_chunks(b, d, n, L, config):
+    """The forward storing a state every `block_t_bwd` steps of its longer chunks, the
+    backward walking those, ragged rows included."""
+    needs_triton()
+    from fusion.ssm_triton import ScanConfig, selective_scan_triton
+
+    inputs = cuda_inputs(b, d, n, L, torch.float32, seed=d + L)
+    lengths = torch.tensor([L] + [max(L // 3, 1)] * (b - 1), device="cuda")
     kwargs = {"delta_softplus": True, "lengths": lengths}
     y, grads = run_and_grads(selective_scan_triton, inputs, config=ScanConfig(**config),
                              **kwargs)
