@@ -120,3 +120,68 @@ class GraphedTrainStep:
 
 def _device(group: dict) -> torch.device:
     return group["params"][0].device
+
+
+class GraphedForward:
+    """Callable like `model(inputs, masks)` for evaluation (no grad, autocast): batches of
+    `batch_size` rows replay one captured forward; other sizes run eagerly.
+
+    Why: validation runs every epoch, and its forward passes are launch-bound like the
+    training step (the Mamba head's eager forward is hundreds of small kernels). Same rules
+    as `GraphedTrainStep`: warm-up batches first, fixed input tensors copied into, outputs
+    cloned out (the next replay overwrites them), and a capture failure warns and runs
+    eagerly. The graph reads the live parameters, so it stays valid as training updates
+    them; it records eval-mode kernels (`predict` calls `model.eval()` first).
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, amp: bool,
+                 dtype: torch.dtype, warmup_batches: int = 2) -> None:
+        self.model, self.batch_size, self.amp, self.dtype = model, batch_size, amp, dtype
+        self.warmup_left = warmup_batches
+        self.disabled = False
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_inputs: dict[str, Tensor] = {}
+        self.static_masks: dict[str, Tensor] = {}
+        self.static_out: dict[str, Tensor] = {}
+
+    def _eager(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        # the weight-cast cache off, as in the training step: a captured region must not
+        # keep casts made outside it
+        with torch.autocast("cuda", self.dtype, enabled=self.amp, cache_enabled=False):
+            return self.model(inputs, masks)
+
+    def _capture(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
+        self.static_inputs = {k: v.clone() for k, v in inputs.items()}
+        self.static_masks = {k: v.clone() for k, v in masks.items()}
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self._eager(self.static_inputs, self.static_masks)
+
+    @torch.no_grad()
+    def __call__(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        rows = len(next(iter(inputs.values())))
+        if rows != self.batch_size or self.disabled:
+            return self._eager(inputs, masks)
+        if self.warmup_left > 0:
+            self.warmup_left -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._eager(inputs, masks)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            try:
+                self._capture(inputs, masks)
+            except RuntimeError as error:
+                warnings.warn(f"CUDA graph capture of the evaluation forward failed ({error}); "
+                              "evaluating without CUDA graphs (--no-cuda-graphs silences "
+                              "this)", stacklevel=2)
+                self.disabled, self.graph = True, None
+                return self._eager(inputs, masks)
+        for name, tensor in inputs.items():
+            self.static_inputs[name].copy_(tensor)
+        for name, tensor in masks.items():
+            self.static_masks[name].copy_(tensor)
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.static_out.items()}

@@ -58,7 +58,7 @@ from features.config import save_config, to_dict
 from fusion import tracking
 from fusion.console import Console, Progress, final_json, run_header, summary
 from fusion.data import Batch, FeatureSplit, StreamedSplit, features_used, load_features
-from fusion.graphs import GraphedTrainStep
+from fusion.graphs import GraphedForward, GraphedTrainStep
 from fusion.heads import build_head, protocol_head
 from fusion.heads.base import HeadConfigError
 from fusion.metrics import HEADLINE_METRIC, metrics_for
@@ -428,16 +428,20 @@ def autocast_dtype(config: TrainConfig) -> torch.dtype:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: FeatureSplit, batch_size: int, amp: bool,
-            dtype: torch.dtype = torch.bfloat16) -> dict:
+            dtype: torch.dtype = torch.bfloat16, graphed: GraphedForward | None = None) -> dict:
     """Softmax-free scores (logits) for every row of `split`, in order, as numpy.
 
-    The batches' scores stay on the device and go to the host once per head at the end: a
-    copy per batch would wait for each batch's forward pass."""
+    Batches of 2 x `batch_size` rows; `graphed` (built for that size) replays them as a
+    CUDA graph. The batches' scores stay on the device and go to the host once per head at
+    the end: a copy per batch would wait for each batch's forward pass."""
     model.eval()
     scores: dict[str, list[torch.Tensor]] = {"verb": [], "noun": []}
     for batch in split.batches(batch_size * 2):
-        with torch.autocast(split.verb.device.type, dtype, enabled=amp):
-            out = model(batch.inputs, batch.masks)
+        if graphed is not None:
+            out = graphed(batch.inputs, batch.masks)
+        else:
+            with torch.autocast(split.verb.device.type, dtype, enabled=amp):
+                out = model(batch.inputs, batch.masks)
         for head, parts in scores.items():
             parts.append(out[head].float())
     return {head: torch.cat(parts).cpu().numpy() for head, parts in scores.items()}
@@ -671,8 +675,10 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
         state = checkpoint["state"]
 
     forward = torch.compile(model) if config.compile else model  # shares model's weights
+    evaluate = None
     if config.cuda_graphs and device.type == "cuda" and graph_safe(config):
         step = GraphedTrainStep(forward, optimizer, scheduler, config, amp)
+        evaluate = GraphedForward(forward, config.batch_size * 2, amp, dtype)
     else:
         step = functools.partial(train_step, forward, optimizer=optimizer, scheduler=scheduler,
                                  config=config, amp=amp, scaler=scaler)
@@ -714,7 +720,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
             progress.close()
             train_loss = float(total_loss) / max(seen, 1)
             validating = time.perf_counter()
-            scores = predict(forward, val_split, config.batch_size, amp, dtype)
+            scores = predict(forward, val_split, config.batch_size, amp, dtype, evaluate)
             metrics = metrics_for(config.task, scores["verb"], scores["noun"], *val_labels, **extra)
             ended = time.perf_counter()
             record = {"epoch": epoch + 1, "train_loss": train_loss,

@@ -59,3 +59,28 @@ def test_graphed_steps_equal_eager_steps(fusion: str) -> None:
     for name, value in params[False].items():
         torch.testing.assert_close(params[True][name].float(), value.float(), rtol=5e-2,
                                    atol=5e-3, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fusion", ["mlp", "mamba", "transformer_6x4"])
+def test_graphed_evaluation_equals_eager_and_follows_the_weights(fusion: str) -> None:
+    """predict with a replayed forward gives the eager scores (100 rows in batches of 32:
+    warm-up, capture, replays and an eager last batch), also after the weights change."""
+    from fusion.graphs import GraphedForward
+    from fusion.train import predict
+
+    split = random_split()
+    config = TrainConfig(fusion=fusion, batch_size=16, head=HeadConfig(d_model=32))
+    model, _, _ = build_training(config, split.dims, {"num_verbs": 5, "num_nouns": 7}, 7,
+                                 torch.device("cuda"))
+    graphed = GraphedForward(model, 32, amp=True, dtype=torch.bfloat16, warmup_batches=1)
+    for _ in range(2):
+        eager = predict(model, split, 16, amp=True)
+        replayed = predict(model, split, 16, amp=True, graphed=graphed)
+        assert graphed.graph is not None and not graphed.disabled
+        for head in ("verb", "noun"):
+            torch.testing.assert_close(torch.from_numpy(replayed[head]),
+                                       torch.from_numpy(eager[head]), rtol=1e-2, atol=1e-2)
+        with torch.no_grad():  # new weights: the captured graph must read them
+            for p in model.parameters():
+                p.mul_(1.5)
