@@ -45,7 +45,7 @@ import numpy as np
 TOP_N = 100
 ACTION_VERB_MULTIPLIER = 1000
 TASKS = ("verb", "noun", "action")
-_CHUNK = 512
+_CHUNK = 128
 _NOT_RANKED = np.iinfo(np.int64).max
 
 
@@ -108,10 +108,27 @@ def _position(order: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def label_ranks(scores: Any, labels: Any) -> np.ndarray:
-    """0-based rank of each row's label in the official `argsort(...)[::-1]` order."""
+    """0-based rank of each row's label in the official `argsort(...)[::-1]` order.
+
+    That order puts every higher score first, so the rank is the count of higher scores
+    where no other class ties the label's score; tied rows are sorted as the official code
+    sorts (a full sort per row is most of the metrics' time otherwise)."""
     scores = _scores(scores, "scores")
     labels = _labels(labels, len(scores), "labels", scores.shape[1])
-    return _position(_descending(scores), labels)
+    own = scores[np.arange(len(scores)), labels][:, None]
+    ranks = (scores > own).sum(axis=1).astype(np.int64)
+    tied = (scores == own).sum(axis=1) > 1
+    if tied.any():
+        ranks[tied] = _position(_descending(scores[tied]), labels[tied])
+    return ranks
+
+
+def _highest(scores: np.ndarray, count: int) -> np.ndarray:
+    """The `count` highest scores of each row, highest first: the values the official
+    top-`count` list holds (which of several tied classes it keeps does not change them)."""
+    if scores.shape[1] > count:
+        scores = np.partition(scores, scores.shape[1] - count, axis=1)[:, -count:]
+    return np.sort(scores, axis=1)[:, ::-1]
 
 
 def _action_probs(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int):
@@ -150,28 +167,32 @@ def action_label_ranks(
     ranks = np.full(n, _NOT_RANKED, dtype=np.int64)
     for start in range(0, n, _CHUNK):
         part = np.arange(start, min(start + _CHUNK, n))
-        verbs, nouns, pv, pn = _action_probs(verb_scores[part], noun_scores[part], top_n)
-        v_pos, n_pos = _position(verbs, verb_labels[part]), _position(nouns, noun_labels[part])
-        kept = (v_pos != _NOT_RANKED) & (n_pos != _NOT_RANKED)
-        rows = np.nonzero(kept)[0]
+        probs, places = [], []
+        inside = np.ones(len(part), dtype=bool)  # the label's verb and noun are kept
+        edge = np.zeros(len(part), dtype=bool)  # ... or tie with the first class left out
+        for scores, labels in ((verb_scores[part], verb_labels[part]),
+                               (noun_scores[part], noun_labels[part])):
+            width = min(top_n, scores.shape[1])
+            top = _highest(scores, width + 1)
+            kept = top[:, :width]  # the official list's values, in its order
+            own = scores[np.arange(len(part)), labels][:, None]
+            probs.append(softmax(kept))
+            places.append((kept > own).sum(axis=1))  # where the label's value sits
+            inside &= own[:, 0] >= kept[:, -1]
+            if top.shape[1] > width:
+                edge |= (top[:, width - 1 : width + 1] == own).all(axis=1)
+        pv, pn = probs
+        rows = np.nonzero(inside)[0]
         products = pv[rows, :, None] * pn[rows, None, :]
-        own = products[np.arange(len(rows)), v_pos[rows], n_pos[rows]][:, None, None]
-        above = (products > own).sum(axis=(1, 2))
-        tied = (products == own).sum(axis=(1, 2)) > 1
+        own = products[np.arange(len(rows)), places[0][rows], places[1][rows]][:, None, None]
+        above = np.count_nonzero(products > own, axis=(1, 2))
+        tied = np.count_nonzero(products == own, axis=(1, 2)) > 1
         ranks[part[rows]] = np.where(above < top_n, above, _NOT_RANKED)
-        # a label class tied with the first class left out may or may not have been kept
-        edge = np.zeros(len(part), dtype=bool)
-        for scores, labels, width in ((verb_scores, verb_labels, verbs.shape[1]),
-                                      (noun_scores, noun_labels, nouns.shape[1])):
-            if scores.shape[1] > width:
-                cut = np.sort(scores[part], axis=1)[:, ::-1][:, width - 1 : width + 1]
-                own_score = scores[part, labels[part]]
-                edge |= (cut == own_score[:, None]).all(axis=1)
         slow = edge.copy()
         slow[rows[tied]] = True
         if slow.any():
-            ids, scores_ = _official_action_list(verbs[slow], nouns[slow], pv[slow], pn[slow],
-                                                 top_n)
+            ids, scores_ = _official_action_list(
+                *_action_probs(verb_scores[part[slow]], noun_scores[part[slow]], top_n), top_n)
             reranked = np.take_along_axis(ids, _descending(scores_), axis=1)
             truth = action_id(verb_labels[part[slow]], noun_labels[part[slow]])
             ranks[part[slow]] = _position(reranked, truth)

@@ -197,3 +197,41 @@ def test_real_validation_labels_independent(ek100_root: Path):
         assert ant[f"unseen_{task}_recall5"] == pytest.approx(
             hits[unseen_rows].groupby(task)[f"{task}5"].mean().mean(), abs=1e-12)
     assert 0.05 < rec["action_top1"] < rec["action_top5"] < 0.5
+
+
+def _official_ranks(verb, noun, verb_labels, noun_labels, top_n=100):
+    """C3's procedure on every row, no shortcut: sorted top-n lists, softmax, products,
+    the top-n action list, re-ranked by argsort(...)[::-1]; and argsort ranks for verbs and
+    nouns."""
+    from fusion.metrics import (
+        _action_probs,
+        _descending,
+        _official_action_list,
+        _position,
+        action_id,
+    )
+
+    ids, scores = _official_action_list(*_action_probs(verb, noun, top_n), top_n)
+    reranked = np.take_along_axis(ids, _descending(scores), axis=1)
+    return (_position(_descending(verb), verb_labels), _position(_descending(noun), noun_labels),
+            _position(reranked, action_id(verb_labels, noun_labels)))
+
+
+@pytest.mark.parametrize("levels", [None, 3, 6, 40])
+def test_shortcuts_equal_the_official_sort_with_and_without_ties(levels):
+    """Counting higher scores (and partial sorts for the kept top-n) gives exactly the
+    official ranks; scores on a few levels tie everywhere: label ties, ties at the top-n
+    cut and tied products all fall back to the official sort."""
+    rng = np.random.default_rng(7 if levels is None else levels)
+    n = 700  # several chunks
+    verb_labels, noun_labels = rng.integers(0, 97, n), rng.integers(0, 300, n)
+    verb, noun = _signal_scores(rng, verb_labels, noun_labels, 97, 300)
+    if levels is not None:
+        verb, noun = np.round(verb * levels / 8), np.round(noun * levels / 8)
+    official = _official_ranks(verb, noun, verb_labels, noun_labels)
+    assert (label_ranks(verb, verb_labels) == official[0]).all()
+    assert (label_ranks(noun, noun_labels) == official[1]).all()
+    assert (action_label_ranks(verb, noun, verb_labels, noun_labels) == official[2]).all()
+    # and with a top-n cut inside the verbs too
+    cut = _official_ranks(verb, noun, verb_labels, noun_labels, top_n=20)[2]
+    assert (action_label_ranks(verb, noun, verb_labels, noun_labels, top_n=20) == cut).all()
