@@ -1,0 +1,82 @@
+"""Seconds of the EK100 validation metrics (`fusion.metrics.metrics_for`) on the host CPU.
+
+    python benchmarks/metrics_time.py                 # EK100 val size: 9,668 x (97, 300)
+    python benchmarks/metrics_time.py --quick         # small (tests)
+
+Why (issue 18): every training epoch ends with the metrics on the validation split, on the
+CPU; on the H200 host they were most of the validation time (0.7 of 0.8 s an epoch). Random
+logits with a boost on the true class (every rank non-trivial); median of `--repeats` runs
+after one warm-up. Results: `--out` .md/.json (default `benchmarks/results/metrics_time`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from features.config import cli  # noqa: E402
+
+
+@dataclass
+class MetricsTimeConfig:
+    """Time `metrics_for` on random EK100-shaped scores."""
+
+    rows: int = 9668
+    verbs: int = 97
+    nouns: int = 300
+    task: str = "recognition"
+    repeats: int = 5
+    quick: bool = False
+    out: Path | None = None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import numpy as np
+
+    from fusion.metrics import metrics_for
+
+    c = cli(MetricsTimeConfig, args=argv)
+    rows, repeats = (300, 2) if c.quick else (c.rows, c.repeats)
+    rng = np.random.default_rng(0)
+    verb_labels, noun_labels = rng.integers(0, c.verbs, rows), rng.integers(0, c.nouns, rows)
+    verb, noun = rng.normal(size=(rows, c.verbs)), rng.normal(size=(rows, c.nouns))
+    verb[np.arange(rows), verb_labels] += rng.uniform(0, 4, rows)
+    noun[np.arange(rows), noun_labels] += rng.uniform(0, 4, rows)
+    verb, noun = verb.astype(np.float32), noun.astype(np.float32)  # as predict returns them
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        metrics = metrics_for(c.task, verb, noun, verb_labels, noun_labels)
+        times.append(time.perf_counter() - started)
+    result = {"rows": rows, "verbs": c.verbs, "nouns": c.nouns, "task": c.task,
+              "median_seconds": round(statistics.median(times[1:]), 4),
+              "seconds": [round(t, 4) for t in times[1:]], "metrics": len(metrics),
+              "numpy": np.__version__, "cpu": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count()}
+    out = c.out or ROOT / "benchmarks" / "results" / ("metrics_time_quick" if c.quick
+                                                      else "metrics_time")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/metrics_time.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    text = (f"# EK100 metrics time\n\n`{command.strip()}`; {rows} rows, {c.verbs} verbs, "
+            f"{c.nouns} nouns, task {c.task}; numpy {np.__version__}, {result['cpu_count']} "
+            f"CPUs.\n\nmedian {result['median_seconds']} s over {repeats} runs "
+            f"({', '.join(map(str, result['seconds']))})\n")
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
