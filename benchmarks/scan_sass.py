@@ -144,7 +144,7 @@ def measure(c: SassConfig) -> list[dict]:
              {"STORE_STATES": True, "CKPT_T": tiles["BLOCK_T_BWD"]}, tiles["BLOCK_T"],
              tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"], c.maxnreg_fwd),
             ("backward", st._scan_bwd_kernel, {}, tiles["BLOCK_T_BWD"], tiles["BLOCK_D_BWD"],
-             tiles["WARPS_BWD"], tiles["MAXNREG_BWD"])):
+             tiles["WARPS_BWD"], st.backward_maxnreg(tiles, c.states_unit))):
         constants = {**flags, **extra, "BLOCK_T": block_t, "BLOCK_D": block_d}
         compiled = compile_kernel(kernel, constants, (c.L, c.d, c.n), warps, maxnreg)
         rows.append({"kernel": name, "BLOCK_T": block_t, "BLOCK_D": block_d,

@@ -79,7 +79,7 @@ class ScanConfig:
     num_warps_bwd: int | None = None
     block_t_bwd: int | None = None
     maxnreg_bwd: int | None = None
-    """Register cap of the backward (ptxas); None = 168 (12 one-warp programs an SM)."""
+    """Register cap of the backward (ptxas); None: `backward_maxnreg`'s choice."""
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -94,7 +94,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     """Concrete tile sizes, warps and register cap (fields of `config` that are set win).
 
     BLOCK_N = n rounded up to a power of two; forward chunks of BLOCK_T = 8 steps (fewer
-    for shorter sequences); backward chunks of BLOCK_T_BWD = 4 at 168 registers. The
+    for shorter sequences); backward chunks of BLOCK_T_BWD = 4 (register cap:
+    `backward_maxnreg`). The
     layout follows from the tile shapes (module docstring): with BLOCK_D = 32 x warps every
     thread owns one channel and all its states; with 16 channels and one warp, two lanes
     share a channel's states (half the registers, one shuffle in each sum over states).
@@ -118,7 +119,21 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
             "BLOCK_D_FWD": block_d(config.block_d_fwd, 16 * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
-            "MAXNREG_BWD": config.maxnreg_bwd or 168}
+            "MAXNREG_BWD": config.maxnreg_bwd}
+
+
+UNIT_STATES_MAXNREG = 168
+"""The backward's register cap when B and C's states are contiguous (the Mamba head's
+views): 12 one-warp programs an SM instead of 8, with 80 bytes of spill (sm_90 compile).
+With strided states the same cap spills 632 bytes a thread and the backward ran about 3x
+slower (`scan_backends.py`'s `head` variant, H200), so there Triton chooses (255, no
+spill at BLOCK_T_BWD 4)."""
+
+
+def backward_maxnreg(cfg: dict, states_unit: bool) -> int | None:
+    """The register cap a backward launch passes: the config's, else `UNIT_STATES_MAXNREG`
+    for unit-stride states, else none."""
+    return cfg["MAXNREG_BWD"] or (UNIT_STATES_MAXNREG if states_unit else None)
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -451,7 +466,8 @@ class _TritonScan(torch.autograd.Function):
                                                             device=dev)
         dummy = du
         # a register cap is a compile option (the interpreter takes none)
-        options = {} if _interpreted() else {"maxnreg": cfg["MAXNREG_BWD"]}
+        cap = None if _interpreted() else backward_maxnreg(cfg, _states_unit(B, C))
+        options = {} if cap is None else {"maxnreg": cap}
         _scan_bwd_kernel[(b, blocks)](
             u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
             dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,

@@ -28,7 +28,7 @@ def test_the_backward_walks_its_own_chunks(tmp_path):
                           str(tmp_path / "chunks")])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [(r["kernel"], r["BLOCK_T"]) for r in rows] == [("forward", 8), ("backward", 2)]
-    assert rows[1]["maxnreg"] == 168  # the launch's default cap
+    assert rows[1]["maxnreg"] == 168  # the launch's cap for the head's unit-stride states
 
 
 def test_a_register_cap_reaches_ptxas(tmp_path):
