@@ -37,16 +37,17 @@ Why the kernels look the way they do
   (b, d / BLOCK_D, n, L) and the wrapper adds them (deterministic, no atomics). A, D and
   delta_bias gradients are summed over time in registers and over rows by the wrapper.
 * Measured on the H200 against mamba-ssm, fwd+bwd: in the head's layout (transposed views,
-  mamba-ssm copying them as it does) 0.33x at L = 16, 0.38x at 64, 0.80x at 256, 0.92x at
-  1024, 0.78x at 4096 (benchmarks/results/scan_backends_h200_views.md); on (b, d, L) tensors
-  faster up to L = 64 only (0.23x at 16; 1.11x at 256, 1.04x at 4096 in scan_backends_h200.md,
-  1.5-1.9x in a later run with the same compiled kernels), the forward the weak part there.
-  Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt): the
-  backward at 255 registers a thread, 12.5 % occupancy, spilling registers to local memory
-  (Nsight's estimate: up to 83 % faster without), 34 % of issue slots busy; the forward at
-  128 registers, 25 % occupancy. With B and C's state stride fixed to 1 (`_states_unit`) the
-  sm_90 compile (benchmarks/scan_sass.py) spills 72 bytes a thread instead of 664 in backward
-  and needs 72 registers instead of 128 in forward; the head's scans run 11-16 % faster.
+  mamba-ssm copying them as it does) 0.40x at L = 16, 0.33x at 64, 0.69x at 256, 0.77x at
+  1024, 0.65x at 4096; on (b, d, L) tensors 0.20x / 0.49x / 1.22x / 1.48x / 1.16x, the
+  forward the weak part there (benchmarks/results/scan_backends_h200_chunks.md).
+  Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt, kernels
+  of that time): the backward at 255 registers a thread, 12.5 % occupancy, spilling, 34 %
+  of issue slots busy: latency-bound by registers. Since then: B and C's state stride
+  compiled as 1 when it is (`_states_unit`: 72 bytes of spill instead of 664 in the sm_90
+  compile of benchmarks/scan_sass.py), and backward chunks of 4 steps capped at 168
+  registers (`backward_maxnreg`: 12 warps an SM), forward chunks of 8 storing a state
+  every 4 steps: the head's two scan calls 2.31-2.66 ms vs 2.73 ms (same runs,
+  benchmarks/results/scan_head_calls_h200_ab.md, scan_head_calls_h200_gluon_default.md).
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
