@@ -68,6 +68,17 @@ def test_left_align():
     assert m.flatten().tolist() == [True, True, True, False, False, False]
 
 
+@pytest.mark.parametrize("name", HEADS)
+def test_logits_are_float32_under_autocast(name):
+    """bf16 logits would tie (8 significant bits) and slow the official EK100 ranking; the
+    classifiers run in float32 whatever autocast does to the rest of the head."""
+    head = small_head(name)
+    inputs = {k: torch.randn(2, 4, d) for k, d in DIMS.items()}
+    with torch.autocast("cpu", torch.bfloat16):
+        out = head(inputs)
+    assert out["verb"].dtype == out["noun"].dtype == torch.float32
+
+
 def random_padded_batch(batch: int, seed: int, holes: bool):
     """Rows with random real lengths; padding holds garbage, at the end or (holes) anywhere."""
     g = torch.Generator().manual_seed(seed)
