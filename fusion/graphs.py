@@ -150,6 +150,16 @@ class GraphedForward:
         with torch.autocast("cuda", self.dtype, enabled=self.amp, cache_enabled=False):
             return self.model(inputs, masks)
 
+    def _fits(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> bool:
+        """The captured graph's tensors have these shapes and dtypes (or none is captured
+        yet): a batch of other token lengths (a streamed split's) runs eagerly."""
+        if self.graph is None:
+            return True
+        pairs = [(self.static_inputs.get(k), v) for k, v in inputs.items()]
+        pairs += [(self.static_masks.get(k), v) for k, v in masks.items()]
+        return len(pairs) == len(self.static_inputs) + len(self.static_masks) and all(
+            s is not None and s.shape == v.shape and s.dtype == v.dtype for s, v in pairs)
+
     def _capture(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
         self.static_inputs = {k: v.clone() for k, v in inputs.items()}
         self.static_masks = {k: v.clone() for k, v in masks.items()}
@@ -160,7 +170,7 @@ class GraphedForward:
     @torch.no_grad()
     def __call__(self, inputs: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
         rows = len(next(iter(inputs.values())))
-        if rows != self.batch_size or self.disabled:
+        if rows != self.batch_size or self.disabled or not self._fits(inputs, masks):
             return self._eager(inputs, masks)
         if self.warmup_left > 0:
             self.warmup_left -= 1
