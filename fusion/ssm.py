@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -49,6 +48,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fusion.backends import resolve
 
 Backend = Literal["auto", "torch", "mamba_ssm", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "mamba_ssm", "triton")
@@ -150,10 +151,6 @@ def _triton_fn() -> Callable | None:
     return selective_scan_triton
 
 
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on `device` here, least preferred first (`torch` always can);
     `auto` takes the last: triton, then mamba_ssm, then torch on CUDA; torch on CPU."""
@@ -167,18 +164,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend `backend` means for tensors on `device`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {backend!r}; have {BACKENDS}")
-    if backend == "auto":
-        return available_backends(device)[-1]
-    if backend == "mamba_ssm" and backend not in available_backends(device):
-        raise RuntimeError("backend 'mamba_ssm' needs CUDA tensors and an importable mamba-ssm")
-    if backend == "triton" and backend not in available_backends(device) and not (
-            _triton_interpreted() and _triton_fn() is not None):
-        raise RuntimeError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1) and an "
-                           "importable triton")
-    return backend
+    """The concrete backend `backend` means for tensors on `device` (`fusion.backends`)."""
+    return resolve("selective-scan", backend, BACKENDS, available_backends(device),
+                   lambda: _triton_fn() is not None)
 
 
 def _check_lengths(lengths: Tensor | None, u: Tensor) -> None:

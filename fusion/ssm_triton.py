@@ -56,13 +56,14 @@ Why the kernels look the way they do
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from fusion.backends import triton_interpreted
 
 LOG2E = math.log2(math.e)
 
@@ -406,10 +407,6 @@ def _states_unit(B: Tensor, C: Tensor) -> bool:
     return B.stride(1) == 1 and C.stride(1) == 1
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -467,7 +464,7 @@ class _TritonScan(torch.autograd.Function):
                                                             device=dev)
         dummy = du
         # a register cap is a compile option (the interpreter takes none)
-        cap = None if _interpreted() else backward_maxnreg(cfg, _states_unit(B, C))
+        cap = None if triton_interpreted() else backward_maxnreg(cfg, _states_unit(B, C))
         options = {} if cap is None else {"maxnreg": cap}
         _scan_bwd_kernel[(b, blocks)](
             u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,

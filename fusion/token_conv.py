@@ -55,13 +55,14 @@ Backends:
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fusion.backends import resolve
 
 Backend = Literal["auto", "torch", "triton"]
 Activation = Literal["none", "silu"]
@@ -79,10 +80,6 @@ def _triton_fn() -> Callable | None:
     return token_conv_triton
 
 
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on `device` here, least preferred first; `auto` takes the last."""
     names = ["torch"]
@@ -92,16 +89,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend `backend` means for tensors on `device`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown token-conv backend {backend!r}; have {BACKENDS}")
-    if backend == "auto":
-        return available_backends(device)[-1]
-    if backend == "triton" and backend not in available_backends(device) and not (
-            _triton_interpreted() and _triton_fn() is not None):
-        raise RuntimeError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1) and an "
-                           "importable triton")
-    return backend
+    """The concrete backend `backend` means for tensors on `device` (`fusion.backends`)."""
+    return resolve("token-conv", backend, BACKENDS, available_backends(device),
+                   lambda: _triton_fn() is not None)
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, causal: bool,
