@@ -46,8 +46,9 @@ Why the kernels look the way they do
   compiled as 1 when it is (`_states_unit`: 72 bytes of spill instead of 664 in the sm_90
   compile of benchmarks/scan_sass.py), and backward chunks of 4 steps capped at 168
   registers (`backward_maxnreg`: 12 warps an SM), forward chunks of 8 storing a state
-  every 4 steps: the head's two scan calls 2.31-2.66 ms vs 2.73 ms (same runs,
-  benchmarks/results/scan_head_calls_h200_ab.md, scan_head_calls_h200_gluon_default.md).
+  every 4 steps: the head's two scan calls 2.34 ms vs 2.73 ms in one run
+  (benchmarks/results/scan_head_calls_h200_gluon_default.md; 2.31 and 2.66 in a repeat,
+  scan_head_calls_h200_ab.md).
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
@@ -103,8 +104,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     share a channel's states (half the registers, one shuffle in each sum over states).
     Default 16 channels and one warp for both kernels: the fastest of the tile sweep on the
     H200 (benchmarks/results/scan_backends_h200_sweep.md). Backward chunks of 4 capped at
-    168 registers, forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.31-2.66
-    ms vs 2.73 ms for chunks of 8 both ways at 255 registers (issue18_status.md).
+    168 registers, forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.34 ms
+    vs 2.73 ms for chunks of 8 both ways at 255 registers, one run (issue18_status.md).
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
