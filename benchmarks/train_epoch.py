@@ -7,7 +7,7 @@
 Why: the training issue's goal is that a 100-epoch run on EK100-sized cached features takes
 minutes, so an epoch must take seconds. This runs the real `fusion.train.train` (GPU-resident
 split, shuffled batching on the device, bf16 autocast, AdamW, validation with the EK100
-metrics, checkpoints, MLflow logging) on random tensors of the real shapes (67,217 training and
+metrics, checkpoints; MLflow tracking off) on random tensors of the real shapes (67,217 training and
 9,668 validation clips; video 16 x 1024; two questions of 32 x 768) generated on the device in
 place of the feature store. Reported per head (and scan backend for Mamba): the epoch's
 seconds (`epoch_seconds`: training and validation, the run history's field; mean of the
