@@ -631,7 +631,7 @@ def already_trained(config: TrainConfig, folder: Path, state: dict[str, Any]) ->
               "train (--restart trains it again)", file=sys.stderr)
     best = selected_metrics(state["history"], state["best_epoch"], config.selection)
     return {"run_id": state["run_id"], "folder": str(folder), "best": best,
-            "epochs_run": state["epoch"]}
+            "epochs_run": state["epoch"], "checkpoint_seconds": 0.0}
 
 
 def _train(config: TrainConfig, folder: Path, device: torch.device,
@@ -702,6 +702,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
     stale = state["epoch"] - 1 - state["best_epoch"] if state["best_epoch"] >= 0 else 0
     val_labels = val_split.verb.cpu().numpy(), val_split.noun.cpu().numpy()  # once, not per epoch
 
+    checkpoint_seconds = 0.0  # writing last.pt / best.pt, this invocation (benchmarks)
     # a run that raises ends FAILED (Ctrl-C: KILLED) in MLflow, not left RUNNING
     with tracking.ended_on_error(state["run_id"] if config.track else None):
         for epoch in range(state["epoch"], config.epochs):
@@ -746,11 +747,13 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                           "scheduler": scheduler.state_dict(), "rng": _rng_state(generator),
                           "state": state, "config": to_dict(config),
                           "scaler": scaler.state_dict() if scaler is not None else {}}
+            saving = time.perf_counter()
             torch.save(checkpoint, folder / "last.tmp")  # serialised once, copied for best.pt
             if improved:
                 shutil.copyfile(folder / "last.tmp", folder / "best.tmp")
                 (folder / "best.tmp").replace(folder / "best.pt")
             (folder / "last.tmp").replace(last)  # atomic: a kill never leaves a torn checkpoint
+            checkpoint_seconds += time.perf_counter() - saving
             console.epoch(record, shown, state["best"], state["best_epoch"] + 1)
             if on_epoch is not None:
                 try:
@@ -768,7 +771,7 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
     else:
         tracking.write_history(folder, state["history"])
     return {"run_id": state["run_id"], "folder": str(folder), "best": best,
-            "epochs_run": state["epoch"]}
+            "epochs_run": state["epoch"], "checkpoint_seconds": checkpoint_seconds}
 
 
 NOT_MAXIMISED = frozenset({"epoch", "train_loss", "epoch_seconds", "val_seconds", "lr"})

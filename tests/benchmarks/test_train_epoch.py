@@ -28,3 +28,6 @@ def test_quick_run_reports_validation_seconds(tmp_path: Path) -> None:
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == len(columns) == rule.count("---")
     assert float(cells[3]) == row["val_seconds"]
+    # checkpoints written every epoch are timed apart from the one-time setup
+    assert row["checkpoint_seconds_per_epoch"] > 0 and row["setup_seconds"] > 0, row
+    assert float(cells[columns.index("checkpoint s/epoch")]) == row["checkpoint_seconds_per_epoch"]
