@@ -59,14 +59,13 @@ class HeadCallsConfig:
 
 
 def parse_config(module, text: str):
-    """`block_t=4,backward=triton` -> module.ScanConfig(...); "" -> None (the defaults)."""
+    """`block_t=4,maxnreg_bwd=168` -> module.ScanConfig(...); "" -> None (the defaults)."""
     if not text:
         return None
-    fields: dict[str, int | str] = {}
+    fields = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        value = value.strip()
-        fields[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+        fields[key.strip()] = int(value)
     return module.ScanConfig(**fields)
 
 

@@ -175,12 +175,12 @@ def action_label_ranks(
             width = min(top_n, scores.shape[1])
             top = _highest(scores, width + 1)
             kept = top[:, :width]  # the official list's values, in its order
-            own = scores[np.arange(len(part)), labels][:, None]
+            label_score = scores[np.arange(len(part)), labels][:, None]
             probs.append(softmax(kept))
-            places.append((kept > own).sum(axis=1))  # where the label's value sits
-            inside &= own[:, 0] >= kept[:, -1]
+            places.append((kept > label_score).sum(axis=1))  # where the label's value sits
+            inside &= label_score[:, 0] >= kept[:, -1]
             if top.shape[1] > width:
-                edge |= (top[:, width - 1 : width + 1] == own).all(axis=1)
+                edge |= (top[:, width - 1 : width + 1] == label_score).all(axis=1)
         pv, pn = probs
         rows = np.nonzero(inside)[0]
         products = pv[rows, :, None] * pn[rows, None, :]

@@ -464,8 +464,9 @@ class _TritonScan(torch.autograd.Function):
         dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
                                                             device=dev)
         dummy = du
+        states_unit = _states_unit(B, C)
         # a register cap is a compile option (the interpreter takes none)
-        cap = None if triton_interpreted() else backward_maxnreg(cfg, _states_unit(B, C))
+        cap = None if triton_interpreted() else backward_maxnreg(cfg, states_unit)
         options = {} if cap is None else {"maxnreg": cap}
         _scan_bwd_kernel[(b, blocks)](
             u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
@@ -476,7 +477,7 @@ class _TritonScan(torch.autograd.Function):
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
             *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None, STATES_UNIT=_states_unit(B, C),
+            SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
             BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
             num_warps=cfg["WARPS_BWD"], **options,
         )
