@@ -253,6 +253,12 @@ def _scan_fwd_kernel(
             zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask)
             y = y * zt * tl.sigmoid(zt)
         tl.store(y_row + d_offs[:, None] * s_yd + t_offs[None, :] * s_yl, y, mask=mask)
+    if HAS_LEN:  # y = 0 past the length, written here: no memset of y before the launch
+        zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for t0 in range((length // BLOCK_T) * BLOCK_T, L, BLOCK_T):
+            t_offs = t0 + t_loc
+            tail = d_mask[:, None] & ((t_offs >= length) & (t_offs < L))[None, :]
+            tl.store(y_row + d_offs[:, None] * s_yd + t_offs[None, :] * s_yl, zeros, mask=tail)
 
 
 @triton.jit(do_not_specialize=_BWD_STRIDES)
@@ -381,20 +387,36 @@ def _scan_bwd_kernel(
         tl.store(dD_ptr + row * d + d_offs, dD_acc, mask=d_mask)
     if HAS_BIAS:
         tl.store(dbias_ptr + row * d + d_offs, dbias_acc, mask=d_mask)
+    if HAS_LEN:  # no gradient past the length: zeros, written here instead of memsets
+        zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        zeros_p = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for t0 in range((length // BLOCK_T) * BLOCK_T, L, BLOCK_T):
+            t_offs = t0 + t_loc
+            t_tail = (t_offs >= length) & (t_offs < L)
+            tail = d_mask[:, None] & t_tail[None, :]
+            out_offs = row * s_ob + d_offs[:, None] * s_od + t_offs[None, :] * s_ol
+            tl.store(du_ptr + out_offs, zeros, mask=tail)
+            tl.store(ddelta_ptr + out_offs, zeros, mask=tail)
+            if HAS_Z:
+                tl.store(dz_ptr + out_offs, zeros, mask=tail)
+            p_offs = p_row + n_offs[:, None] * s_pn + t_offs[None, :] * s_pl
+            p_tail = n_mask[:, None] & t_tail[None, :]
+            tl.store(dB_ptr + p_offs, zeros_p, mask=p_tail)
+            tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
 
 
 # ---------------------------------------------------------------------------- autograd
 
 
-def _like(u: Tensor, dtype: torch.dtype, zero: bool) -> Tensor:
-    """A (b, d, L) output in u's layout: channels-last (a transposed (b, L, d) tensor, as the
-    Mamba head passes its projections without copying them) or (b, d, L) contiguous. Outputs
-    in the inputs' layout keep the kernels' loads and stores coalesced alike."""
+def _like(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """An uninitialised (b, d, L) output in u's layout (the kernels write every element,
+    zeros past a row's length included): channels-last (a transposed (b, L, d) tensor, as
+    the Mamba head passes its projections without copying them) or (b, d, L) contiguous.
+    Outputs in the inputs' layout keep the kernels' loads and stores coalesced alike."""
     b, d, L = u.shape
-    make = torch.zeros if zero else torch.empty
     if u.stride(1) == 1 and d > 1:
-        return make((b, L, d), dtype=dtype, device=u.device).transpose(1, 2)
-    return make((b, d, L), dtype=dtype, device=u.device)
+        return torch.empty((b, L, d), dtype=dtype, device=u.device).transpose(1, 2)
+    return torch.empty((b, d, L), dtype=dtype, device=u.device)
 
 
 def _states_unit(B: Tensor, C: Tensor) -> bool:
@@ -420,8 +442,7 @@ class _TritonScan(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[-1]
         n_chunks = triton.cdiv(L, cfg["BLOCK_T_BWD"])
-        # y past a row's length is never written by the kernel: zeros
-        y = _like(u, u.dtype, zero=lengths is not None)
+        y = _like(u, u.dtype)
         states = (torch.empty((b, d, n_chunks, n), dtype=torch.float32, device=u.device)
                   if needs_grad else y.new_empty((1, 1, 1, 1), dtype=torch.float32))
         dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
@@ -450,16 +471,14 @@ class _TritonScan(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[-1]
         dev = u.device
-        zero = lengths is not None  # zero past each length
-        du = _like(u, u.dtype, zero)
-        ddelta = _like(u, delta.dtype, zero)
-        dz = None if z is None else _like(u, z.dtype, zero)
+        du = _like(u, u.dtype)
+        ddelta = _like(u, delta.dtype)
+        dz = None if z is None else _like(u, z.dtype)
         dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
         # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
         blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
-        alloc = torch.zeros if zero else torch.empty
-        dB = alloc((b, blocks, n, L), dtype=torch.float32, device=dev)
-        dC = alloc((b, blocks, n, L), dtype=torch.float32, device=dev)
+        dB = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
+        dC = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
         dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)
         dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
                                                             device=dev)

@@ -35,8 +35,9 @@ length and stacked along the batch), so the CUDA kernel launches once per layer,
 modality. Only when padding would cost more than 1.5x the real scan work (16 video tokens
 with 2 x 32 question tokens cost 1.2x; 4096 video tokens with them 2.9x) do branches of very
 different lengths get separate calls. A backend that takes per-row `lengths` and skips the
-padded steps (`triton`, see `fusion.ssm.RAGGED_BACKENDS`) gets each row's branch length, so
-padding costs it no scan work, only memory and the copies that stack the branches. Measured
+padded steps (`triton`, see `fusion.ssm.RAGGED_BACKENDS`) gets each row's count of real
+tokens (unless `pool_padding`), so padding, a short question's included, costs it no scan
+work, only memory and the copies that stack the branches. Measured
 on the H100 (`benchmarks/results/scan_backends.md`, video 16 + 2 x 32 question tokens), those
 copies cost more than a second launch (triton: one call 4.2 ms, two calls 2.5 ms), so by
 default ragged backends share a call only when no padding is needed
@@ -256,14 +257,14 @@ class MambaFusion(FusionHead):
         a_log = self.A_log[layer] if self.shared_A else self.A_log[branch_index, layer]
         return -torch.exp(a_log.float())
 
-    def _scan(self, layer: int, pieces: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    def _scan(self, layer: int, pieces: dict[str, dict[str, Tensor]],
+              lengths: dict[str, Tensor] | None, ragged: bool) -> dict[str, Tensor]:
         """Gated scan outputs y·silu(z) (b, d_inner, L) per branch, one call per group of
         branches (see `scan_groups`). A branch scanned alone gets Δ's bias and softplus, the D
         skip and the gate inside the scan; stacked branches (each its own Δ bias, D and z)
-        get them here, around one call."""
+        get them here, around one call. `lengths`: each branch's real tokens per row, for a
+        `ragged` backend (it skips the padded steps; their outputs are 0)."""
         out = {}
-        device = next(iter(pieces.values()))["u"].device
-        ragged = resolve_backend(self.backend, device) in RAGGED_BACKENDS
         for names in self.scan_groups({b: p["u"].shape for b, p in pieces.items()},
                                       ragged=ragged):
             A = self._A(self.branches.index(names[0]), layer)
@@ -272,20 +273,23 @@ class MambaFusion(FusionHead):
                 p, mixer = pieces[names[0]], mixers[names[0]]
                 out[names[0]] = selective_scan(
                     p["u"], p["delta"], A, p["B"], p["C"], mixer.D, p["z"],
-                    mixer.dt_proj.bias, delta_softplus=True, backend=self.backend)
+                    mixer.dt_proj.bias, delta_softplus=True, backend=self.backend,
+                    lengths=None if lengths is None else lengths[names[0]])
                 continue
             deltas = [F.softplus(pieces[b]["delta"].float()
                                  + mixers[b].dt_proj.bias.float()[:, None]).to(
                                      pieces[b]["u"].dtype) for b in names]
             stacked = {k: _pad_cat([pieces[b][k] for b in names], dim=-1)
                        for k in ("u", "B", "C")}
-            lengths = None
-            if ragged and len({pieces[b]["u"].shape[-1] for b in names}) > 1:
-                lengths = torch.cat([torch.full((pieces[b]["u"].shape[0],),
-                                                pieces[b]["u"].shape[-1], dtype=torch.int32,
-                                                device=device) for b in names])
+            rows = None
+            if lengths is not None:
+                rows = torch.cat([lengths[b] for b in names])
+            elif ragged and len({pieces[b]["u"].shape[-1] for b in names}) > 1:
+                rows = torch.cat([torch.full((pieces[b]["u"].shape[0],),
+                                             pieces[b]["u"].shape[-1], dtype=torch.int32,
+                                             device=stacked["u"].device) for b in names])
             y = selective_scan(stacked["u"], _pad_cat(deltas, dim=-1), A, stacked["B"],
-                               stacked["C"], backend=self.backend, lengths=lengths)
+                               stacked["C"], backend=self.backend, lengths=rows)
             start = 0
             for b in names:
                 p = pieces[b]
@@ -334,11 +338,16 @@ class MambaFusion(FusionHead):
             conv = self.proj_conv[b]
             h[b] = x if isinstance(conv, nn.Identity) else token_conv(
                 x, conv.weight, conv.bias, causal=False, backend=conv_backend)
+        ragged = resolve_backend(self.backend, h[self.branches[0]].device) in RAGGED_BACKENDS
+        # real tokens come first in every row (`prepare`), and the scan and the causal
+        # convolution run left to right: a ragged backend stops at each row's last real token
+        lengths = ({b: valid[b].sum(1, dtype=torch.int32) for b in self.branches}
+                   if ragged and not self.pool_padding else None)
         for layer in range(self.depth):
             pieces = {b: self.mixers[b][layer].scan_inputs(
                 self.norms[b][layer](h[b]) if self.prenorm else h[b], conv_backend)
                 for b in self.branches}
-            ys = self._scan(layer, pieces)
+            ys = self._scan(layer, pieces, lengths, ragged)
             for b in self.branches:
                 out = self.mixers[b][layer].finish(ys[b])
                 h[b] = h[b] + out if self.prenorm else out

@@ -157,7 +157,16 @@ def test_head_lengths_path_equals_padding(monkeypatch):
     monkeypatch.setattr(mamba_module, "selective_scan", recording)
     got = head_results(head, inputs, masks)
     assert len(calls) == 2  # one call per layer
-    assert calls[0].tolist() == [5] * 6 + [12] * 3  # groups run shortest branch first
+    # each row's real tokens; groups run the shortest branch first
+    real = [masks[m].sum(1).tolist() for m in ("verb_question", "noun_question", "video")]
+    assert calls[0].tolist() == sum(real, [])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # one call per branch (the default): each gets its rows' real tokens
+    head.max_padding_ragged = 1.0
+    calls.clear()
+    got = head_results(head, inputs, masks)
+    assert [c.tolist() for c in calls[:2]] == [real[0] + real[1], real[2]]
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -188,6 +197,17 @@ from fusion.ssm_triton import ScanConfig
 from tests.fusion.test_ssm import assert_close, make_inputs, run_and_grads
 
 assert ssm.resolve_backend("triton", "cpu") == "triton"
+# the kernels must write every output element (zeros past a row's length included): outputs
+# are allocated uninitialised, here filled with NaN so an element left unwritten shows
+_empty = torch.empty
+
+
+def nan_empty(*args, **kwargs):
+    t = _empty(*args, **kwargs)
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+torch.empty = nan_empty
 assert ssm.resolve_backend("auto", "cpu") == "torch"
 CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks and d-blocks)
     (1, 1, 1, 1, True, None, None),
