@@ -47,6 +47,9 @@ class ProfileConfig:
     """torch.compile the head (TrainConfig.compile)."""
     cuda_graphs: bool = False
     """Replay the step as a CUDA graph (TrainConfig.cuda_graphs)."""
+    ops: int = 0
+    """Also list the N operators whose own kernels take the most GPU time (eager steps only:
+    a CUDA graph's replay names no operators): which part of the model the kernels serve."""
     quick: bool = False
     out: Path | None = None
 
@@ -124,7 +127,26 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
            "kernels_per_step": round(launches, 1) if cuda else None,
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     table = events.table(sort_by=key, row_limit=c.top)
+    if c.ops and not (c.cuda_graphs and cuda):
+        table += "\n\n" + operator_table(events, c.ops, cuda, steps=5)
     return row, table
+
+
+def operator_table(events, top: int, cuda: bool, steps: int) -> str:
+    """The `top` operators (aten::*) by the time of the kernels they launched themselves
+    (self time: a kernel counts once, for the innermost operator), per step."""
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = sorted((e for e in events if e.key.startswith("aten::")),
+                 key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ops) or 1
+    lines = [f"{'operator':<40} {'calls/step':>10} {'us/step':>9} {'share':>6}"]
+    for e in ops[:top]:
+        t = getattr(e, key)
+        lines.append(f"{e.key:<40} {e.count / steps:>10.1f} {t / steps:>9.1f} "
+                     f"{t / total:>6.1%}")
+    lines.append(f"{'all operators':<40} {sum(e.count for e in ops) / steps:>10.1f} "
+                 f"{total / steps:>9.1f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Path:
