@@ -127,14 +127,16 @@ class MambaMixer(nn.Module):
         """(b, L, d_model) -> the scan's u, z and delta (before its bias and softplus)
         (b, d_inner, L) and B, C (b, n, L), all transposed views of (b, L, ·) tensors: the
         scan kernels read those strides, so nothing is copied into (b, ·, L) layout."""
-        xz = self.in_proj(x)
-        u = token_conv(xz[..., :self.d_inner], self.conv1d.weight, self.conv1d.bias,
+        # split, not two slices: its backward is one concatenation of the two gradients, where
+        # each slice's backward zero-fills a tensor of xz's size and the two get added
+        x_in, z = self.in_proj(x).split(self.d_inner, dim=-1)
+        u = token_conv(x_in, self.conv1d.weight, self.conv1d.bias,
                        causal=True, activation="silu", backend=conv_backend)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias is added in float32 by the scan
         return {"u": u.transpose(1, 2), "delta": delta.transpose(1, 2),
                 "B": B.transpose(1, 2), "C": C.transpose(1, 2),
-                "z": xz[..., self.d_inner:].transpose(1, 2)}
+                "z": z.transpose(1, 2)}
 
     def finish(self, y: Tensor) -> Tensor:
         """Gated scan output y·silu(z) (b, d_inner, L) -> output projection (b, L, d_model)."""
@@ -351,12 +353,14 @@ class MambaFusion(FusionHead):
             for b in self.branches:
                 out = self.mixers[b][layer].finish(ys[b])
                 h[b] = h[b] + out if self.prenorm else out
+        # pooled per branch, then split into its modalities' rows: slicing the (rows, d)
+        # means, not the (rows, L, d) tokens, keeps the slices' backward small
+        means = {b: masked_mean(self.norm_f[b](h[b]) if self.prenorm else h[b], valid[b])
+                 for b in self.branches}
         pooled, start = {}, dict.fromkeys(self.branches, 0)
         for m in xs:
             b, rows = self.branch_of[m], xs[m].shape[0]
-            tokens = h[b][start[b]:start[b] + rows, :xs[m].shape[1]]
-            tokens = self.norm_f[b](tokens) if self.prenorm else tokens
-            pooled[m] = masked_mean(tokens, ms[m])
+            pooled[m] = means[b][start[b]:start[b] + rows]
             start[b] += rows
         if self.route_questions:
             verb = sum(v for m, v in pooled.items() if m != "noun_question")
