@@ -434,76 +434,145 @@ def _strides3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
 
-class _TritonScan(torch.autograd.Function):
-    """Forward and backward kernels; D, z, delta_bias, softplus and lengths fused in both."""
+# The kernels' launches are custom operators (`torch.library`): `torch.compile` then calls
+# them as they are, with the inputs' exact strides (`needs_exact_strides`), and does not trace
+# into them. Traced, a launch lost its register cap and got its inputs in other layouts, and
+# inductor fused the partial-sum reductions into slower kernels: the backward ran 0.80 ms a
+# call instead of 0.60 in a compiled, graphed EK100 step (H200, issue18_status.md).
+_LAYOUT_TAGS = (torch.Tag.needs_exact_strides,)
+_CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "BLOCK_D_FWD", "BLOCK_D_BWD", "WARPS_FWD",
+             "WARPS_BWD", "MAXNREG_BWD")
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, lengths, softplus, cfg, needs_grad):
-        b, d, L = u.shape
-        n = A.shape[-1]
-        n_chunks = triton.cdiv(L, cfg["BLOCK_T_BWD"])
-        y = _like(u, u.dtype)
-        states = (torch.empty((b, d, n_chunks, n), dtype=torch.float32, device=u.device)
-                  if needs_grad else y.new_empty((1, 1, 1, 1), dtype=torch.float32))
-        dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
-        grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
-        _scan_fwd_kernel[grid](
-            u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-            dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
-            y, states, L, d, n,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
-            *y.stride(), *states.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(softplus), HAS_LEN=lengths is not None, STORE_STATES=bool(needs_grad),
-            STATES_UNIT=_states_unit(B, C),
-            BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-            CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
-        )
-        if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, lengths, states)
-        ctx.softplus, ctx.cfg = bool(softplus), cfg
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        u, delta, A, B, C, D, z, delta_bias, lengths, states = ctx.saved_tensors
-        cfg = ctx.cfg
-        b, d, L = u.shape
-        n = A.shape[-1]
-        dev = u.device
-        du = _like(u, u.dtype)
-        ddelta = _like(u, delta.dtype)
-        dz = None if z is None else _like(u, z.dtype)
-        dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
-        # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
-        blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
-        dB = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
-        dC = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
-        dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)
-        dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
-                                                            device=dev)
-        dummy = du
-        states_unit = _states_unit(B, C)
-        # a register cap is a compile option (the interpreter takes none)
-        cap = None if triton_interpreted() else backward_maxnreg(cfg, states_unit)
-        options = {} if cap is None else {"maxnreg": cap}
-        _scan_bwd_kernel[(b, blocks)](
-            u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-            dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
-            states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
-            dummy if dD is None else dD, dummy if dbias is None else dbias,
-            L, d, n,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
-            *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
-            BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-            num_warps=cfg["WARPS_BWD"], **options,
-        )
-        return (du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype),
-                dC.sum(1).to(C.dtype), None if D is None else dD.sum(0).to(D.dtype), dz,
-                None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
-                None, None, None, None)
+def _cfg_list(cfg: dict) -> list[int]:
+    return [int(cfg[k] or 0) for k in _CFG_KEYS]
+
+
+def _cfg_dict(values: list[int]) -> dict:
+    cfg = dict(zip(_CFG_KEYS, values, strict=True))
+    cfg["MAXNREG_BWD"] = cfg["MAXNREG_BWD"] or None
+    return cfg
+
+
+def _n_checkpoints(L: int, cfg: dict) -> int:
+    return triton.cdiv(L, cfg["BLOCK_T_BWD"])
+
+
+@torch.library.custom_op("fusion::scan_fwd", mutates_args=(), tags=_LAYOUT_TAGS)
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+              z: Tensor | None, delta_bias: Tensor | None, lengths: Tensor | None,
+              softplus: bool, config: list[int], store_states: bool) -> tuple[Tensor, Tensor]:
+    """y in u's layout and (when `store_states`) the checkpointed states the backward reads."""
+    cfg = _cfg_dict(config)
+    b, d, L = u.shape
+    n = A.shape[-1]
+    y = _like(u, u.dtype)
+    states = (torch.empty((b, d, _n_checkpoints(L, cfg), n), dtype=torch.float32,
+                          device=u.device)
+              if store_states else y.new_empty((1, 1, 1, 1), dtype=torch.float32))
+    dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
+    grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
+        y, states, L, d, n,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *y.stride(), *states.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states,
+        STATES_UNIT=_states_unit(B, C),
+        BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
+        CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
+    )
+    return y, states
+
+
+@_scan_fwd.register_fake
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, lengths, softplus, config,
+                   store_states):
+    b, d, L = u.shape
+    shape = (b, d, _n_checkpoints(L, _cfg_dict(config)), A.shape[-1]) if store_states else (
+        1, 1, 1, 1)
+    return _like(u, u.dtype), u.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("fusion::scan_bwd", mutates_args=(), tags=_LAYOUT_TAGS)
+def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+              D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+              lengths: Tensor | None, states: Tensor, softplus: bool,
+              config: list[int]) -> list[Tensor]:
+    """Gradients of u, delta, A, B, C, D, z, delta_bias (empty tensors for absent ones), the
+    partial sums over rows and blocks of channels already added up."""
+    cfg = _cfg_dict(config)
+    b, d, L = u.shape
+    n = A.shape[-1]
+    dev = u.device
+    du = _like(u, u.dtype)
+    ddelta = _like(u, delta.dtype)
+    dz = None if z is None else _like(u, z.dtype)
+    dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
+    # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
+    blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
+    dB = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
+    dC = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
+    dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)
+    dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
+                                                        device=dev)
+    dummy = du
+    states_unit = _states_unit(B, C)
+    # a register cap is a compile option (the interpreter takes none)
+    cap = None if triton_interpreted() else backward_maxnreg(cfg, states_unit)
+    options = {} if cap is None else {"maxnreg": cap}
+    _scan_bwd_kernel[(b, blocks)](
+        u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
+        states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
+        dummy if dD is None else dD, dummy if dbias is None else dbias,
+        L, d, n,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
+        BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
+        num_warps=cfg["WARPS_BWD"], **options,
+    )
+    return [du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
+            _none(u) if D is None else dD.sum(0).to(D.dtype), _none(u) if dz is None else dz,
+            _none(u) if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
+
+
+def _none(u: Tensor) -> Tensor:
+    """An absent gradient (an operator's outputs are tensors, each its own)."""
+    return u.new_empty(0)
+
+
+@_scan_bwd.register_fake
+def _scan_bwd_fake(gy, u, delta, A, B, C, D, z, delta_bias, lengths, states, softplus,
+                   config):
+    b, d, L = u.shape
+    return [_like(u, u.dtype), _like(u, delta.dtype), A.new_empty(A.shape),
+            B.new_empty((b, B.shape[1], L)), C.new_empty((b, C.shape[1], L)),
+            _none(u) if D is None else D.new_empty(D.shape),
+            _none(u) if z is None else _like(u, z.dtype),
+            _none(u) if delta_bias is None else delta_bias.new_empty(delta_bias.shape)]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, z, delta_bias, lengths, softplus, config, store_states = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, lengths, output[1])
+    ctx.softplus, ctx.config = softplus, config
+
+
+def _backward(ctx, gy, _gstates):
+    u, delta, A, B, C, D, z, delta_bias, lengths, states = ctx.saved_tensors
+    grads = torch.ops.fusion.scan_bwd(gy, u, delta, A, B, C, D, z, delta_bias, lengths,
+                                      states, ctx.softplus, ctx.config)
+    present = (u, delta, A, B, C, D, z, delta_bias)
+    return (*(None if t is None else g for t, g in zip(present, grads, strict=True)),
+            None, None, None, None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_triton(
@@ -538,6 +607,6 @@ def selective_scan_triton(
         out_dtype = None
     if b == 0 or d == 0 or L == 0:
         return torch.zeros_like(u)
-    cfg = scan_config(L, d, A.shape[-1], config)
-    y = _TritonScan.apply(*tensors, lengths, delta_softplus, cfg, needs_grad)
+    cfg = _cfg_list(scan_config(L, d, A.shape[-1], config))
+    y, _ = torch.ops.fusion.scan_fwd(*tensors, lengths, bool(delta_softplus), cfg, needs_grad)
     return y if out_dtype is None else y.to(out_dtype)

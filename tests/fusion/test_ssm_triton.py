@@ -303,6 +303,18 @@ for backend in ("triton", "torch"):
 for got, ref in zip(results["triton"], results["torch"], strict=True):
     assert_close(got, ref, 1e-5)
 print("the Mamba head matches the torch backend")
+# the kernels' launches as torch.library operators: schema, fake (shapes and strides, for
+# torch.compile) and autograd registration, on the head's channels-last views (no lengths:
+# opcheck compares every output of two runs, and the checkpointed states past a row's length
+# are never written)
+from fusion import ssm_triton as st
+
+cfg = st._cfg_list(st.scan_config(L, d, n, ScanConfig(block_t=4, block_d_bwd=4)))
+args = (xz[..., :d].transpose(1, 2), dl.transpose(1, 2), A, bc[..., 3:3 + n].transpose(1, 2),
+        bc[..., 3 + n:].transpose(1, 2), D, xz[..., d:].transpose(1, 2), bias,
+        None, True, cfg, True)
+checks = torch.library.opcheck(torch.ops.fusion.scan_fwd.default, args)
+assert set(checks.values()) == {"SUCCESS"}, checks
 print("interpreter: all cases match the torch backend")
 """
 
@@ -538,3 +550,36 @@ def test_mamba_head_triton_equals_torch_backend(monkeypatch):
     with torch.autocast("cuda", torch.bfloat16):
         ref = head(inputs, masks)
     torch.testing.assert_close(out["verb"].float(), ref["verb"].float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_compiled_head_runs_the_scan_operators_in_their_eager_layouts(monkeypatch):
+    """torch.compile calls the kernels' launches as operators (`fusion::scan_fwd/bwd`) with
+    the strides the eager head gives them (traced, they lost their layouts and register cap)
+    and gets the eager head's values and gradients."""
+    needs_triton()
+    from fusion import ssm_triton
+
+    head = small_mamba(depth=2).cuda()
+    head.backend = "triton"
+    inputs, masks = ragged_batch(n=6, device="cuda")
+    layouts = []
+    original = ssm_triton._states_unit
+
+    def recording(B, C):
+        layouts.append((B.stride(), C.stride()))
+        return original(B, C)
+
+    monkeypatch.setattr(ssm_triton, "_states_unit", recording)
+    expected = head_results(head, inputs, masks)
+    eager_layouts, layouts[:] = list(layouts), []
+    compiled = torch.compile(head)
+    head.zero_grad()
+    out = compiled(inputs, masks)
+    (out["verb"].square().sum() + out["noun"].sum()).backward()
+    got = [out["verb"].detach(), out["noun"].detach(), head.A_log.grad.clone(),
+           head.mixers["video"][0].in_proj.weight.grad.clone(),
+           head.mixers["question"][0].x_proj.weight.grad.clone()]
+    assert sorted(layouts) == sorted(eager_layouts) and all(s[1] == 1 for s, _ in layouts)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
