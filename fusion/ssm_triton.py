@@ -49,6 +49,8 @@ Why the kernels look the way they do
   every 4 steps: the head's two scan calls 2.34 ms vs 2.73 ms in one run
   (benchmarks/results/scan_head_calls_h200_gluon_default.md; 2.31 and 2.66 in a repeat,
   scan_head_calls_h200_ab.md).
+* The two launches are `torch.library` operators (`fusion::scan_fwd`, `fusion::scan_bwd`)
+  with exact-stride layout constraints, so `torch.compile` runs them as they are (below).
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
