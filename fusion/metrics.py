@@ -25,6 +25,13 @@ the same call on float64 scores (what C3 sees after reading JSON), so verb, noun
 explicit action-list ranks equal C3's on the same numpy build even with ties. For formed
 actions we count products above the label's product (exact when nothing ties with it) and
 run C3's own sort-based procedure only on the rows where a tie could change the rank.
+Those counts (the fast paths) run in torch on the scores' own device (validation passes GPU
+tensors; numpy arrays are wrapped as CPU tensors without a copy) and compare the raw scores
+exactly; the official numpy procedure gets host copies of just the rows that need it. The
+action probabilities are float64 softmaxes in both, but torch's `exp` and sums may round
+differently from numpy's by a few ulps, so a row where any other product lies within a
+relative `_NEAR_TIE` of the label's product (not just equal to it) is also ranked by the
+official procedure: elsewhere the count cannot differ from numpy's order.
 C1 sorts the dtype it is given (float32 `.pkl`) and normalises over the batch, so under
 exact ties of float32 products its order can differ from C3's; continuous scores never tie.
 
@@ -45,8 +52,29 @@ import numpy as np
 TOP_N = 100
 ACTION_VERB_MULTIPLIER = 1000
 TASKS = ("verb", "noun", "action")
-_CHUNK = 128
+_CHUNK = 128  # rows per official (numpy, sort-based) action pass: (128, 9,700) products
 _NOT_RANKED = np.iinfo(np.int64).max
+# bytes of the (rows, verbs, nouns) float64 products per fast-path chunk (EK100: 97 x 101
+# columns, 78 kB a row): on a GPU ~3,400 rows, three chunks for the validation split; on the
+# CPU ~100 rows, which bounds memory and stays near the caches (4-16 MB measured fastest)
+_PRODUCT_BYTES = {"cuda": 256 * 2**20, "cpu": 8 * 2**20}
+# Relative distance from the label's product within which another product sends the row to
+# the official procedure. numpy and torch compute the same float64 formula exp(x - max) / sum
+# from identical inputs (x - max is one correctly rounded subtraction in both); they differ
+# only by exp's error (<= ~3 ulp in numpy's SIMD exp, <= 1 ulp in Sleef/CUDA; on the CPU
+# even equal inputs may differ by an ulp between a vector loop's body and its tail: <= 8 u
+# apart, u = 2**-53 ~ 1.1e-16), the order of the <= 100-term sum of positive terms (torch
+# sums the kept values unsorted; <= 99 u each way) and the division: a probability differs
+# by <= ~216 u, a product by <= ~434 u ~ 5e-14 relative, so two products can only swap order
+# between numpy and torch when within ~1e-13 of each other. 1e-12 leaves a factor of 10 on
+# that worst case (every rounding of one sign; measured differences are a few ulps), and a
+# product that close to the label's without an exact tie in the scores is rare (9,700
+# products against a 2e-12 window a row), so the fallback costs nothing.
+_NEAR_TIE = 1e-12
+# Label products below this go to the official procedure too: the bound above assumes the
+# exps and probabilities are normal floats (no underflow); 1e-200 keeps every factor of a
+# product near the label's far above the subnormal range.
+_TINY = 1e-200
 
 
 def to_numpy(array: Any) -> np.ndarray:
@@ -74,6 +102,42 @@ def _scores(array: Any, name: str) -> np.ndarray:
         row = int(np.nonzero(~np.isfinite(scores).all(axis=1))[0][0])
         raise ValueError(f"{name}: row {row} holds NaN or infinite scores")
     return scores
+
+
+def _score_tensor(array: Any, name: str) -> Any:
+    """The scores as a 2-D torch tensor on their own device, checked like `_scores`.
+
+    numpy arrays become CPU tensors without a copy; float32/float64 stay as they are, other
+    floating dtypes (bf16, fp16) become float32 and integers float64, all exact conversions,
+    so comparisons of these values are comparisons of `_scores`'s float64 values."""
+    import torch
+
+    scores = array.detach() if isinstance(array, torch.Tensor) else _tensor(array, "cpu")
+    if scores.dtype not in (torch.float32, torch.float64):
+        scores = scores.float() if scores.is_floating_point() else scores.double()
+    if scores.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (segments, classes) array, got "
+                         f"{tuple(scores.shape)}")
+    finite = torch.isfinite(scores).all(dim=1)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(f"{name}: row {row} holds NaN or infinite scores")
+    return scores
+
+
+def _tensor(array: Any, device: Any) -> Any:
+    """A numpy array as a torch tensor on `device`: on the CPU the same memory, no copy."""
+    import torch
+
+    values = np.asarray(array)
+    if any(stride < 0 for stride in values.strides) or not values.flags.writeable:
+        values = np.array(values)  # from_numpy takes neither reversed nor read-only views
+    return torch.from_numpy(values).to(device)
+
+
+def _host_rows(scores: Any, rows: np.ndarray) -> np.ndarray:
+    """float64 numpy copies of `rows` of a scores tensor: what the official procedure sorts."""
+    return scores.index_select(0, _tensor(rows, scores.device)).double().cpu().numpy()
 
 
 def _labels(array: Any, n: int, name: str, classes: int | None = None) -> np.ndarray:
@@ -112,23 +176,24 @@ def label_ranks(scores: Any, labels: Any) -> np.ndarray:
 
     That order puts every higher score first, so the rank is the count of higher scores
     where no other class ties the label's score; tied rows are sorted as the official code
-    sorts (a full sort per row is most of the metrics' time otherwise)."""
-    scores = _scores(scores, "scores")
-    labels = _labels(labels, len(scores), "labels", scores.shape[1])
-    own = scores[np.arange(len(scores)), labels][:, None]
-    ranks = (scores > own).sum(axis=1).astype(np.int64)
-    tied = (scores == own).sum(axis=1) > 1
-    if tied.any():
-        ranks[tied] = _position(_descending(scores[tied]), labels[tied])
+    sorts (a full sort per row is most of the metrics' time otherwise). The count runs in
+    torch on the scores' device (numpy or torch scores, any device)."""
+    scores = _score_tensor(scores, "scores")
+    return _label_ranks(scores, _labels(labels, len(scores), "labels", scores.shape[1]))
+
+
+def _label_ranks(scores: Any, labels: np.ndarray) -> np.ndarray:
+    """`label_ranks` of checked scores (a tensor) and labels (numpy int64)."""
+    import torch
+
+    own = scores.gather(1, _tensor(labels, scores.device)[:, None])
+    tied = (scores == own).sum(dim=1, dtype=torch.int32) > 1
+    above = (scores > own).sum(dim=1, dtype=torch.int32)
+    ranks = torch.where(tied, -1, above).cpu().numpy().astype(np.int64)  # one sync
+    rows = np.nonzero(ranks < 0)[0]
+    if len(rows):
+        ranks[rows] = _position(_descending(_host_rows(scores, rows)), labels[rows])
     return ranks
-
-
-def _highest(scores: np.ndarray, count: int) -> np.ndarray:
-    """The `count` highest scores of each row, highest first: the values the official
-    top-`count` list holds (which of several tied classes it keeps does not change them)."""
-    if scores.shape[1] > count:
-        scores = np.partition(scores, scores.shape[1] - count, axis=1)[:, -count:]
-    return np.sort(scores, axis=1)[:, ::-1]
 
 
 def _action_probs(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int):
@@ -153,49 +218,98 @@ def action_label_ranks(
 ) -> np.ndarray:
     """Rank of each row's true action among the verb x noun products (module docstring).
 
-    Fast path: the number of products above the label's. Where that number does not fix
-    the official rank (the label's product ties another product, or its verb/noun ties the
-    last kept class), the row is ranked by the official procedure itself: top-`top_n`
-    action list by `argsort(...)[::-1]`, then that list re-ranked the same way. Rows whose
-    action is not in the list get `_NOT_RANKED` (a miss at every k <= top_n).
+    Fast path, in torch on the scores' device: the number of products above the label's.
+    Where that number does not fix the official rank (another product ties or nearly ties
+    the label's, see `_NEAR_TIE`, or its verb/noun ties the last kept class), the row is
+    ranked by the official procedure itself, in numpy: top-`top_n` action list by
+    `argsort(...)[::-1]`, then that list re-ranked the same way. Rows whose action is not in
+    the list get `_NOT_RANKED` (a miss at every k <= top_n).
     """
-    verb_scores = _scores(verb_scores, "verb_scores")
-    noun_scores = _scores(noun_scores, "noun_scores")
+    verb_scores = _score_tensor(verb_scores, "verb_scores")
+    noun_scores = _score_tensor(noun_scores, "noun_scores")
     n = len(verb_scores)
-    verb_labels = _labels(verb_labels, n, "verb_labels", verb_scores.shape[1])
-    noun_labels = _labels(noun_labels, n, "noun_labels", noun_scores.shape[1])
-    ranks = np.full(n, _NOT_RANKED, dtype=np.int64)
-    for start in range(0, n, _CHUNK):
-        part = np.arange(start, min(start + _CHUNK, n))
-        probs, places = [], []
-        inside = np.ones(len(part), dtype=bool)  # the label's verb and noun are kept
-        edge = np.zeros(len(part), dtype=bool)  # ... or tie with the first class left out
-        for scores, labels in ((verb_scores[part], verb_labels[part]),
-                               (noun_scores[part], noun_labels[part])):
-            width = min(top_n, scores.shape[1])
-            top = _highest(scores, width + 1)
-            kept = top[:, :width]  # the official list's values, in its order
-            label_score = scores[np.arange(len(part)), labels][:, None]
-            probs.append(softmax(kept))
-            places.append((kept > label_score).sum(axis=1))  # where the label's value sits
-            inside &= label_score[:, 0] >= kept[:, -1]
-            if top.shape[1] > width:
-                edge |= (top[:, width - 1 : width + 1] == label_score).all(axis=1)
-        pv, pn = probs
-        rows = np.nonzero(inside)[0]
-        products = pv[rows, :, None] * pn[rows, None, :]
-        own = products[np.arange(len(rows)), places[0][rows], places[1][rows]][:, None, None]
-        above = np.count_nonzero(products > own, axis=(1, 2))
-        tied = np.count_nonzero(products == own, axis=(1, 2)) > 1
-        ranks[part[rows]] = np.where(above < top_n, above, _NOT_RANKED)
-        slow = edge.copy()
-        slow[rows[tied]] = True
-        if slow.any():
-            ids, scores_ = _official_action_list(
-                *_action_probs(verb_scores[part[slow]], noun_scores[part[slow]], top_n), top_n)
-            reranked = np.take_along_axis(ids, _descending(scores_), axis=1)
-            truth = action_id(verb_labels[part[slow]], noun_labels[part[slow]])
-            ranks[part[slow]] = _position(reranked, truth)
+    return _action_label_ranks(verb_scores, noun_scores,
+                               _labels(verb_labels, n, "verb_labels", verb_scores.shape[1]),
+                               _labels(noun_labels, n, "noun_labels", noun_scores.shape[1]),
+                               top_n)
+
+
+def _kept_probs(scores: Any, labels: Any, width: int) -> tuple[Any, Any, Any, Any]:
+    """One task's part of the action fast path, on the scores' device.
+
+    Returns, per row: the float64 softmax over the values of the official top-`width` list
+    (columns in any order: a count of products does not depend on it; a column of zeros may
+    stand for a class left out), the column holding the label's value, whether the label is
+    kept, and whether it ties both the last kept and the first left-out value (then which
+    tied class the official sort keeps decides, so the official procedure must rank it)."""
+    import torch
+
+    if scores.shape[1] <= width:  # every class is kept: the scores are the list's values
+        kept = torch.ones_like(labels, dtype=torch.bool)
+        return _softmax_tensor(scores.double()), labels, kept, ~kept
+    label_score = scores.gather(1, labels[:, None])
+    top = torch.topk(scores, width + 1, dim=1, sorted=False).values  # the width + 1 largest
+    # ascending: the first value left out (one instance of the smallest) and the last kept
+    cut, where = torch.topk(top, 2, dim=1, largest=False)
+    shifted = (top.double() - top.amax(dim=1, keepdim=True)).exp()
+    probs = shifted.scatter_(1, where[:, :1], 0.0)  # the left-out instance: exp -> 0
+    probs = probs / probs.sum(dim=1, keepdim=True)
+    # a column with the label's value: not the zeroed one unless the label ties the cut,
+    # and then `edge` holds (a row that is not kept gets column 0: unused)
+    place = (top == label_score).to(torch.uint8).argmax(dim=1)
+    inside = label_score[:, 0] >= cut[:, 1]
+    edge = (cut == label_score).all(dim=1)
+    return probs, place, inside, edge
+
+
+def _softmax_tensor(scores: Any) -> Any:
+    """`softmax` in torch, the same operations: `exp(x - max) / sum` per row."""
+    shifted = (scores - scores.amax(dim=1, keepdim=True)).exp()
+    return shifted / shifted.sum(dim=1, keepdim=True)
+
+
+_SLOW, _MISS = -2, -1  # fast-path codes: rank by the official procedure / not in the top_n
+
+
+def _action_label_ranks(verb_scores: Any, noun_scores: Any, verb_labels: np.ndarray,
+                        noun_labels: np.ndarray, top_n: int) -> np.ndarray:
+    """`action_label_ranks` of checked score tensors and labels (numpy int64)."""
+    import torch
+
+    device = verb_scores.device
+    noun_scores = noun_scores.to(device)
+    n = len(verb_scores)
+    # each task's probabilities for all rows at once (small); the products in chunks
+    (pv, verb_place, verb_in, verb_edge), (pn, noun_place, noun_in, noun_edge) = (
+        _kept_probs(scores, _tensor(labels, device), min(top_n, scores.shape[1]))
+        for scores, labels in ((verb_scores, verb_labels), (noun_scores, noun_labels)))
+    inside, edge = verb_in & noun_in, verb_edge | noun_edge
+    budget = _PRODUCT_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    chunk = max(1, budget // (pv.element_size() * pv.shape[1] * pn.shape[1]))
+    found = torch.empty(n, dtype=torch.int64, device=device)  # rank, _MISS or _SLOW
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        products = pv[part, :, None] * pn[part, None, :]
+        own = products[torch.arange(len(products), device=device), verb_place[part],
+                       noun_place[part]]
+        products = products.flatten(1)
+        # products above own * (1 + _NEAR_TIE) and above own * (1 - _NEAR_TIE): they differ
+        # by exactly 1 (own itself) when no other product is near own, and then the first
+        # is the count of products above own (own > 0 here: smaller ones go slow anyway)
+        above, above_low = ((products > own[:, None] * (1 + sign * _NEAR_TIE)).sum(
+            dim=1, dtype=torch.int32) for sign in (1, -1))
+        near = (above_low - above != 1) | (own < _TINY)
+        ranked = torch.where(inside[part] & (above < top_n), above.long(), _MISS)
+        found[part] = torch.where(edge[part] | (inside[part] & near), _SLOW, ranked)
+    found = found.cpu().numpy()
+    ranks = np.where(found >= 0, found, _NOT_RANKED)
+    slow_rows = np.nonzero(found == _SLOW)[0]
+    for start in range(0, len(slow_rows), _CHUNK):
+        rows = slow_rows[start : start + _CHUNK]
+        ids, scores_ = _official_action_list(*_action_probs(
+            _host_rows(verb_scores, rows), _host_rows(noun_scores, rows), top_n), top_n)
+        reranked = np.take_along_axis(ids, _descending(scores_), axis=1)
+        ranks[rows] = _position(reranked, action_id(verb_labels[rows], noun_labels[rows]))
     return ranks
 
 
@@ -255,8 +369,8 @@ def mean_class_recall(ranks: np.ndarray, labels: np.ndarray, k: int) -> float:
 def _all_ranks(
     verb_scores: Any, noun_scores: Any, verb_labels: Any, noun_labels: Any, actions: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    verb_scores = _scores(verb_scores, "verb_scores")
-    noun_scores = _scores(noun_scores, "noun_scores")
+    verb_scores = _score_tensor(verb_scores, "verb_scores")  # on their device: fast paths
+    noun_scores = _score_tensor(noun_scores, "noun_scores")
     n = len(verb_scores)
     if len(noun_scores) != n:
         raise ValueError(f"{n} rows of verb scores but {len(noun_scores)} of noun scores")
@@ -265,12 +379,13 @@ def _all_ranks(
     verb_labels = _labels(verb_labels, n, "verb_labels", verb_scores.shape[1])
     noun_labels = _labels(noun_labels, n, "noun_labels", noun_scores.shape[1])
     if actions is None:
-        action_ranks = action_label_ranks(verb_scores, noun_scores, verb_labels, noun_labels)
+        action_ranks = _action_label_ranks(verb_scores, noun_scores, verb_labels, noun_labels,
+                                           TOP_N)
     else:
         action_ranks = candidate_label_ranks(*actions, verb_labels, noun_labels)
     ranks = {
-        "verb": label_ranks(verb_scores, verb_labels),
-        "noun": label_ranks(noun_scores, noun_labels),
+        "verb": _label_ranks(verb_scores, verb_labels),
+        "noun": _label_ranks(noun_scores, noun_labels),
         "action": action_ranks,
     }
     labels = {"verb": verb_labels, "noun": noun_labels,

@@ -235,3 +235,128 @@ def test_shortcuts_equal_the_official_sort_with_and_without_ties(levels):
     # and with a top-n cut inside the verbs too
     cut = _official_ranks(verb, noun, verb_labels, noun_labels, top_n=20)[2]
     assert (action_label_ranks(verb, noun, verb_labels, noun_labels, top_n=20) == cut).all()
+
+
+def _routed_rows(monkeypatch) -> list:
+    """Records the rows handed to the official (numpy) procedure: each call's row indices."""
+    from fusion import metrics
+
+    routed: list = []
+    original = metrics._host_rows
+
+    def recording(scores, rows):
+        routed.append(np.array(rows))
+        return original(scores, rows)
+
+    monkeypatch.setattr(metrics, "_host_rows", recording)
+    return routed
+
+
+def _tensor_case(kind: str, dtype: torch.dtype, n: int = 600):
+    """EK100-shaped scores as tensors of `dtype` and labels: random logits or scores on a
+    few levels (ties everywhere)."""
+    rng = np.random.default_rng(11)
+    verb_labels, noun_labels = rng.integers(0, 97, n), rng.integers(0, 300, n)
+    verb, noun = _signal_scores(rng, verb_labels, noun_labels, 97, 300)
+    if kind == "tied":
+        verb, noun = np.round(verb * 3 / 8), np.round(noun * 3 / 8)
+    tensors = (torch.tensor(x, dtype=dtype) for x in (verb, noun))
+    return *tensors, verb_labels, noun_labels
+
+
+def _check_tensors_against_official(verb, noun, verb_labels, noun_labels):
+    """Ranks of tensors (any device) == ranks of the same values as numpy == the official
+    sort-based procedure on every row (float64, as the official code sees them)."""
+    host_verb, host_noun = (x.cpu().float().numpy() if x.dtype == torch.bfloat16
+                            else x.cpu().numpy() for x in (verb, noun))
+    for top_n in (100, 20):
+        official = _official_ranks(host_verb.astype(np.float64), host_noun.astype(np.float64),
+                                   verb_labels, noun_labels, top_n=top_n)
+        if top_n == 100:
+            for scores, host, labels, want in ((verb, host_verb, verb_labels, official[0]),
+                                               (noun, host_noun, noun_labels, official[1])):
+                assert (label_ranks(scores, labels) == want).all()
+                assert (label_ranks(host, labels) == want).all()
+        got = action_label_ranks(verb, noun, verb_labels, noun_labels, top_n=top_n)
+        assert got.dtype == np.int64 and (got == official[2]).all()
+        assert (action_label_ranks(host_verb, host_noun, verb_labels, noun_labels,
+                                   top_n=top_n) == official[2]).all()
+    for metrics in (recognition_metrics, anticipation_metrics):
+        assert metrics(verb, noun, verb_labels, noun_labels) == metrics(
+            host_verb, host_noun, verb_labels, noun_labels)
+
+
+def _near_tie_case(n: int = 400):
+    """Rows whose label product (verb a, noun b) has a twin (c, d) equal in exact arithmetic:
+    c's logit is a's + delta and d's is b's - delta, so p(a) p(b) and p(c) p(d) differ only
+    by rounding, often by one ulp (float64). Returns scores, labels and the one-ulp rows."""
+    from fusion.metrics import _action_probs
+
+    rng = np.random.default_rng(5)
+    verb, noun = rng.normal(size=(n, 97)), rng.normal(size=(n, 300))
+    rows = np.arange(n)
+    a, b = rng.integers(0, 48, n), rng.integers(0, 150, n)
+    c, d = a + 48, b + 150
+    verb[rows, a] += 3
+    noun[rows, b] += 3
+    delta = rng.uniform(0.01, 0.5, n)
+    verb[rows, c] = verb[rows, a] + delta
+    noun[rows, d] = noun[rows, b] - delta
+    verbs, nouns, pv, pn = _action_probs(verb, noun, 100)  # the official probabilities
+
+    def product(v, u):
+        return pv[rows, (verbs == v[:, None]).argmax(1)] * pn[rows, (nouns == u[:, None]).argmax(1)]
+
+    own, twin = product(a, b), product(c, d)
+    one_ulp = (twin == np.nextafter(own, np.inf)) | (twin == np.nextafter(own, -np.inf))
+    return verb, noun, a, b, np.nonzero(one_ulp)[0]
+
+
+def _check_near_ties_go_official(monkeypatch, device: str):
+    verb, noun, verb_labels, noun_labels, one_ulp = _near_tie_case()
+    assert len(one_ulp) >= 20  # the case does what it says
+    official = _official_ranks(verb, noun, verb_labels, noun_labels)[2]
+    routed = _routed_rows(monkeypatch)
+    for dtype in (torch.float64, torch.float32):
+        tv, tn = (torch.tensor(x, dtype=dtype, device=device) for x in (verb, noun))
+        routed.clear()
+        got = action_label_ranks(tv, tn, verb_labels, noun_labels)
+        host = (tv.cpu().double().numpy(), tn.cpu().double().numpy())
+        assert (got == _official_ranks(*host, verb_labels, noun_labels)[2]).all()
+        if dtype == torch.float64:
+            assert (got == official).all()
+            # torch's exp/sums may round these products apart differently from numpy's: the
+            # near-tie guard must hand every one-ulp row to the official sort
+            assert set(one_ulp) <= set(np.concatenate(routed).tolist())
+
+
+@pytest.mark.parametrize("kind", ["random", "tied"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_torch_fast_paths_equal_numpy_and_the_official_sort(monkeypatch, kind, dtype):
+    """The fast paths run in torch on the scores' device: CPU tensors of each dtype rank
+    exactly as the same values in numpy and as the official procedure, ties included."""
+    verb, noun, verb_labels, noun_labels = _tensor_case(kind, dtype)
+    routed = _routed_rows(monkeypatch)
+    _check_tensors_against_official(verb, noun, verb_labels, noun_labels)
+    if kind == "random" and dtype != torch.bfloat16:
+        assert not routed  # continuous scores: every row on the fast path (no fallback)
+    else:
+        assert routed  # ties: the official sort ran
+
+
+def test_near_tied_products_go_to_the_official_sort(monkeypatch):
+    _check_near_ties_go_official(monkeypatch, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "tied"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cuda_fast_paths_equal_the_official_sort(monkeypatch, kind, dtype):
+    """As on the CPU, with the scores on the GPU (as validation passes them)."""
+    verb, noun, verb_labels, noun_labels = _tensor_case(kind, dtype)
+    verb, noun = verb.cuda(), noun.cuda()
+    routed = _routed_rows(monkeypatch)
+    _check_tensors_against_official(verb, noun, verb_labels, noun_labels)
+    if kind == "random" and dtype != torch.bfloat16:
+        assert not routed
+    _check_near_ties_go_official(monkeypatch, "cuda")
