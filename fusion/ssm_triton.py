@@ -454,7 +454,8 @@ def _strides3(t: Tensor | None) -> tuple[int, int, int]:
 # into them. Traced, a launch lost its register cap and got its inputs in other layouts, and
 # inductor fused the partial-sum reductions into slower kernels: the backward ran 0.80 ms a
 # call instead of 0.60 in a compiled, graphed EK100 step (H200, issue18_status.md).
-_LAYOUT_TAGS = (torch.Tag.needs_exact_strides,)
+# (an older torch without the exact-strides tag: fixed stride order, which may copy a view)
+_LAYOUT_TAGS = (getattr(torch.Tag, "needs_exact_strides", torch.Tag.needs_fixed_stride_order),)
 _CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "BLOCK_D_FWD", "BLOCK_D_BWD", "WARPS_FWD",
              "WARPS_BWD", "MAXNREG_BWD", "GROUP_BWD")
 
