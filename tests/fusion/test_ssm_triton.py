@@ -218,9 +218,6 @@ CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks an
     (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
     # forward chunks of 8 storing a state every 2 steps, backward walking chunks of 2
     (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=8, block_t_bwd=2, block_d_bwd=4)),
-    # backward programs walking 2 or 3 blocks of channels (3: the last group runs past d)
-    (2, 8, 4, 9, True, [9, 3], ScanConfig(block_t=4, block_d_bwd=2, group_bwd=2)),
-    (3, 7, 3, 13, False, [13, 5, 0], ScanConfig(block_t=4, block_d_bwd=2, group_bwd=3)),
 ]
 for b, d, n, L, options, lengths, config in CASES:
     inputs = make_inputs(b, d, n, L, torch.float32, seed=L + d, options=options)
