@@ -283,15 +283,16 @@ class MambaFusion(FusionHead):
                                      pieces[b]["u"].dtype) for b in names]
             stacked = {k: _pad_cat([pieces[b][k] for b in names], dim=-1)
                        for k in ("u", "B", "C")}
-            rows = None
+            row_lengths = None
             if lengths is not None:
-                rows = torch.cat([lengths[b] for b in names])
+                row_lengths = torch.cat([lengths[b] for b in names])
             elif ragged and len({pieces[b]["u"].shape[-1] for b in names}) > 1:
-                rows = torch.cat([torch.full((pieces[b]["u"].shape[0],),
-                                             pieces[b]["u"].shape[-1], dtype=torch.int32,
-                                             device=stacked["u"].device) for b in names])
+                row_lengths = torch.cat([torch.full((pieces[b]["u"].shape[0],),
+                                                    pieces[b]["u"].shape[-1], dtype=torch.int32,
+                                                    device=stacked["u"].device)
+                                         for b in names])
             y = selective_scan(stacked["u"], _pad_cat(deltas, dim=-1), A, stacked["B"],
-                               stacked["C"], backend=self.backend, lengths=rows)
+                               stacked["C"], backend=self.backend, lengths=row_lengths)
             start = 0
             for b in names:
                 p = pieces[b]
