@@ -562,19 +562,41 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
 def apply_gradients(model: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
                     config: TrainConfig, scaler: torch.amp.GradScaler | None = None) -> None:
     """Backward, gradient clipping and the optimizer update (the caller zeroes gradients);
-    with an fp16 `scaler`, on scaled gradients, unscaled before clipping."""
+    with an fp16 `scaler`, on scaled gradients, unscaled before clipping. With fused AdamW
+    (CUDA) and no scaler, the clipping factor goes into the update itself (`_clip_in_step`)."""
     if scaler is None:
         loss.backward()
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    if config.grad_clip > 0:
+    if config.grad_clip > 0 and scaler is None and _fused_adam(optimizer):
+        _clip_in_step(model, optimizer, config.grad_clip)
+    elif config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     if scaler is None:
         optimizer.step()
     else:
         scaler.step(optimizer)
         scaler.update()
+
+
+def _fused_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """Every group runs PyTorch's fused Adam(W) kernel, which divides the gradients by the
+    optimizer's `grad_scale` tensor as it reads them (the hook `torch.amp.GradScaler` uses)."""
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and all(
+        g.get("fused") for g in optimizer.param_groups)
+
+
+def _clip_in_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  max_norm: float) -> None:
+    """Gradient-norm clipping done by the fused AdamW kernel: `clip_grad_norm_`'s factor
+    max_norm / (norm + 1e-6), at most 1, becomes the optimizer's `grad_scale` divisor, so no
+    pass multiplies every gradient in place (one multi-tensor kernel a step fewer; equal
+    updates up to float rounding, `tests/fusion/test_train.py`). `.grad` keeps the unclipped
+    gradients."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
 
 
 def _rng_state(generator: torch.Generator) -> dict:

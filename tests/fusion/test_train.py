@@ -531,3 +531,26 @@ def test_interrupted_cuda_run_resumes_from_its_weights_only_checkpoint(
     for key, value in a.items():
         assert torch.allclose(value, b[key], rtol=1e-3, atol=1e-4), key
     assert abs(whole["best"]["action_top1"] - resumed["best"]["action_top1"]) < 0.05
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 1e6])  # clipping active / never needed
+def test_clipping_inside_fused_adamw_equals_clip_grad_norm(max_norm: float) -> None:
+    """`apply_gradients` hands the clipping factor to fused AdamW (the CUDA path) instead of
+    scaling every gradient: the parameters must follow `clip_grad_norm_` + AdamW's."""
+    from fusion.train import apply_gradients
+
+    torch.manual_seed(0)
+    fused = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    plain.load_state_dict(fused.state_dict())
+    opt_fused = torch.optim.AdamW(fused.parameters(), lr=1e-2, fused=True)
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-2, foreach=False)
+    config = TrainConfig(grad_clip=max_norm)
+    for _ in range(4):
+        x = torch.randn(32, 8) * 10
+        for model, opt in ((fused, opt_fused), (plain, opt_plain)):
+            opt.zero_grad()
+            apply_gradients(model, (model(x) ** 2).sum(), opt, config)
+    for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert opt_fused.grad_scale.item() > 1.0 if max_norm == 1.0 else opt_fused.grad_scale == 1.0
