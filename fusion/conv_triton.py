@@ -132,13 +132,6 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, J: tl.constexpr,
-                 PAD: tl.constexpr):
-    """g_t * x[t + J - PAD]: tap J's term of dweight, a (BLOCK_L, BLOCK_D) tile."""
-    return g * _load_tile(x_row, t + (J - PAD), d_offs, d_mask, L, s_xl, s_xd)
-
-
-@triton.jit
 def _store_tap(dw_ptr, s_pk, acc, d_offs, d_mask, J: tl.constexpr):
     tl.store(dw_ptr + J * s_pk + d_offs, tl.sum(acc, axis=0), mask=d_mask)
 
@@ -181,11 +174,27 @@ def _conv_grad_kernel(
     for blk in range(first, tl.minimum(first + blocks_per_chunk, n_lblocks)):
         t = blk * BLOCK_L + tl.arange(0, BLOCK_L)
         g = _load_tile(gy_row, t, d_offs, d_mask, L, s_gl, s_gd)  # 0 past L
+        # taps 0-3's shifted x tiles, loaded once for the pre-activation and dweight (the
+        # store of g between them would otherwise make the compiler load them again)
+        x0 = _load_tile(x_row, t - PAD, d_offs, d_mask, L, s_xl, s_xd)
+        if K > 1:
+            x1 = _load_tile(x_row, t + (1 - PAD), d_offs, d_mask, L, s_xl, s_xd)
+        if K > 2:
+            x2 = _load_tile(x_row, t + (2 - PAD), d_offs, d_mask, L, s_xl, s_xd)
+        if K > 3:
+            x3 = _load_tile(x_row, t + (3 - PAD), d_offs, d_mask, L, s_xl, s_xd)
         if SILU:  # recompute the pre-activation (x is all that was saved)
             pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
             if HAS_BIAS:
                 pre += bias[None, :]
-            for j in tl.static_range(K):
+            pre += _load_vec(w_ptr, d_offs, d_mask, s_wd)[None, :] * x0
+            if K > 1:
+                pre += _load_vec(w_ptr + s_wk, d_offs, d_mask, s_wd)[None, :] * x1
+            if K > 2:
+                pre += _load_vec(w_ptr + 2 * s_wk, d_offs, d_mask, s_wd)[None, :] * x2
+            if K > 3:
+                pre += _load_vec(w_ptr + 3 * s_wk, d_offs, d_mask, s_wd)[None, :] * x3
+            for j in tl.static_range(4, K):
                 w_j = _load_vec(w_ptr + j * s_wk, d_offs, d_mask, s_wd)
                 pre += w_j[None, :] * _load_tile(x_row, t + (j - PAD), d_offs, d_mask, L,
                                                  s_xl, s_xd)
@@ -194,13 +203,13 @@ def _conv_grad_kernel(
             tl.store(g_row + t[:, None] * s_hl + d_offs[None, :] * s_hd,
                      g.to(g_ptr.dtype.element_ty), mask=(t < L)[:, None] & d_mask[None, :])
         db_acc += g
-        acc0 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 0, PAD)
+        acc0 += g * x0
         if K > 1:
-            acc1 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 1, PAD)
+            acc1 += g * x1
         if K > 2:
-            acc2 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 2, PAD)
+            acc2 += g * x2
         if K > 3:
-            acc3 += _tap_product(g, x_row, t, d_offs, d_mask, L, s_xl, s_xd, 3, PAD)
+            acc3 += g * x3
         if K > 4:
             pos = t[None, :, None] + rr[:, None, None] + (4 - PAD)  # taps 4 + r
             x_r = tl.load(x_row + pos * s_xl + d_offs[None, None, :] * s_xd,
