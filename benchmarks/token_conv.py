@@ -34,8 +34,10 @@ from fusion.token_conv import token_conv  # noqa: E402
 
 SHAPES = ((128, 16, 2048), (128, 64, 2048), (256, 32, 2048), (128, 80, 1536), (32, 3137, 2048))
 CASES = ((4, True, "silu"), (3, False, "none"))  # Mamba's causal conv; the eq. 5 convolution
-SWEEP = ((8, 128, 1), (16, 128, 1), (32, 128, 1), (8, 256, 1), (16, 256, 2), (16, 128, 2),
-         (8, 256, 2), (16, 128, 4))  # backward (block_l, block_d, warps)
+SWEEP = ((8, 128, 1, False), (16, 128, 1, False), (32, 128, 1, False), (8, 256, 1, False),
+         (16, 256, 2, False), (16, 128, 2, False), (8, 256, 2, False), (16, 128, 4, False),
+         (8, 128, 1, True), (16, 128, 1, True), (32, 128, 1, True), (16, 128, 4, True))
+"""The backward's (block_l, block_d, warps, dweight_per_tile) choices `--sweep` times."""
 
 
 @dataclass
@@ -117,17 +119,19 @@ def sweep(c: TokenConvBenchConfig) -> tuple[list[dict], str]:
     from fusion import conv_triton
     from fusion.conv_triton import ConvConfig
 
-    rows, lines = [], ["| b, L, d | block_l_bwd | block_d_bwd | warps | fwd+bwd µs |",
-                       "|---|---|---|---|---|"]
+    rows, lines = [], ["| b, L, d | block_l_bwd | block_d_bwd | warps | dweight per tile | "
+                       "fwd+bwd µs |", "|---|---|---|---|---|---|"]
     default = conv_triton.DEFAULT_CONFIG
     try:
-        for (b, L, d), (bl, bd, warps) in itertools.product(SHAPES, SWEEP):
+        for (b, L, d), (bl, bd, warps, per_tile) in itertools.product(SHAPES, SWEEP):
             conv_triton.DEFAULT_CONFIG = ConvConfig(block_l_bwd=bl, block_d_bwd=bd,
-                                                    num_warps_bwd=warps)
+                                                    num_warps_bwd=warps,
+                                                    dweight_per_tile=per_tile)
             us = kernel_us(calls(b, L, d, 4, True, "silu", "triton")[1], c.iters)
             rows.append({"shape": [b, L, d], "block_l_bwd": bl, "block_d_bwd": bd,
-                         "num_warps_bwd": warps, "fwd_bwd_us": round(us, 1)})
-            lines.append(f"| {b}, {L}, {d} | {bl} | {bd} | {warps} | {us:.0f} |")
+                         "num_warps_bwd": warps, "dweight_per_tile": per_tile,
+                         "fwd_bwd_us": round(us, 1)})
+            lines.append(f"| {b}, {L}, {d} | {bl} | {bd} | {warps} | {per_tile} | {us:.0f} |")
             print(lines[-1], flush=True)
     finally:
         conv_triton.DEFAULT_CONFIG = default
