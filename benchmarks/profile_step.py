@@ -10,8 +10,10 @@ bf16 autocast, gradient clipping) on one random EK100-shaped batch (batch 128; v
 1024; two questions of 32 x 768 with ragged masks), times it with CUDA events, and profiles a
 few steps. Reported per head: ms per step, the share of GPU time spent in the selective scan
 (kernels whose name contains "scan"), GPU-busy share of the step (low = launch/CPU bound),
-kernels launched per step, and the top kernels. Results: `benchmarks/results/profile_step.md`
-(`--quick`: `profile_step_quick.md`).
+kernels launched per step, the top kernels, and (on a GPU) the step's time by kernel group
+(scan, GEMMs, token convolutions, inductor's fused kernels, optimizer, reductions, copies:
+`kernel_group_table`, readable under compile and CUDA graphs). Results:
+`benchmarks/results/profile_step.md` (`--quick`: `profile_step_quick.md`).
 """
 
 from __future__ import annotations
@@ -127,9 +129,46 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
            "kernels_per_step": round(launches, 1) if cuda else None,
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     table = events.table(sort_by=key, row_limit=c.top)
+    if kernels:
+        table += "\n\n" + kernel_group_table(kernels, steps=5)
     if c.ops and not (c.cuda_graphs and cuda):
         table += "\n\n" + operator_table(events, c.ops, cuda, steps=5)
     return row, table
+
+
+KERNEL_GROUPS = (
+    ("scan", ("_scan_",)),
+    ("token convolutions", ("_conv_fwd_kernel", "_conv_grad_kernel")),
+    ("GEMMs", ("nvjet", "gemm", "cutlass", "cublas", "triton_mm", "triton_tem")),
+    ("optimizer and clipping (multi-tensor)", ("multi_tensor", "lpnorm")),
+    ("reductions (aten)", ("reduce_kernel",)),
+    ("inductor's fused kernels", ("triton_poi", "triton_per", "triton_red")),
+    ("copies", ("Memcpy", "Memset")),
+    ("other aten elementwise", ("elementwise_kernel", "vectorized_", "softmax")),
+)
+"""Kernel-name fragments of each group of `kernel_group_table`, first match wins."""
+
+
+def kernel_group(name: str) -> str:
+    """The `KERNEL_GROUPS` group of a CUDA kernel's name, `other` if none matches."""
+    return next((group for group, parts in KERNEL_GROUPS
+                 if any(part.lower() in name.lower() for part in parts)), "other")
+
+
+def kernel_group_table(kernels, steps: int) -> str:
+    """GPU time and kernel count per step by kernel group: what part of the step (scan, GEMMs,
+    the fused elementwise work, the optimizer) a change has to beat; readable under CUDA
+    graphs and compile, where operator names are gone but kernel names stay."""
+    totals: dict[str, list[float]] = {}
+    for e in kernels:
+        group = totals.setdefault(kernel_group(e.key), [0.0, 0.0])
+        group[0] += getattr(e, "self_device_time_total", 0) / steps
+        group[1] += e.count / steps
+    everything = sum(t for t, _ in totals.values()) or 1.0
+    lines = [f"{'kernel group':<40} {'us/step':>9} {'kernels/step':>12} {'share':>6}"]
+    for group, (us, count) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{group:<40} {us:>9.1f} {count:>12.1f} {us / everything:>6.1%}")
+    return "\n".join(lines)
 
 
 def operator_table(events, top: int, cuda: bool, steps: int) -> str:
