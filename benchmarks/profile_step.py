@@ -118,7 +118,7 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
                                      and str(e.device_type).endswith("CUDA"))] if cuda else []
     gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels)
     scan_us = sum(getattr(e, "self_device_time_total", 0) for e in kernels
-                  if "scan" in e.key.lower())
+                  if kernel_group(e.key) == "scan")
     launches = sum(e.count for e in kernels) / 5
     row = {"head": fusion + (" (compiled)" if c.compile else "")
            + (" (CUDA graph)" if c.cuda_graphs else ""),
@@ -137,7 +137,7 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
 
 
 KERNEL_GROUPS = (
-    ("scan", ("_scan_",)),
+    ("scan", ("scan",)),  # also the scan share of the summary row
     ("token convolutions", ("_conv_fwd_kernel", "_conv_grad_kernel")),
     ("GEMMs", ("nvjet", "gemm", "cutlass", "cublas", "triton_mm", "triton_tem")),
     ("optimizer and clipping (multi-tensor)", ("multi_tensor", "lpnorm")),
