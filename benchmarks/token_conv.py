@@ -34,10 +34,8 @@ from fusion.token_conv import token_conv  # noqa: E402
 
 SHAPES = ((128, 16, 2048), (128, 64, 2048), (256, 32, 2048), (128, 80, 1536), (32, 3137, 2048))
 CASES = ((4, True, "silu"), (3, False, "none"))  # Mamba's causal conv; the eq. 5 convolution
-SWEEP = ((8, 128, 1, False), (16, 128, 1, False), (32, 128, 1, False), (8, 256, 1, False),
-         (16, 256, 2, False), (16, 128, 2, False), (8, 256, 2, False), (16, 128, 4, False),
-         (8, 128, 1, True), (16, 128, 1, True), (32, 128, 1, True), (16, 128, 4, True))
-"""The backward's (block_l, block_d, warps, dweight_per_tile) choices `--sweep` times."""
+SWEEP = ((8, 128, 1), (8, 64, 1), (16, 64, 1), (8, 32, 1), (16, 32, 1), (4, 128, 1),
+         (8, 128, 2), (16, 128, 4))  # backward (block_l, block_d, warps)
 
 
 @dataclass
@@ -119,19 +117,18 @@ def sweep(c: TokenConvBenchConfig) -> tuple[list[dict], str]:
     from fusion import conv_triton
     from fusion.conv_triton import ConvConfig
 
-    rows, lines = [], ["| b, L, d | block_l_bwd | block_d_bwd | warps | dweight per tile | "
+    rows, lines = [], ["| b, L, d | k, activation | block_l_bwd | block_d_bwd | warps | "
                        "fwd+bwd µs |", "|---|---|---|---|---|---|"]
     default = conv_triton.DEFAULT_CONFIG
     try:
-        for (b, L, d), (bl, bd, warps, per_tile) in itertools.product(SHAPES, SWEEP):
+        for (b, L, d), (k, causal, act), (bl, bd, warps) in itertools.product(
+                SHAPES, CASES, SWEEP):
             conv_triton.DEFAULT_CONFIG = ConvConfig(block_l_bwd=bl, block_d_bwd=bd,
-                                                    num_warps_bwd=warps,
-                                                    dweight_per_tile=per_tile)
-            us = kernel_us(calls(b, L, d, 4, True, "silu", "triton")[1], c.iters)
-            rows.append({"shape": [b, L, d], "block_l_bwd": bl, "block_d_bwd": bd,
-                         "num_warps_bwd": warps, "dweight_per_tile": per_tile,
-                         "fwd_bwd_us": round(us, 1)})
-            lines.append(f"| {b}, {L}, {d} | {bl} | {bd} | {warps} | {per_tile} | {us:.0f} |")
+                                                    num_warps_bwd=warps)
+            us = kernel_us(calls(b, L, d, k, causal, act, "triton")[1], c.iters)
+            rows.append({"shape": [b, L, d], "k": k, "activation": act, "block_l_bwd": bl,
+                         "block_d_bwd": bd, "num_warps_bwd": warps, "fwd_bwd_us": round(us, 1)})
+            lines.append(f"| {b}, {L}, {d} | {k}, {act} | {bl} | {bd} | {warps} | {us:.0f} |")
             print(lines[-1], flush=True)
     finally:
         conv_triton.DEFAULT_CONFIG = default

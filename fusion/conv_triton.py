@@ -34,12 +34,15 @@ Kernels
   backward kernel recomputing pre at the k output tokens each x_t feeds (k^2 loads, k
   sigmoids per element) took about 3x the two kernels' time at (32, 3137, 2048); reducing
   dweight across tokens once per tile instead of once per program, or through a
-  (k, BLOCK_L, BLOCK_D) tap axis, was 1.5-2.5x slower (with the four-warp tiles of the time,
-  whose tokens span warps; `ConvConfig.dweight_per_tile` keeps the per-tile sums for the
-  one-warp tiles of today, untimed). One warp per backward program with
+  (k, BLOCK_L, BLOCK_D) tap axis, was 1.5-2.5x slower. One warp per backward program with
   8 x 128 tiles beat four warps at L <= 32 (fwd+bwd 68 vs 100 us at (128, 16, 2048), 248 vs
   304 us at (256, 32, 2048)) and lost 10% at (32, 3137, 2048) (2475 vs 2244 us); 16-token
-  tiles with one warp spill at long L (4x slower there).
+  tiles with one warp spill at long L (4x slower there). Those 8 x 128 tiles spill too (SiLU,
+  k = 4: 255 registers and 648 bytes of stack a thread in the sm_90 compile); 8 x 64 tiles
+  do not (241 registers) and are faster at every size swept: fwd+bwd 197 vs 233 us at
+  (256, 32, 2048), 60 vs 65 at (128, 16, 2048), 1889 vs 2627 at (32, 3137, 2048)
+  (benchmarks/results/token_conv_h200_sweep_s8.md). Summing dweight per tile into (BLOCK_D,)
+  accumulators (02d5ebf, since reverted) was no faster than the 8 x 64 tiles.
 * Strides are run-time values (a unit channel stride is specialised by Triton, which
   vectorises those loads); offsets of a row are int64, so views of (b, L, 2d) tensors beyond
   2^31 elements are fine.
@@ -62,23 +65,19 @@ class ConvConfig:
     channels per tile `block_d` / `block_d_bwd` (None: `block_d`), capped at d likewise; the
     g/dweight grid is chunked along tokens until it has about `min_programs` programs;
     `blocks_per_chunk` forces the chunk length (tests); `num_stages_bwd` None = Triton's.
-    Defaults: the fastest of a sweep on one H200 for b = 128-256, L = 16-32, d = 2048 (module
-    docstring); the forward's 32 x 128 tiles with 4 warps were the fastest at every size."""
+    Defaults: the fastest of sweeps on one H200 for b = 128-256, L = 16-32, d = 2048 (module
+    docstring): backward 8 x 64 tiles, one warp; the forward's 32 x 128 tiles with 4 warps
+    were the fastest at every size."""
 
     block_l_fwd: int = 32
     block_l_bwd: int = 8
     block_d: int = 128
-    block_d_bwd: int | None = None
+    block_d_bwd: int | None = 64
     num_warps_fwd: int = 4
     num_warps_bwd: int = 1
     num_stages_bwd: int | None = None
     min_programs: int = 4096
     blocks_per_chunk: int | None = None
-    dweight_per_tile: bool = False
-    """Sum dweight/dbias over each tile's tokens as the program goes ((BLOCK_D,) accumulators)
-    instead of keeping (BLOCK_L, BLOCK_D) ones summed once at the end: 5 tiles of registers
-    fewer; with one warp the tokens of a tile lie within a thread or two. Not timed yet
-    (issue 18): off until `benchmarks/token_conv.py --sweep` shows it faster."""
 
 
 DEFAULT_CONFIG = ConvConfig()
@@ -139,19 +138,8 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _per_tile(tile, PER_TILE: tl.constexpr):
-    """A (BLOCK_L, BLOCK_D) product summed over its tokens now (PER_TILE) or kept whole."""
-    if PER_TILE:
-        return tl.sum(tile, axis=0)
-    return tile
-
-
-@triton.jit
-def _store_tap(dw_ptr, s_pk, acc, d_offs, d_mask, J: tl.constexpr, PER_TILE: tl.constexpr):
-    if PER_TILE:
-        tl.store(dw_ptr + J * s_pk + d_offs, acc, mask=d_mask)
-    else:
-        tl.store(dw_ptr + J * s_pk + d_offs, tl.sum(acc, axis=0), mask=d_mask)
+def _store_tap(dw_ptr, s_pk, acc, d_offs, d_mask, J: tl.constexpr):
+    tl.store(dw_ptr + J * s_pk + d_offs, tl.sum(acc, axis=0), mask=d_mask)
 
 
 @triton.jit
@@ -161,7 +149,6 @@ def _conv_grad_kernel(
     s_xb, s_xl, s_xd, s_wd, s_wk, s_gb, s_gl, s_gd, s_hb, s_hl, s_hd, s_pc, s_pk,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-    PER_TILE: tl.constexpr,
 ):
     """g = gy * act'(pre) (b, L, d), written only for SiLU (else g = gy), and the partial sums
     of dweight_j = sum_t g_t x[t + j - PAD] (parts, K, d) and dbias = sum_t g_t (parts, d), one
@@ -170,8 +157,7 @@ def _conv_grad_kernel(
     Every sum over tokens is kept elementwise in (BLOCK_L, BLOCK_D) registers through the loop
     and reduced across the tile once at the end (a reduction per tile, across warps, was the
     slow part). Taps 0-3 get one such accumulator each; taps 4..K-1 (K > 4, rare) share a
-    (BLOCK_R, BLOCK_L, BLOCK_D) one. PER_TILE (`ConvConfig.dweight_per_tile`): every
-    accumulator drops its token axis, each tile's products summed as they come."""
+    (BLOCK_R, BLOCK_L, BLOCK_D) one."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     rest = pid // n_dblocks
@@ -183,21 +169,13 @@ def _conv_grad_kernel(
     x_row, gy_row, g_row = x_ptr + row * s_xb, gy_ptr + row * s_gb, g_ptr + row * s_hb
     if HAS_BIAS:
         bias = _load_vec(bias_ptr, d_offs, d_mask, 1)
+    acc0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     rr = tl.arange(0, BLOCK_R)
-    if PER_TILE:
-        acc0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        db_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc_r = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
-    else:
-        acc0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        db_acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        acc_r = tl.zeros((BLOCK_R, BLOCK_L, BLOCK_D), dtype=tl.float32)
+    acc_r = tl.zeros((BLOCK_R, BLOCK_L, BLOCK_D), dtype=tl.float32)
     first = chunk * blocks_per_chunk
     for blk in range(first, tl.minimum(first + blocks_per_chunk, n_lblocks)):
         t = blk * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -230,40 +208,33 @@ def _conv_grad_kernel(
             g = g * sig * (1.0 + pre * (1.0 - sig))
             tl.store(g_row + t[:, None] * s_hl + d_offs[None, :] * s_hd,
                      g.to(g_ptr.dtype.element_ty), mask=(t < L)[:, None] & d_mask[None, :])
-        db_acc += _per_tile(g, PER_TILE)
-        acc0 += _per_tile(g * x0, PER_TILE)
+        db_acc += g
+        acc0 += g * x0
         if K > 1:
-            acc1 += _per_tile(g * x1, PER_TILE)
+            acc1 += g * x1
         if K > 2:
-            acc2 += _per_tile(g * x2, PER_TILE)
+            acc2 += g * x2
         if K > 3:
-            acc3 += _per_tile(g * x3, PER_TILE)
+            acc3 += g * x3
         if K > 4:
             pos = t[None, :, None] + rr[:, None, None] + (4 - PAD)  # taps 4 + r
             x_r = tl.load(x_row + pos * s_xl + d_offs[None, None, :] * s_xd,
                           mask=(rr < K - 4)[:, None, None] & (pos >= 0) & (pos < L)
                           & d_mask[None, None, :], other=0.0).to(tl.float32)
-            if PER_TILE:
-                acc_r += tl.sum(g[None, :, :] * x_r, axis=1)
-            else:
-                acc_r += g[None, :, :] * x_r
+            acc_r += g[None, :, :] * x_r
     dw_part = dw_ptr + part * s_pc
-    _store_tap(dw_part, s_pk, acc0, d_offs, d_mask, 0, PER_TILE)
+    _store_tap(dw_part, s_pk, acc0, d_offs, d_mask, 0)
     if K > 1:
-        _store_tap(dw_part, s_pk, acc1, d_offs, d_mask, 1, PER_TILE)
+        _store_tap(dw_part, s_pk, acc1, d_offs, d_mask, 1)
     if K > 2:
-        _store_tap(dw_part, s_pk, acc2, d_offs, d_mask, 2, PER_TILE)
+        _store_tap(dw_part, s_pk, acc2, d_offs, d_mask, 2)
     if K > 3:
-        _store_tap(dw_part, s_pk, acc3, d_offs, d_mask, 3, PER_TILE)
+        _store_tap(dw_part, s_pk, acc3, d_offs, d_mask, 3)
     if K > 4:
-        tap_mask = (rr < K - 4)[:, None] & d_mask[None, :]
-        taps = dw_part + (4 + rr[:, None]) * s_pk + d_offs[None, :]
-        if PER_TILE:
-            tl.store(taps, acc_r, mask=tap_mask)
-        else:
-            tl.store(taps, tl.sum(acc_r, axis=1), mask=tap_mask)
+        tl.store(dw_part + (4 + rr[:, None]) * s_pk + d_offs[None, :], tl.sum(acc_r, axis=1),
+                 mask=(rr < K - 4)[:, None] & d_mask[None, :])
     if HAS_BIAS:
-        _store_tap(db_ptr + part * d, 0, db_acc, d_offs, d_mask, 0, PER_TILE)
+        tl.store(db_ptr + part * d + d_offs, tl.sum(db_acc, axis=0), mask=d_mask)
 
 
 # ---------------------------------------------------------------------------- autograd
@@ -324,7 +295,7 @@ class _TritonTokenConv(torch.autograd.Function):
             dw.stride(0), dw.stride(1),
             K=k, PAD=pad, HAS_BIAS=bias is not None, SILU=ctx.silu,
             BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_R=_pow2(max(1, k - 4)),
-            PER_TILE=cfg.dweight_per_tile, num_warps=cfg.num_warps_bwd,
+            num_warps=cfg.num_warps_bwd,
             **({} if cfg.num_stages_bwd is None else {"num_stages": cfg.num_stages_bwd}),
         )
         # 2. dx_t = sum_j w_j g[t + PAD - j]: the forward kernel, taps reversed, PAD' = K-1-PAD

@@ -159,8 +159,6 @@ from tests.fusion.triton_interpreter import patch_numpy_index
 
 patch_numpy_index()
 
-import dataclasses
-
 from fusion import token_conv as tc
 from fusion.conv_triton import ConvConfig, token_conv_triton
 from tests.fusion.test_ssm import assert_close
@@ -186,10 +184,6 @@ CASES = [  # b, L, d, k, causal, activation, bias, extra (x a slice of a wider t
     (2, 11, 6, 7, False, "silu", True, 2, None),  # k > 4: taps 4.. take the kernel's 3D path
     (1, 9, 3, 6, True, "none", False, 0, None),
     (1, 5, 4, 1, True, "silu", True, 0, None),
-    # dweight and dbias summed per tile (ConvConfig.dweight_per_tile), k > 4 included
-    (2, 33, 40, 4, True, "silu", True, 40, dataclasses.replace(SMALL, dweight_per_tile=True)),
-    (2, 11, 6, 7, False, "silu", True, 2, ConvConfig(dweight_per_tile=True)),
-    (1, 9, 3, 3, False, "none", True, 0, ConvConfig(block_l_bwd=4, dweight_per_tile=True)),
 ]
 for b, L, d, k, causal, activation, bias, extra, config in CASES:
     wide, x, weight, bias_ = conv_inputs(b, L, d, k, torch.float32, bias, seed=L + d,
@@ -307,8 +301,6 @@ def test_triton_other_kernel_sizes(k, causal, activation):
     {"block_l_bwd": 8, "block_d_bwd": 256, "num_warps_bwd": 2, "min_programs": 1},
     {"block_l_fwd": 64, "block_d": 64, "num_warps_fwd": 8, "blocks_per_chunk": 3},
     {"block_l_fwd": 16, "block_l_bwd": 32, "block_d": 256, "num_warps_bwd": 8},
-    {"dweight_per_tile": True},
-    {"dweight_per_tile": True, "block_l_bwd": 16, "num_warps_bwd": 4, "blocks_per_chunk": 5},
 ])
 def test_tile_sizes_do_not_change_results(config):
     needs_triton()
