@@ -407,31 +407,6 @@ def _scan_bwd_kernel(
             tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
 
 
-@triton.jit
-def _sum_partials_kernel(pb_ptr, pc_ptr, ob_ptr, oc_ptr, blocks, m,
-                         BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
-    """dB and dC from the backward's partial sums, one launch for both (grid axis 2 picks):
-    out[row, :] = sum_k p[row, k, :] with p (b, blocks, m) contiguous float32, m = n L, and
-    out (b, m) in the outputs' dtype. (BLOCK_K, BLOCK_M) tiles of coalesced loads, summed
-    over k in a fixed order: deterministic."""
-    row = tl.program_id(0).to(tl.int64)
-    m_offs = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    k_offs = tl.arange(0, BLOCK_K)
-    m_mask = m_offs < m
-    if tl.program_id(2) == 0:
-        p_ptr, o_ptr = pb_ptr, ob_ptr
-    else:
-        p_ptr, o_ptr = pc_ptr, oc_ptr
-    p_row = p_ptr + row * blocks * m
-    acc = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, blocks, BLOCK_K):
-        k = k0 + k_offs
-        acc += tl.load(p_row + k[:, None] * m + m_offs[None, :],
-                       mask=(k < blocks)[:, None] & m_mask[None, :], other=0.0)
-    tl.store(o_ptr + row * m + m_offs, tl.sum(acc, axis=0).to(o_ptr.dtype.element_ty),
-             mask=m_mask)
-
-
 # ---------------------------------------------------------------------------- autograd
 
 
@@ -564,25 +539,9 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         num_warps=cfg["WARPS_BWD"], **options,
     )
-    dB, dC = _sum_partials(dB, dC, B.dtype, C.dtype)
-    return [du, ddelta, dA.sum(0).to(A.dtype), dB, dC,
+    return [du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
             _none(u) if D is None else dD.sum(0).to(D.dtype), _none(u) if dz is None else dz,
             _none(u) if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
-
-
-def _sum_partials(pB: Tensor, pC: Tensor, B_dtype: torch.dtype,
-                  C_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """dB, dC (b, n, L) from the (b, blocks, n, L) partials, in B's and C's dtypes: one kernel
-    for both sums and the casts (`torch.sum` and `.to` took four)."""
-    b, blocks, n, L = pB.shape
-    m = n * L
-    dtype = B_dtype if B_dtype == C_dtype else torch.float32
-    dB = torch.empty((b, n, L), dtype=dtype, device=pB.device)
-    dC = torch.empty((b, n, L), dtype=dtype, device=pB.device)
-    block_m = min(256, _pow2(m))
-    _sum_partials_kernel[(b, triton.cdiv(m, block_m), 2)](
-        pB, pC, dB, dC, blocks, m, BLOCK_K=16, BLOCK_M=block_m, num_warps=4)
-    return dB.to(B_dtype), dC.to(C_dtype)
 
 
 def _none(u: Tensor) -> Tensor:
