@@ -26,6 +26,7 @@ from features.annotations import load_split
 from features.errors import HarnessError
 from features.store import AlignmentError, ArraySpec, StoreError, open_writer, store_path
 from fusion.data import load_features, text_store_name, video_store_name
+from fusion.metrics import metrics_for
 from fusion.predictions import read_source
 from fusion.train import TrainConfig, build_training, load_checkpoint, predict, run_dir, train
 from tests.cli import one_error_line
@@ -132,6 +133,14 @@ def test_predict_returns_each_batchs_scores_in_order(dataset: Path, tmp_path: Pa
         assert isinstance(scores[head], np.ndarray) and scores[head].dtype == np.float32
         assert scores[head].shape == (len(val_split), count)
         np.testing.assert_array_equal(scores[head], expected)
+    # training validates on the device: the same scores as tensors, and the same metrics
+    kept = predict(model, val_split, 5, amp=False, on_device=True)
+    for head in scores:
+        assert isinstance(kept[head], torch.Tensor) and kept[head].dtype == torch.float32
+        np.testing.assert_array_equal(kept[head].numpy(), scores[head])
+    labels = (val_split.verb.numpy(), val_split.noun.numpy())
+    assert (metrics_for("recognition", kept["verb"], kept["noun"], *labels)
+            == metrics_for("recognition", scores["verb"], scores["noun"], *labels))
 
 
 def test_train_leaves_a_complete_mlflow_record(dataset: Path, tmp_path: Path) -> None:
