@@ -19,7 +19,7 @@ import torch
 from extract.synthetic import SyntheticConfig, plan_segments, plan_videos, write_annotations
 from features.annotations import load_split as load_annotations
 from features.store import ArraySpec, FeatureStore, StoreError, open_writer, store_path
-from fusion.data import StreamedSplit, check_compatible, load_features, load_split
+from fusion.data import FeatureSplit, StreamedSplit, check_compatible, load_features, load_split
 from fusion.train import TrainConfig, train
 from tests.cli import one_error_line
 
@@ -252,3 +252,31 @@ def test_all_zero_video_rows_are_counted_and_an_all_zero_split_refused(
     data = make_dataset(tmp_path / "all", zero_rows={"validation": slice(None)})
     with pytest.raises(StoreError, match="validation split: every video row is all zeros"):
         load_features(config_for(data, tmp_path), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_are_the_permutations_slices_gathered_in_groups(monkeypatch, drop_last) -> None:
+    """`FeatureSplit.batches` gathers several batches at once and slices them: the batches
+    are still the permutation's consecutive rows (a group boundary inside the epoch, a short
+    last batch), and in file order they are views of the split itself."""
+    from fusion import data
+
+    monkeypatch.setattr(data, "GATHER_BATCHES", 2)
+    n = 23
+    split = FeatureSplit([str(i) for i in range(n)],
+                         {"video": torch.arange(n * 6.0).reshape(n, 3, 2)},
+                         {"video": torch.rand(n, 3) > 0.5},
+                         torch.arange(n), torch.arange(n) % 4)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    batches = list(split.batches(4, torch.Generator().manual_seed(3), drop_last=drop_last))
+    assert [len(b.index) for b in batches] == [4] * 5 + ([] if drop_last else [3])
+    for i, got in enumerate(batches):
+        want = split.batch(order[4 * i : 4 * i + 4])
+        assert torch.equal(got.index, want.index)
+        assert torch.equal(got.inputs["video"], want.inputs["video"])
+        assert torch.equal(got.masks["video"], want.masks["video"])
+        assert torch.equal(got.verb, want.verb) and torch.equal(got.noun, want.noun)
+    ordered = list(split.batches(5, drop_last=drop_last))
+    assert torch.equal(torch.cat([b.index for b in ordered]),
+                       torch.arange(20 if drop_last else n))
+    assert ordered[1].inputs["video"].data_ptr() == split.inputs["video"][5].data_ptr()
