@@ -37,9 +37,10 @@ Kernels
   (k, BLOCK_L, BLOCK_D) tap axis, was 1.5-2.5x slower. One warp per backward program with
   8 x 128 tiles beat four warps at L <= 32 (fwd+bwd 68 vs 100 us at (128, 16, 2048), 248 vs
   304 us at (256, 32, 2048)) and lost 10% at (32, 3137, 2048) (2475 vs 2244 us); 16-token
-  tiles with one warp spill at long L (4x slower there). Those 8 x 128 tiles spill too (SiLU,
-  k = 4: 255 registers and 648 bytes of stack a thread in the sm_90 compile); 8 x 64 tiles
-  do not (241 registers) and are faster at every size swept: fwd+bwd 197 vs 233 us at
+  tiles with one warp spill at long L (4x slower there). Those 8 x 128 tiles spill too at the
+  question call (SiLU, k = 4, (256, 32, 2048): 255 registers and 376 bytes of stack a
+  thread, `benchmarks/conv_sass.py --block-d-bwd 128`); 8 x 64 tiles spill at none of the
+  head's calls (241 registers) and are faster at every size swept: fwd+bwd 197 vs 233 us at
   (256, 32, 2048), 60 vs 65 at (128, 16, 2048), 1889 vs 2627 at (32, 3137, 2048)
   (benchmarks/results/token_conv_h200_sweep_s8.md). Summing dweight per tile into (BLOCK_D,)
   accumulators (02d5ebf, since reverted) was no faster than the 8 x 64 tiles.
