@@ -130,7 +130,8 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     table = events.table(sort_by=key, row_limit=c.top)
     if kernels:
-        table += "\n\n" + kernel_group_table(kernels, steps=5)
+        table += ("\n\n" + kernel_group_table(kernels, steps=5)
+                  + "\n\n" + kernel_names(kernels, steps=5, top=c.top))
     if c.ops and not (c.cuda_graphs and cuda):
         table += "\n\n" + operator_table(events, c.ops, cuda, steps=5)
     return row, table
@@ -168,6 +169,18 @@ def kernel_group_table(kernels, steps: int) -> str:
     lines = [f"{'kernel group':<40} {'us/step':>9} {'kernels/step':>12} {'share':>6}"]
     for group, (us, count) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{group:<40} {us:>9.1f} {count:>12.1f} {us / everything:>6.1%}")
+    return "\n".join(lines)
+
+
+def kernel_names(kernels, steps: int, top: int, width: int = 160) -> str:
+    """The `top` kernels by GPU time per step with their names whole (up to `width`): the
+    profiler's table cuts them at ~55 characters, where e.g. every multi-tensor optimizer
+    kernel reads `multi_tensor...` and which one is AdamW and which the norm is lost."""
+    ranked = sorted(kernels, key=lambda e: -getattr(e, "self_device_time_total", 0))
+    lines = [f"{'us/step':>9} {'calls/step':>10}  kernel (whole name)"]
+    for e in ranked[:top]:
+        lines.append(f"{getattr(e, 'self_device_time_total', 0) / steps:>9.1f} "
+                     f"{e.count / steps:>10.1f}  {e.key[:width]}")
     return "\n".join(lines)
 
 

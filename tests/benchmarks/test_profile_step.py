@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from benchmarks.profile_step import kernel_group, kernel_group_table
+from benchmarks.profile_step import kernel_group, kernel_group_table, kernel_names
 
 
 def test_kernels_of_a_compiled_graphed_step_fall_into_their_groups() -> None:
@@ -36,3 +36,15 @@ def test_group_table_sums_time_and_counts_per_step() -> None:
     assert lines[1].split()[:3] == ["scan", "1600.0", "4.0"]  # first: the largest group
     assert lines[1].split()[-1] == "80.0%"
     assert lines[2].split()[-3:] == ["400.0", "1.0", "20.0%"]
+
+
+def test_kernel_names_are_whole_and_ranked_by_time() -> None:
+    adam = ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::"
+            "(anonymous namespace)::TensorListMetadata<4>, FusedAdamMathFunctor<float, 4>>")
+    kernels = [SimpleNamespace(key=key, count=count, self_device_time_total=us)
+               for key, count, us in (("_scan_fwd_kernel", 10, 2000.0), (adam, 20, 950.0),
+                                      ("triton_poi_fused_gelu_1", 5, 3000.0))]
+    lines = kernel_names(kernels, steps=5, top=2).splitlines()
+    assert len(lines) == 3 and lines[1].split()[:3] == ["600.0", "1.0", "triton_poi_fused_gelu_1"]
+    assert lines[2].endswith("_scan_fwd_kernel")
+    assert adam in kernel_names(kernels, steps=5, top=3)  # whole, not cut at 55 characters
