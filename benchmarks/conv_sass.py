@@ -4,14 +4,14 @@
     python benchmarks/conv_sass.py                          # the head's calls, default tiles
     python benchmarks/conv_sass.py --block-d-bwd 128        # the backward's old 8 x 128 tiles
 
-Why (issue 18): the backward's one-warp 8 x 128 tiles spilled (255 registers and 648 bytes
-of stack a thread); 8 x 64 tiles did not and were faster on the H200 at every size swept
-(`benchmarks/results/token_conv_h200_sweep_s8.md`). A spill is a property of the compiled
-kernel: this runs `fusion.conv_triton.token_conv_triton` forward and backward on CPU tensors
-with the kernels' launches recorded instead of run, compiles each recorded launch for sm_90
-as Triton's launcher would specialise it (integer arguments equal to 1 become constants,
-multiples of 16 and 16-byte aligned pointers get divisibility hints) and reads registers,
-stack and the instruction mix back (`benchmarks.scan_sass.resources`).
+Why (issue 18): the backward's one-warp 8 x 128 tiles spilled (255 registers and 376 bytes of
+stack a thread at the question call); 8 x 64 tiles did not and were faster on the H200 at
+every size swept (`benchmarks/results/token_conv_h200_sweep_s8.md`). A spill is a property of
+the compiled kernel: this runs `fusion.conv_triton.token_conv_triton` forward and backward on
+CPU tensors with the kernels' launches recorded instead of run, compiles each recorded launch
+for sm_90 as Triton's launcher would specialise it (integer arguments equal to 1 become
+constants, multiples of 16 and 16-byte aligned pointers get divisibility hints) and reads
+registers, stack and the instruction mix back (`benchmarks.scan_sass.resources`).
 
 Calls: the Mamba layer's causal k = 4 convolution with SiLU on a channel half of in_proj's
 (b, L, 4096) output, and eq. 5's centred k = 3 one on (b, L, 1024) inputs, bf16 with float32
@@ -57,8 +57,8 @@ class ConvSassConfig:
 class _Recorder:
     """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch."""
 
-    def __init__(self, kernel) -> None:
-        self.kernel, self.launches = kernel, []
+    def __init__(self) -> None:
+        self.launches = []
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launches.append((args, kwargs))
@@ -76,7 +76,7 @@ def recorded_launches(call: tuple, config) -> list[tuple[str, object, tuple, dic
     weight = torch.zeros(d, 1, k, requires_grad=True)
     bias = torch.zeros(d, requires_grad=True)
     kernels = {"forward": ct._conv_fwd_kernel, "grad": ct._conv_grad_kernel}
-    recorders = {name: _Recorder(kernel) for name, kernel in kernels.items()}
+    recorders = {name: _Recorder() for name in kernels}
     try:
         ct._conv_fwd_kernel, ct._conv_grad_kernel = recorders["forward"], recorders["grad"]
         y = ct.token_conv_triton(x, weight, bias, causal=causal, activation=activation,

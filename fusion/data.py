@@ -91,6 +91,11 @@ class FeatureSplit:
                             {k: v[index] for k, v in self.masks.items()},
                             self.verb[index], self.noun[index])
 
+    def as_batch(self) -> Batch:
+        """All rows in file order as one batch of the split's own tensors (no copy)."""
+        return Batch(torch.arange(len(self), device=self.verb.device), self.inputs,
+                     self.masks, self.verb, self.noun)
+
     def batch(self, index: Tensor) -> Batch:
         return Batch(
             index,
@@ -112,8 +117,7 @@ class FeatureSplit:
         device = self.verb.device
         stop = len(self) - (len(self) % batch_size if drop_last else 0)
         if generator is None:
-            groups = [Batch(torch.arange(len(self), device=device), self.inputs, self.masks,
-                            self.verb, self.noun)]
+            groups = [self.as_batch()]
         else:
             order = torch.randperm(len(self), generator=generator).to(device)
             step = batch_size * GATHER_BATCHES
@@ -472,8 +476,7 @@ class StreamedSplit:
                 if leftover is not None:
                     window = _concat(leftover, window)
                 full = len(window) - len(window) % batch_size
-                rows = Batch(torch.arange(len(window), device=self.device), window.inputs,
-                             window.masks, window.verb, window.noun)
+                rows = window.as_batch()
                 for b in range(0, full, batch_size):
                     yield _rows_slice(rows, b, b + batch_size)  # views of the window
                 leftover = window.rows(torch.arange(full, len(window), device=self.device))
