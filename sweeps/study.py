@@ -501,35 +501,73 @@ def stop_requested() -> bool:
     return bool(_STOP["requested"])
 
 
+DATABASE_MODULES = ("sqlalchemy", "sqlite3", "alembic", "psycopg2", "pymysql", "mlflow",
+                    "optuna")
+"""Packages a stop never interrupts: an exception raised inside a database client can leave
+its transaction open, and with it SQLite's write lock, held by this process until garbage
+collection; the next write (the launcher marking the MLflow parent run KILLED) then fails
+with "database is locked" and the sweep exits 1 instead of 130 (seen once in CI)."""
+
+DEFERRED_STOP_RETRY_S = 0.02
+"""How often a stop deferred out of database code tries again."""
+
+
+def _in_database_code(frame: Any) -> bool:
+    """Whether any frame of the stack runs code of `DATABASE_MODULES`."""
+    while frame is not None:
+        name = frame.f_globals.get("__name__") or ""
+        if name.split(".", 1)[0] in DATABASE_MODULES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(frame: Any, why: str) -> None:
+    """Raise the stop where training runs, now, or as soon as database code has returned
+    (a timer signal tries again); outside `interruptible` it waits for the next check."""
+    if not _STOP["interruptible"]:
+        return
+    if _in_database_code(frame):
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, DEFERRED_STOP_RETRY_S)
+        return
+    _STOP["interruptible"] = False
+    raise StopRequested(why)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT/SIGTERM stop the sweep: the running trial fails and is queued to resume.
 
     A signal only records the stop, except inside training (`interruptible`), where it
-    raises KeyboardInterrupt at once: the last checkpoint is intact there, whereas an
-    exception landing in Optuna's own bookkeeping (tell) can leave a trial half-written.
-    The stop is acted on between trials and after every epoch too, which also covers a
-    KeyboardInterrupt that Python swallowed (raised while a finalizer ran) and the
-    launcher's death signal arriving once per thread.
+    raises KeyboardInterrupt at once, or once database code (`DATABASE_MODULES`: MLflow's
+    and Optuna's writes during training) has returned: the last checkpoint is intact there,
+    whereas an exception landing in Optuna's own bookkeeping (tell) can leave a trial
+    half-written. The stop is acted on between trials and after every epoch too, which
+    also covers a KeyboardInterrupt that Python swallowed (raised while a finalizer ran)
+    and the launcher's death signal arriving once per thread.
     """
 
     def handler(signum: int, frame: Any) -> None:
         if _STOP["requested"]:
             return
         _STOP["requested"] = True
-        if _STOP["interruptible"]:
-            _STOP["interruptible"] = False
-            raise StopRequested(f"signal {signum}")
+        _interrupt(frame, f"signal {signum}")
 
     _STOP["requested"] = False
+    handlers = {signal.SIGINT: handler, signal.SIGTERM: handler}
+    if hasattr(signal, "setitimer"):
+        handlers[signal.SIGALRM] = lambda signum, frame: _interrupt(frame, "deferred stop")
     try:
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
     except ValueError:  # not the main thread: leave signals to whoever owns them
         yield
         return
     try:
         yield
     finally:
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in previous.items():
             signal.signal(sig, old)
 

@@ -864,6 +864,35 @@ def test_a_sweep_ends_with_a_readable_summary_or_json_on_request(tmp_path: Path)
     assert result["study"] == "t" and result["complete"] == 2 and result["best_index"] >= 1
 
 
+def test_stop_waits_until_database_code_returns(tmp_path: Path) -> None:
+    """A stop signal landing in a database client's code (here a function whose module
+    claims to be SQLAlchemy's) is raised once that code has returned, not inside it (an
+    open transaction would keep SQLite locked), and still during training, not after it."""
+    (tmp_path / "stop_in_db.py").write_text(
+        "import os, signal, time\n"
+        "from sweeps.study import StopRequested, interruptible, stop_on_signals\n"
+        "db = {'__name__': 'sqlalchemy.engine.fake', 'os': os, 'signal': signal, "
+        "'time': time}\n"
+        "exec('def commit(log):\\n    os.kill(os.getpid(), signal.SIGTERM)\\n"
+        "    t = time.time()\\n    while time.time() - t < 0.3: pass\\n"
+        "    log.append(\\'committed\\')\\n', db)\n"
+        "log = []\n"
+        "try:\n"
+        "    with stop_on_signals(), interruptible():\n"
+        "        db['commit'](log)\n"
+        "        t = time.time()\n"
+        "        while time.time() - t < 10: pass\n"
+        "        log.append('trained')\n"
+        "except StopRequested:\n"
+        "    log.append('stopped')\n"
+        "print(log)\n"
+    )
+    done = subprocess.run([PY, "stop_in_db.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['committed', 'stopped']"
+
+
 def test_signal_inside_exec_string_still_exits_130(tmp_path: Path) -> None:
     """A stop signal landing in `exec(str)` code (a dataclass built by a lazy import) must not
     turn the sweep's exit status 130 into death by SIGINT (CPython's unhandled-interrupt mark,
