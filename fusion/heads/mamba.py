@@ -88,6 +88,46 @@ from fusion.ssm import RAGGED_BACKENDS, Backend, resolve_backend, selective_scan
 from fusion.token_conv import token_conv
 
 
+class _SplitLinear(torch.autograd.Function):
+    """x W^T as its two feature halves (x W_1^T, x W_2^T), one GEMM forward. Backward takes
+    the halves' gradients as they come: dx = g_1 W_1 + g_2 W_2 (a GEMM and an accumulating
+    one), where `Linear` then `split` concatenates g_1 and g_2 into a (b, L, 2 d_inner)
+    gradient first (134 MB written and read again a question call at EK100 sizes; issue 18).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, first: int) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x, weight)
+        ctx.first = first
+        return F.linear(x, weight).split([first, weight.shape[0] - first], dim=-1)
+
+    @staticmethod
+    def backward(ctx, g1: Tensor | None, g2: Tensor | None):
+        x, weight = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])
+        parts = ((g1, weight[:ctx.first]), (g2, weight[ctx.first:]))
+        dx, dw = None, []
+        for g, w in parts:
+            if g is None:
+                dw.append(torch.zeros_like(w))
+                continue
+            g = g.reshape(-1, w.shape[0])
+            dx = g @ w if dx is None else torch.addmm(dx, g, w)
+            dw.append(g.t() @ rows)
+        dx = torch.zeros_like(rows) if dx is None else dx
+        return dx.view_as(x), torch.cat(dw), None
+
+
+def split_linear(x: Tensor, weight: Tensor, first: int) -> tuple[Tensor, Tensor]:
+    """`F.linear(x, weight).split([first, rest], -1)` with `_SplitLinear`'s backward; under
+    autocast both operands are cast first, as `F.linear` would be."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+    return _SplitLinear.apply(x, weight, first)
+
+
 class MambaMixer(nn.Module):
     """A Mamba layer of one branch, without its state matrix (the head owns `A_log`).
 
@@ -127,9 +167,8 @@ class MambaMixer(nn.Module):
         """(b, L, d_model) -> the scan's u, z and delta (before its bias and softplus)
         (b, d_inner, L) and B, C (b, n, L), all transposed views of (b, L, ·) tensors: the
         scan kernels read those strides, so nothing is copied into (b, ·, L) layout."""
-        # split, not two slices: its backward is one concatenation of the two gradients, where
-        # each slice's backward zero-fills a tensor of xz's size and the two get added
-        x_in, z = self.in_proj(x).split(self.d_inner, dim=-1)
+        # one GEMM whose halves' gradients are never concatenated in backward (`_SplitLinear`)
+        x_in, z = split_linear(x, self.in_proj.weight, self.d_inner)
         u = token_conv(x_in, self.conv1d.weight, self.conv1d.bias,
                        causal=True, activation="silu", backend=conv_backend)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)

@@ -266,3 +266,55 @@ def test_structure_options_are_checked():
     assert not any("norm" in n or "proj_conv" in n for n, _ in bare.named_parameters())
     inputs, masks, _, _ = synthetic_task(2, seed=0)
     assert bare(inputs, masks)["verb"].shape == (2, 5)
+
+
+@pytest.mark.parametrize("use", ["both", "first", "second"])
+def test_split_linear_equals_linear_then_split(use: str) -> None:
+    """The Mamba layer's in_proj (`split_linear`): forward, input and weight gradients as
+    `F.linear(x, w).split(...)`, also when only one half reaches the loss, and under bf16
+    autocast in the dtypes `F.linear` gives (bf16 halves, a float32 weight gradient)."""
+    from fusion.heads.mamba import split_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    w = torch.randn(12, 8, generator=g, requires_grad=True)
+    weights = [torch.randn(3, 5, n, generator=g) for n in (7, 5)]
+
+    def loss(halves):
+        return sum((h * wt).sum() for i, (h, wt) in enumerate(zip(halves, weights, strict=True))
+                   if use in ("both", ("first", "second")[i]))
+
+    got = split_linear(x, w, 7)
+    want = F.linear(x, w).split([7, 5], dim=-1)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    grads = torch.autograd.grad(loss(got), [x, w])
+    grads_ref = torch.autograd.grad(loss(want), [x, w])
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    with torch.autocast("cpu", torch.bfloat16):
+        halves = split_linear(x, w, 7)
+        ref = F.linear(x, w).split([7, 5], dim=-1)
+    assert [h.dtype for h in halves] == [torch.bfloat16] * 2
+    grads = torch.autograd.grad(loss([h.float() for h in halves]), [x, w])
+    grads_ref = torch.autograd.grad(loss([h.float() for h in ref]), [x, w])
+    for a, b in zip(grads, grads_ref, strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_the_mamba_layers_in_proj_runs_through_split_linear(monkeypatch) -> None:
+    """Each Mamba layer's in_proj is a `split_linear` call (the call site, not just the
+    function: a lost call site once made a timed change a no-op)."""
+    calls = []
+    real = mamba_module.split_linear
+    monkeypatch.setattr(mamba_module, "split_linear",
+                        lambda *args: calls.append(args[1].shape) or real(*args))
+    head = build_head("mamba", modality_dims={"video": 16, "verb_question": 12},
+                      num_verbs=3, num_nouns=4, d_model=8, depth=2)
+    x = {"video": torch.randn(2, 5, 16), "verb_question": torch.randn(2, 4, 12)}
+    out = head(x)
+    (out["verb"].sum() + out["noun"].sum()).backward()
+    mixers = [m for m in head.modules() if isinstance(m, mamba_module.MambaMixer)]
+    assert len(calls) == len(mixers) > 0
+    assert all(shape == m.in_proj.weight.shape for shape, m in zip(calls, mixers, strict=True))
