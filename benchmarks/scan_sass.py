@@ -55,16 +55,12 @@ class SassConfig:
     d: int = 2048
     n: int = 16
     """Shape the tiles are chosen for (`fusion.ssm_triton.scan_config`) and specialised on."""
-    b: int = 384
-    """Rows of the call: the backward's grouping (`backward_grouping`) depends on them."""
     block_t: int | None = None
     block_d_fwd: int | None = None
     block_d_bwd: int | None = None
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
     block_t_bwd: int | None = None
-    rows_bwd: int | None = None
-    d_blocks_bwd: int | None = None
     """Tile overrides, as `fusion.ssm_triton.ScanConfig` (None: its heuristic)."""
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
@@ -138,8 +134,7 @@ def measure(c: SassConfig) -> list[dict]:
 
     tiles = st.scan_config(c.L, c.d, c.n, st.ScanConfig(
         c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd, c.num_warps_bwd,
-        c.block_t_bwd, c.maxnreg_bwd, c.rows_bwd, c.d_blocks_bwd))
-    rows_bwd, d_blocks_bwd = st.backward_grouping(c.b, -(-c.d // tiles["BLOCK_D_BWD"]), tiles)
+        c.block_t_bwd, c.maxnreg_bwd))
     flags = {"HAS_D": c.has_d, "HAS_Z": c.has_z, "HAS_BIAS": c.has_bias,
              "SOFTPLUS": c.softplus, "HAS_LEN": c.has_len, "STATES_UNIT": c.states_unit,
              "BLOCK_N": tiles["BLOCK_N"]}
@@ -148,14 +143,11 @@ def measure(c: SassConfig) -> list[dict]:
             ("forward", st._scan_fwd_kernel,
              {"STORE_STATES": True, "CKPT_T": tiles["BLOCK_T_BWD"]}, tiles["BLOCK_T"],
              tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"], c.maxnreg_fwd),
-            ("backward", st._scan_bwd_kernel, {"ROWS": rows_bwd, "D_BLOCKS": d_blocks_bwd},
-             tiles["BLOCK_T_BWD"], tiles["BLOCK_D_BWD"],
+            ("backward", st._scan_bwd_kernel, {}, tiles["BLOCK_T_BWD"], tiles["BLOCK_D_BWD"],
              tiles["WARPS_BWD"], st.backward_maxnreg(tiles, c.states_unit))):
         constants = {**flags, **extra, "BLOCK_T": block_t, "BLOCK_D": block_d}
         compiled = compile_kernel(kernel, constants, (c.L, c.d, c.n), warps, maxnreg)
         rows.append({"kernel": name, "BLOCK_T": block_t, "BLOCK_D": block_d,
-                     "rows x blocks": (f"{extra['ROWS']} x {extra['D_BLOCKS']}"
-                                       if "ROWS" in extra else None),
                      "warps": warps, "maxnreg": maxnreg, **resources(compiled.asm["cubin"])})
     return rows
 
@@ -167,12 +159,12 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/scan_sass.py " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])
-    columns = ["kernel", "BLOCK_T", "BLOCK_D", "rows x blocks", "warps", "maxnreg", "registers",
+    columns = ["kernel", "BLOCK_T", "BLOCK_D", "warps", "maxnreg", "registers",
                "stack_bytes", "shared_bytes", "instructions", *OPS]
     flags = (f"D {c.has_d}, z {c.has_z}, Δ bias {c.has_bias}, softplus {c.softplus}, "
              f"lengths {c.has_len}, unit state stride {c.states_unit}")
     lines = ["# Scan kernels compiled for sm_90 (static SASS counts)", "",
-             f"`{command.strip()}`; b {c.b}, L {c.L}, d {c.d}, n {c.n}; {flags}.", "",
+             f"`{command.strip()}`; L {c.L}, d {c.d}, n {c.n}; {flags}.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join("" if r[k] is None else str(r[k]) for k in columns) + " |"
               for r in rows]

@@ -85,10 +85,6 @@ class ScanConfig:
     block_t_bwd: int | None = None
     maxnreg_bwd: int | None = None
     """Register cap of the backward (ptxas); None: `backward_maxnreg`'s choice."""
-    rows_bwd: int | None = None
-    d_blocks_bwd: int | None = None
-    """Rows, and blocks of channels, that one backward program walks in turn (None:
-    `backward_grouping`'s choice)."""
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -128,8 +124,7 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
             "BLOCK_D_FWD": block_d(config.block_d_fwd, 16 * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
-            "MAXNREG_BWD": config.maxnreg_bwd, "ROWS_BWD": config.rows_bwd,
-            "DBLOCKS_BWD": config.d_blocks_bwd}
+            "MAXNREG_BWD": config.maxnreg_bwd}
 
 
 UNIT_STATES_MAXNREG = 168
@@ -138,30 +133,6 @@ views): 12 one-warp programs an SM instead of 8, with 80 bytes of spill (sm_90 c
 With strided states the same cap spills 632 bytes a thread and the backward ran about 3x
 slower (`scan_backends.py`'s `head` variant, H200), so there Triton chooses (255, no
 spill at BLOCK_T_BWD 4)."""
-
-
-BACKWARD_MIN_PROGRAMS = 8192
-"""`backward_grouping` groups no further than this many backward programs (about five
-waves of 12 one-warp programs on 132 SMs: rows of different lengths still even out)."""
-
-
-def backward_grouping(b: int, blocks: int, cfg: dict) -> tuple[int, int]:
-    """(rows, channel blocks) one backward program walks: the config's, else as many as keep
-    `BACKWARD_MIN_PROGRAMS` programs, channel blocks first (up to 8: they shrink dB and dC,
-    the largest partial sums), then rows (up to 4: dA, dD, dbias)."""
-    rows, d_blocks = cfg.get("ROWS_BWD"), cfg.get("DBLOCKS_BWD")
-    if d_blocks is None:
-        d_blocks = 1
-        while (d_blocks < 8 and 2 * d_blocks <= blocks
-               and b * triton.cdiv(blocks, 2 * d_blocks) >= BACKWARD_MIN_PROGRAMS):
-            d_blocks *= 2
-    if rows is None:
-        rows = 1
-        groups = triton.cdiv(blocks, d_blocks)
-        while (rows < 4 and 2 * rows <= b
-               and triton.cdiv(b, 2 * rows) * groups >= BACKWARD_MIN_PROGRAMS):
-            rows *= 2
-    return rows, d_blocks
 
 
 def backward_maxnreg(cfg: dict, states_unit: bool) -> int | None:
@@ -296,171 +267,144 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, state_ptr, gy_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, d, n, n_rows,
+    L, d, n,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl,
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hc, s_hn, s_ob, s_od, s_ol,
     s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, STATES_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-    ROWS: tl.constexpr, D_BLOCKS: tl.constexpr,
 ):
-    """du, ddelta, dz (b, d, L) with strides s_o*; dA (b / ROWS, d, n), dD and dbias
-    (b / ROWS, d) summed over this program's ROWS rows; dB, dC summed over its D_BLOCKS blocks
-    of channels (b, d-blocks / D_BLOCKS, n, L), strides s_p*.
-
-    A program walks its D_BLOCKS channel blocks one after the other, and within each its
-    ROWS rows: the partial sums the wrapper adds up shrink by those factors (at the head's
-    EK100 call they were 250 MB a call written here and read again by the wrapper). dB and
-    dC are accumulated in place (a block adds its sums to what the previous block stored);
-    a barrier between blocks makes those stores visible to the program's other lanes."""
-    pid_r = tl.program_id(0)
-    pid_g = tl.program_id(1)
+    """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d);
+    dB, dC partial sums over this program's channels (b, d-blocks, n, L), strides s_p*."""
+    row = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
     if STATES_UNIT:  # B, C states contiguous (the head's views): constant address offsets
         s_bn = 1
         s_cn = 1
     t_loc = tl.arange(0, BLOCK_T)
+    d_mask = d_offs < d
     n_mask = n_offs < n
-    for j in range(D_BLOCKS):
-        pid_d = pid_g * D_BLOCKS + j
-        accumulate = j > 0  # dB, dC: add to the previous blocks' sums
-        d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_mask = d_offs < d
-        dn_mask = d_mask[:, None] & n_mask[None, :]
-        A = tl.load(A_ptr + d_offs[:, None] * s_ad + n_offs[None, :] * s_an, mask=dn_mask,
-                    other=0.0).to(tl.float32)
-        A2 = A * 1.4426950408889634
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + d_offs[:, None] * s_ad + n_offs[None, :] * s_an, mask=dn_mask,
+                other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
+    length = L
+    if HAS_LEN:
+        length = tl.minimum(tl.maximum(tl.load(len_ptr + row).to(tl.int32), 0), L)
+    u_row, dt_row, z_row = u_ptr + row * s_ub, delta_ptr + row * s_db, z_ptr + row * s_zb
+    b_row, c_row, gy_row = B_ptr + row * s_bb, C_ptr + row * s_cb, gy_ptr + row * s_gb
+    p_row = row * s_pb + pid_d * s_pk
+    n_chunks = tl.cdiv(length, BLOCK_T)
+    g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # exp(Δ_{t+1} A) g_{t+1}
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t0 = c * BLOCK_T
+        t_offs = t0 + t_loc
+        mask = d_mask[:, None] & (t_offs < length)[None, :]
+        u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask)
+        raw = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
+            raw += bias[:, None]
+        dt = raw
+        if SOFTPLUS:
+            dt = _softplus(raw)
+        dt = tl.where(mask, dt, 0.0)
+        dtu = dt * u
+        gy = _load_dt(gy_row, d_offs, t_offs, s_gd, s_gl, mask)
+        if HAS_Z:
+            zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask)
+            sig = tl.sigmoid(zt)
+            gyz = gy * zt * sig  # the gradient reaching y before the gate
+        else:
+            gyz = gy
+        h0 = tl.load(state_ptr + row * s_hb + d_offs[:, None] * s_hd + c * s_hc
+                     + n_offs[None, :] * s_hn, mask=dn_mask, other=0.0)
+        # 1. the chunk's states again, from its checkpoint; dC_t = sum_d h_t gy'_t
+        h = h0
+        hs = ()
+        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for k in tl.static_range(BLOCK_T):
+            bc_mask = n_mask & (t0 + k < length)
+            Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
+                         other=0.0).to(tl.float32)
+            h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
+                 + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+            hs = hs + (h,)
+            tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
+                     tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0), mask=bc_mask)
+            if HAS_Z:
+                Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
+                             other=0.0).to(tl.float32)
+                y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
+        out_offs = d_offs[:, None] * s_od + t_offs[None, :] * s_ol
+        if HAS_Z:
+            if HAS_D:
+                y += Dv[:, None] * u
+            tl.store(dz_ptr + row * s_ob + out_offs, gy * y * sig * (1.0 + zt * (1.0 - sig)),
+                     mask=mask)
+        # 2. the adjoint g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1}, last step first
+        du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for k in tl.static_range(BLOCK_T - 1, -1, -1):
+            bc_mask = n_mask & (t0 + k < length)
+            Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
+                         other=0.0).to(tl.float32)
+            Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
+                         other=0.0).to(tl.float32)
+            dt_k = _col(dt, t_loc, k)
+            dtu_k = _col(dtu, t_loc, k)
+            g = _col(gyz, t_loc, k)[:, None] * Ct[None, :] + g_next
+            # h_t = a_t h_{t-1} + Δ_t B_t u_t: d(Δ_t B_t u_t) = g_t, d(Δ_t A) = g_t a_t h_{t-1}
+            gB = tl.sum(g * Bt[None, :], axis=1)
+            du = _put(du, t_loc, k, gB * dt_k)
+            g_ah = g * (hs[k] - dtu_k[:, None] * Bt[None, :])
+            ddt = _put(ddt, t_loc, k, gB * _col(u, t_loc, k) + tl.sum(g_ah * A, axis=1))
+            dA_acc += g_ah * dt_k[:, None]
+            tl.store(dB_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
+                     tl.sum(g * dtu_k[:, None], axis=0), mask=bc_mask)
+            g_next = tl.exp2(dt_k[:, None] * A2) * g
         if HAS_D:
-            Dv = tl.load(D_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
-        dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for r in range(ROWS):
-            row = (pid_r * ROWS + r).to(tl.int64)
-            length = L
-            if HAS_LEN:
-                length = tl.minimum(tl.maximum(tl.load(len_ptr + row, mask=row < n_rows,
-                                                       other=0).to(tl.int32), 0), L)
-            length = tl.where(row < n_rows, length, 0)  # past the last row: nothing to do
-            u_row, dt_row = u_ptr + row * s_ub, delta_ptr + row * s_db
-            z_row, b_row, c_row = z_ptr + row * s_zb, B_ptr + row * s_bb, C_ptr + row * s_cb
-            gy_row = gy_ptr + row * s_gb
-            p_row = row * s_pb + pid_g * s_pk
-            n_chunks = tl.cdiv(length, BLOCK_T)
-            g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # exp(Δ_{t+1} A) g_{t+1}
-            for i in range(0, n_chunks):
-                c = n_chunks - 1 - i
-                t0 = c * BLOCK_T
-                t_offs = t0 + t_loc
-                mask = d_mask[:, None] & (t_offs < length)[None, :]
-                u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask)
-                raw = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask)
-                if HAS_BIAS:
-                    raw += bias[:, None]
-                dt = raw
-                if SOFTPLUS:
-                    dt = _softplus(raw)
-                dt = tl.where(mask, dt, 0.0)
-                dtu = dt * u
-                gy = _load_dt(gy_row, d_offs, t_offs, s_gd, s_gl, mask)
-                if HAS_Z:
-                    zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask)
-                    sig = tl.sigmoid(zt)
-                    gyz = gy * zt * sig  # the gradient reaching y before the gate
-                else:
-                    gyz = gy
-                h0 = tl.load(state_ptr + row * s_hb + d_offs[:, None] * s_hd + c * s_hc
-                             + n_offs[None, :] * s_hn, mask=dn_mask, other=0.0)
-                # 1. the chunk's states again, from its checkpoint; dC_t = sum_d h_t gy'_t
-                h = h0
-                hs = ()
-                y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-                for k in tl.static_range(BLOCK_T):
-                    bc_mask = n_mask & (t0 + k < length)
-                    Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
-                                 other=0.0).to(tl.float32)
-                    h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
-                         + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
-                    hs = hs + (h,)
-                    dc_ptrs = dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl
-                    dc = tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0)
-                    if D_BLOCKS > 1:
-                        dc += tl.load(dc_ptrs, mask=bc_mask & accumulate, other=0.0)
-                    tl.store(dc_ptrs, dc, mask=bc_mask)
-                    if HAS_Z:
-                        Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
-                                     other=0.0).to(tl.float32)
-                        y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
-                out_offs = d_offs[:, None] * s_od + t_offs[None, :] * s_ol
-                if HAS_Z:
-                    if HAS_D:
-                        y += Dv[:, None] * u
-                    tl.store(dz_ptr + row * s_ob + out_offs,
-                             gy * y * sig * (1.0 + zt * (1.0 - sig)), mask=mask)
-                # 2. the adjoint g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1}, last step first
-                du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-                ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-                for k in tl.static_range(BLOCK_T - 1, -1, -1):
-                    bc_mask = n_mask & (t0 + k < length)
-                    Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
-                                 other=0.0).to(tl.float32)
-                    Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
-                                 other=0.0).to(tl.float32)
-                    dt_k = _col(dt, t_loc, k)
-                    dtu_k = _col(dtu, t_loc, k)
-                    g = _col(gyz, t_loc, k)[:, None] * Ct[None, :] + g_next
-                    # h_t = a_t h_{t-1} + Δ_t B_t u_t: d(Δ_t B_t u_t) = g_t,
-                    # d(Δ_t A) = g_t a_t h_{t-1}
-                    gB = tl.sum(g * Bt[None, :], axis=1)
-                    du = _put(du, t_loc, k, gB * dt_k)
-                    g_ah = g * (hs[k] - dtu_k[:, None] * Bt[None, :])
-                    ddt = _put(ddt, t_loc, k,
-                               gB * _col(u, t_loc, k) + tl.sum(g_ah * A, axis=1))
-                    dA_acc += g_ah * dt_k[:, None]
-                    db_ptrs = dB_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl
-                    db = tl.sum(g * dtu_k[:, None], axis=0)
-                    if D_BLOCKS > 1:
-                        db += tl.load(db_ptrs, mask=bc_mask & accumulate, other=0.0)
-                    tl.store(db_ptrs, db, mask=bc_mask)
-                    g_next = tl.exp2(dt_k[:, None] * A2) * g
-                if HAS_D:
-                    du += gyz * Dv[:, None]
-                    dD_acc += tl.sum(gyz * u, axis=1)
-                tl.store(du_ptr + row * s_ob + out_offs, du, mask=mask)
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(raw)
-                ddt = tl.where(mask, ddt, 0.0)
-                tl.store(ddelta_ptr + row * s_ob + out_offs, ddt, mask=mask)
-                if HAS_BIAS:
-                    dbias_acc += tl.sum(ddt, axis=1)
-            if HAS_LEN:  # no gradient past the length: zeros, written here instead of memsets
-                zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-                zeros_p = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-                end = tl.where(row < n_rows, L, 0)
-                for t0 in range((length // BLOCK_T) * BLOCK_T, end, BLOCK_T):
-                    t_offs = t0 + t_loc
-                    t_tail = (t_offs >= length) & (t_offs < L)
-                    tail = d_mask[:, None] & t_tail[None, :]
-                    out_offs = row * s_ob + d_offs[:, None] * s_od + t_offs[None, :] * s_ol
-                    tl.store(du_ptr + out_offs, zeros, mask=tail)
-                    tl.store(ddelta_ptr + out_offs, zeros, mask=tail)
-                    if HAS_Z:
-                        tl.store(dz_ptr + out_offs, zeros, mask=tail)
-                    p_offs = p_row + n_offs[:, None] * s_pn + t_offs[None, :] * s_pl
-                    p_tail = n_mask[:, None] & t_tail[None, :]
-                    tl.store(dB_ptr + p_offs, zeros_p, mask=p_tail)
-                    tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
-        tl.store(dA_ptr + pid_r * s_ab + d_offs[:, None] * s_ad2 + n_offs[None, :] * s_an2,
-                 dA_acc, mask=dn_mask)
-        if HAS_D:
-            tl.store(dD_ptr + pid_r * d + d_offs, dD_acc, mask=d_mask)
+            du += gyz * Dv[:, None]
+            dD_acc += tl.sum(gyz * u, axis=1)
+        tl.store(du_ptr + row * s_ob + out_offs, du, mask=mask)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(mask, ddt, 0.0)
+        tl.store(ddelta_ptr + row * s_ob + out_offs, ddt, mask=mask)
         if HAS_BIAS:
-            tl.store(dbias_ptr + pid_r * d + d_offs, dbias_acc, mask=d_mask)
-        if D_BLOCKS > 1:
-            tl.debug_barrier()  # this block's dB, dC sums stored before the next reads them
+            dbias_acc += tl.sum(ddt, axis=1)
+    tl.store(dA_ptr + row * s_ab + d_offs[:, None] * s_ad2 + n_offs[None, :] * s_an2, dA_acc,
+             mask=dn_mask)
+    if HAS_D:
+        tl.store(dD_ptr + row * d + d_offs, dD_acc, mask=d_mask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row * d + d_offs, dbias_acc, mask=d_mask)
+    if HAS_LEN:  # no gradient past the length: zeros, written here instead of memsets
+        zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        zeros_p = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for t0 in range((length // BLOCK_T) * BLOCK_T, L, BLOCK_T):
+            t_offs = t0 + t_loc
+            t_tail = (t_offs >= length) & (t_offs < L)
+            tail = d_mask[:, None] & t_tail[None, :]
+            out_offs = row * s_ob + d_offs[:, None] * s_od + t_offs[None, :] * s_ol
+            tl.store(du_ptr + out_offs, zeros, mask=tail)
+            tl.store(ddelta_ptr + out_offs, zeros, mask=tail)
+            if HAS_Z:
+                tl.store(dz_ptr + out_offs, zeros, mask=tail)
+            p_offs = p_row + n_offs[:, None] * s_pn + t_offs[None, :] * s_pl
+            p_tail = n_mask[:, None] & t_tail[None, :]
+            tl.store(dB_ptr + p_offs, zeros_p, mask=p_tail)
+            tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
 
 
 # ---------------------------------------------------------------------------- autograd
@@ -500,7 +444,7 @@ def _strides3(t: Tensor | None) -> tuple[int, int, int]:
 # (an older torch without the exact-strides tag: fixed stride order, which may copy a view)
 _LAYOUT_TAGS = (getattr(torch.Tag, "needs_exact_strides", torch.Tag.needs_fixed_stride_order),)
 _CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "BLOCK_D_FWD", "BLOCK_D_BWD", "WARPS_FWD",
-             "WARPS_BWD", "MAXNREG_BWD", "ROWS_BWD", "DBLOCKS_BWD")
+             "WARPS_BWD", "MAXNREG_BWD")
 
 
 def _cfg_list(cfg: dict) -> list[int]:
@@ -509,8 +453,7 @@ def _cfg_list(cfg: dict) -> list[int]:
 
 def _cfg_dict(values: list[int]) -> dict:
     cfg = dict(zip(_CFG_KEYS, values, strict=True))
-    for key in ("MAXNREG_BWD", "ROWS_BWD", "DBLOCKS_BWD"):
-        cfg[key] = cfg[key] or None
+    cfg["MAXNREG_BWD"] = cfg["MAXNREG_BWD"] or None
     return cfg
 
 
@@ -570,34 +513,31 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     du = _like(u, u.dtype)
     ddelta = _like(u, delta.dtype)
     dz = None if z is None else _like(u, z.dtype)
-    # partial sums, added up here (no atomics: deterministic): dA, dD, dbias one per group
-    # of `rows` rows, dB, dC one per group of `d_blocks` blocks of channels
+    dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
+    # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
     blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
-    rows, d_blocks = backward_grouping(b, blocks, cfg)
-    row_groups, block_groups = triton.cdiv(b, rows), triton.cdiv(blocks, d_blocks)
-    dA = torch.empty((row_groups, d, n), dtype=torch.float32, device=dev)
-    dB = torch.empty((b, block_groups, n, L), dtype=torch.float32, device=dev)
-    dC = torch.empty((b, block_groups, n, L), dtype=torch.float32, device=dev)
-    dD = None if D is None else torch.empty((row_groups, d), dtype=torch.float32, device=dev)
-    dbias = None if delta_bias is None else torch.empty((row_groups, d), dtype=torch.float32,
+    dB = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
+    dC = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
+    dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)
+    dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
                                                         device=dev)
     dummy = du
     states_unit = _states_unit(B, C)
     # a register cap is a compile option (the interpreter takes none)
     cap = None if triton_interpreted() else backward_maxnreg(cfg, states_unit)
     options = {} if cap is None else {"maxnreg": cap}
-    _scan_bwd_kernel[(row_groups, block_groups)](
+    _scan_bwd_kernel[(b, blocks)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
         dummy if dD is None else dD, dummy if dbias is None else dbias,
-        L, d, n, b,
+        L, d, n,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
         *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-        ROWS=rows, D_BLOCKS=d_blocks, num_warps=cfg["WARPS_BWD"], **options,
+        num_warps=cfg["WARPS_BWD"], **options,
     )
     return [du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
             _none(u) if D is None else dD.sum(0).to(D.dtype), _none(u) if dz is None else dz,

@@ -218,12 +218,6 @@ CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks an
     (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
     # forward chunks of 8 storing a state every 2 steps, backward walking chunks of 2
     (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=8, block_t_bwd=2, block_d_bwd=4)),
-    # backward programs walking several rows and channel blocks: groups past the last row
-    # and past the last channel, dB/dC summed in place across blocks, dA across rows
-    (3, 7, 2, 18, True, [25, 3, 17],
-     ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2, rows_bwd=2, d_blocks_bwd=3)),
-    (5, 5, 3, 7, True, None,
-     ScanConfig(block_t=2, block_d_fwd=2, block_d_bwd=2, rows_bwd=4, d_blocks_bwd=2)),
 ]
 for b, d, n, L, options, lengths, config in CASES:
     inputs = make_inputs(b, d, n, L, torch.float32, seed=L + d, options=options)
@@ -354,22 +348,6 @@ def test_scan_config_chunks():
     assert backward_maxnreg(tiles, True) == backward_maxnreg(tiles, False) == 255
 
 
-def test_backward_grouping():
-    """Backward programs walk several channel blocks (then rows) only while enough programs
-    remain to fill the GPU; a config's choice wins."""
-    needs_triton()
-    from fusion.ssm_triton import BACKWARD_MIN_PROGRAMS, ScanConfig, backward_grouping, scan_config
-
-    tiles = scan_config(32, 2048, 16)
-    rows, d_blocks = backward_grouping(384, 128, tiles)  # the head's EK100 call
-    assert d_blocks > 1 and 384 * (128 // d_blocks) // rows >= BACKWARD_MIN_PROGRAMS
-    assert backward_grouping(2, 96, tiles) == (1, 1)  # few rows: every program needed
-    assert backward_grouping(10**6, 128, tiles) == (4, 8)  # the caps
-    assert backward_grouping(10**6, 1, tiles) == (4, 1)
-    fixed = scan_config(32, 2048, 16, ScanConfig(rows_bwd=3, d_blocks_bwd=5))
-    assert backward_grouping(2, 2, fixed) == (3, 5)
-
-
 def cuda_inputs(b, d, n, L, dtype, seed, options=True):
     """Random inputs on CUDA; u, delta, B, C, z in `dtype`, A, D, delta_bias float32.
 
@@ -438,7 +416,6 @@ def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
     {"block_t": 32, "block_d_fwd": 4, "block_d_bwd": 2},
     {"block_t": 16, "block_d_fwd": 2, "block_d_bwd": 1, "num_warps_fwd": 8, "num_warps_bwd": 8},
     {"block_t": 16, "block_d_fwd": 16, "block_d_bwd": 8, "num_warps_fwd": 8, "num_warps_bwd": 2},
-    {"rows_bwd": 2, "d_blocks_bwd": 3}, {"rows_bwd": 4, "d_blocks_bwd": 8, "block_d_bwd": 4},
 ])
 def test_tile_sizes_do_not_change_results(config):
     needs_triton()
