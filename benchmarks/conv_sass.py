@@ -11,7 +11,7 @@ the compiled kernel: this runs `fusion.conv_triton.token_conv_triton` forward an
 CPU tensors with the kernels' launches recorded instead of run, compiles each recorded launch
 for sm_90 as Triton's launcher would specialise it (integer arguments equal to 1 become
 constants, multiples of 16 and 16-byte aligned pointers get divisibility hints) and reads
-registers, stack and the instruction mix back (`benchmarks.scan_sass.resources`).
+registers, stack and the instruction mix back (`benchmarks.sass`).
 
 Calls: the Mamba layer's causal k = 4 convolution with SiLU on a channel half of in_proj's
 (b, L, 4096) output, and eq. 5's centred k = 3 one on (b, L, 1024) inputs, bf16 with float32
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.scan_sass import resources  # noqa: E402
+from benchmarks.sass import compile_launch, markdown_table, recording, resources  # noqa: E402
 from features.config import cli  # noqa: E402
 
 CALLS = (  # b, L, channels, k, causal, activation
@@ -54,16 +54,6 @@ class ConvSassConfig:
     out: Path | None = None
 
 
-class _Recorder:
-    """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch."""
-
-    def __init__(self) -> None:
-        self.launches = []
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launches.append((args, kwargs))
-
-
 def recorded_launches(call: tuple, config) -> list[tuple[str, object, tuple, dict]]:
     """(name, kernel, args, kwargs) of each launch one forward + backward makes."""
     import torch
@@ -76,46 +66,14 @@ def recorded_launches(call: tuple, config) -> list[tuple[str, object, tuple, dic
     weight = torch.zeros(d, 1, k, requires_grad=True)
     bias = torch.zeros(d, requires_grad=True)
     kernels = {"forward": ct._conv_fwd_kernel, "grad": ct._conv_grad_kernel}
-    recorders = {name: _Recorder() for name in kernels}
-    try:
-        ct._conv_fwd_kernel, ct._conv_grad_kernel = recorders["forward"], recorders["grad"]
+    with recording(ct, ("_conv_fwd_kernel", "_conv_grad_kernel")) as recorders:
         y = ct.token_conv_triton(x, weight, bias, causal=causal, activation=activation,
                                  config=config)
         torch.autograd.grad(y, [x, weight, bias], torch.zeros_like(y))
-    finally:
-        ct._conv_fwd_kernel, ct._conv_grad_kernel = kernels["forward"], kernels["grad"]
-    (fwd, dx), (grad,) = recorders["forward"].launches, recorders["grad"].launches
+    (fwd, dx), (grad,) = (recorders["_conv_fwd_kernel"].launches,
+                          recorders["_conv_grad_kernel"].launches)
     return [("forward", kernels["forward"], *fwd), ("grad", kernels["grad"], *grad),
             ("dx", kernels["forward"], *dx)]
-
-
-def compile_launch(kernel, args: tuple, kwargs: dict):
-    """`triton.compile` for sm_90 of one recorded launch, specialised as the launcher would."""
-    import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    options = {key: kwargs[key] for key in ("num_warps", "num_stages", "maxnreg")
-               if key in kwargs}
-    constants = {key: value for key, value in kwargs.items() if key not in options}
-    dtypes = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
-    signature, attrs = {}, {}
-    for i, (name, value) in enumerate(zip(kernel.arg_names, args, strict=False)):
-        if isinstance(value, torch.Tensor):
-            signature[name] = dtypes[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif value == 1 and i not in kernel.do_not_specialize:
-            signature[name], constants[name] = "constexpr", 1
-        else:
-            signature[name] = "i32" if abs(value) < 2**31 else "i64"
-            if value % 16 == 0 and i not in kernel.do_not_specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    for name in constants:
-        signature[name] = "constexpr"
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def measure(c: ConvSassConfig) -> list[dict]:
@@ -141,15 +99,13 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/conv_sass.py " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])
-    header = ("b, L, d", "k, activation", "kernel", "BLOCK_L", "BLOCK_D", "warps", *COLUMNS)
+    header = ["b, L, d", "k, activation", "kernel", "BLOCK_L", "BLOCK_D", "warps", *COLUMNS]
+    table = [[f"{r['call'][0]}, {r['call'][1]}, {r['call'][2]}",
+              f"{r['call'][3]}, {r['call'][5]}", r["kernel"], r["BLOCK_L"], r["BLOCK_D"],
+              r["warps"], *(r[key] for key in COLUMNS)] for r in rows]
     lines = ["# Token-convolution kernels compiled for sm_90 (static SASS counts)", "",
              f"`{command.strip()}`; bf16 x, float32 weight and bias.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        b, L, d, k, _, act = r["call"]
-        cells = [f"{b}, {L}, {d}", f"{k}, {act}", r["kernel"], r["BLOCK_L"], r["BLOCK_D"],
-                 r["warps"], *(r[key] for key in COLUMNS)]
-        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+             *markdown_table(header, table)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "rows": rows},
                                                    indent=1))
