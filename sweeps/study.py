@@ -477,7 +477,7 @@ class Objective:
 
 # --- worker loop ---------------------------------------------------------------------------
 
-_STOP: dict[str, Any] = {"requested": False, "interruptible": False}
+_STOP: dict[str, Any] = {"requested": False, "interruptible": False, "entry": None}
 
 
 class StopRequested(KeyboardInterrupt):
@@ -513,8 +513,11 @@ DEFERRED_STOP_RETRY_S = 0.02
 
 
 def _in_database_code(frame: Any) -> bool:
-    """Whether any frame of the stack runs code of `DATABASE_MODULES`."""
-    while frame is not None:
+    """Whether training called into `DATABASE_MODULES` code that is still running: a frame
+    of theirs between `frame` (where the signal landed) and the frame that entered
+    `interruptible`. Frames outside it do not count: training itself runs inside Optuna's
+    `optimize`."""
+    while frame is not None and frame is not _STOP["entry"]:
         name = frame.f_globals.get("__name__") or ""
         if name.split(".", 1)[0] in DATABASE_MODULES:
             return True
@@ -577,11 +580,14 @@ def interruptible() -> Iterator[None]:
     """Training: a stop signal interrupts at once (see `stop_on_signals`)."""
     if stop_requested():
         raise StopRequested("stop requested")
-    _STOP["interruptible"] = True
+    entry = sys._getframe(1)  # the frame of the `with` statement, past contextlib's own
+    while entry is not None and entry.f_globals.get("__name__") == "contextlib":
+        entry = entry.f_back
+    _STOP["interruptible"], _STOP["entry"] = True, entry
     try:
         yield
     finally:
-        _STOP["interruptible"] = False
+        _STOP["interruptible"], _STOP["entry"] = False, None
 
 
 def run_worker(config: SweepConfig, worker: int = 0, parent_run_id: str | None = None,

@@ -893,6 +893,34 @@ def test_stop_waits_until_database_code_returns(tmp_path: Path) -> None:
     assert done.stdout.strip() == "['committed', 'stopped']"
 
 
+def test_database_code_around_training_does_not_delay_the_stop(tmp_path: Path) -> None:
+    """Training runs inside Optuna's `optimize` (a database package on the stack below it):
+    a stop during training still interrupts at once; only database code that training
+    itself called defers it."""
+    (tmp_path / "stop_under_optuna.py").write_text(
+        "import os, signal, time\n"
+        "from sweeps.study import StopRequested, interruptible, stop_on_signals\n"
+        "optuna = {'__name__': 'optuna.study._optimize', 'os': os, 'signal': signal, "
+        "'time': time, 'interruptible': interruptible}\n"
+        "exec('def optimize(log):\\n    with interruptible():\\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\\n        t = time.time()\\n"
+        "        while time.time() - t < 10: pass\\n        log.append(\\'trained\\')\\n',"
+        " optuna)\n"
+        "log = []\n"
+        "started = time.time()\n"
+        "try:\n"
+        "    with stop_on_signals():\n"
+        "        optuna['optimize'](log)\n"
+        "except StopRequested:\n"
+        "    log.append('stopped')\n"
+        "print(log, time.time() - started < 5)\n"
+    )
+    done = subprocess.run([PY, "stop_under_optuna.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['stopped'] True"
+
+
 def test_signal_inside_exec_string_still_exits_130(tmp_path: Path) -> None:
     """A stop signal landing in `exec(str)` code (a dataclass built by a lazy import) must not
     turn the sweep's exit status 130 into death by SIGINT (CPython's unhandled-interrupt mark,
