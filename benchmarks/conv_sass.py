@@ -65,15 +65,14 @@ def recorded_launches(call: tuple, config) -> list[tuple[str, object, tuple, dic
     x = torch.zeros(b, L, wide, dtype=torch.bfloat16)[..., :d].requires_grad_()
     weight = torch.zeros(d, 1, k, requires_grad=True)
     bias = torch.zeros(d, requires_grad=True)
-    kernels = {"forward": ct._conv_fwd_kernel, "grad": ct._conv_grad_kernel}
     with recording(ct, ("_conv_fwd_kernel", "_conv_grad_kernel")) as recorders:
         y = ct.token_conv_triton(x, weight, bias, causal=causal, activation=activation,
                                  config=config)
         torch.autograd.grad(y, [x, weight, bias], torch.zeros_like(y))
-    (fwd, dx), (grad,) = (recorders["_conv_fwd_kernel"].launches,
-                          recorders["_conv_grad_kernel"].launches)
-    return [("forward", kernels["forward"], *fwd), ("grad", kernels["grad"], *grad),
-            ("dx", kernels["forward"], *dx)]
+    forward, grad = recorders["_conv_fwd_kernel"], recorders["_conv_grad_kernel"]
+    (fwd, dx), (dw,) = forward.launches, grad.launches
+    return [("forward", forward.kernel, *fwd), ("grad", grad.kernel, *dw),
+            ("dx", forward.kernel, *dx)]
 
 
 def measure(c: ConvSassConfig) -> list[dict]:

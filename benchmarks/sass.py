@@ -34,9 +34,11 @@ def tool(name: str) -> str:
 
 
 class Recorder:
-    """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch."""
+    """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch;
+    `kernel` is the one it replaces (what a recorded launch is compiled with)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
         self.launches: list[tuple[tuple, dict]] = []
 
     def __getitem__(self, grid):
@@ -46,15 +48,14 @@ class Recorder:
 @contextlib.contextmanager
 def recording(module: ModuleType, names: tuple[str, ...]) -> Iterator[dict[str, Recorder]]:
     """`module`'s kernels `names` replaced by recorders for the block, then restored."""
-    kernels = {name: getattr(module, name) for name in names}
-    recorders = {name: Recorder() for name in names}
+    recorders = {name: Recorder(getattr(module, name)) for name in names}
     try:
         for name, recorder in recorders.items():
             setattr(module, name, recorder)
         yield recorders
     finally:
-        for name, kernel in kernels.items():
-            setattr(module, name, kernel)
+        for name, recorder in recorders.items():
+            setattr(module, name, recorder.kernel)
 
 
 def launch_signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:

@@ -90,15 +90,14 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     lengths = torch.full((1,), L, dtype=torch.int32) if c.has_len else None
     config = st.ScanConfig(c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd,
                            c.num_warps_bwd, c.block_t_bwd, c.maxnreg_bwd)
-    names = ("_scan_fwd_kernel", "_scan_bwd_kernel")
-    kernels = {name: getattr(st, name) for name in names}
-    with recording(st, names) as recorders:
+    with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders:
         y = st.selective_scan_triton(u, delta, A, B, C, D, z if c.has_z else None, bias,
                                      c.softplus, lengths=lengths, config=config)
         leaves = [t for t in (xz, delta, A, B, C, D, bias) if t is not None]
         torch.autograd.grad(y, leaves, torch.zeros_like(y), allow_unused=True)
-    ((fwd,), (bwd,)) = (recorders[name].launches for name in names)
-    return [("forward", kernels[names[0]], *fwd), ("backward", kernels[names[1]], *bwd)]
+    forward, backward = recorders["_scan_fwd_kernel"], recorders["_scan_bwd_kernel"]
+    (fwd,), (bwd,) = forward.launches, backward.launches
+    return [("forward", forward.kernel, *fwd), ("backward", backward.kernel, *bwd)]
 
 
 def measure(c: SassConfig) -> list[dict]:
