@@ -155,7 +155,7 @@ _FWD_STRIDES = tuple("""
 _BWD_STRIDES = tuple("""
     s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bn s_bl s_cb s_cn s_cl s_zb s_zd s_zl
     s_gb s_gd s_gl s_hb s_hd s_hc s_hn s_ob s_od s_ol s_pb s_pk s_pn s_pl s_ab s_ad2
-    s_an2
+    s_an2 s_rb
 """.split())
 
 
@@ -270,13 +270,14 @@ def _scan_bwd_kernel(
     L, d, n,
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl,
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hc, s_hn, s_ob, s_od, s_ol,
-    s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2,
+    s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2, s_rb,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, STATES_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d);
-    dB, dC partial sums over this program's channels (b, d-blocks, n, L), strides s_p*."""
+    """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
+    (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
+    strides s_p*."""
     row = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -386,9 +387,9 @@ def _scan_bwd_kernel(
     tl.store(dA_ptr + row * s_ab + d_offs[:, None] * s_ad2 + n_offs[None, :] * s_an2, dA_acc,
              mask=dn_mask)
     if HAS_D:
-        tl.store(dD_ptr + row * d + d_offs, dD_acc, mask=d_mask)
+        tl.store(dD_ptr + row * s_rb + d_offs, dD_acc, mask=d_mask)
     if HAS_BIAS:
-        tl.store(dbias_ptr + row * d + d_offs, dbias_acc, mask=d_mask)
+        tl.store(dbias_ptr + row * s_rb + d_offs, dbias_acc, mask=d_mask)
     if HAS_LEN:  # no gradient past the length: zeros, written here instead of memsets
         zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         zeros_p = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
@@ -405,6 +406,33 @@ def _scan_bwd_kernel(
             p_tail = n_mask[:, None] & t_tail[None, :]
             tl.store(dB_ptr + p_offs, zeros_p, mask=p_tail)
             tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
+
+
+@triton.jit
+def _sum_middle_kernel(x_ptr, y_ptr, y2_ptr, y3_ptr, K, Q, N1, N2,
+                       NUM_OUT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """x (P, K, Q), contiguous float32, summed over K into a (P, Q) result whose flat
+    elements [0, N1) go to y, [N1, N1 + N2) to y2 and the rest to y3 (NUM_OUT of them),
+    each cast to its own dtype: several gradients reduced by one launch. The order of the
+    sum is fixed: deterministic, like the aten sums it replaces."""
+    p = tl.program_id(0).to(tl.int64)
+    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_mask = q < Q
+    x_row = x_ptr + p * K * Q
+    acc = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        tile = tl.load(x_row + k[:, None].to(tl.int64) * Q + q[None, :],
+                       mask=(k < K)[:, None] & q_mask[None, :], other=0.0)
+        acc += tl.sum(tile, axis=0)
+    f = p * Q + q
+    tl.store(y_ptr + f, acc.to(y_ptr.dtype.element_ty), mask=q_mask & (f < N1))
+    if NUM_OUT > 1:
+        tl.store(y2_ptr + (f - N1), acc.to(y2_ptr.dtype.element_ty),
+                 mask=q_mask & (f >= N1) & (f < N1 + N2))
+    if NUM_OUT > 2:
+        tl.store(y3_ptr + (f - N1 - N2), acc.to(y3_ptr.dtype.element_ty),
+                 mask=q_mask & (f >= N1 + N2))
 
 
 # ---------------------------------------------------------------------------- autograd
@@ -513,14 +541,17 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     du = _like(u, u.dtype)
     ddelta = _like(u, delta.dtype)
     dz = None if z is None else _like(u, z.dtype)
-    dA = torch.empty((b, d, n), dtype=torch.float32, device=dev)
-    # dB, dC: one partial sum per block of channels, summed here (no atomics: deterministic)
+    # per-row dA, dD, dbias side by side in one (b, d n + d + d) buffer, and dB, dC's partial
+    # sums over blocks of channels stacked in another: each summed by one launch below (no
+    # atomics: deterministic)
+    per_row = [t for t in (D, delta_bias) if t is not None]
+    rows = torch.empty((b, d * (n + len(per_row))), dtype=torch.float32, device=dev)
+    dA = rows[:, :d * n].view(b, d, n)
+    dD = None if D is None else rows[:, d * n:d * (n + 1)]
+    dbias = None if delta_bias is None else rows[:, d * (n + len(per_row) - 1):]
     blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
-    dB = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
-    dC = torch.empty((b, blocks, n, L), dtype=torch.float32, device=dev)
-    dD = None if D is None else torch.empty((b, d), dtype=torch.float32, device=dev)
-    dbias = None if delta_bias is None else torch.empty((b, d), dtype=torch.float32,
-                                                        device=dev)
+    dBC = torch.empty((2, b, blocks, n, L), dtype=torch.float32, device=dev)
+    dB, dC = dBC[0], dBC[1]
     dummy = du
     states_unit = _states_unit(B, C)
     # a register cap is a compile option (the interpreter takes none)
@@ -534,14 +565,41 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         L, d, n,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
         *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
+        rows.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         num_warps=cfg["WARPS_BWD"], **options,
     )
-    return [du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
-            _none(u) if D is None else dD.sum(0).to(D.dtype), _none(u) if dz is None else dz,
-            _none(u) if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)]
+    gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
+    g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]
+    _sum_middle(rows.view(1, b, rows.shape[1]), gA, *g_per_row)
+    gB = torch.empty((b, n, L), dtype=B.dtype, device=dev)
+    gC = torch.empty((b, n, L), dtype=C.dtype, device=dev)
+    _sum_middle(dBC.view(2 * b, blocks, n * L), gB, gC)
+    gD = _none(u) if D is None else g_per_row[0]
+    gbias = _none(u) if delta_bias is None else g_per_row[-1]
+    return [du, ddelta, gA, gB, gC, gD, _none(u) if dz is None else dz, gbias]
+
+
+def _sum_middle(x: Tensor, *outs: Tensor) -> None:
+    """`outs` (one to three contiguous tensors) = x summed over its middle axis, x a
+    contiguous float32 (P, K, Q) whose flattened (P, Q) sum fills them in order: one launch
+    for what were several aten sums and casts, which took 0.15 ms of a 3.74 ms EK100 step
+    (benchmarks/results/profile_step_h200_compiled_s9_split_linear.md). Tiles from a sweep
+    on the head's calls (H200, issue18_status.md, tenth session): few rows of many channels
+    (the per-row dA, dD, dbias) want long K tiles; many rows (dB, dC) short ones."""
+    P, K, Q = x.shape
+    sizes = [o.numel() for o in outs]
+    if not 1 <= len(outs) <= 3 or sum(sizes) != P * Q or any(not o.is_contiguous()
+                                                              for o in outs):
+        raise ValueError(f"_sum_middle: contiguous outputs of {sizes} elements for a "
+                         f"{tuple(x.shape)} sum")
+    block_k, block_q, warps = (64, 32, 4) if P < 64 else (16, 64, 2)
+    y2, y3 = (outs + (outs[0],) * 2)[1:3]
+    _sum_middle_kernel[(P, triton.cdiv(Q, block_q))](
+        x, outs[0], y2, y3, K, Q, sizes[0], sizes[1] if len(sizes) > 1 else 0,
+        NUM_OUT=len(outs), BLOCK_K=block_k, BLOCK_Q=block_q, num_warps=warps)
 
 
 def _none(u: Tensor) -> Tensor:
