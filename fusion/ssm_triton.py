@@ -67,6 +67,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fusion.backends import triton_interpreted
+from fusion.partial_sums import sum_middle
 
 LOG2E = math.log2(math.e)
 
@@ -408,33 +409,6 @@ def _scan_bwd_kernel(
             tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
 
 
-@triton.jit
-def _sum_middle_kernel(x_ptr, y_ptr, y2_ptr, y3_ptr, K, Q, N1, N2,
-                       NUM_OUT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """x (P, K, Q), contiguous float32, summed over K into a (P, Q) result whose flat
-    elements [0, N1) go to y, [N1, N1 + N2) to y2 and the rest to y3 (NUM_OUT of them),
-    each cast to its own dtype: several gradients reduced by one launch. The order of the
-    sum is fixed: deterministic, like the aten sums it replaces."""
-    p = tl.program_id(0).to(tl.int64)
-    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = q < Q
-    x_row = x_ptr + p * K * Q
-    acc = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        tile = tl.load(x_row + k[:, None].to(tl.int64) * Q + q[None, :],
-                       mask=(k < K)[:, None] & q_mask[None, :], other=0.0)
-        acc += tl.sum(tile, axis=0)
-    f = p * Q + q
-    tl.store(y_ptr + f, acc.to(y_ptr.dtype.element_ty), mask=q_mask & (f < N1))
-    if NUM_OUT > 1:
-        tl.store(y2_ptr + (f - N1), acc.to(y2_ptr.dtype.element_ty),
-                 mask=q_mask & (f >= N1) & (f < N1 + N2))
-    if NUM_OUT > 2:
-        tl.store(y3_ptr + (f - N1 - N2), acc.to(y3_ptr.dtype.element_ty),
-                 mask=q_mask & (f >= N1 + N2))
-
-
 # ---------------------------------------------------------------------------- autograd
 
 
@@ -573,33 +547,13 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     )
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
     g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]
-    _sum_middle(rows.view(1, b, rows.shape[1]), gA, *g_per_row)
+    sum_middle(rows.view(1, b, rows.shape[1]), gA, *g_per_row)
     gB = torch.empty((b, n, L), dtype=B.dtype, device=dev)
     gC = torch.empty((b, n, L), dtype=C.dtype, device=dev)
-    _sum_middle(dBC.view(2 * b, blocks, n * L), gB, gC)
+    sum_middle(dBC.view(2 * b, blocks, n * L), gB, gC)
     gD = _none(u) if D is None else g_per_row[0]
     gbias = _none(u) if delta_bias is None else g_per_row[-1]
     return [du, ddelta, gA, gB, gC, gD, _none(u) if dz is None else dz, gbias]
-
-
-def _sum_middle(x: Tensor, *outs: Tensor) -> None:
-    """`outs` (one to three contiguous tensors) = x summed over its middle axis, x a
-    contiguous float32 (P, K, Q) whose flattened (P, Q) sum fills them in order: one launch
-    for what were several aten sums and casts, which took 0.15 ms of a 3.74 ms EK100 step
-    (benchmarks/results/profile_step_h200_compiled_s9_split_linear.md). Tiles from a sweep
-    on the head's calls (H200, issue18_status.md, tenth session): few rows of many channels
-    (the per-row dA, dD, dbias) want long K tiles; many rows (dB, dC) short ones."""
-    P, K, Q = x.shape
-    sizes = [o.numel() for o in outs]
-    if not 1 <= len(outs) <= 3 or sum(sizes) != P * Q or any(not o.is_contiguous()
-                                                              for o in outs):
-        raise ValueError(f"_sum_middle: contiguous outputs of {sizes} elements for a "
-                         f"{tuple(x.shape)} sum")
-    block_k, block_q, warps = (64, 32, 4) if P < 64 else (16, 64, 2)
-    y2, y3 = (outs + (outs[0],) * 2)[1:3]
-    _sum_middle_kernel[(P, triton.cdiv(Q, block_q))](
-        x, outs[0], y2, y3, K, Q, sizes[0], sizes[1] if len(sizes) > 1 else 0,
-        NUM_OUT=len(outs), BLOCK_K=block_k, BLOCK_Q=block_q, num_warps=warps)
 
 
 def _none(u: Tensor) -> Tensor:
