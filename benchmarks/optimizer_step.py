@@ -1,0 +1,199 @@
+"""The Mamba head's optimizer update, timed in the harness's form and in the alternatives.
+
+    python benchmarks/optimizer_step.py --out benchmarks/results/optimizer_step_h200   # GPU
+    python benchmarks/optimizer_step.py --quick                                        # CPU
+
+Why (issue 18): in the compiled, graphed EK100 step, PyTorch's fused AdamW over the head's
+four parameter groups (17.66 M float32 parameters) took 0.19 ms of 3.69 ms, about 2.6 TB/s
+for the 28 bytes a parameter it reads and writes (parameter, gradient, two moments in;
+parameter, two moments out), where the H200 streams near 4 TB/s
+(`benchmarks/results/profile_step_h200_compiled_s10_sums.md`). This times one update of the
+head's real parameters and groups (`fusion.train.build_training`, protocol `clean`) with
+random gradients, as each variant:
+
+- `fused`: `torch.optim.AdamW(fused=True)`, the harness's (capturable on CUDA);
+- `fused_flat`: the same kernel over one flat tensor a group (4 tensors instead of one a
+  parameter): whether the tensor count, not the kernel, costs the time;
+- `foreach`: the multi-tensor `foreach` implementation;
+- `compiled`: that `foreach` step under `torch.compile` (inductor's fused kernels);
+- `copy`: not an update, a reference: a copy of the same 28 bytes a parameter.
+
+On CUDA each variant is captured in a CUDA graph, as the training step is, and replayed
+(`--steps` times, CUDA events): its device time a step. Before timing, every variant takes
+one step from the same parameters, moments and gradients, and its parameters are compared
+with `fused`'s (max relative difference; all should agree to float rounding). Gradient
+clipping is left out: the harness folds it into the fused kernel (`fusion.train._clip_in_step`),
+one norm over the gradients a step either way. `--quick` (CPU, a small head, no graphs, no
+`compiled`) checks the variants agree; its timings mean nothing. Results: `--out` .md/.json
+(default `benchmarks/results/optimizer_step`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.sweep_throughput import device_name  # noqa: E402
+from features.config import cli  # noqa: E402
+
+VARIANTS = ("fused", "fused_flat", "foreach", "compiled", "copy")
+BYTES_PER_PARAM = 28  # float32 parameter, gradient, two moments read; three written
+
+
+@dataclass
+class OptimizerBenchConfig:
+    """Time the Mamba head's AdamW update in several implementations."""
+
+    variants: tuple[str, ...] = VARIANTS
+    steps: int = 200
+    """Replays timed per variant (CUDA)."""
+    quick: bool = False
+    """A small head on the CPU: the variants' agreement, no meaningful timing."""
+    out: Path | None = None
+
+
+def head_groups(quick: bool, device: torch.device) -> list[dict]:
+    """The Mamba head's parameter groups as training builds them (EK100 input widths)."""
+    from fusion.train import HeadConfig, TrainConfig, build_training
+
+    dims = {"video": 1024, "verb_question": 768, "noun_question": 768}
+    config = TrainConfig(fusion="mamba", head=HeadConfig(d_model=48 if quick else None),
+                         epochs=1)
+    model, optimizer, _ = build_training(config, dims, {"num_verbs": 97, "num_nouns": 300},
+                                         10, device)
+    return [{k: v for k, v in g.items() if k not in ("initial_lr",)}
+            for g in optimizer.param_groups]
+
+
+def make_variant(name: str, groups: list[dict], grads: list[list[torch.Tensor]],
+                 cuda: bool) -> tuple[Callable[[], object], list[torch.Tensor]]:
+    """(one update, the parameters it updates) on fresh copies of `groups`' parameters."""
+    def float_lr(g: dict) -> dict:
+        lr = g["lr"]
+        return {**g, "lr": float(lr) if not cuda else torch.tensor(float(lr), device="cuda")}
+
+    if name == "copy":
+        n = sum(p.numel() for g in groups for p in g["params"])
+        src = torch.empty(BYTES_PER_PARAM * n // 8, device=groups[0]["params"][0].device)
+        dst = torch.empty_like(src)
+        return (lambda: dst.copy_(src)), []
+    if name == "fused_flat":
+        params = []
+        for g, gg in zip(groups, grads, strict=True):
+            p = torch.cat([q.detach().reshape(-1) for q in g["params"]]).requires_grad_()
+            p.grad = torch.cat([q.reshape(-1) for q in gg])
+            params.append(p)
+        new_groups = [{**float_lr(g), "params": [p]} for g, p in zip(groups, params,
+                                                                      strict=True)]
+    else:
+        params = []
+        new_groups = []
+        for g, gg in zip(groups, grads, strict=True):
+            ps = [q.detach().clone().requires_grad_() for q in g["params"]]
+            for p, grad in zip(ps, gg, strict=True):
+                p.grad = grad.clone()
+            params += ps
+            new_groups.append({**float_lr(g), "params": ps})
+    kind = {"fused": {"fused": True}, "fused_flat": {"fused": True}}.get(name, {"foreach": True})
+    optimizer = torch.optim.AdamW(new_groups, betas=(0.9, 0.999), capturable=cuda, **kind)
+    step = optimizer.step
+    if name == "compiled":
+        step = torch.compile(optimizer.step)
+    return step, params
+
+
+def flat(params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def device_ms(fn: Callable[[], object], steps: int, cuda: bool) -> float:
+    """A step's time: CUDA-graph replays timed with events (CUDA), wall time (CPU)."""
+    if not cuda:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - start) / steps * 1e3
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) / steps
+
+
+def run(c: OptimizerBenchConfig) -> dict:
+    cuda = torch.cuda.is_available() and not c.quick
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    groups = head_groups(c.quick, device)
+    grads = [[torch.randn_like(p) * 1e-2 for p in g["params"]] for g in groups]
+    n = sum(p.numel() for g in groups for p in g["params"])
+    variants = [v for v in c.variants if cuda or v != "compiled"]
+    reference = None
+    rows = []
+    for name in variants:
+        step, params = make_variant(name, groups, grads, cuda)
+        diff = None
+        if params:
+            step()  # one update from the common start, compared with `fused`'s
+            after = flat(params)
+            if reference is None:
+                reference = after
+            scale = (reference - flat([p for g in groups for p in g["params"]])).abs().max()
+            diff = ((after - reference).abs().max() / scale).item()
+        ms = device_ms(step, c.steps if cuda else 3, cuda)
+        rows.append({"variant": name, "ms": round(ms, 4),
+                     "tb_per_s": round(BYTES_PER_PARAM * n / (ms * 1e-3) / 1e12, 2),
+                     "max_rel_diff_vs_first": diff})
+        print(rows[-1], flush=True)
+    return {"device": device_name() if cuda else "cpu", "params": n, "groups": len(groups),
+            "cuda_graphs": cuda, "rows": rows}
+
+
+def write_report(report: dict, out: Path, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({**report, "command": command}, indent=2))
+    lines = [f"# AdamW update of the Mamba head on {report['device']}", "",
+             f"`{command}`; {report['params'] / 1e6:.2f} M parameters in {report['groups']} "
+             f"groups, {BYTES_PER_PARAM} bytes a parameter"
+             + (", each variant replayed as a CUDA graph" if report["cuda_graphs"] else
+                " (CPU: timings mean nothing)") + ".", "",
+             "| variant | ms/step | TB/s | max rel. diff vs first |", "|---|---|---|---|"]
+    for r in report["rows"]:
+        diff = "-" if r["max_rel_diff_vs_first"] is None else f"{r['max_rel_diff_vs_first']:.1e}"
+        lines.append(f"| {r['variant']} | {r['ms']:.4f} | {r['tb_per_s']:.2f} | {diff} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    c = cli(OptimizerBenchConfig, args=argv)
+    out = c.out or ROOT / "benchmarks" / "results" / (
+        "optimizer_step_quick" if c.quick else "optimizer_step")
+    command = "python benchmarks/optimizer_step.py" + (" --quick" if c.quick else "")
+    write_report(run(c), out, command + (f" --out {c.out}" if c.out else ""))
+    return out
+
+
+if __name__ == "__main__":
+    main()

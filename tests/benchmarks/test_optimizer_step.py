@@ -1,0 +1,32 @@
+"""benchmarks/optimizer_step.py on the CPU: the update variants agree with the harness's."""
+
+import json
+
+from benchmarks import optimizer_step
+
+
+def test_variants_update_the_head_alike(tmp_path):
+    out = optimizer_step.main(["--quick", "--out", str(tmp_path / "opt")])
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"fused", "fused_flat", "foreach", "copy"}  # no compile on the CPU
+    assert report["groups"] == 4  # {SSM block, rest} x {decay, no decay}
+    for name in ("fused_flat", "foreach"):
+        assert rows[name]["max_rel_diff_vs_first"] < 1e-5, rows[name]
+    assert rows["copy"]["max_rel_diff_vs_first"] is None
+    assert "| fused_flat |" in out.with_suffix(".md").read_text()
+
+
+def test_a_different_update_shows_in_the_comparison(tmp_path, monkeypatch):
+    """The agreement check can fail: a variant with another learning rate differs."""
+    make = optimizer_step.make_variant
+
+    def off_by_lr(name, groups, grads, cuda):
+        if name == "foreach":
+            groups = [{**g, "lr": g["lr"] * 2} for g in groups]
+        return make(name, groups, grads, cuda)
+
+    monkeypatch.setattr(optimizer_step, "make_variant", off_by_lr)
+    report = optimizer_step.run(optimizer_step.OptimizerBenchConfig(
+        variants=("fused", "foreach"), quick=True))
+    assert report["rows"][1]["max_rel_diff_vs_first"] > 0.1
