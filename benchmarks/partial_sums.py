@@ -16,7 +16,6 @@ the time of the old path (the sums and casts as `fusion.ssm_triton` did them bef
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.kernel_report import write_kernel_results  # noqa: E402
 from features.config import cli  # noqa: E402
 
 CALLS = (("video", 128, 16), ("questions", 256, 32))  # (name, rows, tokens) of the head
@@ -116,14 +116,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("benchmarks/partial_sums.py times CUDA kernels: run it on a GPU machine")
     rows, table = (sweep if c.sweep else compare)()
     command = "python benchmarks/partial_sums.py" + (" --sweep" if c.sweep else "")
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "command": f"{command} --out {c.out}"}
-    c.out.parent.mkdir(parents=True, exist_ok=True)
-    c.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    c.out.with_suffix(".md").write_text(
-        f"# Scan backward partial sums on {meta['device']}\n\n`{meta['command']}`\n\n"
-        + (__doc__ or "").split("\n\n")[2].strip().replace("\n", " ") + "\n\n" + table + "\n")
-    return c.out
+    why = (__doc__ or "").split("\n\n")[2].strip().replace("\n", " ")
+    return write_kernel_results(c.out, "Scan backward partial sums", command, "\n\n" + why,
+                                rows, table)
 
 
 if __name__ == "__main__":

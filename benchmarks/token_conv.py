@@ -17,7 +17,6 @@ the backward's tile choices instead (`fusion.conv_triton.ConvConfig`).
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.kernel_report import write_kernel_results  # noqa: E402
 from features.config import cli  # noqa: E402
 from fusion.token_conv import token_conv  # noqa: E402
 
@@ -141,15 +141,10 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("benchmarks/token_conv.py times CUDA kernels: run it on a GPU machine")
     rows, table = (sweep if c.sweep else compare)(c)
     command = "python benchmarks/token_conv.py" + (" --sweep" if c.sweep else "")
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "command": f"{command} --out {c.out}"}
-    c.out.parent.mkdir(parents=True, exist_ok=True)
-    c.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    c.out.with_suffix(".md").write_text(
-        f"# Token convolution on {meta['device']}\n\n`{meta['command']}`; bf16 x (a channel "
-        "half of a (b, L, 2d) tensor), fp32 weights under autocast; summed kernel time "
-        "(torch.profiler), eager = wall time with launches.\n\n" + table + "\n")
-    return c.out.with_suffix(".md")
+    return write_kernel_results(
+        c.out, "Token convolution", command, "; bf16 x (a channel half of a (b, L, 2d) "
+        "tensor), fp32 weights under autocast; summed kernel time (torch.profiler), eager = "
+        "wall time with launches.", rows, table)
 
 
 if __name__ == "__main__":
