@@ -72,6 +72,7 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     """(name, kernel, args, kwargs) of the forward and backward launches of one call."""
     import torch
 
+    import fusion.partial_sums as sums
     import fusion.ssm_triton as st
 
     L, d, n = c.L, c.d, c.n
@@ -90,7 +91,9 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     lengths = torch.full((1,), L, dtype=torch.int32) if c.has_len else None
     config = st.ScanConfig(c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd,
                            c.num_warps_bwd, c.block_t_bwd, c.maxnreg_bwd)
-    with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders:
+    # the backward's partial sums (`fusion.partial_sums`) recorded too, so nothing launches
+    with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders, recording(
+            sums, ("_sum_middle_kernel",)):
         y = st.selective_scan_triton(u, delta, A, B, C, D, z if c.has_z else None, bias,
                                      c.softplus, lengths=lengths, config=config)
         leaves = [t for t in (xz, delta, A, B, C, D, bias) if t is not None]
