@@ -20,13 +20,14 @@ published (not in the repository), so this matches the published properties, not
   each chunk so local frame k is global frame `c * 30 + k`;
 - chosen here, possibly unlike AVION: FFmpeg's `fps` filter (frame n shows the last source
   frame starting before (n + 1/2) / 30 s) and `scale` filter (bicubic) through PyAV's
-  libavfilter graph, libx264 at FFmpeg's defaults (crf 23, preset medium), no audio. So
-  pixels differ from AVION's copy by codec noise, and possibly by one source frame where
-  AVION's frame-rate conversion rounded differently (not verified).
+  libavfilter graph, libx264 at FFmpeg's defaults (crf 23, preset medium; plus x264's
+  `cpu-independent`, below), no audio. So pixels differ from AVION's copy by codec noise,
+  and possibly by one source frame where AVION's frame-rate conversion rounded differently
+  (not verified).
 
 Reproducible: the same raw video and settings give byte-identical chunks, on every run, under
-load and after a resume (checked with PyAV 18.1, libavcodec 62, x264 core 165). Two things
-used to make the bytes depend on more than the pixels, both fixed in `_Chunk`: PyAV opens
+load and after a resume (checked with PyAV 18.1, libavcodec 62, x264 core 165). Three things
+made the bytes depend on more than the pixels, all fixed in `_Chunk`: PyAV opens
 every codec with slice threading and FFmpeg's automatic thread count, so libx264 cut each
 frame into one slice per core (at most one per 4 macroblock rows): a 320p chunk written on one
 core differed from one written on two; and a decoded frame keeps its source picture type (I/P/B),
@@ -34,8 +35,13 @@ which FFmpeg's libx264 wrapper forces on x264, so the chunks copied the raw vide
 types (the ffmpeg CLI clears them). Now libx264 always runs `ENCODER_THREADS` frame threads
 (x264's own kind of threading; its default deterministic mode makes them repeatable) and picks
 every frame type itself. Decoder and filter graph threads change no pixel (checked: 1, 4 and
-automatic threads give identical frames). Another CPU model may still give other bytes (x264
-picks some algorithms per CPU unless given `cpu-independent`; not checked across CPUs).
+automatic threads give identical frames). A third: on an AVX-512 Xeon, x264 wrote other bytes
+from run to run for identical input frames (also single-threaded; 2-3 variants of a chunk in
+6-8 runs), and not with its assembly limited to AVX2; so x264 runs with `cpu-independent`
+("Ensure exact reproducibility across different cpus, as opposed to letting them select
+different algorithms": x264.c's help; the option is in mirror/x264 @ dd6a303 x264.c), which
+gave one variant of every chunk in 8 runs at two sizes, for ~2 % more time. Not checked
+across CPU models.
 
 Resumable: each chunk is written to `<start>.MP4.partial` and renamed when complete; a video
 whose `.reencode.json` (written when its last chunk is done) lists chunks that all exist is
@@ -197,7 +203,8 @@ class _Chunk:
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.thread_type = "FRAME"  # PyAV's default is SLICE
         self.stream.codec_context.thread_count = ENCODER_THREADS  # 0 = one per core
-        self.stream.options = {"crf": str(config.crf), "preset": config.preset}
+        self.stream.options = {"crf": str(config.crf), "preset": config.preset,
+                               "x264-params": "cpu-independent=1"}
 
     def write(self, frame: Any) -> None:
         frame.pict_type = PictureType.NONE  # else the source's I/P/B type is forced on x264
