@@ -16,10 +16,12 @@ random gradients, as each variant:
   parameter): whether the tensor count, not the kernel, costs the time;
 - `foreach`: the multi-tensor `foreach` implementation;
 - `compiled`: that `foreach` step under `torch.compile` (inductor's fused kernels);
-- `triton_flat`: a prototype, here only: one Triton launch over all parameters in one flat
-  buffer (each group's segment padded to whole blocks, a block's group read from a table),
-  the bias corrections and learning rates read from the device, as capturable optimizers
-  do;
+- `triton_multi`: a prototype, here only: one Triton launch for every parameter, a program
+  per 4096-element chunk of a tensor (a table row: the tensors' addresses, the chunk, the
+  group), bias corrections and learning rates read from the device as capturable optimizers
+  do; torch's fused kernel runs about two 65536-element chunks a block, ~2 blocks an SM,
+  which may leave SMs idle at the end (a hypothesis this variant tests);
+- `triton_flat`: the same kernel over one flat tensor a group;
 - `copy`: not an update, a reference: a copy of the same 28 bytes a parameter.
 
 On CUDA each variant is captured in a CUDA graph, as the training step is, and replayed
@@ -53,8 +55,9 @@ if str(ROOT) not in sys.path:
 from benchmarks.sweep_throughput import device_name  # noqa: E402
 from features.config import cli  # noqa: E402
 
-VARIANTS = ("fused", "fused_flat", "foreach", "compiled", "triton_flat", "copy")
-FLAT_BLOCK = 2048  # elements a program of `triton_flat`
+VARIANTS = ("fused", "fused_flat", "foreach", "compiled", "triton_flat", "triton_multi",
+            "copy")
+TRITON_CHUNK = 4096  # elements a program of the Triton prototypes
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's, as fusion.optim builds it
 BYTES_PER_PARAM = 28  # float32 parameter, gradient, two moments read; three written
 
@@ -98,8 +101,8 @@ def make_variant(name: str, groups: list[dict], grads: list[list[torch.Tensor]],
         src = torch.empty(BYTES_PER_PARAM * n // 8, device=groups[0]["params"][0].device)
         dst = torch.empty_like(src)
         return (lambda: dst.copy_(src)), []
-    if name == "triton_flat":
-        return _triton_flat(groups, grads, cuda)
+    if name in ("triton_flat", "triton_multi"):
+        return _triton_adamw(groups, grads, cuda, flat_groups=name == "triton_flat")
     if name == "fused_flat":
         params = []
         for g, gg in zip(groups, grads, strict=True):
@@ -125,30 +128,26 @@ def make_variant(name: str, groups: list[dict], grads: list[list[torch.Tensor]],
     return step, params
 
 
-def _triton_flat(groups: list[dict], grads: list[list[torch.Tensor]],
-                 cuda: bool) -> tuple[Callable[[], object], list[torch.Tensor]]:
-    """The `triton_flat` prototype: buffers, the block-to-group table and the launch."""
-    import triton
+def _triton_adamw(groups: list[dict], grads: list[list[torch.Tensor]], cuda: bool,
+                  flat_groups: bool) -> tuple[Callable[[], object], list[torch.Tensor]]:
+    """The Triton prototypes: a table of (tensor, chunk) rows, one program a row, one launch.
 
-    segments, starts, total = [], [], 0
-    for g in groups:
-        n = sum(p.numel() for p in g["params"])
-        starts.append(total)
-        segments.append(n)
-        total += triton.cdiv(n, FLAT_BLOCK) * FLAT_BLOCK
+    `flat_groups`: one flat tensor a group (`triton_flat`); else the parameters' own tensors
+    (`triton_multi`, what an optimizer over a model's parameters would see)."""
     device = groups[0]["params"][0].device
-    param, grad = (torch.zeros(total, device=device) for _ in range(2))
-    m, v = torch.zeros_like(param), torch.zeros_like(param)
-    views = []
-    for g, gg, start in zip(groups, grads, starts, strict=True):
-        at = start
-        for p, q in zip(g["params"], gg, strict=True):
-            param[at:at + p.numel()] = p.detach().reshape(-1)
-            grad[at:at + p.numel()] = q.reshape(-1)
-            views.append(param[at:at + p.numel()])
-            at += p.numel()
-    block_group = torch.cat([torch.full((triton.cdiv(n, FLAT_BLOCK),), i, dtype=torch.int32)
-                             for i, n in enumerate(segments)]).to(device)
+    tensors = []  # (parameter, gradient, group)
+    for i, (g, gg) in enumerate(zip(groups, grads, strict=True)):
+        if flat_groups:
+            tensors.append((torch.cat([q.detach().reshape(-1) for q in g["params"]]),
+                            torch.cat([q.reshape(-1) for q in gg]), i))
+        else:
+            tensors += [(q.detach().clone(), gq.clone(), i)
+                        for q, gq in zip(g["params"], gg, strict=True)]
+    state = [(p, grad, torch.zeros_like(p), torch.zeros_like(p), i) for p, grad, i in tensors]
+    table = torch.tensor(
+        [[p.data_ptr(), grad.data_ptr(), m.data_ptr(), v.data_ptr(), start, p.numel(), i]
+         for p, grad, m, v, i in state for start in range(0, p.numel(), TRITON_CHUNK)],
+        dtype=torch.int64, device=device)
     lr = torch.tensor([float(g["lr"]) for g in groups], device=device)
     wd = torch.tensor([float(g["weight_decay"]) for g in groups], device=device)
     step = torch.zeros((), dtype=torch.float64, device=device)
@@ -156,42 +155,47 @@ def _triton_flat(groups: list[dict], grads: list[list[torch.Tensor]],
     bias = torch.empty(2, device=device)
     kernel = _adamw_kernel()
 
-    def update() -> None:
+    def update(state: list = state) -> None:  # `state` keeps the table's tensors alive
         # 1 - beta^step on the device, in float64 (beta2 = 0.999 rounded to float32 moves
         # 1 - beta2 by 1.3e-5)
         step.add_(1.0)
         bias.copy_(1.0 - betas ** step)
-        kernel[(total // FLAT_BLOCK,)](param, grad, m, v, block_group, lr, wd, bias,
-                                      BETAS[0], BETAS[1], EPS, BLOCK=FLAT_BLOCK,
-                                      num_warps=8 if cuda else 1)
+        kernel[(len(table),)](table, lr, wd, bias, BETAS[0], BETAS[1], EPS,
+                              BLOCK=TRITON_CHUNK, num_warps=4 if cuda else 1)
 
-    return update, views
+    return update, [p for p, *_ in state]
 
 
 def _adamw_kernel():
-    """AdamW (decoupled decay, bias-corrected, torch.optim.AdamW's order of operations) on a
-    block of the flat buffers; the block's group gives its learning rate and decay."""
+    """AdamW (decoupled decay, bias-corrected, torch.optim.AdamW's order of operations) on
+    one chunk of one tensor: its table row holds the parameter, gradient and moment
+    addresses, the chunk's start, the tensor's size and its group (learning rate, decay)."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def adamw(p_ptr, g_ptr, m_ptr, v_ptr, group_ptr, lr_ptr, wd_ptr, bias_ptr, beta1, beta2,
-              eps, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        group = tl.load(group_ptr + tl.program_id(0))
+    def adamw(table_ptr, lr_ptr, wd_ptr, bias_ptr, beta1, beta2, eps, BLOCK: tl.constexpr):
+        row = table_ptr + tl.program_id(0).to(tl.int64) * 7
+        p_ptr = tl.load(row).to(tl.pointer_type(tl.float32))
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(tl.float32))
+        m_ptr = tl.load(row + 2).to(tl.pointer_type(tl.float32))
+        v_ptr = tl.load(row + 3).to(tl.pointer_type(tl.float32))
+        offs = tl.load(row + 4) + tl.arange(0, BLOCK)
+        mask = offs < tl.load(row + 5)
+        group = tl.load(row + 6)
         lr = tl.load(lr_ptr + group)
         wd = tl.load(wd_ptr + group)
-        p = tl.load(p_ptr + offs)
-        g = tl.load(g_ptr + offs)
-        m = beta1 * tl.load(m_ptr + offs) + (1.0 - beta1) * g
-        v = beta2 * tl.load(v_ptr + offs) + (1.0 - beta2) * g * g
+        p = tl.load(p_ptr + offs, mask=mask)
+        g = tl.load(g_ptr + offs, mask=mask)
+        m = beta1 * tl.load(m_ptr + offs, mask=mask) + (1.0 - beta1) * g
+        v = beta2 * tl.load(v_ptr + offs, mask=mask) + (1.0 - beta2) * g * g
         bias1 = tl.load(bias_ptr)
         bias2 = tl.load(bias_ptr + 1)
         denom = tl.sqrt(v) / tl.sqrt(bias2) + eps
         p = p * (1.0 - lr * wd) - (lr / bias1) * (m / denom)
-        tl.store(p_ptr + offs, p)
-        tl.store(m_ptr + offs, m)
-        tl.store(v_ptr + offs, v)
+        tl.store(p_ptr + offs, p, mask=mask)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
 
     return adamw
 
@@ -235,7 +239,7 @@ def run(c: OptimizerBenchConfig) -> dict:
     n = sum(p.numel() for g in groups for p in g["params"])
     variants = [v for v in c.variants if cuda or v != "compiled"]
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        variants = [v for v in variants if v != "triton_flat"]  # Triton runs on CUDA only
+        variants = [v for v in variants if not v.startswith("triton")]  # CUDA only
     reference = None
     rows = []
     for name in variants:
