@@ -19,8 +19,9 @@ random gradients, as each variant:
 - `triton_multi`: a prototype, here only: one Triton launch for every parameter, a program
   per 4096-element chunk of a tensor (a table row: the tensors' addresses, the chunk, the
   group), bias corrections and learning rates read from the device as capturable optimizers
-  do; torch's fused kernel runs about two 65536-element chunks a block, ~2 blocks an SM,
-  which may leave SMs idle at the end (a hypothesis this variant tests);
+  do. PyTorch's multi-tensor kernels give each block one 65536-element chunk (`kChunkSize`
+  in aten/src/ATen/native/cuda/MultiTensorApply.cuh, pytorch/pytorch @ 4b6fea9): ~270
+  blocks for this head on 132 SMs, uneven at the end (the hypothesis this variant tests);
 - `triton_flat`: the same kernel over one flat tensor a group;
 - `copy`: not an update, a reference: a copy of the same 28 bytes a parameter.
 
