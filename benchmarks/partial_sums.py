@@ -5,8 +5,9 @@
 
 Why (issue 18): the Triton scan's backward writes per-row dA, dD, dbias (b, d, ·) and dB, dC
 partials per block of 16 channels (b, d / 16, n, L), summed after the kernel. As five aten
-sums and three casts they took 0.15 ms of the 3.74 ms compiled EK100 step. Here, on the
-Mamba head's two EK100 scan calls (video b 128, L 16; questions b 256, L 32; d 1536, n 16):
+sums and three casts a call they were 10 of the 13 aten reductions (0.15 ms together) of the
+3.74 ms compiled EK100 step. Here, on the Mamba head's two EK100 scan calls (video b 128,
+L 16; questions b 256, L 32; d 1536, n 16):
 the time of the old path (the sums and casts as `fusion.ssm_triton` did them before) and of
 `sum_middle` (two launches: the per-row buffer, the stacked dB/dC buffer), median of
 `triton.testing.do_bench`, and the largest relative difference between them. `--sweep` times

@@ -5,8 +5,9 @@ The scan backward writes one partial sum per program (per row of the batch, per 
 channels) instead of using atomics, so its results never depend on the order
 programs run in; the partials are then summed over their middle axis here. One launch fills
 up to three gradients stacked in one buffer, each cast to its own dtype: in the Mamba head's
-compiled EK100 step these sums had been eight aten reductions and casts a scan backward,
-0.15 ms of a 3.74 ms step (benchmarks/results/profile_step_h200_compiled_s9_split_linear.md).
+compiled EK100 step these sums had been five aten reductions and three casts a scan
+backward: 10 of the step's 13 `reduce_kernel` launches, which took 0.15 ms of 3.74 ms
+(benchmarks/results/profile_step_h200_compiled_s9_split_linear.md).
 
 Not used by `fusion.conv_triton`: its backward is an autograd.Function that torch.compile
 traces, so inductor already fuses its sums; routed through here it was no faster on the
