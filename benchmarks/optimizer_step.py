@@ -32,8 +32,9 @@ with `fused`'s in float32 spacings of each parameter (within ~8: the same arithm
 other orders; on the CPU `triton_flat` is the closer of the two to a float64 update).
 Gradient clipping is left out: the harness folds it into the fused kernel
 (`fusion.train._clip_in_step`), one norm over the gradients a step either way. `--quick`
-(CPU, a small head, no graphs, no `compiled`; `triton_flat` only under
-`TRITON_INTERPRET=1`) checks the variants agree; its timings mean nothing. Results: `--out`
+(CPU, a small head, no graphs, no `compiled`; the Triton ones only under
+`TRITON_INTERPRET=1`: the variants left out are named in the results) checks the variants
+agree; its timings mean nothing. Results: `--out`
 .md/.json (default `benchmarks/results/optimizer_step`).
 """
 
@@ -238,9 +239,16 @@ def run(c: OptimizerBenchConfig) -> dict:
     groups = head_groups(c.quick, device)
     grads = [[torch.randn_like(p) * 1e-2 for p in g["params"]] for g in groups]
     n = sum(p.numel() for g in groups for p in g["params"])
-    variants = [v for v in c.variants if cuda or v != "compiled"]
-    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        variants = [v for v in variants if not v.startswith("triton")]  # CUDA only
+    skipped = {}
+    if not cuda:
+        skipped = {v: "no torch.compile in --quick" for v in c.variants if v == "compiled"}
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            skipped |= {v: "Triton needs CUDA or TRITON_INTERPRET=1" for v in c.variants
+                        if v.startswith("triton")}
+    for name, why in skipped.items():
+        print(f"{name}: skipped ({why})", flush=True)
+    variants = [v for v in c.variants if v not in skipped]
+    start = flat([p for g in groups for p in g["params"]])
     reference = None
     rows = []
     for name in variants:
@@ -254,7 +262,6 @@ def run(c: OptimizerBenchConfig) -> dict:
             # in float32 spacings of the parameter before or after (the larger): the update
             # is float32 arithmetic in another order, and where it nearly cancels p, or p is
             # large (A_log ~ 6), p's own rounding is a visible share of it
-            start = flat([p for g in groups for p in g["params"]])
             spacing = torch.finfo(torch.float32).eps * torch.maximum(
                 reference.abs(), start.abs()).clamp_min(1e-6)
             diff = ((after - reference).abs() / spacing).max().item()
@@ -264,7 +271,7 @@ def run(c: OptimizerBenchConfig) -> dict:
                      "max_ulp_diff_vs_first": diff})
         print(rows[-1], flush=True)
     return {"device": device_name() if cuda else "cpu", "params": n, "groups": len(groups),
-            "cuda_graphs": cuda, "rows": rows}
+            "cuda_graphs": cuda, "rows": rows, "skipped": skipped}
 
 
 def write_report(report: dict, out: Path, command: str) -> None:
@@ -280,6 +287,9 @@ def write_report(report: dict, out: Path, command: str) -> None:
     for r in report["rows"]:
         diff = "-" if r["max_ulp_diff_vs_first"] is None else f"{r['max_ulp_diff_vs_first']:.1f}"
         lines.append(f"| {r['variant']} | {r['ms']:.4f} | {r['tb_per_s']:.2f} | {diff} |")
+    if report["skipped"]:
+        lines += ["", "Not run: " + "; ".join(f"{name} ({why})"
+                                            for name, why in report["skipped"].items()) + "."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -15,6 +15,9 @@ def test_variants_update_the_head_alike(tmp_path):
     for name in ("fused_flat", "foreach"):
         assert rows[name]["max_ulp_diff_vs_first"] <= 8, rows[name]
     assert rows["copy"]["max_ulp_diff_vs_first"] is None
+    # what the CPU cannot run is named, not dropped silently
+    assert set(report["skipped"]) == {"compiled", "triton_flat", "triton_multi"}
+    assert "Not run: compiled (" in out.with_suffix(".md").read_text()
     assert "| fused_flat |" in out.with_suffix(".md").read_text()
 
 
