@@ -72,6 +72,7 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from fusion.data import FeatureSplit, Rows
     from fusion.graphs import GraphedTrainStep
     from fusion.train import HeadConfig, TrainConfig, build_training, resolve_device, train_step
 
@@ -91,9 +92,14 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     graphed = GraphedTrainStep(forward, optimizer, scheduler, config, cuda) if (
         c.cuda_graphs and cuda) else None
 
+    # what training feeds a graphed step: row indices of a device-resident split
+    split = FeatureSplit([str(i) for i in range(c.batch_size)], batch.inputs, batch.masks,
+                         batch.verb, batch.noun)
+    rows = Rows(split, batch.index)
+
     def step() -> None:
         if graphed is not None:
-            graphed(batch)
+            graphed(rows)
         else:
             train_step(forward, batch, optimizer, scheduler, config, amp=cuda)
 

@@ -99,8 +99,8 @@ class FeatureSplit:
     def batch(self, index: Tensor) -> Batch:
         return Batch(
             index,
-            {k: v[index] for k, v in self.inputs.items()},
-            {k: v[index] for k, v in self.masks.items()},
+            {k: gather_rows(v, index) for k, v in self.inputs.items()},
+            {k: gather_rows(v, index) for k, v in self.masks.items()},
             self.verb[index],
             self.noun[index],
         )
@@ -113,13 +113,11 @@ class FeatureSplit:
         Each batch is a slice (a view) of rows gathered `GATHER_BATCHES` batches at a time, or
         in file order of the split itself: no kernel per batch. A gather per batch was a
         small kernel per tensor in every training step, outside its CUDA graph (issue 18).
-        The batches are the same either way."""
-        device = self.verb.device
-        stop = len(self) - (len(self) % batch_size if drop_last else 0)
-        if generator is None:
+        The batches are the same either way, and the same as `row_batches`."""
+        order, stop = self._order(batch_size, generator, drop_last)
+        if order is None:
             groups = [self.as_batch()]
         else:
-            order = torch.randperm(len(self), generator=generator).to(device)
             step = batch_size * GATHER_BATCHES
             groups = (self.batch(order[first : min(first + step, stop)])
                       for first in range(0, stop, step))
@@ -127,6 +125,49 @@ class FeatureSplit:
             rows = min(len(group.index), stop)
             for start in range(0, rows, batch_size):
                 yield _rows_slice(group, start, min(start + batch_size, rows))
+
+    def row_batches(self, batch_size: int, generator: torch.Generator | None = None,
+                    drop_last: bool = False) -> Iterator[Rows]:
+        """The batches of `batches` (the same generator draws, the same rows in the same
+        order), as row indices not yet gathered: a CUDA-graphed training step gathers them
+        inside its graph (`fusion.graphs.GraphedTrainStep`), reading each row once instead
+        of gathering it into a group of batches and copying it again into the graph's
+        inputs (issue 18)."""
+        order, stop = self._order(batch_size, generator, drop_last)
+        if order is None:
+            order = torch.arange(len(self), device=self.verb.device)
+        for start in range(0, stop, batch_size):
+            yield Rows(self, order[start : start + batch_size])
+
+    def _order(self, batch_size: int, generator: torch.Generator | None, drop_last: bool
+               ) -> tuple[Tensor | None, int]:
+        """The shuffled row order (None: file order) and the number of rows used."""
+        stop = len(self) - (len(self) % batch_size if drop_last else 0)
+        if generator is None:
+            return None, stop
+        return torch.randperm(len(self), generator=generator).to(self.verb.device), stop
+
+
+@dataclass
+class Rows:
+    """Rows `index` of `split`, not gathered yet (`FeatureSplit.row_batches`)."""
+
+    split: FeatureSplit
+    index: Tensor
+
+    def gather(self) -> Batch:
+        return self.split.batch(self.index)
+
+
+def gather_rows(tensor: Tensor, index: Tensor) -> Tensor:
+    """`tensor[index]` along the first axis, moving each row as 8-byte words where its bytes
+    allow: a quarter of the index arithmetic of 2-byte elements (bf16 tokens), or an eighth
+    of bool masks', for the same bytes."""
+    row_bytes = tensor[0].numel() * tensor.element_size() if len(tensor) else 0
+    if tensor.dim() < 2 or not tensor.is_contiguous() or row_bytes % 8:
+        return tensor[index]
+    words = tensor.view(len(tensor), -1).view(torch.int64)
+    return words[index].view(tensor.dtype).view(len(index), *tensor.shape[1:])
 
 
 GATHER_BATCHES = 16

@@ -7,11 +7,18 @@ sets the epoch time. Capturing forward, backward, clipping and the AdamW update 
 replaying the graph for every full batch removes it.
 
 What capture needs, and how it is met here:
-- static shapes: full batches are copied into fixed input tensors and replay the graph; a
-  smaller last batch runs eagerly (`fusion.train.train_step`);
+- static shapes: full batches replay the graph and a smaller last batch runs eagerly
+  (`fusion.train.train_step`). A batch's rows reach the graph one of two ways: a `Batch` is
+  copied into fixed input tensors; `Rows` of a device-resident split
+  (`FeatureSplit.row_batches`, what training passes) copy only their row indices, and the
+  graph gathers the rows itself: each row is read once, not gathered and then copied
+  again (issue 18);
 - a capturable optimizer: AdamW is built with `capturable=True` (`build_training`), and each
-  group's learning rate is a device tensor that the scheduler's value is copied into after
-  every step, so the captured update reads the current rate;
+  group's learning rate is a device tensor that the captured update reads. The graph also
+  sets the next step's rates itself, from a table of the `LambdaLR` schedule's next
+  `SCHEDULE_STEPS` values on the device; the scheduler is stepped on the host only. Stepping
+  it on tensor rates would fill and clone each group's tensor: 8 small kernels a step
+  outside the graph for the head's four groups (issue 18);
 - warm-up before capture (cuBLAS handles, Triton compilation, lazy state): the first steps
   run eagerly on a side stream. They are ordinary training steps on real batches.
 
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import torch
 from torch import Tensor
 
-from fusion.data import Batch
+from fusion.data import Batch, FeatureSplit, Rows
 
 if TYPE_CHECKING:
     from fusion.train import TrainConfig
@@ -69,18 +76,28 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: Batch | None = None
         self.static_loss: Tensor | None = None
-        self.lr = []
-        for group in optimizer.param_groups:
-            if not isinstance(group["lr"], Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=_device(group))
-            self.lr.append(group["lr"])
+        self.source: FeatureSplit | None = None  # the split the graph gathers rows of
+        self.static_index: Tensor | None = None
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise TypeError("GraphedTrainStep follows a LambdaLR schedule inside its graph; "
+                            f"got {type(scheduler).__name__}")
+        groups = optimizer.param_groups
+        self.lrs = torch.tensor([float(g["lr"]) for g in groups], device=_device(groups[0]))
+        self.lr = list(self.lrs)  # each group's rate: a view of `lrs`
+        for group, tensor in zip(groups, self.lr, strict=True):
+            group["lr"] = tensor
+        # the rates of the scheduler's steps `schedule_start` on, and the graph's position
+        self.schedule = torch.zeros(len(groups), SCHEDULE_STEPS + 1, device=self.lrs.device)
+        self.schedule_at = torch.zeros(1, dtype=torch.long, device=self.lrs.device)
+        self.schedule_used = SCHEDULE_STEPS  # replays since the table was written: stale
 
     def _eager(self, batch: Batch) -> Tensor:
         from fusion.train import train_step
 
         loss = train_step(self.model, batch, self.optimizer, self.scheduler, self.config,
-                          self.amp)
+                          self.amp)  # the scheduler fills the rate tensors
         self._sync_lr()
+        self.schedule_used = SCHEDULE_STEPS  # the schedule moved outside the graph
         return loss
 
     def _sync_lr(self) -> None:
@@ -90,48 +107,100 @@ class GraphedTrainStep:
                 tensor.fill_(float(group["lr"]))
                 group["lr"] = tensor
 
-    def _capture(self, batch: Batch) -> None:
+    def _write_schedule(self) -> None:
+        """The rates of the scheduler's current and next `SCHEDULE_STEPS` steps, as
+        `LambdaLR.get_lr` computes them, for the graph to read."""
+        first = self.scheduler.last_epoch
+        rates = [[base * factor(first + k) for k in range(SCHEDULE_STEPS + 1)]
+                 for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas,
+                                         strict=True)]
+        self.schedule.copy_(torch.tensor(rates))
+        self.schedule_at.zero_()
+        self.schedule_used = 0
+
+    def _next_rates(self) -> None:
+        """Captured after the update: the schedule's next step, its rates into `lrs`."""
+        self.schedule_at.add_(1)
+        self.lrs.copy_(self.schedule.index_select(1, self.schedule_at).squeeze(1))
+
+    def _step_scheduler(self) -> None:
+        """`scheduler.step()` without its kernels: it sees float rates (which it replaces
+        and records), the groups get their tensors back, which the graph has already set."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.0
+        self.scheduler.step()
+        for group, tensor in zip(self.optimizer.param_groups, self.lr, strict=True):
+            group["lr"] = tensor
+
+    def _capture(self, batch: Batch | Rows) -> None:
         from fusion.train import apply_gradients, step_loss
 
-        self.static_batch = Batch(batch.index.clone(),
-                                  {k: v.clone() for k, v in batch.inputs.items()},
-                                  {k: v.clone() for k, v in batch.masks.items()},
-                                  batch.verb.clone(), batch.noun.clone())
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
+        if isinstance(batch, Rows):
+            self.source, self.static_index = batch.split, batch.index.clone()
+        else:
+            self.static_batch = Batch(batch.index.clone(),
+                                      {k: v.clone() for k, v in batch.inputs.items()},
+                                      {k: v.clone() for k, v in batch.masks.items()},
+                                      batch.verb.clone(), batch.noun.clone())
         with torch.cuda.graph(self.graph):
+            if self.source is not None:  # the gather is part of the graph
+                self.static_batch = self.source.batch(self.static_index)
             loss = step_loss(self.model, self.static_batch, self.config, self.amp)
             apply_gradients(self.model, loss, self.optimizer, self.config)
             self.static_loss = loss.detach()
+            self._next_rates()
 
-    def __call__(self, batch: Batch) -> Tensor:
+    def _replays(self, batch: Batch | Rows) -> bool:
+        """The captured graph can take this batch: `Rows` of the split it gathers from, or a
+        `Batch` when it was captured on one (the other case runs eagerly, not wrongly)."""
+        if self.source is not None:
+            return isinstance(batch, Rows) and batch.split is self.source
+        return isinstance(batch, Batch)
+
+    def __call__(self, batch: Batch | Rows) -> Tensor:
         if len(batch.index) != self.config.batch_size:
-            return self._eager(batch)  # the last, smaller batch of an epoch
+            return self._eager(_gathered(batch))  # the last, smaller batch of an epoch
         if self.warmup_left > 0:
             self.warmup_left -= 1
-            return _on_side_stream(self._eager, batch)
-        if self.disabled:
-            return self._eager(batch)
+            return _on_side_stream(self._eager, _gathered(batch))
+        if self.disabled or (self.graph is not None and not self._replays(batch)):
+            return self._eager(_gathered(batch))
         if self.graph is None:
             try:
                 self._capture(batch)
             except RuntimeError as error:  # an op that cannot be captured: train eagerly
                 warnings.warn(f"CUDA graph capture failed ({error}); training without CUDA "
                               "graphs (--no-cuda-graphs silences this)", stacklevel=2)
-                self.disabled, self.graph = True, None
+                self.disabled, self.graph, self.source = True, None, None
                 self.optimizer.zero_grad(set_to_none=True)
-                return self._eager(batch)
-        static = self.static_batch
-        for name, tensor in batch.inputs.items():
-            static.inputs[name].copy_(tensor)
-        for name, tensor in batch.masks.items():
-            static.masks[name].copy_(tensor)
-        static.verb.copy_(batch.verb)
-        static.noun.copy_(batch.noun)
+                return self._eager(_gathered(batch))
+        if isinstance(batch, Rows):
+            self.static_index.copy_(batch.index)
+        else:
+            static = self.static_batch
+            for name, tensor in batch.inputs.items():
+                static.inputs[name].copy_(tensor)
+            for name, tensor in batch.masks.items():
+                static.masks[name].copy_(tensor)
+            static.verb.copy_(batch.verb)
+            static.noun.copy_(batch.noun)
+        if self.schedule_used == SCHEDULE_STEPS:
+            self._write_schedule()
         self.graph.replay()
-        self.scheduler.step()
-        self._sync_lr()
+        self.schedule_used += 1
+        self._step_scheduler()
         return self.static_loss.clone()
+
+
+SCHEDULE_STEPS = 1024
+"""Steps of the schedule a graphed training step reads from the device before the host
+writes the next ones (a blocking copy: twice an EK100 epoch)."""
+
+
+def _gathered(batch: Batch | Rows) -> Batch:
+    return batch.gather() if isinstance(batch, Rows) else batch
 
 
 def _device(group: dict) -> torch.device:

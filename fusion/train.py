@@ -737,11 +737,15 @@ def _train(config: TrainConfig, folder: Path, device: torch.device,
                 break
             model.train()
             started, total_loss, seen = time.perf_counter(), torch.zeros((), device=device), 0
-            progress = console.steps(train_split.batches(config.batch_size, generator),
-                                     epoch + 1, steps_per_epoch)
+            if isinstance(step, GraphedTrainStep) and isinstance(train_split, FeatureSplit):
+                # the same batches, gathered inside the graph
+                batches = train_split.row_batches(config.batch_size, generator)
+            else:
+                batches = train_split.batches(config.batch_size, generator)
+            progress = console.steps(batches, epoch + 1, steps_per_epoch)
             for batch in progress:
                 loss = step(batch)
-                total_loss += loss * len(batch.index)
+                total_loss.add_(loss, alpha=len(batch.index))  # one kernel, no host sync
                 seen += len(batch.index)
                 progress.update(total_loss, seen)
             progress.close()

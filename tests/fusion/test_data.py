@@ -280,3 +280,47 @@ def test_batches_are_the_permutations_slices_gathered_in_groups(monkeypatch, dro
     assert torch.equal(torch.cat([b.index for b in ordered]),
                        torch.arange(20 if drop_last else n))
     assert ordered[1].inputs["video"].data_ptr() == split.inputs["video"][5].data_ptr()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("seed", [None, 5])
+def test_row_batches_are_the_batches_not_gathered(drop_last, seed) -> None:
+    """`row_batches` (what a CUDA-graphed step gathers itself) names the rows `batches`
+    yields, batch for batch, from the same generator draws."""
+    n = 37
+    split = FeatureSplit([str(i) for i in range(n)],
+                         {"video": torch.randn(n, 4, 8).to(torch.bfloat16)},
+                         {"video": torch.rand(n, 8) > 0.5},
+                         torch.arange(n), torch.arange(n) % 4)
+
+    def generator() -> torch.Generator | None:
+        return None if seed is None else torch.Generator().manual_seed(seed)
+
+    rows = list(split.row_batches(8, generator(), drop_last=drop_last))
+    batches = list(split.batches(8, generator(), drop_last=drop_last))
+    assert [len(r.index) for r in rows] == [len(b.index) for b in batches]
+    assert len(rows) == (4 if drop_last else 5)
+    for got, want in zip(rows, batches, strict=True):
+        assert got.split is split and torch.equal(got.index, want.index)
+        gathered = got.gather()
+        assert torch.equal(gathered.inputs["video"], want.inputs["video"])
+        assert torch.equal(gathered.masks["video"], want.masks["video"])
+        assert torch.equal(gathered.verb, want.verb)
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.randn(9, 4, 8).to(torch.bfloat16),  # rows of 64 bytes: moved as 8 words
+    torch.rand(9, 16) > 0.5,                  # bool rows of 16 bytes
+    torch.rand(9, 3) > 0.5,                   # 3 bytes: element by element
+    torch.randn(9, 5).half(),                 # 10 bytes: element by element
+    torch.randn(9, 4, 8)[:, :, ::2],          # not contiguous
+    torch.arange(9),                          # one axis
+], ids=["bf16", "mask16", "mask3", "fp16x5", "strided", "labels"])
+def test_gather_rows_is_indexing(tensor) -> None:
+    from fusion.data import gather_rows
+
+    index = torch.tensor([8, 0, 3, 3, 5])
+    got = gather_rows(tensor, index)
+    assert got.dtype == tensor.dtype and got.shape == tensor[index].shape
+    assert torch.equal(got, tensor[index])
+    assert gather_rows(tensor, index[:0]).shape == tensor[index[:0]].shape

@@ -25,16 +25,63 @@ def random_split(n: int = 100) -> FeatureSplit:
     return FeatureSplit([f"c{i}" for i in range(n)], inputs, masks, *labels)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("schedule", ["warmup-cosine", "authors"])
+def test_the_schedule_a_graph_reads_is_the_schedulers(monkeypatch, schedule: str) -> None:
+    """The rates a graphed step sets itself (`_next_rates`, from the table `_write_schedule`
+    writes) are the ones the scheduler computes, step for step, across table refills and
+    eager steps; stepping the scheduler on the host leaves the rate tensors alone. Runs on
+    the CPU: the same tensor operations the graph records."""
+    from fusion import graphs
+
+    monkeypatch.setattr(graphs, "SCHEDULE_STEPS", 3)
+    config = TrainConfig(fusion="mlp", batch_size=4, epochs=3, warmup_epochs=1,
+                         schedule=schedule, peak_lr=1e-3, ssm_peak_lr=3e-3,
+                         head=HeadConfig(d_model=8))
+    built = [build_training(config, {"video": 6}, {"num_verbs": 3, "num_nouns": 4}, 5,
+                            torch.device("cpu")) for _ in range(2)]
+    (_, optimizer, scheduler), (_, _, reference) = built
+    step = GraphedTrainStep(*built[0], config, amp=False)
+    groups = optimizer.param_groups
+    assert len(groups) > 1
+    for k in range(14):
+        if k == 6:  # an eager step moves the scheduler and marks the table stale
+            scheduler.step()
+            step.schedule_used = graphs.SCHEDULE_STEPS
+        elif step.schedule_used == graphs.SCHEDULE_STEPS:
+            step._write_schedule()
+        if k != 6:
+            before = step.lrs.clone()
+            step._next_rates()  # captured in the graph, after the update
+            version = step.lrs._version
+            step._step_scheduler()
+            assert step.lrs._version == version  # no kernel wrote the rates
+            step.schedule_used += 1
+        reference.step()
+        want = torch.tensor(reference.get_last_lr(), dtype=torch.float32)
+        assert torch.equal(step.lrs, want), k
+        assert scheduler.get_last_lr() == reference.get_last_lr()
+        assert all(g["lr"] is t for g, t in zip(groups, step.lr, strict=True))
+        if k != 6:
+            assert not torch.equal(before, step.lrs)  # the schedule moves every step
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("feed", ["batches", "row_batches"])
 @pytest.mark.parametrize("fusion", ["mlp", "mamba", "transformer_6x4"])
-def test_graphed_steps_equal_eager_steps(fusion: str) -> None:
+def test_graphed_steps_equal_eager_steps(monkeypatch, fusion: str, feed: str) -> None:
+    """Eager steps on `batches` and graphed steps fed either gathered batches (copied into
+    the graph's inputs) or `row_batches` (gathered inside the graph) train alike, at the
+    same rates step for step (the graph's schedule table refilled every 4 steps)."""
+    from fusion import graphs as graphs_module
+
+    monkeypatch.setattr(graphs_module, "SCHEDULE_STEPS", 4)
     split = random_split()
     config = TrainConfig(fusion=fusion, batch_size=16, epochs=2, warmup_epochs=1,
                          peak_lr=1e-3, ssm_peak_lr=3e-3, head=HeadConfig(d_model=32))
     info = {"num_verbs": 5, "num_nouns": 7}
     steps = 7  # 100 clips / 16: six full batches and a last one of 4 (eager in both)
-    losses = {}
-    params = {}
+    losses, params, rates = {}, {}, {}
     for graphs in (False, True):
         torch.manual_seed(0)
         cfg = dataclasses.replace(config, cuda_graphs=graphs)
@@ -46,14 +93,22 @@ def test_graphed_steps_equal_eager_steps(fusion: str) -> None:
             def step(batch, model=model, optimizer=optimizer, scheduler=scheduler, cfg=cfg):
                 return train_step(model, batch, optimizer, scheduler, cfg, amp=True)
         generator = torch.Generator().manual_seed(1)
-        out = []
+        out, rates[graphs] = [], []
+        batches = getattr(split, feed if graphs else "batches")
         for _ in range(2):  # two epochs: the graph is replayed across epochs
-            out += [float(step(batch)) for batch in split.batches(16, generator)]
+            for batch in batches(16, generator):
+                out.append(float(step(batch)))
+                rates[graphs].append([float(g["lr"]) for g in optimizer.param_groups])
+        if graphs:
+            assert step.graph is not None and not step.disabled
+            assert (step.source is split) == (feed == "row_batches")
         losses[graphs] = out
         params[graphs] = copy.deepcopy(model.state_dict())
         last_lr = float(scheduler.get_last_lr()[0])
         assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(last_lr)
     assert len(losses[True]) == 2 * steps
+    torch.testing.assert_close(torch.tensor(rates[True]), torch.tensor(rates[False]),
+                               rtol=1e-6, atol=0)  # float32 tensors vs floats
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]),
                                rtol=2e-2, atol=2e-2)
     for name, value in params[False].items():
