@@ -81,7 +81,7 @@ def profile_head(c: ProfileConfig, fusion: str, backend: str) -> tuple[dict, str
     head = HeadConfig(d_model=48 if c.quick else None,
                       backend=backend if fusion == "mamba" else None)
     config = TrainConfig(fusion=fusion, head=head, batch_size=c.batch_size, epochs=100,
-                         cuda_graphs=c.cuda_graphs)
+                         cuda_graphs=c.cuda_graphs, compile=c.compile)
     batch = random_batch(c, device)
     dims = {k: int(v.shape[-1]) for k, v in batch.inputs.items()}
     model, optimizer, scheduler = build_training(

@@ -532,6 +532,20 @@ def soft_cross_entropy(logits: Tensor, labels: Tensor, lam: float, smoothing: fl
     return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
+def label_loss(out: dict[str, Tensor], verb: Tensor, noun: Tensor, smoothing: float) -> Tensor:
+    """Verb + noun cross-entropy on float32 logits."""
+    return (F.cross_entropy(out["verb"].float(), verb, label_smoothing=smoothing)
+            + F.cross_entropy(out["noun"].float(), noun, label_smoothing=smoothing))
+
+
+@functools.cache
+def compiled_label_loss() -> Callable[..., Tensor]:
+    """`label_loss` through torch.compile, for `--compile` runs: eager, the two smoothed
+    cross-entropies are ~15 small aten kernels forward and backward outside the compiled
+    head (log-softmax, NLL, the smoothing sums and means; issue 18)."""
+    return torch.compile(label_loss)
+
+
 def step_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig, amp: bool) -> Tensor:
     """Verb + noun cross-entropy of one batch (autocast's weight cache off: CUDA-graph safe);
     with `mixup_alpha`, of the mixed batch against mixed soft targets."""
@@ -546,10 +560,8 @@ def step_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig, amp: bo
                                        config.label_smoothing)
                     + soft_cross_entropy(out["noun"].float(), batch.noun, lam,
                                          config.label_smoothing))
-        loss = F.cross_entropy(out["verb"].float(), batch.verb,
-                               label_smoothing=config.label_smoothing)
-        return loss + F.cross_entropy(out["noun"].float(), batch.noun,
-                                      label_smoothing=config.label_smoothing)
+        loss = compiled_label_loss() if config.compile else label_loss
+        return loss(out, batch.verb, batch.noun, config.label_smoothing)
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -563,3 +564,35 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(max_norm: float) -> N
     for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert opt_fused.grad_scale.item() > 1.0 if max_norm == 1.0 else opt_fused.grad_scale == 1.0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_runs_take_the_compiled_loss_and_it_is_the_eager_loss(monkeypatch) -> None:
+    """`--compile` runs compute the verb + noun loss with `compiled_label_loss`, whose values
+    and gradients are `label_loss`'s (float32 logits, with and without smoothing)."""
+    from fusion import train as train_module
+    from fusion.data import Batch
+
+    calls = []
+    compiled = train_module.compiled_label_loss()
+    monkeypatch.setattr(train_module, "compiled_label_loss",
+                        lambda: lambda *a: calls.append(1) or compiled(*a))
+    g = torch.Generator().manual_seed(0)
+    verb, noun = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 7, (6,), generator=g)
+    for smoothing in (0.0, 0.1):
+        logits = {"verb": torch.randn(6, 5, generator=g),
+                  "noun": torch.randn(6, 7, generator=g).to(torch.bfloat16)}
+        results = []
+        for compile_ in (False, True):
+            leaves = {k: v.clone().requires_grad_() for k, v in logits.items()}
+            config = TrainConfig(compile=compile_, label_smoothing=smoothing)
+            batch = Batch(torch.arange(6), {}, {}, verb, noun)
+            loss = train_module.step_loss(lambda inputs, masks, leaves=leaves: leaves, batch,
+                                          config, amp=False)
+            loss.backward()
+            results.append([loss.detach(), leaves["verb"].grad, leaves["noun"].grad])
+        for got, want in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert results[0][0] > 0
+    assert len(calls) == 2
