@@ -109,7 +109,9 @@ class FusionHead(nn.Module):
         Why: bf16 logits carry 8 significant bits, so the 97 verb and 300 noun scores of a
         clip tie often; the EK100 ranks must then follow the official sort's tie order
         (`fusion.metrics`), which made validation's metrics 3x slower, and predictions
-        written to disk would keep the rounding. Two small float32 GEMMs cost nothing."""
+        written to disk would keep the rounding. The cost, measured (H200, EK100 batch of
+        128, forward and backward, `benchmarks/results/classifier_gemm_h200.md`): 32 + 49 us a
+        step, ~2 % of the Mamba head's; TF32 or a split-K GEMM would save at most ~18 us."""
         noun_feature = verb_feature if noun_feature is None else noun_feature
         dtype = self.verb_head.weight.dtype
         with torch.autocast(verb_feature.device.type, enabled=False):
