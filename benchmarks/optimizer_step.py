@@ -36,6 +36,13 @@ Gradient clipping is left out: the harness folds it into the fused kernel
 `TRITON_INTERPRET=1`: the variants left out are named in the results) checks the variants
 agree; its timings mean nothing. Results: `--out`
 .md/.json (default `benchmarks/results/optimizer_step`).
+
+Measured (H200, `benchmarks/results/optimizer_step_h200.md`): fused, foreach and compiled
+0.179 ms (2.76 TB/s), fused_flat 0.194, the copy of the same bytes 0.185 ms: the harness's
+update already moves its bytes as fast as a copy does, so the hypothesis above is refuted
+and no optimizer kernel is worth writing. The Triton prototypes took 0.234 ms and differed
+from fused AdamW by up to 119 float32 spacings on the GPU (6 under the interpreter; not
+investigated, as they are slower anyway).
 """
 
 from __future__ import annotations
