@@ -541,8 +541,9 @@ def label_loss(out: dict[str, Tensor], verb: Tensor, noun: Tensor, smoothing: fl
 @functools.cache
 def compiled_label_loss() -> Callable[..., Tensor]:
     """`label_loss` through torch.compile, for `--compile` runs: eager, the two smoothed
-    cross-entropies are ~15 small aten kernels forward and backward outside the compiled
-    head (log-softmax, NLL, the smoothing sums and means; issue 18)."""
+    cross-entropies are dozens of small aten kernels a step outside the compiled head
+    (log-softmax, NLL, the smoothing sums and means, their backward); compiled, the H200's
+    graphed EK100 step launched 44 fewer and took 3.60 ms instead of 3.68 (issue 18)."""
     return torch.compile(label_loss)
 
 
