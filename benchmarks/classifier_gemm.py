@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.kernel_report import write_kernel_results  # noqa: E402
+from benchmarks.kernel_report import device_ms, write_kernel_results  # noqa: E402
 from features.config import cli  # noqa: E402
 
 Classifier = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -93,30 +92,8 @@ def time_variant(name: str, fn: Classifier, tensors: list[Tensor], steps: int,
     before = torch.backends.cuda.matmul.allow_tf32
     _tf32(name == "tf32")
     try:
-        if not cuda:
-            results = _pass(fn, *tensors)
-            started = time.perf_counter()
-            for _ in range(steps):
-                _pass(fn, *tensors)
-            return (time.perf_counter() - started) * 1e6 / steps, results
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                _pass(fn, *tensors)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            results = _pass(fn, *tensors)
-        for _ in range(20):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) * 1e3 / steps, results
+        results = _pass(fn, *tensors)
+        return device_ms(lambda: _pass(fn, *tensors), steps, cuda) * 1e3, results
     finally:
         _tf32(before)
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.kernel_report import device_ms  # noqa: E402
 from benchmarks.sweep_throughput import device_name  # noqa: E402
 from features.config import cli  # noqa: E402
 
@@ -211,32 +211,6 @@ def _adamw_kernel():
 
 def flat(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def device_ms(fn: Callable[[], object], steps: int, cuda: bool) -> float:
-    """A step's time: CUDA-graph replays timed with events (CUDA), wall time (CPU)."""
-    if not cuda:
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        return (time.perf_counter() - start) / steps * 1e3
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(steps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return begin.elapsed_time(end) / steps
 
 
 def run(c: OptimizerBenchConfig) -> dict:
