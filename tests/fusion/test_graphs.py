@@ -67,12 +67,17 @@ def test_the_schedule_a_graph_reads_is_the_schedulers(monkeypatch, schedule: str
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("feed", ["batches", "row_batches"])
-@pytest.mark.parametrize("fusion", ["mlp", "mamba", "transformer_6x4"])
-def test_graphed_steps_equal_eager_steps(monkeypatch, fusion: str, feed: str) -> None:
+@pytest.mark.parametrize(("fusion", "feed", "compiled"), [
+    *[(f, feed, False) for f in ("mlp", "mamba", "transformer_6x4")
+      for feed in ("batches", "row_batches")],
+    ("mlp", "row_batches", True),  # --compile: head and loss compiled, then captured
+])
+def test_graphed_steps_equal_eager_steps(monkeypatch, fusion: str, feed: str,
+                                         compiled: bool) -> None:
     """Eager steps on `batches` and graphed steps fed either gathered batches (copied into
     the graph's inputs) or `row_batches` (gathered inside the graph) train alike, at the
-    same rates step for step (the graph's schedule table refilled every 4 steps)."""
+    same rates step for step (the graph's schedule table refilled every 4 steps); also
+    with the head and the loss compiled (`compiled_label_loss`) inside the graph."""
     from fusion import graphs as graphs_module
 
     monkeypatch.setattr(graphs_module, "SCHEDULE_STEPS", 4)
@@ -84,11 +89,13 @@ def test_graphed_steps_equal_eager_steps(monkeypatch, fusion: str, feed: str) ->
     losses, params, rates = {}, {}, {}
     for graphs in (False, True):
         torch.manual_seed(0)
-        cfg = dataclasses.replace(config, cuda_graphs=graphs)
+        cfg = dataclasses.replace(config, cuda_graphs=graphs, compile=compiled and graphs)
         model, optimizer, scheduler = build_training(cfg, split.dims, info, steps,
                                                      torch.device("cuda"))
         if graphs:
-            step = GraphedTrainStep(model, optimizer, scheduler, cfg, amp=True, warmup_steps=2)
+            forward = torch.compile(model) if cfg.compile else model
+            step = GraphedTrainStep(forward, optimizer, scheduler, cfg, amp=True,
+                                    warmup_steps=2)
         else:
             def step(batch, model=model, optimizer=optimizer, scheduler=scheduler, cfg=cfg):
                 return train_step(model, batch, optimizer, scheduler, cfg, amp=True)
