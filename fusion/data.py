@@ -20,6 +20,7 @@ row shapes, extractor) before anything is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -163,10 +164,10 @@ def gather_rows(tensor: Tensor, index: Tensor) -> Tensor:
     """`tensor[index]` along the first axis, moving each row as 8-byte words where its bytes
     allow: a quarter of the index arithmetic of 2-byte elements (bf16 tokens), or an eighth
     of bool masks', for the same bytes."""
-    row_bytes = tensor[0].numel() * tensor.element_size() if len(tensor) else 0
-    if tensor.dim() < 2 or not tensor.is_contiguous() or row_bytes % 8:
+    row_elements = math.prod(tensor.shape[1:])
+    if tensor.dim() < 2 or not tensor.is_contiguous() or row_elements * tensor.element_size() % 8:
         return tensor[index]
-    words = tensor.view(len(tensor), -1).view(torch.int64)
+    words = tensor.view(len(tensor), row_elements).view(torch.int64)
     return words[index].view(tensor.dtype).view(len(index), *tensor.shape[1:])
 
 

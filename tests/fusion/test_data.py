@@ -315,11 +315,12 @@ def test_row_batches_are_the_batches_not_gathered(drop_last, seed) -> None:
     torch.randn(9, 5).half(),                 # 10 bytes: element by element
     torch.randn(9, 4, 8)[:, :, ::2],          # not contiguous
     torch.arange(9),                          # one axis
-], ids=["bf16", "mask16", "mask3", "fp16x5", "strided", "labels"])
+    torch.randn(0, 4, 8).to(torch.bfloat16),  # no rows
+], ids=["bf16", "mask16", "mask3", "fp16x5", "strided", "labels", "empty"])
 def test_gather_rows_is_indexing(tensor) -> None:
     from fusion.data import gather_rows
 
-    index = torch.tensor([8, 0, 3, 3, 5])
+    index = torch.tensor([8, 0, 3, 3, 5]) if len(tensor) else torch.zeros(0, dtype=torch.long)
     got = gather_rows(tensor, index)
     assert got.dtype == tensor.dtype and got.shape == tensor[index].shape
     assert torch.equal(got, tensor[index])
