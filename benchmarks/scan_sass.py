@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +64,12 @@ class SassConfig:
     has_bias: bool = True
     softplus: bool = True
     has_len: bool = False
-    states_unit: bool = True
     """Kernel flags (the head's one-branch call by default)."""
+    layout: Literal["views", "contiguous"] = "views"
+    """`views`: the head's call (u, Δ, z transposed views, B and C slices with contiguous
+    states); `contiguous`: (1, d, L) u, Δ, z and (1, n, L) B, C tensors, as
+    `scan_backends.py`'s `head` variant passes them (the wrapper copies B and C to contiguous
+    states, so both layouts compile with unit state stride)."""
     out: Path | None = None
 
 
@@ -77,14 +82,17 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
 
     L, d, n = c.L, c.d, c.n
     bf16 = {"dtype": torch.bfloat16, "requires_grad": True}
-    xz = torch.zeros(1, L, 2 * d, **bf16)  # in_proj's output: u and z its halves
-    u, z = xz[..., :d].transpose(1, 2), xz[..., d:].transpose(1, 2)
-    delta = torch.zeros(1, L, d, **bf16).transpose(1, 2)
-    if c.states_unit:  # x_proj's (b, L, dt_rank + 2n) output, B and C its slices
-        bc = torch.zeros(1, L, 64 + 2 * n, **bf16)
+    if c.layout == "views":
+        xz = torch.zeros(1, L, 2 * d, **bf16)  # in_proj's output: u and z its halves
+        u, z = xz[..., :d].transpose(1, 2), xz[..., d:].transpose(1, 2)
+        delta = torch.zeros(1, L, d, **bf16).transpose(1, 2)
+        bc = torch.zeros(1, L, 64 + 2 * n, **bf16)  # x_proj's output, B and C its slices
         B, C = bc[..., 64:64 + n].transpose(1, 2), bc[..., 64 + n:].transpose(1, 2)
+        leaves = [xz, delta, bc]
     else:
+        u, z, delta = (torch.zeros(1, d, L, **bf16) for _ in range(3))
         B, C = torch.zeros(1, n, L, **bf16), torch.zeros(1, n, L, **bf16)
+        leaves = [u, z, delta, B, C]
     A = torch.zeros(d, n, requires_grad=True)
     D = torch.zeros(d, requires_grad=True) if c.has_d else None
     bias = torch.zeros(d, requires_grad=True) if c.has_bias else None
@@ -96,7 +104,7 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
             sums, ("_sum_middle_kernel",)):
         y = st.selective_scan_triton(u, delta, A, B, C, D, z if c.has_z else None, bias,
                                      c.softplus, lengths=lengths, config=config)
-        leaves = [t for t in (xz, delta, A, B, C, D, bias) if t is not None]
+        leaves += [t for t in (A, D, bias) if t is not None]
         torch.autograd.grad(y, leaves, torch.zeros_like(y), allow_unused=True)
     forward, backward = recorders["_scan_fwd_kernel"], recorders["_scan_bwd_kernel"]
     (fwd,), (bwd,) = forward.launches, backward.launches
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> Path:
     columns = ["kernel", "BLOCK_T", "BLOCK_D", "warps", "maxnreg", "registers",
                "stack_bytes", "shared_bytes", "instructions", *OPS]
     flags = (f"D {c.has_d}, z {c.has_z}, Δ bias {c.has_bias}, softplus {c.softplus}, "
-             f"lengths {c.has_len}, unit state stride {c.states_unit}")
+             f"lengths {c.has_len}, {c.layout} layout")
     lines = ["# Scan kernels compiled for sm_90 (static SASS counts)", "",
              f"`{command.strip()}`; L {c.L}, d {c.d}, n {c.n}; {flags}.", "",
              *markdown_table(columns, [[r[k] for k in columns] for r in rows])]

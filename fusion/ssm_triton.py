@@ -28,19 +28,26 @@ Why the kernels look the way they do
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
 * Forward writes y and, when a gradient is needed, the state entering every
-  BLOCK_T_BWD steps (b, d, L / BLOCK_T_BWD, n) in float32 (its own chunks, BLOCK_T, may be
-  longer: fewer, larger tiles forward, fewer registers backward). Backward walks chunks of
+  BLOCK_T_BWD steps (b, d, L / BLOCK_T_BWD, n) in float32, channels contiguous in memory
+  (`_new_states`); its own chunks, BLOCK_T, may be longer: fewer, larger tiles forward,
+  fewer registers backward. Backward walks chunks of
   BLOCK_T_BWD steps from last to first, recomputes the chunk's states from that checkpoint
   into registers (a tuple of states), then runs the adjoint
   g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards.
 * dB and dC are sums over channels: each program writes its block's partial sums
-  (b, d / BLOCK_D, n, L) (deterministic, no atomics). A, D and delta_bias gradients are
-  summed over time in registers, one partial a row. `fusion.partial_sums` adds the partials
-  up, one launch for dB and dC, one for the per-row three.
+  (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). A, D
+  and delta_bias gradients are summed over time in registers, one partial a row.
+  `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
+  three.
 * Measured on the H200 against mamba-ssm, fwd+bwd: in the head's layout (transposed views,
-  mamba-ssm copying them as it does) 0.40x at L = 16, 0.33x at 64, 0.69x at 256, 0.77x at
-  1024, 0.65x at 4096; on (b, d, L) tensors 0.20x / 0.49x / 1.22x / 1.48x / 1.16x, the
-  forward the weak part there (benchmarks/results/scan_backends_h200_chunks.md).
+  mamba-ssm copying them as it does) 0.50x at L = 16, 0.46x at 64, 0.58x at 256, 0.66x at
+  1024, 0.58x at 4096; on (b, d, L) tensors 0.50x / 0.46x / 0.89x / 1.12x / 0.90x
+  (benchmarks/results/scan_backends_h200_s12.md; L <= 64 host-bound). Layouts matter more
+  than instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
+  uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
+  partial-sum layouts above, and B, C copied to states-contiguous when they are not. What
+  is left on (b, d, L) tensors: a thread walks its channel's steps, so each warp access to
+  u, Δ, y and their gradients touches 16 sectors.
   Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt, kernels
   of that time): the backward at 255 registers a thread, 12.5 % occupancy, spilling, 34 %
   of issue slots busy: latency-bound by registers. Since then: B and C's state stride
@@ -464,6 +471,19 @@ def _n_checkpoints(L: int, cfg: dict) -> int:
     return triton.cdiv(L, cfg["BLOCK_T_BWD"])
 
 
+def _new_states(u: Tensor, n_ckpt: int, n: int, store: bool) -> Tensor:
+    """The checkpointed states, a float32 (b, d, n_ckpt, n) view of (b, n_ckpt, n, d) memory
+    (a 1-element dummy when not stored). Channels contiguous because they lie across the
+    lanes: a warp's store or load of one state of its 16 channels is 64 contiguous bytes.
+    With states contiguous instead, each such access touched 16 sectors for 8 bytes of each,
+    and the forward was bound by that L2 traffic (Nsight Compute on the H200: 47 % of its
+    sectors excessive, L2 77 % busy; issue18_status.md, twelfth session)."""
+    if not store:
+        return u.new_empty((1, 1, 1, 1), dtype=torch.float32)
+    b, d, _ = u.shape
+    return u.new_empty((b, n_ckpt, n, d), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
 @torch.library.custom_op("fusion::scan_fwd", mutates_args=(), tags=_LAYOUT_TAGS)
 def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
               z: Tensor | None, delta_bias: Tensor | None, lengths: Tensor | None,
@@ -473,9 +493,7 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
     b, d, L = u.shape
     n = A.shape[-1]
     y = _like(u, u.dtype)
-    states = (torch.empty((b, d, _n_checkpoints(L, cfg), n), dtype=torch.float32,
-                          device=u.device)
-              if store_states else y.new_empty((1, 1, 1, 1), dtype=torch.float32))
+    states = _new_states(u, _n_checkpoints(L, cfg), n, store_states)
     dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
     grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
     _scan_fwd_kernel[grid](
@@ -496,10 +514,8 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
 @_scan_fwd.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, lengths, softplus, config,
                    store_states):
-    b, d, L = u.shape
-    shape = (b, d, _n_checkpoints(L, _cfg_dict(config)), A.shape[-1]) if store_states else (
-        1, 1, 1, 1)
-    return _like(u, u.dtype), u.new_empty(shape, dtype=torch.float32)
+    n_ckpt = _n_checkpoints(u.shape[2], _cfg_dict(config))
+    return _like(u, u.dtype), _new_states(u, n_ckpt, A.shape[-1], store_states)
 
 
 @torch.library.custom_op("fusion::scan_bwd", mutates_args=(), tags=_LAYOUT_TAGS)
@@ -525,8 +541,10 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     dD = None if D is None else rows[:, d * n:d * (n + 1)]
     dbias = None if delta_bias is None else rows[:, d * (n + len(per_row) - 1):]
     blocks = triton.cdiv(d, cfg["BLOCK_D_BWD"])
-    dBC = torch.empty((2, b, blocks, n, L), dtype=torch.float32, device=dev)
-    dB, dC = dBC[0], dBC[1]
+    # (b, blocks, n, L) views of (b, blocks, L, n) memory: each step's n sums are stored
+    # together (64 bytes), where a (.., n, L) layout put each in its own sector
+    dBC = torch.empty((2, b, blocks, L, n), dtype=torch.float32, device=dev)
+    dB, dC = dBC[0].transpose(2, 3), dBC[1].transpose(2, 3)
     dummy = du
     states_unit = _states_unit(B, C)
     # a register cap is a compile option (the interpreter takes none)
@@ -549,9 +567,10 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
     g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]
     sum_middle(rows.view(1, b, rows.shape[1]), gA, *g_per_row)
-    gB = torch.empty((b, n, L), dtype=B.dtype, device=dev)
-    gC = torch.empty((b, n, L), dtype=C.dtype, device=dev)
-    sum_middle(dBC.view(2 * b, blocks, n * L), gB, gC)
+    gB = torch.empty((b, L, n), dtype=B.dtype, device=dev)
+    gC = torch.empty((b, L, n), dtype=C.dtype, device=dev)
+    sum_middle(dBC.view(2 * b, blocks, L * n), gB, gC)
+    gB, gC = gB.transpose(1, 2), gC.transpose(1, 2)  # (b, n, L), states contiguous like B, C
     gD = _none(u) if D is None else g_per_row[0]
     gbias = _none(u) if delta_bias is None else g_per_row[-1]
     return [du, ddelta, gA, gB, gC, gD, _none(u) if dz is None else dz, gbias]
@@ -567,7 +586,8 @@ def _scan_bwd_fake(gy, u, delta, A, B, C, D, z, delta_bias, lengths, states, sof
                    config):
     b, d, L = u.shape
     return [_like(u, u.dtype), _like(u, delta.dtype), A.new_empty(A.shape),
-            B.new_empty((b, B.shape[1], L)), C.new_empty((b, C.shape[1], L)),
+            B.new_empty((b, L, B.shape[1])).transpose(1, 2),
+            C.new_empty((b, L, C.shape[1])).transpose(1, 2),
             _none(u) if D is None else D.new_empty(D.shape),
             _none(u) if z is None else _like(u, z.dtype),
             _none(u) if delta_bias is None else delta_bias.new_empty(delta_bias.shape)]
@@ -624,5 +644,9 @@ def selective_scan_triton(
     if b == 0 or d == 0 or L == 0:
         return torch.zeros_like(u)
     cfg = _cfg_list(scan_config(L, d, A.shape[-1], config))
-    y, _ = torch.ops.fusion.scan_fwd(*tensors, lengths, bool(delta_softplus), cfg, needs_grad)
+    u, delta, A, B, C, D, z, delta_bias = tensors
+    if B.stride(1) != 1 or C.stride(1) != 1:  # (b, L, n) copies, d / n times smaller than u
+        B, C = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
+    y, _ = torch.ops.fusion.scan_fwd(u, delta, A, B, C, D, z, delta_bias, lengths,
+                                     bool(delta_softplus), cfg, needs_grad)
     return y if out_dtype is None else y.to(out_dtype)

@@ -24,3 +24,16 @@ def test_strides_left_run_time_are_not_specialised():
     assert signature["L"] == "i32" and (fwd.arg_names.index("L"),) in attrs  # 32: a hint
     assert signature["u_ptr"] == "*bf16" and signature["A_ptr"] == "*fp32"
     assert constants["BLOCK_T"] == kwargs["BLOCK_T"] and options == {"num_warps": 1}
+
+
+def test_contiguous_layout_records_the_copied_states():
+    """`--layout contiguous` records the (b, d, L) call of scan_backends' `head` variant:
+    time-contiguous u, and B, C reaching the kernels with unit state stride (the wrapper's
+    copy), so the same unit-stride kernels are compiled as for the head's views."""
+    from benchmarks.scan_sass import SassConfig, recorded_launches
+
+    (_, fwd, args, kwargs), (_, bwd, bargs, bkwargs) = recorded_launches(
+        SassConfig(L=32, d=64, layout="contiguous"))
+    values = dict(zip(fwd.arg_names, args, strict=False))
+    assert values["s_ul"] == 1 and values["s_ud"] == 32 and values["s_bn"] == 1
+    assert kwargs["STATES_UNIT"] and bkwargs["STATES_UNIT"]

@@ -325,6 +325,22 @@ args = (xz[..., :d].transpose(1, 2), dl.transpose(1, 2), A, bc[..., 3:3 + n].tra
         None, True, cfg, True)
 checks = torch.library.opcheck(torch.ops.fusion.scan_fwd.default, args)
 assert set(checks.values()) == {"SUCCESS"}, checks
+# memory layouts chosen so a warp's accesses are contiguous (issue18_status.md, twelfth
+# session): checkpointed states channels-contiguous, B and C's gradients (and the partial
+# sums behind them) states-contiguous, and (b, n, L) B and C copied to states-contiguous
+# before the launch
+y, states = torch.ops.fusion.scan_fwd(*args)
+assert states.stride(1) == 1 and states.stride(3) == d, states.stride()
+grads = torch.ops.fusion.scan_bwd(torch.ones_like(y), *args[:8], None, states, True, cfg)
+assert grads[3].stride(1) == 1 and grads[4].stride(1) == 1, (grads[3].stride(), grads[4].stride())
+seen, states_unit = [], st._states_unit
+st._states_unit = lambda B, C: seen.append((B.stride(1), C.stride(1))) or states_unit(B, C)
+with torch.no_grad():
+    selective_scan_triton(args[0].contiguous(), args[1].contiguous(), A,
+                          *(t.contiguous() for t in args[3:5]))
+st._states_unit = states_unit
+assert seen == [(1, 1)], seen
+print("layouts: states, B / C gradients and B / C copies as chosen")
 print("interpreter: all cases match the torch backend")
 """
 
