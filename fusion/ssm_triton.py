@@ -21,9 +21,12 @@ Why the kernels look the way they do
   (with 16 channels a warp, two lanes share a channel's 16 states). A chunk of BLOCK_T steps
   is loaded as one tile; the chunk's loop is unrolled, so picking step k of a tile is a
   register pick (`_col`, `_put`).
-* Layout: any strides. The Mamba head passes transposed views of its (b, L, ·) projections
-  (channels contiguous: each step's loads across the lanes are coalesced), and outputs and
-  gradients are allocated in u's layout (`_like`), so nothing is copied on either side.
+* Layout: any strides, except that B and C's states are contiguous (the kernels take their
+  state stride as 1; `selective_scan_triton` copies (b, n, L) tensors, d / n times smaller
+  than u, to that layout). The Mamba head passes transposed views of its (b, L, ·)
+  projections (channels contiguous: each step's loads across the lanes are coalesced), and
+  outputs and gradients are allocated in u's layout (`_like`), so nothing is copied on
+  either side.
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
@@ -136,18 +139,17 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
             "MAXNREG_BWD": config.maxnreg_bwd}
 
 
-UNIT_STATES_MAXNREG = 168
-"""The backward's register cap when B and C's states are contiguous (the Mamba head's
-views): 12 one-warp programs an SM instead of 8, with 80 bytes of spill (sm_90 compile).
-With strided states the same cap spills 632 bytes a thread and the backward ran about 3x
-slower (`scan_backends.py`'s `head` variant, H200), so there Triton chooses (255, no
-spill at BLOCK_T_BWD 4)."""
+BACKWARD_MAXNREG = 168
+"""The backward's default register cap: 12 one-warp programs an SM instead of 8, with 80
+bytes of spill (sm_90 compile). It holds because B and C's states are contiguous (the
+kernels' only B/C layout, `_states_unit`): with strided states the same cap spilled 632
+bytes a thread and the backward ran about 3x slower (H200, before such B and C were
+copied)."""
 
 
-def backward_maxnreg(cfg: dict, states_unit: bool) -> int | None:
-    """The register cap a backward launch passes: the config's, else `UNIT_STATES_MAXNREG`
-    for unit-stride states, else none."""
-    return cfg["MAXNREG_BWD"] or (UNIT_STATES_MAXNREG if states_unit else None)
+def backward_maxnreg(cfg: dict) -> int:
+    """The register cap a backward launch passes: the config's, else `BACKWARD_MAXNREG`."""
+    return cfg["MAXNREG_BWD"] or BACKWARD_MAXNREG
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -156,13 +158,13 @@ def backward_maxnreg(cfg: dict, states_unit: bool) -> int | None:
 # Strides stay run-time values: a stride specialised to 1 would make Triton lay the time (or
 # state) axis across the lanes for coalescing, the layout these kernels exist to avoid (seen
 # for the checkpoint's state stride in an sm_90 compile). B and C's state stride is the one
-# exception, through the STATES_UNIT flag (`_states_unit`): it leaves the layout alone.
+# exception: it is always 1 (`_states_unit`), which leaves the layout alone.
 _FWD_STRIDES = tuple("""
-    s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bn s_bl s_cb s_cn s_cl s_zb s_zd s_zl
+    s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bl s_cb s_cl s_zb s_zd s_zl
     s_yb s_yd s_yl s_hb s_hd s_hc s_hn
 """.split())
 _BWD_STRIDES = tuple("""
-    s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bn s_bl s_cb s_cn s_cl s_zb s_zd s_zl
+    s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bl s_cb s_cl s_zb s_zd s_zl
     s_gb s_gd s_gl s_hb s_hd s_hc s_hn s_ob s_od s_ol s_pb s_pk s_pn s_pl s_ab s_ad2
     s_an2 s_rb
 """.split())
@@ -201,10 +203,10 @@ def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask):
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, y_ptr, state_ptr,
     L, d, n,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bl, s_cb, s_cl,
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl, s_hb, s_hd, s_hc, s_hn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, STATES_UNIT: tl.constexpr,
+    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
 ):
     """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n): the
@@ -212,9 +214,6 @@ def _scan_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
-    if STATES_UNIT:  # B, C states contiguous (the head's views): constant address offsets
-        s_bn = 1
-        s_cn = 1
     t_loc = tl.arange(0, BLOCK_T)
     d_mask = d_offs < d
     n_mask = n_offs < n
@@ -251,9 +250,9 @@ def _scan_fwd_kernel(
                          + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
                          mask=dn_mask & (t0 + k < length))
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
+            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
                          other=0.0).to(tl.float32)
-            Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
+            Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
                          other=0.0).to(tl.float32)
             h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
                  + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
@@ -277,11 +276,11 @@ def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, state_ptr, gy_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     L, d, n,
-    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bn, s_bl, s_cb, s_cn, s_cl,
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bl, s_cb, s_cl,
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hc, s_hn, s_ob, s_od, s_ol,
     s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2, s_rb,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr, STATES_UNIT: tl.constexpr,
+    HAS_LEN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
@@ -291,9 +290,6 @@ def _scan_bwd_kernel(
     pid_d = tl.program_id(1)
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
-    if STATES_UNIT:  # B, C states contiguous (the head's views): constant address offsets
-        s_bn = 1
-        s_cn = 1
     t_loc = tl.arange(0, BLOCK_T)
     d_mask = d_offs < d
     n_mask = n_offs < n
@@ -345,7 +341,7 @@ def _scan_bwd_kernel(
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
+            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
                          other=0.0).to(tl.float32)
             h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
                  + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
@@ -353,7 +349,7 @@ def _scan_bwd_kernel(
             tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
                      tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0), mask=bc_mask)
             if HAS_Z:
-                Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
+                Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
                              other=0.0).to(tl.float32)
                 y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         out_offs = d_offs[:, None] * s_od + t_offs[None, :] * s_ol
@@ -367,9 +363,9 @@ def _scan_bwd_kernel(
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T - 1, -1, -1):
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs * s_bn + (t0 + k) * s_bl, mask=bc_mask,
+            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
                          other=0.0).to(tl.float32)
-            Ct = tl.load(c_row + n_offs * s_cn + (t0 + k) * s_cl, mask=bc_mask,
+            Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
                          other=0.0).to(tl.float32)
             dt_k = _col(dt, t_loc, k)
             dtu_k = _col(dtu, t_loc, k)
@@ -432,14 +428,26 @@ def _like(u: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _states_unit(B: Tensor, C: Tensor) -> bool:
-    """B and C with their states contiguous (stride 1), as the Mamba head's x_proj views are:
-    the kernels then compile with that stride fixed, so each thread's state loads share one
-    address plus constant offsets: fewer registers spilled in backward (stack 664 -> 72
-    bytes in the sm_90 compile of `benchmarks/scan_sass.py`) and, on the H200 at the head's
-    EK100 calls, the scan 11-16 % faster (benchmarks/results/issue18_status.md). Only this
-    stride: letting Triton
+    """B and C with their states contiguous (stride 1), as the Mamba head's x_proj views are
+    and the only layout the kernels take (`selective_scan_triton` copies others). With that
+    stride a constant, each thread's state loads share one address plus constant offsets:
+    fewer registers spilled in backward (stack 664 -> 72 bytes in the sm_90 compile of
+    `benchmarks/scan_sass.py`) and, on the H200 at the head's EK100 calls, the scan 11-16 %
+    faster (benchmarks/results/issue18_status.md). Only this stride: letting Triton
     specialise strides freely changes the tiles' layout (see the note above the kernels)."""
     return B.stride(1) == 1 and C.stride(1) == 1
+
+
+def _check_states_unit(op: str, B: Tensor, C: Tensor) -> None:
+    if not _states_unit(B, C):
+        raise ValueError(f"{op}: B and C need contiguous states (stride 1 along n), got strides "
+                         f"{tuple(B.stride())} and {tuple(C.stride())}; selective_scan_triton "
+                         "copies them so")
+
+
+def _strides_bc(t: Tensor) -> tuple[int, int]:
+    """Row and step strides of B or C (their state stride is 1: `_check_states_unit`)."""
+    return t.stride(0), t.stride(2)
 
 
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
@@ -489,6 +497,7 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
               z: Tensor | None, delta_bias: Tensor | None, lengths: Tensor | None,
               softplus: bool, config: list[int], store_states: bool) -> tuple[Tensor, Tensor]:
     """y in u's layout and (when `store_states`) the checkpointed states the backward reads."""
+    _check_states_unit("fusion::scan_fwd", B, C)
     cfg = _cfg_dict(config)
     b, d, L = u.shape
     n = A.shape[-1]
@@ -500,11 +509,11 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         y, states, L, d, n,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B), *_strides_bc(C),
+        *_strides3(z),
         *y.stride(), *states.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states,
-        STATES_UNIT=_states_unit(B, C),
         BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
         CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
     )
@@ -525,6 +534,7 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
               config: list[int]) -> list[Tensor]:
     """Gradients of u, delta, A, B, C, D, z, delta_bias (empty tensors for absent ones), the
     partial sums over rows and blocks of channels already added up."""
+    _check_states_unit("fusion::scan_bwd", B, C)
     cfg = _cfg_dict(config)
     b, d, L = u.shape
     n = A.shape[-1]
@@ -546,9 +556,8 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     dBC = torch.empty((2, b, blocks, L, n), dtype=torch.float32, device=dev)
     dB, dC = dBC[0].transpose(2, 3), dBC[1].transpose(2, 3)
     dummy = du
-    states_unit = _states_unit(B, C)
     # a register cap is a compile option (the interpreter takes none)
-    cap = None if triton_interpreted() else backward_maxnreg(cfg, states_unit)
+    cap = None if triton_interpreted() else backward_maxnreg(cfg)
     options = {} if cap is None else {"maxnreg": cap}
     _scan_bwd_kernel[(b, blocks)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
@@ -556,11 +565,12 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
         dummy if dD is None else dD, dummy if dbias is None else dbias,
         L, d, n,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *_strides3(z),
+        *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B), *_strides_bc(C),
+        *_strides3(z),
         *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
         rows.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_LEN=lengths is not None, STATES_UNIT=states_unit,
+        SOFTPLUS=softplus, HAS_LEN=lengths is not None,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         num_warps=cfg["WARPS_BWD"], **options,
     )
@@ -645,7 +655,9 @@ def selective_scan_triton(
         return torch.zeros_like(u)
     cfg = _cfg_list(scan_config(L, d, A.shape[-1], config))
     u, delta, A, B, C, D, z, delta_bias = tensors
-    if B.stride(1) != 1 or C.stride(1) != 1:  # (b, L, n) copies, d / n times smaller than u
+    # the kernels' B, C layout, checked inline: `_states_unit` is the operators' check (the
+    # compiled-head test counts its calls); a (b, L, n) copy is d / n times smaller than u
+    if B.stride(1) != 1 or C.stride(1) != 1:
         B, C = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
     y, _ = torch.ops.fusion.scan_fwd(u, delta, A, B, C, D, z, delta_bias, lengths,
                                      bool(delta_softplus), cfg, needs_grad)

@@ -28,12 +28,14 @@ def test_strides_left_run_time_are_not_specialised():
 
 def test_contiguous_layout_records_the_copied_states():
     """`--layout contiguous` records the (b, d, L) call of scan_backends' `head` variant:
-    time-contiguous u, and B, C reaching the kernels with unit state stride (the wrapper's
-    copy), so the same unit-stride kernels are compiled as for the head's views."""
+    time-contiguous u, and B, C reaching the kernels as (b, L, n) copies (the wrapper's): the
+    kernels take unit state stride only."""
     from benchmarks.scan_sass import SassConfig, recorded_launches
 
     (_, fwd, args, kwargs), (_, bwd, bargs, bkwargs) = recorded_launches(
         SassConfig(L=32, d=64, layout="contiguous"))
     values = dict(zip(fwd.arg_names, args, strict=False))
-    assert values["s_ul"] == 1 and values["s_ud"] == 32 and values["s_bn"] == 1
-    assert kwargs["STATES_UNIT"] and bkwargs["STATES_UNIT"]
+    # B arrives as a (1, L, n) copy: step stride n (its state stride, 1, is not an argument)
+    assert values["s_ul"] == 1 and values["s_ud"] == 32 and values["s_bl"] == 16
+    bvalues = dict(zip(bwd.arg_names, bargs, strict=False))
+    assert bvalues["s_bl"] == bvalues["s_cl"] == 16
