@@ -272,11 +272,18 @@ def test_deterministic_across_runs_and_workers_with_rgb_frames(tmp_path: Path) -
     assert list(info.video_id) == ["P01_01", "P01_02", "P01_03", "P02_01"]
     for row in info.itertuples():
         relative = Path("videos") / row.video_id[:3] / "videos" / f"{row.video_id}.MP4"
-        # byte-identical whatever the worker count: x264 and the RGB -> YUV conversion run
-        # one thread per video (extract.synthetic), so nothing depends on timing or load
-        assert (a / relative).read_bytes() == (b / relative).read_bytes(), relative
-        with av.open(str(a / relative)) as container:
-            video = np.stack([f.to_ndarray(format="rgb24") for f in container.decode()])
+        # the rendered frames are byte-identical whatever the worker count (the JPEGs below);
+        # the encoded MP4s usually are, but not always (extract.synthetic's docstring): a
+        # clean-clone CI run on 2 cores produced a different encode of P01_01, so the videos
+        # must agree decoded, to a mean absolute difference under 1 grey level (another seed
+        # differs by tens)
+        runs = []
+        for root in (a, b):
+            with av.open(str(root / relative)) as container:
+                runs.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode()]))
+        video = runs[0]
+        assert video.shape == runs[1].shape, relative
+        assert np.abs(video.astype(np.int16) - runs[1]).mean() < 1.0, relative
         frames = round(row.duration * row.fps)
         assert video.shape == (frames, 48, 64, 3)
 
