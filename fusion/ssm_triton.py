@@ -655,9 +655,7 @@ def selective_scan_triton(
         return torch.zeros_like(u)
     cfg = _cfg_list(scan_config(L, d, A.shape[-1], config))
     u, delta, A, B, C, D, z, delta_bias = tensors
-    # the kernels' B, C layout, checked inline: `_states_unit` is the operators' check (the
-    # compiled-head test counts its calls); a (b, L, n) copy is d / n times smaller than u
-    if B.stride(1) != 1 or C.stride(1) != 1:
+    if not _states_unit(B, C):  # the kernels' layout: (b, L, n) copies, d / n times smaller
         B, C = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
     y, _ = torch.ops.fusion.scan_fwd(u, delta, A, B, C, D, z, delta_bias, lengths,
                                      bool(delta_softplus), cfg, needs_grad)

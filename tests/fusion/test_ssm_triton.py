@@ -333,12 +333,12 @@ y, states = torch.ops.fusion.scan_fwd(*args)
 assert states.stride(1) == 1 and states.stride(3) == d, states.stride()
 grads = torch.ops.fusion.scan_bwd(torch.ones_like(y), *args[:8], None, states, True, cfg)
 assert grads[3].stride(1) == 1 and grads[4].stride(1) == 1, (grads[3].stride(), grads[4].stride())
-seen, states_unit = [], st._states_unit
-st._states_unit = lambda B, C: seen.append((B.stride(1), C.stride(1))) or states_unit(B, C)
+seen, check = [], st._check_states_unit
+st._check_states_unit = lambda op, B, C: seen.append((B.stride(1), C.stride(1))) or check(op, B, C)
 with torch.no_grad():
     selective_scan_triton(args[0].contiguous(), args[1].contiguous(), A,
                           *(t.contiguous() for t in args[3:5]))
-st._states_unit = states_unit
+st._check_states_unit = check
 assert seen == [(1, 1)], seen
 # the operators themselves refuse strided states (the kernels take unit state stride only)
 for op, op_args in (("scan_fwd", (*args[:3], *(t.contiguous() for t in args[3:5]), *args[5:])),
@@ -600,13 +600,13 @@ def test_compiled_head_runs_the_scan_operators_in_their_eager_layouts(monkeypatc
     head.backend = "triton"
     inputs, masks = ragged_batch(n=6, device="cuda")
     layouts = []
-    original = ssm_triton._states_unit
+    original = ssm_triton._check_states_unit
 
-    def recording(B, C):
+    def recording(op, B, C):  # the operators' own check: called once a launch
         layouts.append((B.stride(), C.stride()))
-        return original(B, C)
+        return original(op, B, C)
 
-    monkeypatch.setattr(ssm_triton, "_states_unit", recording)
+    monkeypatch.setattr(ssm_triton, "_check_states_unit", recording)
     expected = head_results(head, inputs, masks)
     eager_layouts, layouts[:] = list(layouts), []
     compiled = torch.compile(head)
