@@ -137,7 +137,7 @@ def make_inputs(config: BenchConfig, batch: int, length: int, variant: str,
         bc = torch.cat([inputs.pop("B"), inputs.pop("C")], dim=1)
         inputs = {k: v.transpose(1, 2).contiguous() if v.dim() == 3 else v
                   for k, v in {**inputs, "BC": bc}.items()}
-    else:
+    elif variant == "full":  # (an `else` here gave `head` these too: see the test)
         inputs |= {"delta": randn(b, d, L, scale=0.5), "z": randn(b, d, L),
                    "D": torch.ones(d, device=device),
                    "delta_bias": randn(d, scale=0.5, shift=-3.0, dt=torch.float32)}

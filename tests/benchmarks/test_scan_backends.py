@@ -1,0 +1,32 @@
+"""benchmarks/scan_backends.py: each call variant passes the inputs its name says."""
+
+import torch
+
+from benchmarks.scan_backends import BenchConfig, make_inputs, scan_args
+
+CPU = torch.device("cpu")
+SMALL = BenchConfig(batch=2, d_inner=8, d_state=4, dtype="fp32")
+
+
+def test_head_variant_is_the_heads_call():
+    """`head`: u, softplus'd Δ, A, B, C and nothing else. Commit 20230aa's `else` gave it the
+    `full` variant's z, D, Δ bias and a raw (mostly negative) Δ: its table rows timed another
+    call than the one named, with states overflowing to inf."""
+    inputs = make_inputs(SMALL, 2, 16, "head", CPU)
+    assert set(inputs) == {"u", "delta", "A", "B", "C"}
+    assert bool((inputs["delta"] > 0).all())
+    assert all(t.requires_grad for t in inputs.values())
+
+
+def test_head_views_hold_the_same_values_in_the_heads_layout():
+    head = make_inputs(SMALL, 2, 16, "head", CPU)
+    args = scan_args(make_inputs(SMALL, 2, 16, "head_views", CPU), "head_views")
+    assert set(args) == {"u", "delta", "A", "B", "C"}
+    for name in args:
+        torch.testing.assert_close(args[name], head[name], rtol=0, atol=0)
+    assert args["u"].stride(1) == 1 and args["B"].stride(1) == 1  # channels-last, states unit
+
+
+def test_full_variant_has_every_option():
+    inputs = make_inputs(SMALL, 2, 16, "full", CPU)
+    assert set(inputs) == {"u", "delta", "A", "B", "C", "z", "D", "delta_bias"}
