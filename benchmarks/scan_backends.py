@@ -367,7 +367,7 @@ def run_sweep(config: BenchConfig, device: torch.device, deadline: float,
             for values in SWEEP_CONFIGS:
                 scan_config = ssm_triton.ScanConfig(*values)
                 concrete = ssm_triton.scan_config(length, config.d_inner, config.d_state,
-                                                  scan_config)
+                                                  scan_config, time_unit=True)  # (b, d, L)
                 record = {"seq_len": length, "config": dataclasses.asdict(scan_config),
                           "concrete": concrete, "heuristic": values[0] is None}
                 if time.perf_counter() > deadline:

@@ -18,15 +18,21 @@ Why the kernels look the way they do
   thread walks its channel's steps in order (time never crosses lanes, so no scan needs
   shuffles). Tiles are shaped (channels, steps) and (channels, states) and the strides stay
   run-time values: Triton then puts channels on the lanes and steps and states in the thread
-  (with 16 channels a warp, two lanes share a channel's 16 states). A chunk of BLOCK_T steps
+  (with 16 channels a warp, two lanes share a channel's 16 states, interleaved; with 32,
+  each lane holds one channel's states and its chunk of steps). A chunk of BLOCK_T steps
   is loaded as one tile; the chunk's loop is unrolled, so picking step k of a tile is a
-  register pick (`_col`, `_put`).
+  register pick (`_col`, `_put`) when the steps lie in the thread.
 * Layout: any strides, except that B and C's states are contiguous (the kernels take their
   state stride as 1; `selective_scan_triton` copies (b, n, L) tensors, d / n times smaller
   than u, to that layout). The Mamba head passes transposed views of its (b, L, ·)
   projections (channels contiguous: each step's loads across the lanes are coalesced), and
   outputs and gradients are allocated in u's layout (`_like`), so nothing is copied on
-  either side.
+  either side. Strides the compiler cannot see make every access a 2-byte one, so two are
+  given in vector units when the tensors allow it: B and C's row and step strides in 16
+  bytes (`_bc_vec`: a lane's 16 states one load, with 32 channels a program), and u, Δ,
+  z, y's with a unit time stride (`_time_vec`: a lane's steps one load; forward only, the
+  backward's 4-step tiles got slower so). The forward's tile follows: 32 channels, or 16
+  on time-contiguous tensors (`scan_config`).
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
@@ -42,15 +48,16 @@ Why the kernels look the way they do
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
-* Measured on the H200 against mamba-ssm, fwd+bwd: in the head's layout (transposed views,
-  mamba-ssm copying them as it does) 0.50x at L = 16, 0.46x at 64, 0.58x at 256, 0.66x at
-  1024, 0.58x at 4096; on (b, d, L) tensors 0.50x / 0.46x / 0.89x / 1.12x / 0.90x
-  (benchmarks/results/scan_backends_h200_s12.md; L <= 64 host-bound). Layouts matter more
-  than instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
+* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s13.md;
+  L <= 64 host-bound): in the head's layout (transposed views, mamba-ssm copying them as it
+  does) fwd+bwd 0.63x / 0.56x / 0.53x / 0.59x / 0.51x at L = 16 / 64 / 256 / 1024 / 4096,
+  forward 0.35x to 0.70x; on (b, d, L) tensors fwd+bwd 0.60x / 0.61x / 0.75x / 0.90x / 0.74x,
+  forward 0.95x / 0.93x / 0.75x at L = 256 / 1024 / 4096. Layouts matter more than
+  instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
-  partial-sum layouts above, and B, C copied to states-contiguous when they are not. What
-  is left on (b, d, L) tensors: a thread walks its channel's steps, so each warp access to
-  u, Δ, y and their gradients touches 16 sectors.
+  partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
+  backward is now the larger part: its per-step sums of dB and dC over channels are 64 of
+  its ~70 shuffles a step (sm_90 SASS, `benchmarks/scan_sass.py`).
   Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt, kernels
   of that time): the backward at 255 registers a thread, 12.5 % occupancy, spilling, 34 %
   of issue slots busy: latency-bound by registers. Since then: B and C's state stride
@@ -107,7 +114,8 @@ def _pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dict[str, int]:
+def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
+                time_unit: bool = False) -> dict[str, int]:
     """Concrete tile sizes, warps and register cap (fields of `config` that are set win).
 
     BLOCK_N = n rounded up to a power of two; forward chunks of BLOCK_T = 8 steps (fewer
@@ -116,10 +124,13 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
     layout follows from the tile shapes (module docstring): with BLOCK_D = 32 x warps every
     thread owns one channel and all its states; with 16 channels and one warp, two lanes
     share a channel's states (half the registers, one shuffle in each sum over states).
-    Default 16 channels and one warp for both kernels: the fastest of the tile sweep on the
-    H200 (benchmarks/results/scan_backends_h200_sweep.md). Backward chunks of 4 capped at
-    168 registers, forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.34 ms
-    vs 2.73 ms for chunks of 8 both ways at 255 registers, one run (issue18_status.md).
+    Backward: 16 channels and one warp. Forward: 32 channels (a lane a channel: its states
+    are one vector load, its steps a register pick), or 16 when `time_unit` (u, Δ, z with
+    unit time stride, `_time_vec`). On the H200, forward at L = 1024 (thirteenth session,
+    issue18_status.md): channels-last views 2.01 ms with 32 vs 3.24 with 16; (b, d, L)
+    tensors 2.75 ms with 16 vs 3.10 with 32. Backward chunks of 4 capped at 168 registers,
+    forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.34 ms vs 2.73 ms for
+    chunks of 8 both ways at 255 registers, one run (issue18_status.md).
     """
     config = config or DEFAULT_CONFIG
     block_n = _pow2(n)
@@ -133,7 +144,7 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None) -> dic
         return _pow2(given) if given else max(1, min(_pow2(d), default))
 
     return {"BLOCK_N": block_n, "BLOCK_T": block_t, "BLOCK_T_BWD": block_t_bwd,
-            "BLOCK_D_FWD": block_d(config.block_d_fwd, 16 * warps_fwd),
+            "BLOCK_D_FWD": block_d(config.block_d_fwd, (16 if time_unit else 32) * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
             "MAXNREG_BWD": config.maxnreg_bwd}
@@ -193,10 +204,27 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask):
+def _dt_offs(d_offs, t_offs, s_d, s_l, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
+    """Offsets of a (BLOCK_D, BLOCK_T) tile of a (d, L) slice; s_d counts VEC elements.
+    TIME_UNIT: the time stride is 1, known when compiling, so each thread's steps are one
+    vector access (`_time_vec`)."""
+    if TIME_UNIT:
+        return d_offs[:, None] * (s_d * VEC) + t_offs[None, :]
+    return d_offs[:, None] * (s_d * VEC) + t_offs[None, :] * s_l
+
+
+@triton.jit
+def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
     """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked."""
-    return tl.load(ptr + d_offs[:, None] * s_d + t_offs[None, :] * s_l, mask=mask,
+    return tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
                    other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, mask):
+    """B_t or C_t (BLOCK_N,) as float32. Step stride in units of VEC elements (16 bytes,
+    `_bc_vec`), so each thread's states are one vector load, not one load a state."""
+    return tl.load(row_ptr + t * (s_l * VEC) + n_offs, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=_FWD_STRIDES)
@@ -206,7 +234,8 @@ def _scan_fwd_kernel(
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_ad, s_an, s_bb, s_bl, s_cb, s_cl,
     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl, s_hb, s_hd, s_hc, s_hn,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr,
+    HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, BC_VEC: tl.constexpr,
+    VEC: tl.constexpr, TIME_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
 ):
     """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n): the
@@ -228,15 +257,18 @@ def _scan_fwd_kernel(
     length = L
     if HAS_LEN:
         length = tl.minimum(tl.maximum(tl.load(len_ptr + row).to(tl.int32), 0), L)
-    u_row, dt_row, z_row = u_ptr + row * s_ub, delta_ptr + row * s_db, z_ptr + row * s_zb
-    b_row, c_row, y_row = B_ptr + row * s_bb, C_ptr + row * s_cb, y_ptr + row * s_yb
+    # u, Δ, z and y's row and channel strides count VEC elements (`_time_vec`)
+    u_row, dt_row = u_ptr + row * (s_ub * VEC), delta_ptr + row * (s_db * VEC)
+    z_row = z_ptr + row * (s_zb * VEC)
+    b_row, c_row = B_ptr + row * (s_bb * BC_VEC), C_ptr + row * (s_cb * BC_VEC)
+    y_row = y_ptr + row * (s_yb * VEC)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for c in range(0, tl.cdiv(length, BLOCK_T)):
         t0 = c * BLOCK_T
         t_offs = t0 + t_loc
         mask = d_mask[:, None] & (t_offs < length)[None, :]
-        u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask)
-        dt = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask)
+        u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, VEC, TIME_UNIT)
+        dt = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, VEC, TIME_UNIT)
         if HAS_BIAS:
             dt += bias[:, None]
         if SOFTPLUS:
@@ -250,25 +282,23 @@ def _scan_fwd_kernel(
                          + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
                          mask=dn_mask & (t0 + k < length))
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
-                         other=0.0).to(tl.float32)
-            Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
-                         other=0.0).to(tl.float32)
+            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
+            Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
             h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
                  + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
             y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
-            zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask)
+            zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask, VEC, TIME_UNIT)
             y = y * zt * tl.sigmoid(zt)
-        tl.store(y_row + d_offs[:, None] * s_yd + t_offs[None, :] * s_yl, y, mask=mask)
+        tl.store(y_row + _dt_offs(d_offs, t_offs, s_yd, s_yl, VEC, TIME_UNIT), y, mask=mask)
     if HAS_LEN:  # y = 0 past the length, written here: no memset of y before the launch
         zeros = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for t0 in range((length // BLOCK_T) * BLOCK_T, L, BLOCK_T):
             t_offs = t0 + t_loc
             tail = d_mask[:, None] & ((t_offs >= length) & (t_offs < L))[None, :]
-            tl.store(y_row + d_offs[:, None] * s_yd + t_offs[None, :] * s_yl, zeros, mask=tail)
+            tl.store(y_row + _dt_offs(d_offs, t_offs, s_yd, s_yl, VEC, TIME_UNIT), zeros, mask=tail)
 
 
 @triton.jit(do_not_specialize=_BWD_STRIDES)
@@ -280,7 +310,7 @@ def _scan_bwd_kernel(
     s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_hb, s_hd, s_hc, s_hn, s_ob, s_od, s_ol,
     s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2, s_rb,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LEN: tl.constexpr,
+    HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
@@ -305,7 +335,9 @@ def _scan_bwd_kernel(
     if HAS_LEN:
         length = tl.minimum(tl.maximum(tl.load(len_ptr + row).to(tl.int32), 0), L)
     u_row, dt_row, z_row = u_ptr + row * s_ub, delta_ptr + row * s_db, z_ptr + row * s_zb
-    b_row, c_row, gy_row = B_ptr + row * s_bb, C_ptr + row * s_cb, gy_ptr + row * s_gb
+    b_row, c_row = B_ptr + row * (s_bb * BC_VEC), C_ptr + row * (s_cb * BC_VEC)
+    gy_row = gy_ptr + row * s_gb
+    o_row = row * s_ob
     p_row = row * s_pb + pid_d * s_pk
     n_chunks = tl.cdiv(length, BLOCK_T)
     g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # exp(Δ_{t+1} A) g_{t+1}
@@ -317,8 +349,8 @@ def _scan_bwd_kernel(
         t0 = c * BLOCK_T
         t_offs = t0 + t_loc
         mask = d_mask[:, None] & (t_offs < length)[None, :]
-        u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask)
-        raw = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask)
+        u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, 1, False)
+        raw = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, 1, False)
         if HAS_BIAS:
             raw += bias[:, None]
         dt = raw
@@ -326,9 +358,9 @@ def _scan_bwd_kernel(
             dt = _softplus(raw)
         dt = tl.where(mask, dt, 0.0)
         dtu = dt * u
-        gy = _load_dt(gy_row, d_offs, t_offs, s_gd, s_gl, mask)
+        gy = _load_dt(gy_row, d_offs, t_offs, s_gd, s_gl, mask, 1, False)
         if HAS_Z:
-            zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask)
+            zt = _load_dt(z_row, d_offs, t_offs, s_zd, s_zl, mask, 1, False)
             sig = tl.sigmoid(zt)
             gyz = gy * zt * sig  # the gradient reaching y before the gate
         else:
@@ -341,32 +373,28 @@ def _scan_bwd_kernel(
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
-                         other=0.0).to(tl.float32)
+            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
             h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
                  + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
             hs = hs + (h,)
             tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
                      tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0), mask=bc_mask)
             if HAS_Z:
-                Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
-                             other=0.0).to(tl.float32)
+                Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
                 y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
-        out_offs = d_offs[:, None] * s_od + t_offs[None, :] * s_ol
+        out_offs = o_row + _dt_offs(d_offs, t_offs, s_od, s_ol, 1, False)
         if HAS_Z:
             if HAS_D:
                 y += Dv[:, None] * u
-            tl.store(dz_ptr + row * s_ob + out_offs, gy * y * sig * (1.0 + zt * (1.0 - sig)),
+            tl.store(dz_ptr + out_offs, gy * y * sig * (1.0 + zt * (1.0 - sig)),
                      mask=mask)
         # 2. the adjoint g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1}, last step first
         du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T - 1, -1, -1):
             bc_mask = n_mask & (t0 + k < length)
-            Bt = tl.load(b_row + n_offs + (t0 + k) * s_bl, mask=bc_mask,
-                         other=0.0).to(tl.float32)
-            Ct = tl.load(c_row + n_offs + (t0 + k) * s_cl, mask=bc_mask,
-                         other=0.0).to(tl.float32)
+            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
+            Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
             dt_k = _col(dt, t_loc, k)
             dtu_k = _col(dtu, t_loc, k)
             g = _col(gyz, t_loc, k)[:, None] * Ct[None, :] + g_next
@@ -382,11 +410,11 @@ def _scan_bwd_kernel(
         if HAS_D:
             du += gyz * Dv[:, None]
             dD_acc += tl.sum(gyz * u, axis=1)
-        tl.store(du_ptr + row * s_ob + out_offs, du, mask=mask)
+        tl.store(du_ptr + out_offs, du, mask=mask)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(mask, ddt, 0.0)
-        tl.store(ddelta_ptr + row * s_ob + out_offs, ddt, mask=mask)
+        tl.store(ddelta_ptr + out_offs, ddt, mask=mask)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=1)
     tl.store(dA_ptr + row * s_ab + d_offs[:, None] * s_ad2 + n_offs[None, :] * s_an2, dA_acc,
@@ -402,7 +430,7 @@ def _scan_bwd_kernel(
             t_offs = t0 + t_loc
             t_tail = (t_offs >= length) & (t_offs < L)
             tail = d_mask[:, None] & t_tail[None, :]
-            out_offs = row * s_ob + d_offs[:, None] * s_od + t_offs[None, :] * s_ol
+            out_offs = o_row + _dt_offs(d_offs, t_offs, s_od, s_ol, 1, False)
             tl.store(du_ptr + out_offs, zeros, mask=tail)
             tl.store(ddelta_ptr + out_offs, zeros, mask=tail)
             if HAS_Z:
@@ -434,8 +462,10 @@ def _states_unit(B: Tensor, C: Tensor) -> bool:
     fewer registers spilled in backward (stack 664 -> 72 bytes in the sm_90 compile of
     `benchmarks/scan_sass.py`) and, on the H200 at the head's EK100 calls, the scan 11-16 %
     faster (benchmarks/results/issue18_status.md). Only this stride: letting Triton
-    specialise strides freely changes the tiles' layout (see the note above the kernels)."""
-    return B.stride(1) == 1 and C.stride(1) == 1
+    specialise strides freely changes the tiles' layout (see the note above the kernels).
+    With one state the stride is never used (and `.contiguous()` keeps a size-1 dimension's
+    stride as it is, so no copy could make it 1)."""
+    return B.shape[1] == 1 or (B.stride(1) == 1 and C.stride(1) == 1)
 
 
 def _check_states_unit(op: str, B: Tensor, C: Tensor) -> None:
@@ -445,9 +475,45 @@ def _check_states_unit(op: str, B: Tensor, C: Tensor) -> None:
                          "copies them so")
 
 
-def _strides_bc(t: Tensor) -> tuple[int, int]:
-    """Row and step strides of B or C (their state stride is 1: `_check_states_unit`)."""
-    return t.stride(0), t.stride(2)
+def _bc_vec(B: Tensor, C: Tensor) -> int:
+    """Elements in 16 bytes when B and C allow 16-byte loads of a step's states (aligned
+    data, row and step strides multiples of it), else 1. The kernels take B and C's strides
+    in these units: Triton then knows each thread's states are aligned and loads them with
+    one instruction. Without it every state was its own 2-byte load (sm_90 SASS: 136 of the
+    forward's 144 loads a chunk, LDG.E.U16; `benchmarks/scan_sass.py`)."""
+    vec = 16 // B.element_size()
+    aligned = all(t.data_ptr() % 16 == 0 and t.stride(0) % vec == 0 and t.stride(2) % vec == 0
+                  for t in (B, C))
+    return vec if aligned and B.dtype == C.dtype else 1
+
+
+def _time_vec(*tensors: Tensor | None) -> int:
+    """0 unless every (b, d, L) tensor given has unit time stride (u, Δ, z and y of a
+    (b, d, L)-contiguous call); then the largest of 8, 4, 2, 1 that divides their row and
+    channel strides and data offsets in elements. The forward then compiles with the time
+    stride 1 and those strides in units of it (`_dt_offs`): each thread's steps are one
+    vector load or store where they were one 2-byte access a step."""
+    present = [t for t in tensors if t is not None]
+    if any(t.stride(2) != 1 for t in present):
+        return 0
+    for vec in (8, 4, 2):
+        if all(t.data_ptr() % (vec * t.element_size()) == 0 and t.stride(0) % vec == 0
+               and t.stride(1) % vec == 0 for t in present):
+            return vec
+    return 1
+
+
+def _strides_vec(t: Tensor | None, vec: int) -> tuple[int, int, int]:
+    """(row, channel, time) strides of a (b, d, L) tensor, the first two in units of vec."""
+    if t is None:
+        return (0, 0, 0)
+    return t.stride(0) // vec, t.stride(1) // vec, t.stride(2)
+
+
+def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
+    """Row and step strides of B or C in units of `vec` elements (`_bc_vec`; their state
+    stride is 1: `_check_states_unit`)."""
+    return t.stride(0) // vec, t.stride(2) // vec
 
 
 def _strides3(t: Tensor | None) -> tuple[int, int, int]:
@@ -504,16 +570,19 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
     y = _like(u, u.dtype)
     states = _new_states(u, _n_checkpoints(L, cfg), n, store_states)
     dummy = u  # stands in for absent optional tensors (never read: constexpr flags)
+    vec = _bc_vec(B, C)
+    time_vec = _time_vec(u, delta, z, y)
+    tv = max(time_vec, 1)
     grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
     _scan_fwd_kernel[grid](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         y, states, L, d, n,
-        *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B), *_strides_bc(C),
-        *_strides3(z),
-        *y.stride(), *states.stride(),
+        *_strides_vec(u, tv), *_strides_vec(delta, tv), *A.stride(), *_strides_bc(B, vec),
+        *_strides_bc(C, vec), *_strides_vec(z, tv), *_strides_vec(y, tv), *states.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states,
+        SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states, BC_VEC=vec,
+        VEC=tv, TIME_UNIT=time_vec > 0,
         BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
         CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
     )
@@ -556,6 +625,7 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     dBC = torch.empty((2, b, blocks, L, n), dtype=torch.float32, device=dev)
     dB, dC = dBC[0].transpose(2, 3), dBC[1].transpose(2, 3)
     dummy = du
+    vec = _bc_vec(B, C)
     # a register cap is a compile option (the interpreter takes none)
     cap = None if triton_interpreted() else backward_maxnreg(cfg)
     options = {} if cap is None else {"maxnreg": cap}
@@ -565,12 +635,11 @@ def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
         dummy if dD is None else dD, dummy if dbias is None else dbias,
         L, d, n,
-        *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B), *_strides_bc(C),
-        *_strides3(z),
-        *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
+        *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B, vec), *_strides_bc(C, vec),
+        *_strides3(z), *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
         rows.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_LEN=lengths is not None,
+        SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         num_warps=cfg["WARPS_BWD"], **options,
     )
@@ -653,8 +722,8 @@ def selective_scan_triton(
         out_dtype = None
     if b == 0 or d == 0 or L == 0:
         return torch.zeros_like(u)
-    cfg = _cfg_list(scan_config(L, d, A.shape[-1], config))
     u, delta, A, B, C, D, z, delta_bias = tensors
+    cfg = _cfg_list(scan_config(L, d, A.shape[-1], config, _time_vec(u, delta, z) > 0))
     if not _states_unit(B, C):  # the kernels' layout: (b, L, n) copies, d / n times smaller
         B, C = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
     y, _ = torch.ops.fusion.scan_fwd(u, delta, A, B, C, D, z, delta_bias, lengths,

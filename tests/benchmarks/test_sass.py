@@ -35,7 +35,9 @@ def test_contiguous_layout_records_the_copied_states():
     (_, fwd, args, kwargs), (_, bwd, bargs, bkwargs) = recorded_launches(
         SassConfig(L=32, d=64, layout="contiguous"))
     values = dict(zip(fwd.arg_names, args, strict=False))
-    # B arrives as a (1, L, n) copy: step stride n (its state stride, 1, is not an argument)
-    assert values["s_ul"] == 1 and values["s_ud"] == 32 and values["s_bl"] == 16
+    # strides in units of the vector widths: u's channel stride 32 in 8s (unit time stride,
+    # `_time_vec`), B a (1, L, n) copy whose step stride n = 16 is 2 x 8 (`_bc_vec`)
+    assert kwargs["TIME_UNIT"] and kwargs["VEC"] == 8 and kwargs["BC_VEC"] == 8
+    assert values["s_ul"] == 1 and values["s_ud"] == 32 // 8 and values["s_bl"] == 16 // 8
     bvalues = dict(zip(bwd.arg_names, bargs, strict=False))
-    assert bvalues["s_bl"] == bvalues["s_cl"] == 16
+    assert bkwargs["BC_VEC"] == 8 and bvalues["s_bl"] == bvalues["s_cl"] == 16 // 8

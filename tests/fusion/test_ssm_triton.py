@@ -218,6 +218,8 @@ CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks an
     (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
     # forward chunks of 8 storing a state every 2 steps, backward walking chunks of 2
     (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=8, block_t_bwd=2, block_d_bwd=4)),
+    # one state: (b, 1, L) B and C keep their stride along n (no copy makes it 1)
+    (2, 3, 1, 9, True, None, ScanConfig(block_t=4)),
 ]
 for b, d, n, L, options, lengths, config in CASES:
     inputs = make_inputs(b, d, n, L, torch.float32, seed=L + d, options=options)
@@ -377,11 +379,33 @@ def test_scan_config_chunks():
 
     tiles = scan_config(32, 2048, 16)
     assert (tiles["BLOCK_T"], tiles["BLOCK_T_BWD"]) == (8, 4)
+    assert (tiles["BLOCK_D_FWD"], tiles["BLOCK_D_BWD"]) == (32, 16)  # a lane a channel forward
+    assert scan_config(32, 2048, 16, time_unit=True)["BLOCK_D_FWD"] == 16  # (b, d, L) tensors
     assert backward_maxnreg(tiles) == 168
     assert scan_config(2, 2048, 16)["BLOCK_T_BWD"] == 2
     tiles = scan_config(32, 2048, 16, ScanConfig(block_t=4, block_t_bwd=16, maxnreg_bwd=255))
     assert (tiles["BLOCK_T"], tiles["BLOCK_T_BWD"]) == (4, 4)
     assert backward_maxnreg(tiles) == 255
+
+
+def test_vector_widths_follow_layout_and_alignment():
+    """`_time_vec`: unit time stride and the vector width dividing every row / channel
+    stride and data offset; `_bc_vec`: 16-byte loads of B and C's states where aligned."""
+    needs_triton()
+    from fusion.ssm_triton import _bc_vec, _time_vec
+
+    u = torch.zeros(2, 6, 24, dtype=torch.bfloat16)
+    assert _time_vec(u, u.float(), None) == 8
+    assert _time_vec(torch.zeros(2, 6, 20)) == 4  # channel stride 20: 4 elements
+    assert _time_vec(torch.zeros(2, 6, 7)) == 1  # unit time stride, no wider vector
+    assert _time_vec(u[..., 1:]) == 1  # offset by one element
+    assert _time_vec(u, torch.zeros(2, 24, 6).transpose(1, 2)) == 0  # one channels-last
+    bc = torch.zeros(2, 24, 48, dtype=torch.bfloat16)  # (b, L, 16 + 2n), n = 16
+    B, C = bc[..., 16:32].transpose(1, 2), bc[..., 32:].transpose(1, 2)
+    assert _bc_vec(B, C) == 8
+    assert _bc_vec(bc[..., 8:24].transpose(1, 2), C) == 8  # 16 bytes in
+    assert _bc_vec(bc[..., 4:20].transpose(1, 2), C) == 1  # 8 bytes in: misaligned
+    assert _bc_vec(torch.zeros(2, 5, 3).transpose(1, 2), torch.zeros(2, 5, 3).transpose(1, 2)) == 1
 
 
 def cuda_inputs(b, d, n, L, dtype, seed, options=True):
@@ -452,6 +476,7 @@ def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
     {"block_t": 32, "block_d_fwd": 4, "block_d_bwd": 2},
     {"block_t": 16, "block_d_fwd": 2, "block_d_bwd": 1, "num_warps_fwd": 8, "num_warps_bwd": 8},
     {"block_t": 16, "block_d_fwd": 16, "block_d_bwd": 8, "num_warps_fwd": 8, "num_warps_bwd": 2},
+    {"block_d_fwd": 16}, {"block_d_fwd": 32}, {"block_d_fwd": 64, "num_warps_fwd": 2},
 ])
 def test_tile_sizes_do_not_change_results(config):
     needs_triton()
