@@ -51,6 +51,9 @@ class HeadCallsConfig:
 
     modules: tuple[str, ...] = ("fusion.ssm_triton",)
     configs: tuple[str, ...] = ("",)
+    calls: tuple[str, ...] = ()
+    """Instead of the head's calls, `scan_backends.py` calls as `variant:L` (`head:1024`,
+    `head_views:256`; batch 128, d 1536, n 16, bf16): its table's rows, A/B'd in one run."""
     warmup_ms: float = 25.0
     rep_ms: float = 150.0
     """`triton.testing.do_bench` warm-up and repeat budgets per point."""
@@ -98,6 +101,24 @@ def record_calls(c: ProfileConfig, quick: bool) -> list[dict]:
     return calls
 
 
+def backends_calls(specs: tuple[str, ...], quick: bool) -> list[dict]:
+    """`scan_backends.py`'s calls (`variant:L`), arguments by name (`--quick`: its CPU
+    sizes)."""
+    from benchmarks.scan_backends import BenchConfig, make_inputs, scan_args
+    from fusion.train import resolve_device
+
+    device = resolve_device("auto")
+    config = BenchConfig(d_inner=32, d_state=4, dtype="fp32") if quick else BenchConfig()
+    calls = []
+    for spec in specs:
+        variant, _, length = spec.partition(":")
+        args = scan_args(make_inputs(config, 2 if quick else config.batch, int(length),
+                                     variant, device), variant)
+        calls.append({**{k: args.get(k) for k in ARGS[:8]},
+                      "delta_softplus": variant == "full", "lengths": None})
+    return calls
+
+
 def run_call(module, call: dict, config, backward: bool):
     """y and (backward) the gradients of every floating input, from fresh leaves sharing the
     recorded tensors' storage and strides."""
@@ -139,7 +160,7 @@ def measure(c: HeadCallsConfig) -> dict:
     if c.quick:
         shape = dataclasses.replace(shape, batch_size=4, video_shape=(4, 32),
                                     text_shape=(6, 32))
-    calls = record_calls(shape, c.quick)
+    calls = backends_calls(c.calls, c.quick) if c.calls else record_calls(shape, c.quick)
     reference = None
     rows = []
     for module_name in c.modules:
@@ -154,10 +175,11 @@ def measure(c: HeadCallsConfig) -> dict:
                     reference = flat
                 row["max_rel_err"] = relative_errors(flat, reference)
                 for mode, backward in (("fwd", False), ("fwd_bwd", True)):
-                    row[f"{mode}_ms"] = sum(bench(
+                    row[f"{mode}_ms_calls"] = [bench(
                         lambda call=call, b=backward, m=module, cfg=config: run_call(
                             m, call, cfg, b), c)
-                        for call in calls)
+                        for call in calls]
+                    row[f"{mode}_ms"] = sum(row[f"{mode}_ms_calls"])
                 row["status"] = "ok"
             except Exception as error:  # noqa: BLE001 - a failed variant is a result
                 row["status"] = f"failed: {type(error).__name__}: {str(error)[:160]}"
@@ -178,7 +200,9 @@ def main(argv: list[str] | None = None) -> Path:
         argv if argv is not None else sys.argv[1:])
     data["command"], data["seconds"] = command.strip(), round(time.perf_counter() - started, 1)
     out.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    lines = [f"# Scan variants on the Mamba head's calls ({data['device']})", "",
+    title = (f"`scan_backends.py` calls {', '.join(c.calls)}" if c.calls
+             else "the Mamba head's calls")
+    lines = [f"# Scan variants on {title} ({data['device']})", "",
              f"`{data['command']}`; {len(data['calls'])} calls (u, B, z: shape, strides, "
              f"dtype): {data['calls']}. Medians of triton.testing.do_bench, summed over the "
              "calls; error: largest relative L2 error of y and the gradients against the "

@@ -30,3 +30,30 @@ def test_records_the_heads_calls_and_compares_variants(tmp_path):
     assert bad["status"].startswith("failed: TypeError")  # an unknown ScanConfig field
     text = (tmp_path / "calls.md").read_text()
     assert "| fusion.ssm_triton | block_t=2 |" in text
+
+
+BACKENDS_SCRIPT = """
+from tests.fusion.triton_interpreter import patch_numpy_index
+
+patch_numpy_index()
+from benchmarks import scan_head_calls
+
+out = scan_head_calls.main(["--quick", "--calls", "head:16", "head_views:8", "--configs", "",
+                            "block_d_fwd=16", "--out", {out!r}])
+print("RESULT", out.with_suffix(".json").read_text().replace(chr(10), " "), "RESULT")
+print("all cases match")
+"""
+
+
+def test_times_scan_backends_calls_instead(tmp_path):
+    """`--calls variant:L`: the scan table's calls (u (b, d, L) contiguous for `head`,
+    channels-last for `head_views`), each call's time kept."""
+    output = run_interpreted(BACKENDS_SCRIPT.format(out=str(tmp_path / "calls")))
+    data = json.loads(output.split("RESULT")[1])
+    (head, views) = data["calls"]
+    assert head["u"][0] == [2, 32, 16] and head["u"][1][2] == 1
+    assert views["u"][0] == [2, 32, 8] and views["u"][1][1] == 1
+    for row in data["rows"]:
+        assert row["status"] == "ok" and row["max_rel_err"] < 1e-5
+        assert len(row["fwd_ms_calls"]) == 2 and row["fwd_ms"] == sum(row["fwd_ms_calls"])
+    assert "`scan_backends.py` calls head:16, head_views:8" in (tmp_path / "calls.md").read_text()
