@@ -349,6 +349,8 @@ def _scan_bwd_kernel(
         t0 = c * BLOCK_T
         t_offs = t0 + t_loc
         mask = d_mask[:, None] & (t_offs < length)[None, :]
+        # strides as given (VEC 1, no TIME_UNIT): with unit time stride compiled in, the 4-step
+        # tiles took another layout and spilled (sm_90, thirteenth session)
         u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, 1, False)
         raw = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, 1, False)
         if HAS_BIAS:
