@@ -48,11 +48,11 @@ Why the kernels look the way they do
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
-* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s13.md;
+* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s13b.md;
   L <= 64 host-bound): in the head's layout (transposed views, mamba-ssm copying them as it
-  does) fwd+bwd 0.63x / 0.56x / 0.53x / 0.59x / 0.51x at L = 16 / 64 / 256 / 1024 / 4096,
-  forward 0.35x to 0.70x; on (b, d, L) tensors fwd+bwd 0.60x / 0.61x / 0.75x / 0.90x / 0.74x,
-  forward 0.95x / 0.93x / 0.75x at L = 256 / 1024 / 4096. Layouts matter more than
+  does) fwd+bwd 0.39x / 0.45x / 0.50x / 0.56x / 0.48x at L = 16 / 64 / 256 / 1024 / 4096,
+  forward 0.18x to 0.37x; on (b, d, L) tensors fwd+bwd 0.40x / 0.38x / 0.72x / 0.85x / 0.69x,
+  forward 0.21x / 0.31x / 0.91x / 0.95x / 0.74x. Layouts matter more than
   instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
   partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
@@ -68,7 +68,9 @@ Why the kernels look the way they do
   (benchmarks/results/scan_head_calls_h200_gluon_default.md; 2.31 and 2.66 in a repeat,
   scan_head_calls_h200_ab.md).
 * The two launches are `torch.library` operators (`fusion::scan_fwd`, `fusion::scan_bwd`)
-  with exact-stride layout constraints, so `torch.compile` runs them as they are (below).
+  with exact-stride layout constraints, so `torch.compile` runs them as they are (below);
+  eager calls run the same functions through a plain autograd.Function (`_EagerScan`),
+  without the operators' dispatch and its host time.
 * Overflow: with Δ >= 0 (softplus, or the head's softplus'd Δ) and A <= 0 every factor
   exp(Δ A) is <= 1, so the chunk products P and the states stay bounded by the inputs; a
   negative Δ makes the recurrence grow like exp(|Δ A| L) on every backend alike.
@@ -560,10 +562,9 @@ def _new_states(u: Tensor, n_ckpt: int, n: int, store: bool) -> Tensor:
     return u.new_empty((b, n_ckpt, n, d), dtype=torch.float32).permute(0, 3, 1, 2)
 
 
-@torch.library.custom_op("fusion::scan_fwd", mutates_args=(), tags=_LAYOUT_TAGS)
-def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-              z: Tensor | None, delta_bias: Tensor | None, lengths: Tensor | None,
-              softplus: bool, config: list[int], store_states: bool) -> tuple[Tensor, Tensor]:
+def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                   z: Tensor | None, delta_bias: Tensor | None, lengths: Tensor | None,
+                   softplus: bool, config: list[int], store_states: bool) -> tuple[Tensor, Tensor]:
     """y in u's layout and (when `store_states`) the checkpointed states the backward reads."""
     _check_states_unit("fusion::scan_fwd", B, C)
     cfg = _cfg_dict(config)
@@ -591,6 +592,10 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
     return y, states
 
 
+_scan_fwd = torch.library.custom_op("fusion::scan_fwd", mutates_args=(),
+                                    tags=_LAYOUT_TAGS)(_scan_fwd_impl)
+
+
 @_scan_fwd.register_fake
 def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, lengths, softplus, config,
                    store_states):
@@ -598,11 +603,10 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, lengths, softplus, confi
     return _like(u, u.dtype), _new_states(u, n_ckpt, A.shape[-1], store_states)
 
 
-@torch.library.custom_op("fusion::scan_bwd", mutates_args=(), tags=_LAYOUT_TAGS)
-def _scan_bwd(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-              D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
-              lengths: Tensor | None, states: Tensor, softplus: bool,
-              config: list[int]) -> list[Tensor]:
+def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+                   lengths: Tensor | None, states: Tensor, softplus: bool,
+                   config: list[int]) -> list[Tensor]:
     """Gradients of u, delta, A, B, C, D, z, delta_bias (empty tensors for absent ones), the
     partial sums over rows and blocks of channels already added up."""
     _check_states_unit("fusion::scan_bwd", B, C)
@@ -662,6 +666,10 @@ def _none(u: Tensor) -> Tensor:
     return u.new_empty(0)
 
 
+_scan_bwd = torch.library.custom_op("fusion::scan_bwd", mutates_args=(),
+                                    tags=_LAYOUT_TAGS)(_scan_bwd_impl)
+
+
 @_scan_bwd.register_fake
 def _scan_bwd_fake(gy, u, delta, A, B, C, D, z, delta_bias, lengths, states, softplus,
                    config):
@@ -680,16 +688,38 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.softplus, ctx.config = softplus, config
 
 
-def _backward(ctx, gy, _gstates):
+def _gradients(scan_bwd, ctx, gy) -> tuple:
     u, delta, A, B, C, D, z, delta_bias, lengths, states = ctx.saved_tensors
-    grads = torch.ops.fusion.scan_bwd(gy, u, delta, A, B, C, D, z, delta_bias, lengths,
-                                      states, ctx.softplus, ctx.config)
+    grads = scan_bwd(gy, u, delta, A, B, C, D, z, delta_bias, lengths, states, ctx.softplus,
+                     ctx.config)
     present = (u, delta, A, B, C, D, z, delta_bias)
     return (*(None if t is None else g for t, g in zip(present, grads, strict=True)),
             None, None, None, None)
 
 
+def _backward(ctx, gy, _gstates):
+    return _gradients(torch.ops.fusion.scan_bwd, ctx, gy)
+
+
 _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The operators' autograd without their dispatch, for eager calls on real tensors. The
+    `torch.library` layers (schema defaults, redispatch, the dynamo guard) cost more host time
+    than the kernels at short lengths: on CPU tensors with the launches stubbed, 190 -> 48 us
+    a forward and 500 -> 175 us a forward + backward (the scan table's L <= 64 rows are
+    host-bound). `torch.compile` still sees the operators (`selective_scan_triton`)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y, states = _scan_fwd_impl(*inputs)
+        _setup_context(ctx, inputs, (y, states))
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        return _gradients(_scan_bwd_impl, ctx, gy)
 
 
 def selective_scan_triton(
@@ -728,6 +758,9 @@ def selective_scan_triton(
     cfg = _cfg_list(scan_config(L, d, A.shape[-1], config, _time_vec(u, delta, z) > 0))
     if not _states_unit(B, C):  # the kernels' layout: (b, L, n) copies, d / n times smaller
         B, C = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
-    y, _ = torch.ops.fusion.scan_fwd(u, delta, A, B, C, D, z, delta_bias, lengths,
-                                     bool(delta_softplus), cfg, needs_grad)
+    args = (u, delta, A, B, C, D, z, delta_bias, lengths, bool(delta_softplus), cfg, needs_grad)
+    if torch.compiler.is_compiling() or type(u) is not Tensor:  # traced: the operators
+        y, _ = torch.ops.fusion.scan_fwd(*args)
+    else:
+        y = _EagerScan.apply(*args)
     return y if out_dtype is None else y.to(out_dtype)

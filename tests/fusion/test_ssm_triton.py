@@ -327,6 +327,16 @@ args = (xz[..., :d].transpose(1, 2), dl.transpose(1, 2), A, bc[..., 3:3 + n].tra
         None, True, cfg, True)
 checks = torch.library.opcheck(torch.ops.fusion.scan_fwd.default, args)
 assert set(checks.values()) == {"SUCCESS"}, checks
+# eager calls skip the operators' dispatch (`_EagerScan`); the operators' own autograd, what
+# torch.compile runs, gives the same y and gradients, bit for bit
+y_eager = selective_scan_triton(*args[:8], True, config=ScanConfig(block_t=4, block_d_bwd=4))
+assert type(y_eager.grad_fn).__name__ == "_EagerScanBackward", y_eager.grad_fn
+y_op, _ = torch.ops.fusion.scan_fwd(*args)
+gy = torch.randn(y_op.shape, generator=torch.Generator().manual_seed(2))
+assert torch.equal(y_eager, y_op)
+for got, ref in zip(torch.autograd.grad(y_eager, leaves, gy),
+                    torch.autograd.grad(y_op, leaves, gy), strict=True):
+    assert torch.equal(got, ref)
 # memory layouts chosen so a warp's accesses are contiguous (issue18_status.md, twelfth
 # session): checkpointed states channels-contiguous, B and C's gradients (and the partial
 # sums behind them) states-contiguous, and (b, n, L) B and C copied to states-contiguous
