@@ -486,9 +486,7 @@ def _bc_vec(B: Tensor, C: Tensor) -> int:
     one instruction. Without it every state was its own 2-byte load (sm_90 SASS: 136 of the
     forward's 144 loads a chunk, LDG.E.U16; `benchmarks/scan_sass.py`)."""
     vec = 16 // B.element_size()
-    aligned = all(t.data_ptr() % 16 == 0 and t.stride(0) % vec == 0 and t.stride(2) % vec == 0
-                  for t in (B, C))
-    return vec if aligned and B.dtype == C.dtype else 1
+    return vec if B.dtype == C.dtype and _aligned(vec, (B, C), dims=(0, 2)) else 1
 
 
 def _time_vec(*tensors: Tensor | None) -> int:
@@ -500,11 +498,14 @@ def _time_vec(*tensors: Tensor | None) -> int:
     present = [t for t in tensors if t is not None]
     if any(t.stride(2) != 1 for t in present):
         return 0
-    for vec in (8, 4, 2):
-        if all(t.data_ptr() % (vec * t.element_size()) == 0 and t.stride(0) % vec == 0
-               and t.stride(1) % vec == 0 for t in present):
-            return vec
-    return 1
+    return next((vec for vec in (8, 4, 2) if _aligned(vec, present, dims=(0, 1))), 1)
+
+
+def _aligned(vec: int, tensors, dims: tuple[int, ...]) -> bool:
+    """Every tensor's data offset and its strides along `dims` are multiples of `vec`
+    elements: what lets the kernels take those strides in units of `vec`."""
+    return all(t.data_ptr() % (vec * t.element_size()) == 0
+               and all(t.stride(i) % vec == 0 for i in dims) for t in tensors)
 
 
 def _strides_vec(t: Tensor | None, vec: int) -> tuple[int, int, int]:
@@ -518,10 +519,6 @@ def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
     """Row and step strides of B or C in units of `vec` elements (`_bc_vec`; their state
     stride is 1: `_check_states_unit`)."""
     return t.stride(0) // vec, t.stride(2) // vec
-
-
-def _strides3(t: Tensor | None) -> tuple[int, int, int]:
-    return (0, 0, 0) if t is None else tuple(t.stride())
 
 
 # The kernels' launches are custom operators (`torch.library`): `torch.compile` then calls
@@ -642,8 +639,8 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         dummy if dD is None else dD, dummy if dbias is None else dbias,
         L, d, n,
         *u.stride(), *delta.stride(), *A.stride(), *_strides_bc(B, vec), *_strides_bc(C, vec),
-        *_strides3(z), *gy.stride(), *states.stride(), *du.stride(), *dB.stride(), *dA.stride(),
-        rows.stride(0),
+        *_strides_vec(z, 1), *gy.stride(), *states.stride(), *du.stride(), *dB.stride(),
+        *dA.stride(), rows.stride(0),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
