@@ -704,9 +704,10 @@ _scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 class _EagerScan(torch.autograd.Function):
     """The operators' autograd without their dispatch, for eager calls on real tensors. The
     `torch.library` layers (schema defaults, redispatch, the dynamo guard) cost more host time
-    than the kernels at short lengths: on CPU tensors with the launches stubbed, 190 -> 48 us
-    a forward and 500 -> 175 us a forward + backward (the scan table's L <= 64 rows are
-    host-bound). `torch.compile` still sees the operators (`selective_scan_triton`)."""
+    than the kernels at short lengths: on CPU tensors with the launches stubbed, 48 vs 110 us
+    a forward and 190 vs 303 us a forward + backward in the head's views
+    (benchmarks/results/scan_host.md; the scan table's L <= 64 rows are host-bound).
+    `torch.compile` still sees the operators (`selective_scan_triton`)."""
 
     @staticmethod
     def forward(ctx, *inputs):
