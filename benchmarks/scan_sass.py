@@ -54,6 +54,7 @@ class SassConfig:
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
     block_t_bwd: int | None = None
+    ckpt_t: int | None = None
     """Tile overrides, as `fusion.ssm_triton.ScanConfig` (None: its heuristic)."""
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
@@ -98,7 +99,7 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     bias = torch.zeros(d, requires_grad=True) if c.has_bias else None
     lengths = torch.full((1,), L, dtype=torch.int32) if c.has_len else None
     config = st.ScanConfig(c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd,
-                           c.num_warps_bwd, c.block_t_bwd, c.maxnreg_bwd)
+                           c.num_warps_bwd, c.block_t_bwd, c.maxnreg_bwd, c.ckpt_t)
     # the backward's partial sums (`fusion.partial_sums`) recorded too, so nothing launches
     with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders, recording(
             sums, ("_sum_middle_kernel",)):

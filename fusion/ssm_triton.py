@@ -36,13 +36,15 @@ Why the kernels look the way they do
 * Everything elementwise around the scan is fused: Δ + delta_bias, softplus, the D skip, the
   silu(z) gate, and in backward their derivatives; inputs are read in their own dtype and
   computed in float32; exp is exp2 with A pre-scaled by log2(e).
-* Forward writes y and, when a gradient is needed, the state entering every
-  BLOCK_T_BWD steps (b, d, L / BLOCK_T_BWD, n) in float32, channels contiguous in memory
-  (`_new_states`); its own chunks, BLOCK_T, may be longer: fewer, larger tiles forward,
-  fewer registers backward. Backward walks chunks of
-  BLOCK_T_BWD steps from last to first, recomputes the chunk's states from that checkpoint
-  into registers (a tuple of states), then runs the adjoint
-  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards.
+* Forward writes y and, when a gradient is needed, the state entering every CKPT_T steps
+  (b, d, L / CKPT_T, n) in float32, channels contiguous in memory (`_new_states`). Backward
+  walks chunks of BLOCK_T_BWD steps from last to first (shorter than the forward's BLOCK_T:
+  fewer registers), recomputes the chunk's states from the last stored state into registers
+  (a tuple of states; first running up the steps between, `_advance`), then runs the adjoint
+  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards. A state every 8 steps rather than
+  every 4 (one backward chunk): forward at L = 256 / 1024 on (b, d, L) tensors 0.47 / 1.90 ms
+  against 0.64 / 2.57, fwd+bwd within +-3 % (H200, scan_ckpt_h200_s14b.md), and half the
+  memory kept for the backward (16 vs 32 bytes a channel and step with n = 16).
 * dB and dC are sums over channels: each program writes its block's partial sums
   (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
@@ -106,6 +108,10 @@ class ScanConfig:
     block_t_bwd: int | None = None
     maxnreg_bwd: int | None = None
     """Register cap of the backward (ptxas); None: `backward_maxnreg`'s choice."""
+    ckpt_t: int | None = None
+    """Steps between the states the forward stores (a multiple of `block_t_bwd`); None: 8 (at
+    most the forward's chunk). Longer: fewer bytes written, read and kept for the backward,
+    whose chunks after the first of an interval recompute the states from its start."""
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -122,15 +128,18 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
 
     BLOCK_N = n rounded up to a power of two; forward chunks of BLOCK_T = 8 steps (fewer
     for shorter sequences); backward chunks of BLOCK_T_BWD = 4 (register cap:
-    `backward_maxnreg`). The
+    `backward_maxnreg`); a state stored every CKPT_T = 8 steps (module docstring). The
     layout follows from the tile shapes (module docstring): with BLOCK_D = 32 x warps every
     thread owns one channel and all its states; with 16 channels and one warp, two lanes
     share a channel's states (half the registers, one shuffle in each sum over states).
     Backward: 16 channels and one warp. Forward: 32 channels (a lane a channel: its states
     are one vector load, its steps a register pick), or 16 when `time_unit` (u, Δ, z with
-    unit time stride, `_time_vec`). On the H200, forward at L = 1024 (thirteenth session,
+    unit time stride, `_time_vec`), a warp; programs of 4 warps, or 2 on such tensors (fewer
+    when d is small). On the H200, forward at L = 1024 (thirteenth session,
     issue18_status.md): channels-last views 2.01 ms with 32 vs 3.24 with 16; (b, d, L)
-    tensors 2.75 ms with 16 vs 3.10 with 32. Backward chunks of 4 capped at 168 registers,
+    tensors 2.75 ms with 16 vs 3.10 with 32; then with 4 and 2 warps 1.82 and 2.57 ms, and on
+    the head's EK100 calls 0.42 vs 0.59 ms (fourteenth session, scan_ckpt_h200_s14.md,
+    scan_head_calls_h200_s14.md). Backward chunks of 4 capped at 168 registers,
     forward chunks of 8: on the Mamba head's EK100 calls, fwd+bwd 2.34 ms vs 2.73 ms for
     chunks of 8 both ways at 255 registers, one run (issue18_status.md).
     """
@@ -139,14 +148,16 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
     # a chunk's steps are unrolled: 64 took minutes to compile, so at most 32
     block_t = min(32, _pow2(config.block_t)) if config.block_t else min(8, _pow2(L))
     block_t_bwd = min(block_t, _pow2(config.block_t_bwd) if config.block_t_bwd else 4)
-    warps_fwd = config.num_warps_fwd or 1
+    ckpt_t = max(block_t_bwd, _pow2(config.ckpt_t) if config.ckpt_t else min(8, block_t))
+    lanes = 16 if time_unit else 32  # a forward warp's channels
+    warps_fwd = config.num_warps_fwd or max(1, min(2 if time_unit else 4, _pow2(d) // lanes))
     warps_bwd = config.num_warps_bwd or 1
 
     def block_d(given: int | None, default: int) -> int:
         return _pow2(given) if given else max(1, min(_pow2(d), default))
 
-    return {"BLOCK_N": block_n, "BLOCK_T": block_t, "BLOCK_T_BWD": block_t_bwd,
-            "BLOCK_D_FWD": block_d(config.block_d_fwd, (16 if time_unit else 32) * warps_fwd),
+    return {"BLOCK_N": block_n, "BLOCK_T": block_t, "BLOCK_T_BWD": block_t_bwd, "CKPT_T": ckpt_t,
+            "BLOCK_D_FWD": block_d(config.block_d_fwd, lanes * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
             "MAXNREG_BWD": config.maxnreg_bwd}
@@ -240,8 +251,8 @@ def _scan_fwd_kernel(
     VEC: tl.constexpr, TIME_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
 ):
-    """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n): the
-    backward's chunks (CKPT_T divides BLOCK_T)."""
+    """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n), a power
+    of two: several a chunk, or one every CKPT_T / BLOCK_T chunks."""
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
@@ -279,10 +290,14 @@ def _scan_fwd_kernel(
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
-            if STORE_STATES and k % CKPT_T == 0:
+            if STORE_STATES and CKPT_T <= BLOCK_T and k % CKPT_T == 0:
                 tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
                          + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
                          mask=dn_mask & (t0 + k < length))
+            elif STORE_STATES and k == 0 and CKPT_T > BLOCK_T:  # at chunks t0 % CKPT_T == 0
+                tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
+                         + (t0 // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
+                         mask=dn_mask & (t0 < length) & (t0 % CKPT_T == 0))
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
             Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
@@ -303,6 +318,29 @@ def _scan_fwd_kernel(
             tl.store(y_row + _dt_offs(d_offs, t_offs, s_yd, s_yl, VEC, TIME_UNIT), zeros, mask=tail)
 
 
+@triton.jit
+def _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, t0, s_ud, s_ul, s_dd, s_dl, s_bl,
+             d_mask, n_mask, A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+             BC_VEC: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The state after steps t0 .. t0 + BLOCK_T - 1 (all inside the row's length) from the
+    state before them: the backward's run from a stored state up to its chunk. Tiles loaded
+    as the chunks load theirs, the steps unrolled: their loads overlap."""
+    mask = d_mask[:, None] & (t_loc < BLOCK_T)[None, :]
+    t_offs = t0 + t_loc
+    u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, 1, False)
+    dt = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, 1, False)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dtu = dt * u
+    for k in tl.static_range(BLOCK_T):
+        Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, n_mask)
+        h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
+             + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+    return h
+
+
 @triton.jit(do_not_specialize=_BWD_STRIDES)
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, state_ptr, gy_ptr,
@@ -313,7 +351,7 @@ def _scan_bwd_kernel(
     s_pb, s_pk, s_pn, s_pl, s_ab, s_ad2, s_an2, s_rb,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
     (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
@@ -329,6 +367,7 @@ def _scan_bwd_kernel(
     A = tl.load(A_ptr + d_offs[:, None] * s_ad + n_offs[None, :] * s_an, mask=dn_mask,
                 other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
     if HAS_D:
@@ -369,10 +408,14 @@ def _scan_bwd_kernel(
             gyz = gy * zt * sig  # the gradient reaching y before the gate
         else:
             gyz = gy
-        h0 = tl.load(state_ptr + row * s_hb + d_offs[:, None] * s_hd + c * s_hc
-                     + n_offs[None, :] * s_hn, mask=dn_mask, other=0.0)
+        h = tl.load(state_ptr + row * s_hb + d_offs[:, None] * s_hd + (t0 // CKPT_T) * s_hc
+                    + n_offs[None, :] * s_hn, mask=dn_mask, other=0.0)
+        if CKPT_T > BLOCK_T:  # the state stored at the interval's start, run up to t0
+            for tp in range((t0 // CKPT_T) * CKPT_T, t0, BLOCK_T):
+                h = _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, tp, s_ud, s_ul,
+                             s_dd, s_dl, s_bl, d_mask, n_mask, A2, bias, HAS_BIAS, SOFTPLUS,
+                             BC_VEC, BLOCK_T)
         # 1. the chunk's states again, from its checkpoint; dC_t = sum_d h_t gy'_t
-        h = h0
         hs = ()
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
@@ -528,8 +571,8 @@ def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
 # call instead of 0.60 in a compiled, graphed EK100 step (H200, issue18_status.md).
 # (an older torch without the exact-strides tag: fixed stride order, which may copy a view)
 _LAYOUT_TAGS = (getattr(torch.Tag, "needs_exact_strides", torch.Tag.needs_fixed_stride_order),)
-_CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "BLOCK_D_FWD", "BLOCK_D_BWD", "WARPS_FWD",
-             "WARPS_BWD", "MAXNREG_BWD")
+_CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "CKPT_T", "BLOCK_D_FWD", "BLOCK_D_BWD",
+             "WARPS_FWD", "WARPS_BWD", "MAXNREG_BWD")
 
 
 def _cfg_list(cfg: dict) -> list[int]:
@@ -543,7 +586,7 @@ def _cfg_dict(values: list[int]) -> dict:
 
 
 def _n_checkpoints(L: int, cfg: dict) -> int:
-    return triton.cdiv(L, cfg["BLOCK_T_BWD"])
+    return triton.cdiv(L, cfg["CKPT_T"])
 
 
 def _new_states(u: Tensor, n_ckpt: int, n: int, store: bool) -> Tensor:
@@ -584,7 +627,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states, BC_VEC=vec,
         VEC=tv, TIME_UNIT=time_vec > 0,
         BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-        CKPT_T=cfg["BLOCK_T_BWD"], num_warps=cfg["WARPS_FWD"],
+        CKPT_T=cfg["CKPT_T"], num_warps=cfg["WARPS_FWD"],
     )
     return y, states
 
@@ -644,7 +687,7 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-        num_warps=cfg["WARPS_BWD"], **options,
+        CKPT_T=cfg["CKPT_T"], num_warps=cfg["WARPS_BWD"], **options,
     )
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
     g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]

@@ -218,6 +218,10 @@ CASES = [  # b, d, n, L, options, lengths, config (tiny tiles: several chunks an
     (3, 7, 2, 18, True, [25, 3, 17], ScanConfig(block_t=8, block_d_fwd=8, block_d_bwd=2)),
     # forward chunks of 8 storing a state every 2 steps, backward walking chunks of 2
     (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=8, block_t_bwd=2, block_d_bwd=4)),
+    # a state stored every 4 steps of chunks of 8 (twice a chunk) and every 8 steps of chunks
+    # of 4 (every other chunk); backward chunks of 2 run up from their interval's state
+    (2, 5, 3, 19, True, [19, 6], ScanConfig(block_t=8, block_t_bwd=2, ckpt_t=4)),
+    (2, 6, 4, 21, True, [21, 10], ScanConfig(block_t=4, block_t_bwd=2, ckpt_t=8, block_d_bwd=4)),
     # one state: (b, 1, L) B and C keep their stride along n (no copy makes it 1)
     (2, 3, 1, 9, True, None, ScanConfig(block_t=4)),
 ]
@@ -389,8 +393,16 @@ def test_scan_config_chunks():
 
     tiles = scan_config(32, 2048, 16)
     assert (tiles["BLOCK_T"], tiles["BLOCK_T_BWD"]) == (8, 4)
-    assert (tiles["BLOCK_D_FWD"], tiles["BLOCK_D_BWD"]) == (32, 16)  # a lane a channel forward
-    assert scan_config(32, 2048, 16, time_unit=True)["BLOCK_D_FWD"] == 16  # (b, d, L) tensors
+    # forward: a lane a channel, 4 warps; 16 channels a warp on (b, d, L) tensors, 2 warps
+    assert (tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"], tiles["BLOCK_D_BWD"]) == (128, 4, 16)
+    tiles = scan_config(32, 2048, 16, time_unit=True)
+    assert (tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"]) == (32, 2)
+    assert (scan_config(32, 40, 16)["BLOCK_D_FWD"], scan_config(32, 40, 16)["WARPS_FWD"]) == (64, 2)
+    assert (scan_config(32, 8, 16)["BLOCK_D_FWD"], scan_config(32, 8, 16)["WARPS_FWD"]) == (8, 1)
+    assert scan_config(32, 2048, 16)["CKPT_T"] == 8  # a state stored every 2 backward chunks
+    assert scan_config(2, 2048, 16)["CKPT_T"] == 2  # never longer than the forward's chunk
+    assert scan_config(32, 2048, 16, ScanConfig(ckpt_t=16))["CKPT_T"] == 16
+    assert scan_config(32, 2048, 16, ScanConfig(ckpt_t=2))["CKPT_T"] == 4  # never inside a chunk
     assert backward_maxnreg(tiles) == 168
     assert scan_config(2, 2048, 16)["BLOCK_T_BWD"] == 2
     tiles = scan_config(32, 2048, 16, ScanConfig(block_t=4, block_t_bwd=16, maxnreg_bwd=255))
@@ -508,10 +520,13 @@ def test_tile_sizes_do_not_change_results(config):
     (2, 40, 16, 37, {"block_t": 8, "block_t_bwd": 2, "maxnreg_bwd": 255}),
     (2, 33, 3, 19, {"block_t": 4, "block_t_bwd": 1}),
     (2, 128, 8, 70, {"block_d_bwd": 64, "block_t_bwd": 8}),
+    # a state every 8 / 16 steps: backward chunks run up from their interval's state
+    (3, 50, 16, 200, {"ckpt_t": 8}),
+    (2, 40, 16, 37, {"block_t": 4, "ckpt_t": 16}),
 ])
 def test_backward_chunks_apart_from_forward_chunks(b, d, n, L, config):
-    """The forward storing a state every `block_t_bwd` steps of its longer chunks, the
-    backward walking those, ragged rows included."""
+    """The forward storing a state every `block_t_bwd` (or `ckpt_t`) steps of its chunks,
+    the backward walking those, ragged rows included."""
     needs_triton()
     from fusion.ssm_triton import ScanConfig, selective_scan_triton
 
