@@ -290,14 +290,12 @@ def _scan_fwd_kernel(
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
-            if STORE_STATES and CKPT_T <= BLOCK_T and k % CKPT_T == 0:
+            if STORE_STATES and k % CKPT_T == 0:
+                at = dn_mask & (t0 + k < length)
+                if CKPT_T > BLOCK_T:  # one chunk in CKPT_T / BLOCK_T stores, at its start
+                    at = at & (t0 % CKPT_T == 0)
                 tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
-                         + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
-                         mask=dn_mask & (t0 + k < length))
-            elif STORE_STATES and k == 0 and CKPT_T > BLOCK_T:  # at chunks t0 % CKPT_T == 0
-                tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
-                         + (t0 // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h,
-                         mask=dn_mask & (t0 < length) & (t0 % CKPT_T == 0))
+                         + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h, mask=at)
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
             Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
