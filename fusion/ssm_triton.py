@@ -41,10 +41,11 @@ Why the kernels look the way they do
   walks chunks of BLOCK_T_BWD steps from last to first (shorter than the forward's BLOCK_T:
   fewer registers), recomputes the chunk's states from the last stored state into registers
   (a tuple of states; first running up the steps between, `_advance`), then runs the adjoint
-  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards. A state every 8 steps rather than
-  every 4 (one backward chunk): forward at L = 256 / 1024 on (b, d, L) tensors 0.47 / 1.90 ms
-  against 0.64 / 2.57, fwd+bwd within +-3 % (H200, scan_ckpt_h200_s14b.md), and half the
-  memory kept for the backward (16 vs 32 bytes a channel and step with n = 16).
+  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards. From L = 256 (`CKPT_LONG_L`) a state
+  every 8 steps rather than every 4 (one backward chunk): forward at L = 256 / 1024 on
+  (b, d, L) tensors 0.47 / 1.90 ms against 0.64 / 2.57, fwd+bwd within +-3 % (H200,
+  scan_ckpt_h200_s14b.md), and half the memory kept for the backward (16 vs 32 bytes a
+  channel and step with n = 16).
 * dB and dC are sums over channels: each program writes its block's partial sums
   (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
@@ -109,10 +110,18 @@ class ScanConfig:
     maxnreg_bwd: int | None = None
     """Register cap of the backward (ptxas); None: `backward_maxnreg`'s choice."""
     ckpt_t: int | None = None
-    """Steps between the states the forward stores (a multiple of `block_t_bwd`); None: 8 (at
-    most the forward's chunk). Longer: fewer bytes written, read and kept for the backward,
-    whose chunks after the first of an interval recompute the states from its start."""
+    """Steps between the states the forward stores (a multiple of `block_t_bwd`); None: 8 from
+    L = `CKPT_LONG_L` (at most the forward's chunk), else `block_t_bwd`. Longer: fewer bytes
+    written, read and kept for the backward, whose chunks after the first of an interval
+    recompute the states from its start."""
 
+
+CKPT_LONG_L = 256
+"""From this length the forward stores a state every 8 steps by default, below it every
+backward chunk. On the H200 every 8 was faster forward and within +-3 % fwd+bwd at L = 256 and
+1024; on the head's 16- and 32-step EK100 calls fwd+bwd read higher in each of three
+comparisons (host-noise-bound: scan_head_calls_h200_s14*.md), and a graphed epoch took 1.882 s
+against 1.823 for every 4 steps (two calls, not side by side: train_epoch_h200_s14*.md)."""
 
 DEFAULT_CONFIG = ScanConfig()
 """Used when `selective_scan_triton` gets no `config`; replace it to retune (benchmarks)."""
@@ -128,7 +137,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
 
     BLOCK_N = n rounded up to a power of two; forward chunks of BLOCK_T = 8 steps (fewer
     for shorter sequences); backward chunks of BLOCK_T_BWD = 4 (register cap:
-    `backward_maxnreg`); a state stored every CKPT_T = 8 steps (module docstring). The
+    `backward_maxnreg`); a state stored every CKPT_T = 8 steps from L = `CKPT_LONG_L`,
+    every BLOCK_T_BWD below (module docstring). The
     layout follows from the tile shapes (module docstring): with BLOCK_D = 32 x warps every
     thread owns one channel and all its states; with 16 channels and one warp, two lanes
     share a channel's states (half the registers, one shuffle in each sum over states).
@@ -148,7 +158,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
     # a chunk's steps are unrolled: 64 took minutes to compile, so at most 32
     block_t = min(32, _pow2(config.block_t)) if config.block_t else min(8, _pow2(L))
     block_t_bwd = min(block_t, _pow2(config.block_t_bwd) if config.block_t_bwd else 4)
-    ckpt_t = max(block_t_bwd, _pow2(config.ckpt_t) if config.ckpt_t else min(8, block_t))
+    default_ckpt = min(8, block_t) if L >= CKPT_LONG_L else block_t_bwd
+    ckpt_t = max(block_t_bwd, _pow2(config.ckpt_t) if config.ckpt_t else default_ckpt)
     lanes = 16 if time_unit else 32  # a forward warp's channels
     warps_fwd = config.num_warps_fwd or max(1, min(2 if time_unit else 4, _pow2(d) // lanes))
     warps_bwd = config.num_warps_bwd or 1

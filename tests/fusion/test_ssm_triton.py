@@ -399,8 +399,10 @@ def test_scan_config_chunks():
     assert (tiles["BLOCK_D_FWD"], tiles["WARPS_FWD"]) == (32, 2)
     assert (scan_config(32, 40, 16)["BLOCK_D_FWD"], scan_config(32, 40, 16)["WARPS_FWD"]) == (64, 2)
     assert (scan_config(32, 8, 16)["BLOCK_D_FWD"], scan_config(32, 8, 16)["WARPS_FWD"]) == (8, 1)
-    assert scan_config(32, 2048, 16)["CKPT_T"] == 8  # a state stored every 2 backward chunks
-    assert scan_config(2, 2048, 16)["CKPT_T"] == 2  # never longer than the forward's chunk
+    # a state stored every backward chunk, from CKPT_LONG_L = 256 steps every other one
+    assert scan_config(32, 2048, 16)["CKPT_T"] == 4
+    assert scan_config(256, 2048, 16)["CKPT_T"] == 8
+    assert scan_config(2, 2048, 16)["CKPT_T"] == 2
     assert scan_config(32, 2048, 16, ScanConfig(ckpt_t=16))["CKPT_T"] == 16
     assert scan_config(32, 2048, 16, ScanConfig(ckpt_t=2))["CKPT_T"] == 4  # never inside a chunk
     assert backward_maxnreg(tiles) == 168
