@@ -51,11 +51,11 @@ Why the kernels look the way they do
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
-* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s13b.md;
+* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s14.md;
   L <= 64 host-bound): in the head's layout (transposed views, mamba-ssm copying them as it
-  does) fwd+bwd 0.39x / 0.45x / 0.50x / 0.56x / 0.48x at L = 16 / 64 / 256 / 1024 / 4096,
-  forward 0.18x to 0.37x; on (b, d, L) tensors fwd+bwd 0.40x / 0.38x / 0.72x / 0.85x / 0.69x,
-  forward 0.21x / 0.31x / 0.91x / 0.95x / 0.74x. Layouts matter more than
+  does) fwd+bwd 0.45x / 0.33x / 0.48x / 0.55x / 0.46x at L = 16 / 64 / 256 / 1024 / 4096,
+  forward 0.19x to 0.29x; on (b, d, L) tensors fwd+bwd 0.43x / 0.43x / 0.70x / 0.85x / 0.69x,
+  forward 0.27x / 0.34x / 0.61x / 0.65x / 0.51x. Layouts matter more than
   instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
   partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
