@@ -228,6 +228,25 @@ def _softplus(x):
 
 
 @triton.jit
+def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ of a (BLOCK_D, BLOCK_T) tile of raw Δ: + delta_bias, softplus (as flagged). The
+    backward keeps raw + bias apart for softplus' derivative, so it writes these out."""
+    dt = raw
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return dt
+
+
+@triton.jit
+def _update(h, dt, dtu, t_loc, k: tl.constexpr, A2, Bt):
+    """The state after step k of a chunk: h_k = exp(Δ_k A) h_{k-1} + Δ_k u_k B_k."""
+    return (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
+            + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+
+
+@triton.jit
 def _dt_offs(d_offs, t_offs, s_d, s_l, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
     """Offsets of a (BLOCK_D, BLOCK_T) tile of a (d, L) slice; s_d counts VEC elements.
     TIME_UNIT: the time stride is 1, known when compiling, so each thread's steps are one
@@ -274,6 +293,7 @@ def _scan_fwd_kernel(
     # padded channels and states get A = 0 and B = 0: their state stays 0
     A2 = tl.load(A_ptr + d_offs[:, None] * s_ad + n_offs[None, :] * s_an, mask=dn_mask,
                  other=0.0).to(tl.float32) * 1.4426950408889634  # exp(x) = exp2(x log2 e)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_offs, mask=d_mask, other=0.0).to(tl.float32)
     if HAS_D:
@@ -292,11 +312,8 @@ def _scan_fwd_kernel(
         t_offs = t0 + t_loc
         mask = d_mask[:, None] & (t_offs < length)[None, :]
         u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, VEC, TIME_UNIT)
-        dt = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, VEC, TIME_UNIT)
-        if HAS_BIAS:
-            dt += bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
+        dt = _delta(_load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, VEC, TIME_UNIT), bias,
+                    HAS_BIAS, SOFTPLUS)
         dt = tl.where(mask, dt, 0.0)  # steps past the length: exp(0) = 1, no input
         dtu = dt * u
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
@@ -310,8 +327,7 @@ def _scan_fwd_kernel(
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
             Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
-            h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
-                 + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+            h = _update(h, dt, dtu, t_loc, k, A2, Bt)
             y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         if HAS_D:
             y += Dv[:, None] * u
@@ -337,16 +353,12 @@ def _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, t0, s_ud, s_ul, s_d
     mask = d_mask[:, None] & (t_loc < BLOCK_T)[None, :]
     t_offs = t0 + t_loc
     u = _load_dt(u_row, d_offs, t_offs, s_ud, s_ul, mask, 1, False)
-    dt = _load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, 1, False)
-    if HAS_BIAS:
-        dt += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt)
+    dt = _delta(_load_dt(dt_row, d_offs, t_offs, s_dd, s_dl, mask, 1, False), bias, HAS_BIAS,
+                SOFTPLUS)
     dtu = dt * u
     for k in tl.static_range(BLOCK_T):
         Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, n_mask)
-        h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
-             + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+        h = _update(h, dt, dtu, t_loc, k, A2, Bt)
     return h
 
 
@@ -430,8 +442,7 @@ def _scan_bwd_kernel(
         for k in tl.static_range(BLOCK_T):
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
-            h = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
-                 + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+            h = _update(h, dt, dtu, t_loc, k, A2, Bt)
             hs = hs + (h,)
             tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
                      tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0), mask=bc_mask)
