@@ -110,7 +110,8 @@ class ScanConfig:
     maxnreg_bwd: int | None = None
     """Register cap of the backward (ptxas); None: `backward_maxnreg`'s choice."""
     ckpt_t: int | None = None
-    """Steps between the states the forward stores (a multiple of `block_t_bwd`); None: 8 from
+    """Steps between the states the forward stores (a multiple of `block_t_bwd`, to which a
+    smaller value is raised, as `block_t_bwd` is capped at `block_t`); None: 8 from
     L = `CKPT_LONG_L` (at most the forward's chunk), else `block_t_bwd`. Longer: fewer bytes
     written, read and kept for the backward, whose chunks after the first of an interval
     recompute the states from its start."""
