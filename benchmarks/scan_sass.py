@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -98,8 +98,8 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     D = torch.zeros(d, requires_grad=True) if c.has_d else None
     bias = torch.zeros(d, requires_grad=True) if c.has_bias else None
     lengths = torch.full((1,), L, dtype=torch.int32) if c.has_len else None
-    config = st.ScanConfig(c.block_t, c.block_d_fwd, c.block_d_bwd, c.num_warps_fwd,
-                           c.num_warps_bwd, c.block_t_bwd, c.maxnreg_bwd, c.ckpt_t)
+    config = st.ScanConfig(**{f.name: getattr(c, f.name) for f in fields(st.ScanConfig)
+                              if hasattr(c, f.name)})
     # the backward's partial sums (`fusion.partial_sums`) recorded too, so nothing launches
     with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders, recording(
             sums, ("_sum_middle_kernel",)):
