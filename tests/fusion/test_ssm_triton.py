@@ -501,6 +501,7 @@ def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
     {"block_t": 16, "block_d_fwd": 2, "block_d_bwd": 1, "num_warps_fwd": 8, "num_warps_bwd": 8},
     {"block_t": 16, "block_d_fwd": 16, "block_d_bwd": 8, "num_warps_fwd": 8, "num_warps_bwd": 2},
     {"block_d_fwd": 16}, {"block_d_fwd": 32}, {"block_d_fwd": 64, "num_warps_fwd": 2},
+    {"maxnreg_fwd": 72, "maxnreg_bwd": 184},
 ])
 def test_tile_sizes_do_not_change_results(config):
     needs_triton()
