@@ -41,13 +41,14 @@ Why the kernels look the way they do
   walks chunks of BLOCK_T_BWD steps from last to first (shorter than the forward's BLOCK_T:
   fewer registers), recomputes the chunk's states from the last stored state into registers
   (a tuple of states; first running up the steps between, `_advance`), then runs the adjoint
-  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards, with the B_t (and, with z, C_t) the
-  first pass loaded kept in registers: 64 of the 190 loads fewer (sm_90), fwd+bwd 1-2 %
-  faster at L >= 256 (H200, scan_bkeep_h200_s15.md), though spilling 112 bytes, not 72. From L = 256 (`CKPT_LONG_L`) a state
-  every 8 steps rather than every 4 (one backward chunk): forward at L = 256 / 1024 on
-  (b, d, L) tensors 0.47 / 1.90 ms against 0.64 / 2.57, fwd+bwd within +-3 % (H200,
-  scan_ckpt_h200_s14b.md), and half the memory kept for the backward (16 vs 32 bytes a
-  channel and step with n = 16).
+  g_t = C_t gy'_t + exp(Δ_{t+1} A) g_{t+1} backwards. Its (channels, states) tiles are
+  (channels, BLOCK_N / 8, 8): a thread's states are then 8 consecutive ones and B_t, C_t
+  one vector load each, where a 2-D tile put a channel's states on two lanes interleaved
+  (n = lane + 2 j) and loaded each state on its own (sm_90: 52 loads instead of 190).
+  From L = 256 (`CKPT_LONG_L`) a state every 8 steps rather than every 4 (one backward
+  chunk): forward at L = 256 / 1024 on (b, d, L) tensors 0.47 / 1.90 ms against 0.64 /
+  2.57, fwd+bwd within +-3 % (H200, scan_ckpt_h200_s14b.md), and half the memory kept for
+  the backward (16 vs 32 bytes a channel and step with n = 16).
 * dB and dC are sums over channels: each program writes its block's partial sums
   (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
@@ -245,10 +246,25 @@ def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _update(h, dt, dtu, t_loc, k: tl.constexpr, A2, Bt):
-    """The state after step k of a chunk: h_k = exp(Δ_k A) h_{k-1} + Δ_k u_k B_k."""
-    return (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
-            + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+def _update(h, dt, dtu, t_loc, k: tl.constexpr, A2, Bt, SPLIT: tl.constexpr):
+    """The state after step k of a chunk: h_k = exp(Δ_k A) h_{k-1} + Δ_k u_k B_k. h is a
+    (channels, states) tile, or with SPLIT a (channels, BLOCK_N / NL, NL) one (the
+    backward's). The two orders of operations are the ones timed (a change of order alone
+    made the forward 7 % slower on (b, d, L) tensors, scan_bwd3d_h200_s15.md)."""
+    if SPLIT:
+        dt_k = _col(dt, t_loc, k)[:, None, None]
+        dtu_k = _col(dtu, t_loc, k)[:, None, None]
+        h_k = tl.exp2(dt_k * A2) * h + dtu_k * Bt[None]
+    else:
+        h_k = (tl.exp2(_col(dt, t_loc, k)[:, None] * A2) * h
+               + _col(dtu, t_loc, k)[:, None] * Bt[None, :])
+    return h_k
+
+
+@triton.jit
+def _sum_states(x):
+    """Sum of a (channels, BLOCK_N / NL, NL) tile over its states."""
+    return tl.sum(tl.sum(x, axis=2), axis=1)
 
 
 @triton.jit
@@ -270,8 +286,9 @@ def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: 
 
 @triton.jit
 def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, mask):
-    """B_t or C_t (BLOCK_N,) as float32. Step stride in units of VEC elements (16 bytes,
-    `_bc_vec`), so each thread's states are one vector load, not one load a state."""
+    """B_t or C_t at the states `n_offs` ((BLOCK_N,), or the backward's (BLOCK_N / NL, NL))
+    as float32. Step stride in units of VEC elements (16 bytes, `_bc_vec`), so each thread's
+    consecutive states are one vector load, not one load a state."""
     return tl.load(row_ptr + t * (s_l * VEC) + n_offs, mask=mask, other=0.0).to(tl.float32)
 
 
@@ -332,7 +349,7 @@ def _scan_fwd_kernel(
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
             Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
-            h = _update(h, dt, dtu, t_loc, k, A2, Bt)
+            h = _update(h, dt, dtu, t_loc, k, A2, Bt, False)
             y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         if HAS_D:
             y += Dv[:, None] * u
@@ -363,7 +380,7 @@ def _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, t0, s_ud, s_ul, s_d
     dtu = dt * u
     for k in tl.static_range(BLOCK_T):
         Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, n_mask)
-        h = _update(h, dt, dtu, t_loc, k, A2, Bt)
+        h = _update(h, dt, dtu, t_loc, k, A2, Bt, True)
     return h
 
 
@@ -378,6 +395,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
+    NL: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
     (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
@@ -385,12 +403,14 @@ def _scan_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n_offs = tl.arange(0, BLOCK_N)
+    # the states as (BLOCK_N / NL, NL): a thread's states are NL consecutive ones, so its B_t
+    # and C_t are one vector load (`_bc_vec`)
+    n_offs = tl.arange(0, BLOCK_N // NL)[:, None] * NL + tl.arange(0, NL)[None, :]
     t_loc = tl.arange(0, BLOCK_T)
     d_mask = d_offs < d
     n_mask = n_offs < n
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    A = tl.load(A_ptr + d_offs[:, None] * s_ad + n_offs[None, :] * s_an, mask=dn_mask,
+    dn_mask = d_mask[:, None, None] & n_mask[None]
+    A = tl.load(A_ptr + d_offs[:, None, None] * s_ad + n_offs[None] * s_an, mask=dn_mask,
                 other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -407,8 +427,8 @@ def _scan_bwd_kernel(
     o_row = row * s_ob
     p_row = row * s_pb + pid_d * s_pk
     n_chunks = tl.cdiv(length, BLOCK_T)
-    g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # exp(Δ_{t+1} A) g_{t+1}
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    g_next = tl.zeros((BLOCK_D, BLOCK_N // NL, NL), dtype=tl.float32)  # exp(Δ_{t+1} A) g_{t+1}
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N // NL, NL), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for i in range(0, n_chunks):
@@ -434,8 +454,8 @@ def _scan_bwd_kernel(
             gyz = gy * zt * sig  # the gradient reaching y before the gate
         else:
             gyz = gy
-        h = tl.load(state_ptr + row * s_hb + d_offs[:, None] * s_hd + (t0 // CKPT_T) * s_hc
-                    + n_offs[None, :] * s_hn, mask=dn_mask, other=0.0)
+        h = tl.load(state_ptr + row * s_hb + d_offs[:, None, None] * s_hd
+                    + (t0 // CKPT_T) * s_hc + n_offs[None] * s_hn, mask=dn_mask, other=0.0)
         if CKPT_T > BLOCK_T:  # the state stored at the interval's start, run up to t0
             for tp in range((t0 // CKPT_T) * CKPT_T, t0, BLOCK_T):
                 h = _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, tp, s_ud, s_ul,
@@ -443,21 +463,17 @@ def _scan_bwd_kernel(
                              BC_VEC, BLOCK_T)
         # 1. the chunk's states again, from its checkpoint; dC_t = sum_d h_t gy'_t
         hs = ()
-        bs = ()
-        cs = ()
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
-            h = _update(h, dt, dtu, t_loc, k, A2, Bt)
+            h = _update(h, dt, dtu, t_loc, k, A2, Bt, True)
             hs = hs + (h,)
-            bs = bs + (Bt,)
             tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
-                     tl.sum(h * _col(gyz, t_loc, k)[:, None], axis=0), mask=bc_mask)
+                     tl.sum(h * _col(gyz, t_loc, k)[:, None, None], axis=0), mask=bc_mask)
             if HAS_Z:
                 Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
-                cs = cs + (Ct,)
-                y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
+                y = _put(y, t_loc, k, _sum_states(h * Ct[None]))
         out_offs = o_row + _dt_offs(d_offs, t_offs, s_od, s_ol, 1, False)
         if HAS_Z:
             if HAS_D:
@@ -469,20 +485,20 @@ def _scan_bwd_kernel(
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T - 1, -1, -1):
             bc_mask = n_mask & (t0 + k < length)
-            Bt = bs[k]  # B_t (and C_t with z) loaded in the first pass, kept in registers
-            Ct = cs[k] if HAS_Z else _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
+            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
+            Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
             dt_k = _col(dt, t_loc, k)
             dtu_k = _col(dtu, t_loc, k)
-            g = _col(gyz, t_loc, k)[:, None] * Ct[None, :] + g_next
+            g = _col(gyz, t_loc, k)[:, None, None] * Ct[None] + g_next
             # h_t = a_t h_{t-1} + Δ_t B_t u_t: d(Δ_t B_t u_t) = g_t, d(Δ_t A) = g_t a_t h_{t-1}
-            gB = tl.sum(g * Bt[None, :], axis=1)
+            gB = _sum_states(g * Bt[None])
             du = _put(du, t_loc, k, gB * dt_k)
-            g_ah = g * (hs[k] - dtu_k[:, None] * Bt[None, :])
-            ddt = _put(ddt, t_loc, k, gB * _col(u, t_loc, k) + tl.sum(g_ah * A, axis=1))
-            dA_acc += g_ah * dt_k[:, None]
+            g_ah = g * (hs[k] - dtu_k[:, None, None] * Bt[None])
+            ddt = _put(ddt, t_loc, k, gB * _col(u, t_loc, k) + _sum_states(g_ah * A))
+            dA_acc += g_ah * dt_k[:, None, None]
             tl.store(dB_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
-                     tl.sum(g * dtu_k[:, None], axis=0), mask=bc_mask)
-            g_next = tl.exp2(dt_k[:, None] * A2) * g
+                     tl.sum(g * dtu_k[:, None, None], axis=0), mask=bc_mask)
+            g_next = tl.exp2(dt_k[:, None, None] * A2) * g
         if HAS_D:
             du += gyz * Dv[:, None]
             dD_acc += tl.sum(gyz * u, axis=1)
@@ -493,8 +509,8 @@ def _scan_bwd_kernel(
         tl.store(ddelta_ptr + out_offs, ddt, mask=mask)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=1)
-    tl.store(dA_ptr + row * s_ab + d_offs[:, None] * s_ad2 + n_offs[None, :] * s_an2, dA_acc,
-             mask=dn_mask)
+    tl.store(dA_ptr + row * s_ab + d_offs[:, None, None] * s_ad2 + n_offs[None] * s_an2,
+             dA_acc, mask=dn_mask)
     if HAS_D:
         tl.store(dD_ptr + row * s_rb + d_offs, dD_acc, mask=d_mask)
     if HAS_BIAS:
@@ -511,8 +527,9 @@ def _scan_bwd_kernel(
             tl.store(ddelta_ptr + out_offs, zeros, mask=tail)
             if HAS_Z:
                 tl.store(dz_ptr + out_offs, zeros, mask=tail)
-            p_offs = p_row + n_offs[:, None] * s_pn + t_offs[None, :] * s_pl
-            p_tail = n_mask[:, None] & t_tail[None, :]
+            states = tl.arange(0, BLOCK_N)
+            p_offs = p_row + states[:, None] * s_pn + t_offs[None, :] * s_pl
+            p_tail = (states < n)[:, None] & t_tail[None, :]
             tl.store(dB_ptr + p_offs, zeros_p, mask=p_tail)
             tl.store(dC_ptr + p_offs, zeros_p, mask=p_tail)
 
@@ -719,7 +736,8 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-        CKPT_T=cfg["CKPT_T"], num_warps=cfg["WARPS_BWD"], **options,
+        CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), num_warps=cfg["WARPS_BWD"],
+        **options,
     )
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
     g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]

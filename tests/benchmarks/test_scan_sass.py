@@ -36,3 +36,13 @@ def test_a_register_cap_reaches_ptxas(tmp_path):
                           str(tmp_path / "capped")])
     backward = json.loads(out.with_suffix(".json").read_text())["rows"][1]
     assert backward["maxnreg"] == 64 and backward["registers"] <= 64
+
+
+def test_the_backward_loads_a_steps_states_in_one_vector(tmp_path):
+    """The backward's (channels, states) tiles split the states as (n / 8, 8) so that a
+    thread's 8 states are consecutive: B_t and C_t are one 16-byte load each. With 2-D tiles
+    two lanes held a channel's states interleaved and each state was its own load (90 loads
+    in this compile, 44 with the split)."""
+    out = scan_sass.main(["--out", str(tmp_path / "loads")])
+    backward = json.loads(out.with_suffix(".json").read_text())["rows"][1]
+    assert backward["LDG"] <= 56, backward
