@@ -271,28 +271,30 @@ def test_deterministic_across_runs_and_workers_with_rgb_frames(tmp_path: Path) -
     info = pd.read_csv(a / "annotations" / "EPIC_100_video_info.csv")
     assert list(info.video_id) == ["P01_01", "P01_02", "P01_03", "P02_01"]
     for row in info.itertuples():
+        frames = round(row.duration * row.fps)
+        # rgb_frames: every frame, 1-based, 10 digits; the rendered frames are byte-identical
+        # whatever the worker count
+        folder = Path("rgb_frames") / row.video_id[:3] / row.video_id
+        jpegs = sorted((a / folder).iterdir())
+        names = [f"frame_{i:010d}.jpg" for i in range(1, frames + 1)]
+        assert [p.name for p in jpegs] == names
+        assert all(p.read_bytes() == (b / folder / p.name).read_bytes() for p in jpegs), folder
+
+        # the encoded MP4s of those identical frames usually are byte-identical, but not
+        # always (extract.synthetic's docstring: x264 diverged from some frame on, in about one
+        # pair of runs in 150 under load, 1.57 grey levels apart over a video in one CI run),
+        # so the decoded videos must agree to encoding noise: a mean absolute difference under
+        # 4 grey levels, where another seed's videos differ by 37-58
         relative = Path("videos") / row.video_id[:3] / "videos" / f"{row.video_id}.MP4"
-        # the rendered frames are byte-identical whatever the worker count (the JPEGs below);
-        # the encoded MP4s usually are, but not always (extract.synthetic's docstring): a
-        # clean-clone CI run on 2 cores produced a different encode of P01_01, so the videos
-        # must agree decoded, to a mean absolute difference under 1 grey level (another seed
-        # differs by tens)
         runs = []
         for root in (a, b):
             with av.open(str(root / relative)) as container:
                 runs.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode()]))
         video = runs[0]
-        assert video.shape == runs[1].shape, relative
-        assert np.abs(video.astype(np.int16) - runs[1]).mean() < 1.0, relative
-        frames = round(row.duration * row.fps)
-        assert video.shape == (frames, 48, 64, 3)
+        assert video.shape == runs[1].shape == (frames, 48, 64, 3), relative
+        assert np.abs(video.astype(np.int16) - runs[1]).mean() < 4.0, relative
 
-        # rgb_frames: every frame, 1-based, 10 digits, close to the decoded video frame
-        folder = Path("rgb_frames") / row.video_id[:3] / row.video_id
-        jpegs = sorted((a / folder).iterdir())
-        names = [f"frame_{i:010d}.jpg" for i in range(1, frames + 1)]
-        assert [p.name for p in jpegs] == names
-        assert all(p.read_bytes() == (b / folder / p.name).read_bytes() for p in jpegs)
+        # and each decoded frame is close to its rendered JPEG
         for index in (0, frames // 2, frames - 1):
             image = np.asarray(Image.open(jpegs[index]).convert("RGB"), dtype=int)
             assert image.shape == (48, 64, 3)
