@@ -21,6 +21,12 @@ from types import ModuleType
 OPS = ("SHFL", "MUFU", "FFMA", "FMUL", "FADD", "LDG", "STG", "LDL", "STL", "LDS", "STS", "BAR")
 """SASS opcodes reported: shuffles, special functions (exp2, rcp), fp32 arithmetic, global,
 local (spill) and shared memory traffic, barriers."""
+LOOP_OPS = (*OPS, "SHF", "PRMT")
+"""Also counted in the main loop: shifts and byte permutes (16-bit unpacking, addresses)."""
+
+_INSTRUCTION = re.compile(  # address, opcode, its suffixes (.E.64 ...), operands
+    r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)([^\s;]*)[ \t]*([^;\n]*);",
+    re.MULTILINE)
 
 
 def tool(name: str) -> str:
@@ -112,11 +118,30 @@ def resources(cubin: bytes) -> dict:
         sass = subprocess.run([tool("cuobjdump"), "-sass", str(path)], check=True,
                               capture_output=True, text=True).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED):(\d+)", usage))
-    ops = Counter(m.group(1) for m in re.finditer(
-        r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.MULTILINE))
+    ops = opcodes(sass)
     return {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
             "shared_bytes": int(fields["SHARED"]), "instructions": sum(ops.values()),
-            **{op: ops[op] for op in OPS}}
+            **{op: ops[op] for op in OPS}, "main_loop": main_loop(sass)}
+
+
+def opcodes(sass: str) -> Counter:
+    """Opcode counts (suffixes dropped: LDG.E.128 is LDG) of `cuobjdump -sass` text."""
+    return Counter(m.group(2) for m in _INSTRUCTION.finditer(sass))
+
+
+def main_loop(sass: str) -> dict:
+    """Opcode counts of the kernel's main loop, static: the instructions from the target of
+    its longest backward branch to that branch (a loop nested in it counted once). Where a
+    kernel's time is spent per iteration (a scan's chunk), which whole-kernel counts blur
+    with the prologue and tails. Empty counts when the kernel has no loop."""
+    instructions = [(int(m.group(1), 16), m.group(2), m.group(4))
+                    for m in _INSTRUCTION.finditer(sass)]
+    loops = [(int(target.group(1), 16), address) for address, op, operands in instructions
+             if op == "BRA" and (target := re.search(r"0x([0-9a-f]+)", operands))
+             and int(target.group(1), 16) < address]
+    start, end = max(loops, key=lambda loop: loop[1] - loop[0], default=(0, -1))
+    ops = Counter(op for address, op, _ in instructions if start <= address <= end)
+    return {"instructions": sum(ops.values()), **{op: ops[op] for op in LOOP_OPS}}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:

@@ -20,7 +20,13 @@ launcher would specialise it: the wrapper's own tiles, flags and register cap. C
 against Nsight Compute on the H200: the kernels before the unit-stride change compile here
 to 128 (forward) and 255 (backward) registers, what `ncu_scan_h200.txt` reports for the
 head's launches. Instruction counts are static (each instruction of the SASS once; the
-chunk loop's body is unrolled BLOCK_T times), not executed counts.
+chunk loop's body is unrolled BLOCK_T times), not executed counts. A second table counts the
+main loop alone (`benchmarks.sass.main_loop`: one chunk, what a kernel repeats L / BLOCK_T
+times), where the per-step cost shows without the prologue and tails.
+
+A caution from the fifteenth session (issue18_status.md): fewer instructions did not always
+mean faster. B and C in float32 cut the forward's loop by 19 % here and ran twice as slow on
+the H200 (its loads were no longer hidden), so counts here pick candidates, the GPU decides.
 
 Results: a markdown table at `--out` (+ `.json`); default `benchmarks/results/scan_sass`.
 """
@@ -36,7 +42,14 @@ from typing import Literal
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sass import OPS, compile_launch, markdown_table, recording, resources  # noqa: E402
+from benchmarks.sass import (  # noqa: E402
+    LOOP_OPS,
+    OPS,
+    compile_launch,
+    markdown_table,
+    recording,
+    resources,
+)
 from features.config import cli  # noqa: E402
 
 
@@ -137,7 +150,12 @@ def main(argv: list[str] | None = None) -> Path:
              f"lengths {c.has_len}, {c.layout} layout")
     lines = ["# Scan kernels compiled for sm_90 (static SASS counts)", "",
              f"`{command.strip()}`; L {c.L}, d {c.d}, n {c.n}; {flags}.", "",
-             *markdown_table(columns, [[r[k] for k in columns] for r in rows])]
+             *markdown_table(columns, [[r[k] for k in columns] for r in rows]), "",
+             "Main loop (a chunk; static, a nested run-up loop counted once: "
+             "`benchmarks.sass.main_loop`):", "",
+             *markdown_table(["kernel", "instructions", *LOOP_OPS],
+                             [[r["kernel"], r["main_loop"]["instructions"],
+                               *(r["main_loop"][op] for op in LOOP_OPS)] for r in rows])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"config": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(c).items()}, "rows": rows},
