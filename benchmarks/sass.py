@@ -94,16 +94,14 @@ def launch_signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dic
     return signature, constants, attrs, options
 
 
-def compile_launch(kernel, args: tuple, kwargs: dict, maxnreg: int | None = None):
-    """`triton.compile` for sm_90 of one recorded launch (`launch_signature`); `maxnreg`
-    overrides the launch's register cap."""
+def compile_launch(kernel, args: tuple, kwargs: dict):
+    """`triton.compile` for sm_90 of one recorded launch (`launch_signature`), with the
+    launch's options (warps, register cap)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature, constants, attrs, options = launch_signature(kernel, args, kwargs)
-    if maxnreg:
-        options["maxnreg"] = maxnreg
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 

@@ -71,8 +71,8 @@ class SassConfig:
     """Tile overrides, as `fusion.ssm_triton.ScanConfig` (None: its heuristic)."""
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
-    """Register caps passed to ptxas (forward None: Triton's choice; backward None: the
-    launch's cap, `ScanConfig.maxnreg_bwd`)."""
+    """Register caps, as `ScanConfig.maxnreg_fwd` / `maxnreg_bwd`: the launches carry them to
+    ptxas (None: Triton's choice forward, `backward_maxnreg` backward)."""
     has_d: bool = True
     has_z: bool = True
     has_bias: bool = True
@@ -111,8 +111,8 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     D = torch.zeros(d, requires_grad=True) if c.has_d else None
     bias = torch.zeros(d, requires_grad=True) if c.has_bias else None
     lengths = torch.full((1,), L, dtype=torch.int32) if c.has_len else None
-    config = st.ScanConfig(**{f.name: getattr(c, f.name) for f in fields(st.ScanConfig)
-                              if hasattr(c, f.name)})
+    # every ScanConfig field by name (a field added there and not here fails here, loudly)
+    config = st.ScanConfig(**{f.name: getattr(c, f.name) for f in fields(st.ScanConfig)})
     # the backward's partial sums (`fusion.partial_sums`) recorded too, so nothing launches
     with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders, recording(
             sums, ("_sum_middle_kernel",)):
@@ -129,10 +129,9 @@ def measure(c: SassConfig) -> list[dict]:
     """Both kernels as the wrapper launches them (tiles, flags, register cap)."""
     rows = []
     for name, kernel, args, kwargs in recorded_launches(c):
-        maxnreg = c.maxnreg_fwd if name == "forward" else None
-        compiled = compile_launch(kernel, args, kwargs, maxnreg)
+        compiled = compile_launch(kernel, args, kwargs)
         rows.append({"kernel": name, "BLOCK_T": kwargs["BLOCK_T"], "BLOCK_D": kwargs["BLOCK_D"],
-                     "warps": kwargs["num_warps"], "maxnreg": maxnreg or kwargs.get("maxnreg"),
+                     "warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
                      **resources(compiled.asm["cubin"])})
     return rows
 
