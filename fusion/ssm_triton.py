@@ -50,15 +50,19 @@ Why the kernels look the way they do
   2.57, fwd+bwd within +-3 % (H200, scan_ckpt_h200_s14b.md), and half the memory kept for
   the backward (16 vs 32 bytes a channel and step with n = 16).
 * dB and dC are sums over channels: each program writes its block's partial sums
-  (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). A, D
+  (b, d / BLOCK_D, n, L), states contiguous in memory (deterministic, no atomics). Over a
+  warp's 16 channel lanes a step's sums are PTX (`_sum_channels`, `lane_sums`): each
+  shuffle round halves what a lane holds, 8 shuffles a sum where Triton's butterfly per
+  state takes 32 (sm_90 chunk loop 1758 -> 1442 instructions; H200 fwd+bwd on (b, d, L)
+  tensors at L = 256 2.79 vs 3.23 ms, scan_lanesums_head256_h200_s16.md). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
-* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s14.md;
+* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s16b.md;
   L <= 64 host-bound): in the head's layout (transposed views, mamba-ssm copying them as it
-  does) fwd+bwd 0.45x / 0.33x / 0.48x / 0.55x / 0.46x at L = 16 / 64 / 256 / 1024 / 4096,
-  forward 0.19x to 0.29x; on (b, d, L) tensors fwd+bwd 0.43x / 0.43x / 0.70x / 0.85x / 0.69x,
-  forward 0.27x / 0.34x / 0.61x / 0.65x / 0.51x. Layouts matter more than
+  does) fwd+bwd 0.42x / 0.47x / 0.39x / 0.45x / 0.38x at L = 16 / 64 / 256 / 1024 / 4096,
+  forward 0.18x to 0.46x; on (b, d, L) tensors fwd+bwd 0.44x / 0.38x / 0.55x / 0.66x / 0.55x,
+  forward 0.21x / 0.41x / 0.61x / 0.65x / 0.51x. Layouts matter more than
   instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
   partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
@@ -193,6 +197,14 @@ def backward_maxnreg(cfg: dict) -> int:
     return cfg["MAXNREG_BWD"] or BACKWARD_MAXNREG
 
 
+def lane_sums(cfg: dict) -> bool:
+    """Whether the backward sums dB and dC over channels with `_sum_channels` (PTX shuffles:
+    compiled for NVIDIA GPUs, not interpreted) rather than `tl.sum`: for its one-warp tile of
+    16 channels and 16 states, whose lanes it assumes (`_lane_sum_asm`)."""
+    return (not triton_interpreted() and torch.version.hip is None and cfg["BLOCK_N"] == 16
+            and cfg["BLOCK_D_BWD"] == 16 and cfg["WARPS_BWD"] == 1)
+
+
 # ---------------------------------------------------------------------------- kernels
 
 
@@ -265,6 +277,64 @@ def _update(h, dt, dtu, t_loc, k: tl.constexpr, A2, Bt, SPLIT: tl.constexpr):
 def _sum_states(x):
     """Sum of a (channels, BLOCK_N / NL, NL) tile over its states."""
     return tl.sum(tl.sum(x, axis=2), axis=1)
+
+
+def _lane_sum_asm() -> str:
+    """PTX summing a (16 channels, 2, 8 states) tile over its channels (`_sum_channels`).
+    Lane l holds channel l % 16's 8 states of group l // 16 (the backward's layout, checked
+    by tests/fusion/test_ssm_triton.py). Three rounds exchange half of what a lane holds
+    with the lane whose channel differs in bit 3, 2, 1 (4, 2, 1 shuffles, a select each
+    side) and a last one adds lane pairs: 8 shuffles where a butterfly per state takes 32.
+    The lane ends with state 4 b3 + 2 b2 + b1 of its group, summed over the 16 channels
+    (b = its channel's bits; `_lane_state`); all 8 outputs are that sum."""
+    lines = ["{", ".reg .pred p<3>;", ".reg .b32 ln, t, s<4>, k<4>;", "mov.u32 ln, %laneid;"]
+    vals = [f"${8 + j}" for j in range(8)]  # $0-$7 the outputs, $8-$15 the 8 states
+    for r, lane_xor in enumerate((8, 4, 2)):
+        half = len(vals) // 2  # a lane with the bit set keeps the upper half, sends the lower
+        lines += [f"and.b32 t, ln, {lane_xor};", f"setp.ne.b32 p{r}, t, 0;"]
+        for i in range(half):
+            lo, hi = vals[i], vals[i + half]
+            lines += [f"selp.b32 s{i}, {lo}, {hi}, p{r};", f"selp.b32 k{i}, {hi}, {lo}, p{r};",
+                      f"shfl.sync.bfly.b32 s{i}, s{i}, {lane_xor}, 0x1f, 0xffffffff;",
+                      f"add.f32 k{i}, k{i}, s{i};"]
+        vals = [f"k{i}" for i in range(half)]
+    lines += ["shfl.sync.bfly.b32 s0, k0, 1, 0x1f, 0xffffffff;", "add.f32 $0, k0, s0;"]
+    lines += [f"mov.b32 ${i}, $0;" for i in range(1, 8)]
+    return "\n".join(lines + ["}"])
+
+
+_LANE_SUM_ASM = tl.constexpr(_lane_sum_asm())
+_LANE_SUM_CONSTRAINTS = tl.constexpr("=r," * 8 + ",".join(["r"] * 8))  # 8 outputs, 8 inputs
+
+
+@triton.jit
+def _sum_channels(x, NL: tl.constexpr):
+    """Sum over channels of the backward's (16, 2, NL = 8) tile, one value a lane
+    (`_lane_sum_asm`): a (16, 2) tile of which lanes `_lane_state` says hold which state."""
+    sums = tl.inline_asm_elementwise(_LANE_SUM_ASM, _LANE_SUM_CONSTRAINTS, [x],
+                                     dtype=tl.float32, is_pure=True, pack=8)
+    first = tl.arange(0, NL)[None, None, :] == 0
+    return tl.sum(tl.where(first, sums, -0.0), axis=2)  # a register pick: x + -0.0 is x
+
+
+@triton.jit
+def _lane_state():
+    """The state whose channel sum each lane of `_sum_channels`'s (16, 2) result holds, and
+    whether that lane stores it (one of the two lanes holding each)."""
+    ch = tl.arange(0, 16)[:, None]
+    state = tl.arange(0, 2)[None, :] * 8 + (ch >> 3 & 1) * 4 + (ch >> 2 & 1) * 2 + (ch >> 1 & 1)
+    return state, (ch & 1) == 0
+
+
+@triton.jit
+def _store_sum(ptr, x, s_pn, n_offs, n, t_ok, LANE_SUMS: tl.constexpr, NL: tl.constexpr):
+    """Store the sum over channels of a (channels, BLOCK_N / NL, NL) tile at ptr + state *
+    s_pn (a step's dB or dC partial), through `_sum_channels` when LANE_SUMS."""
+    if LANE_SUMS:
+        state, leader = _lane_state()
+        tl.store(ptr + state * s_pn, _sum_channels(x, NL), mask=leader & (state < n) & t_ok)
+    else:
+        tl.store(ptr + n_offs * s_pn, tl.sum(x, axis=0), mask=(n_offs < n) & t_ok)
 
 
 @triton.jit
@@ -395,7 +465,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
-    NL: tl.constexpr,
+    NL: tl.constexpr, LANE_SUMS: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
     (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
@@ -467,10 +537,11 @@ def _scan_bwd_kernel(
         for k in tl.static_range(BLOCK_T):
             bc_mask = n_mask & (t0 + k < length)
             Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
-            h = _update(h, dt, dtu, t_loc, k, A2, Bt, True)
-            hs = hs + (h,)
-            tl.store(dC_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
-                     tl.sum(h * _col(gyz, t_loc, k)[:, None, None], axis=0), mask=bc_mask)
+            ah = tl.exp2(_col(dt, t_loc, k)[:, None, None] * A2) * h  # a_t h_{t-1}
+            h = ah + _col(dtu, t_loc, k)[:, None, None] * Bt[None]
+            hs = hs + (ah,)  # what the adjoint needs, rather than h_t
+            _store_sum(dC_ptr + p_row + (t0 + k) * s_pl, h * _col(gyz, t_loc, k)[:, None, None],
+                       s_pn, n_offs, n, t0 + k < length, LANE_SUMS, NL)
             if HAS_Z:
                 Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
                 y = _put(y, t_loc, k, _sum_states(h * Ct[None]))
@@ -493,11 +564,11 @@ def _scan_bwd_kernel(
             # h_t = a_t h_{t-1} + Δ_t B_t u_t: d(Δ_t B_t u_t) = g_t, d(Δ_t A) = g_t a_t h_{t-1}
             gB = _sum_states(g * Bt[None])
             du = _put(du, t_loc, k, gB * dt_k)
-            g_ah = g * (hs[k] - dtu_k[:, None, None] * Bt[None])
+            g_ah = g * hs[k]
             ddt = _put(ddt, t_loc, k, gB * _col(u, t_loc, k) + _sum_states(g_ah * A))
             dA_acc += g_ah * dt_k[:, None, None]
-            tl.store(dB_ptr + p_row + n_offs * s_pn + (t0 + k) * s_pl,
-                     tl.sum(g * dtu_k[:, None, None], axis=0), mask=bc_mask)
+            _store_sum(dB_ptr + p_row + (t0 + k) * s_pl, g * dtu_k[:, None, None], s_pn, n_offs,
+                       n, t0 + k < length, LANE_SUMS, NL)
             g_next = tl.exp2(dt_k[:, None, None] * A2) * g
         if HAS_D:
             du += gyz * Dv[:, None]
@@ -736,7 +807,8 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-        CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), num_warps=cfg["WARPS_BWD"],
+        CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), LANE_SUMS=lane_sums(cfg),
+        num_warps=cfg["WARPS_BWD"],
         **options,
     )
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)

@@ -412,6 +412,20 @@ def test_scan_config_chunks():
     assert backward_maxnreg(tiles) == 255
 
 
+def test_lane_sums_only_on_the_tile_their_ptx_assumes(monkeypatch):
+    """The backward's PTX channel sums (`_sum_channels`) need one warp of 16 channels and 16
+    (padded) states, compiled: any other tile, or the interpreter, sums with `tl.sum`."""
+    needs_triton()
+    from fusion.ssm_triton import ScanConfig, lane_sums, scan_config
+
+    assert lane_sums(scan_config(256, 1536, 16)) and lane_sums(scan_config(16, 1536, 12))
+    assert not lane_sums(scan_config(256, 1536, 8))
+    assert not lane_sums(scan_config(256, 1536, 16, ScanConfig(num_warps_bwd=2)))
+    assert not lane_sums(scan_config(256, 1536, 16, ScanConfig(block_d_bwd=8)))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not lane_sums(scan_config(256, 1536, 16))
+
+
 def test_vector_widths_follow_layout_and_alignment():
     """`_time_vec`: unit time stride and the vector width dividing every row / channel
     stride and data offset; `_bc_vec`: 16-byte loads of B and C's states where aligned."""
@@ -430,6 +444,64 @@ def test_vector_widths_follow_layout_and_alignment():
     assert _bc_vec(bc[..., 8:24].transpose(1, 2), C) == 8  # 16 bytes in
     assert _bc_vec(bc[..., 4:20].transpose(1, 2), C) == 1  # 8 bytes in: misaligned
     assert _bc_vec(torch.zeros(2, 5, 3).transpose(1, 2), torch.zeros(2, 5, 3).transpose(1, 2)) == 1
+
+
+def _ptx_op(op: str, a, b=None, c=None):
+    """One lane's result of the few PTX forms `_lane_sum_asm` writes."""
+    import numpy as np
+
+    if op in ("mov.u32", "mov.b32"):
+        return a
+    if op == "and.b32":
+        return a & b
+    if op == "setp.ne.b32":
+        return a != b
+    if op == "selp.b32":
+        return a if c else b
+    if op == "add.f32":
+        return np.float32(a + b)
+    raise AssertionError(f"PTX op {op} not simulated")
+
+
+def run_ptx_on_a_warp(asm: str, inputs):
+    """`asm` run by 32 lanes in lock step; inputs (32, k) are $k.. (after k outputs);
+    returns the outputs (32, k)."""
+    import numpy as np
+
+    k = inputs.shape[1]
+    regs = [{f"${k + j}": np.float32(v) for j, v in enumerate(row)} for row in inputs]
+    for lane, r in enumerate(regs):
+        r["%laneid"] = lane
+    for line in asm.splitlines():
+        if line in ("{", "}") or line.startswith(".reg"):
+            continue
+        op, args = line.rstrip(";").split(" ", 1)
+        dst, *src = [a.strip() for a in args.split(",")]
+        if op.startswith("shfl.sync.bfly"):
+            new = [regs[lane ^ int(src[1])][src[0]] for lane in range(32)]
+        else:
+            new = [_ptx_op(op, *[r[a] if a in r else int(a, 0) for a in src]) for r in regs]
+        for r, v in zip(regs, new, strict=True):
+            r[dst] = v
+    return np.array([[r[f"${j}"] for j in range(k)] for r in regs])
+
+
+def test_the_lane_sums_ptx_sums_each_state_over_the_16_channel_lanes():
+    """`_lane_sum_asm` run lane by lane: lane l (channel l % 16, states 8 (l // 16) ..
+    +7) ends with the sum over its 16 channel lanes of state 4 b3 + 2 b2 + b1 of its group
+    (b: the channel's bits), what `_lane_state` stores, in all 8 outputs."""
+    needs_triton()
+    import numpy as np
+
+    from fusion.ssm_triton import _lane_sum_asm
+
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    out = run_ptx_on_a_warp(_lane_sum_asm(), x)
+    for lane in range(32):
+        ch, group = lane % 16, lane // 16
+        state = 4 * (ch >> 3 & 1) + 2 * (ch >> 2 & 1) + (ch >> 1 & 1)
+        expected = x[16 * group:16 * group + 16, state].sum(dtype=np.float64)
+        np.testing.assert_allclose(out[lane], expected, rtol=1e-5, atol=1e-5)
 
 
 def cuda_inputs(b, d, n, L, dtype, seed, options=True):
@@ -465,6 +537,7 @@ GPU_SHAPES = [  # b, d, n, L, lengths
     (1, 1, 1, 1, None),
     (2, 3, 16, 1, None),
     (2, 37, 16, 77, [77, 30]),
+    (2, 40, 12, 50, [50, 21]),  # 16 states in the tile, 4 masked (the lane sums' store)
     (3, 129, 5, 64, [0, 64, 1]),
     (4, 96, 16, 300, None),
     (8, 256, 16, 512, None),
