@@ -58,11 +58,11 @@ Why the kernels look the way they do
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
-* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s16b.md;
+* Measured on the H200 against mamba-ssm (benchmarks/results/scan_backends_h200_s16d.md;
   L <= 64 host-bound): in the head's layout (transposed views, mamba-ssm copying them as it
-  does) fwd+bwd 0.42x / 0.47x / 0.39x / 0.45x / 0.38x at L = 16 / 64 / 256 / 1024 / 4096,
-  forward 0.18x to 0.46x; on (b, d, L) tensors fwd+bwd 0.44x / 0.38x / 0.55x / 0.66x / 0.55x,
-  forward 0.21x / 0.41x / 0.61x / 0.65x / 0.51x. Layouts matter more than
+  does) fwd+bwd 0.33x / 0.24x / 0.37x / 0.42x / 0.36x at L = 16 / 64 / 256 / 1024 / 4096,
+  forward 0.18x to 0.27x; on (b, d, L) tensors fwd+bwd 0.41x / 0.43x / 0.53x / 0.62x / 0.52x,
+  forward 0.40x / 0.33x / 0.61x / 0.64x / 0.51x. Layouts matter more than
   instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
   partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
@@ -348,18 +348,37 @@ def _dt_offs(d_offs, t_offs, s_d, s_l, VEC: tl.constexpr, TIME_UNIT: tl.constexp
 
 
 @triton.jit
-def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
-    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked."""
-    return tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
-                   other=0.0).to(tl.float32)
+def _f32(x):
+    """x as float32; bf16 by a shift of its bits (one instruction a value, where the
+    conversion took two for the upper half of each loaded 32-bit pair on sm_90)."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
 
 
 @triton.jit
-def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, mask):
+def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
+    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked (converted
+    as before on TIME_UNIT tiles, like the forward's loads of B and C there)."""
+    tile = tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
+                   other=0.0)
+    if TIME_UNIT:
+        return tile.to(tl.float32)
+    return _f32(tile)
+
+
+@triton.jit
+def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, n_mask, EVEN_N: tl.constexpr):
     """B_t or C_t at the states `n_offs` ((BLOCK_N,), or the backward's (BLOCK_N / NL, NL))
     as float32. Step stride in units of VEC elements (16 bytes, `_bc_vec`), so each thread's
-    consecutive states are one vector load, not one load a state."""
-    return tl.load(row_ptr + t * (s_l * VEC) + n_offs, mask=mask, other=0.0).to(tl.float32)
+    consecutive states are one vector load, not one load a state. t must be a step of the
+    row (callers clamp steps past its length to its last: their Δ is 0, so B and C there
+    only need to be finite), and with EVEN_N (n = BLOCK_N) the load has no mask at all:
+    no zeroing of the registers before each load, no predicate a step."""
+    ptr = row_ptr + t * (s_l * VEC) + n_offs
+    if EVEN_N:
+        return _f32(tl.load(ptr))
+    return _f32(tl.load(ptr, mask=n_mask, other=0.0))
 
 
 @triton.jit(do_not_specialize=_FWD_STRIDES)
@@ -372,9 +391,17 @@ def _scan_fwd_kernel(
     HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, BC_VEC: tl.constexpr,
     VEC: tl.constexpr, TIME_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
+    EVEN_N: tl.constexpr,
 ):
     """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n), a power
-    of two: several a chunk, or one every CKPT_T / BLOCK_T chunks."""
+    of two: several a chunk, or one every CKPT_T / BLOCK_T chunks.
+
+    On time-contiguous tensors (TIME_UNIT) B, C and the tiles load as before the sixteenth
+    session (masked past the length, converted by `.to`): with the leaner loads of
+    `_load_bc` and `_f32` (64 registers instead of 96) this forward ran 10 % slower there
+    on the H200 (0.51 vs 0.47 ms at L = 256, 2.09 vs 1.90 at 1024), where on channels-last
+    views they made it 6 % faster (0.365 vs 0.389 ms at L = 256; scan_fwdvar_*_h200_s16.md).
+    Why is not profiled: more warps an SM is a guess."""
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
@@ -416,9 +443,16 @@ def _scan_fwd_kernel(
                     at = at & (t0 % CKPT_T == 0)
                 tl.store(state_ptr + row * s_hb + d_offs[:, None] * s_hd
                          + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h, mask=at)
-            bc_mask = n_mask & (t0 + k < length)
-            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
-            Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
+            if TIME_UNIT:  # the older loads: faster here (`_scan_fwd_kernel`'s docstring)
+                bc_mask = n_mask & (t0 + k < length)
+                Bt = tl.load(b_row + (t0 + k) * (s_bl * BC_VEC) + n_offs, mask=bc_mask,
+                             other=0.0).to(tl.float32)
+                Ct = tl.load(c_row + (t0 + k) * (s_cl * BC_VEC) + n_offs, mask=bc_mask,
+                             other=0.0).to(tl.float32)
+            else:
+                t_bc = tl.minimum(t0 + k, length - 1)  # past the length: Δ is 0 (`_load_bc`)
+                Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
+                Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
             h = _update(h, dt, dtu, t_loc, k, A2, Bt, False)
             y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         if HAS_D:
@@ -438,7 +472,7 @@ def _scan_fwd_kernel(
 @triton.jit
 def _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, t0, s_ud, s_ul, s_dd, s_dl, s_bl,
              d_mask, n_mask, A2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-             BC_VEC: tl.constexpr, BLOCK_T: tl.constexpr):
+             BC_VEC: tl.constexpr, BLOCK_T: tl.constexpr, EVEN_N: tl.constexpr):
     """The state after steps t0 .. t0 + BLOCK_T - 1 (all inside the row's length) from the
     state before them: the backward's run from a stored state up to its chunk. Tiles loaded
     as the chunks load theirs, the steps unrolled: their loads overlap."""
@@ -449,7 +483,7 @@ def _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, t0, s_ud, s_ul, s_d
                 SOFTPLUS)
     dtu = dt * u
     for k in tl.static_range(BLOCK_T):
-        Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, n_mask)
+        Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, n_mask, EVEN_N)
         h = _update(h, dt, dtu, t_loc, k, A2, Bt, True)
     return h
 
@@ -465,7 +499,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
-    NL: tl.constexpr, LANE_SUMS: tl.constexpr,
+    NL: tl.constexpr, LANE_SUMS: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
     (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
@@ -530,20 +564,20 @@ def _scan_bwd_kernel(
             for tp in range((t0 // CKPT_T) * CKPT_T, t0, BLOCK_T):
                 h = _advance(h, u_row, dt_row, b_row, d_offs, n_offs, t_loc, tp, s_ud, s_ul,
                              s_dd, s_dl, s_bl, d_mask, n_mask, A2, bias, HAS_BIAS, SOFTPLUS,
-                             BC_VEC, BLOCK_T)
+                             BC_VEC, BLOCK_T, EVEN_N)
         # 1. the chunk's states again, from its checkpoint; dC_t = sum_d h_t gy'_t
         hs = ()
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
-            bc_mask = n_mask & (t0 + k < length)
-            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
+            t_bc = tl.minimum(t0 + k, length - 1)  # past the length: Δ is 0 (`_load_bc`)
+            Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
             ah = tl.exp2(_col(dt, t_loc, k)[:, None, None] * A2) * h  # a_t h_{t-1}
             h = ah + _col(dtu, t_loc, k)[:, None, None] * Bt[None]
             hs = hs + (ah,)  # what the adjoint needs, rather than h_t
             _store_sum(dC_ptr + p_row + (t0 + k) * s_pl, h * _col(gyz, t_loc, k)[:, None, None],
                        s_pn, n_offs, n, t0 + k < length, LANE_SUMS, NL)
             if HAS_Z:
-                Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
+                Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
                 y = _put(y, t_loc, k, _sum_states(h * Ct[None]))
         out_offs = o_row + _dt_offs(d_offs, t_offs, s_od, s_ol, 1, False)
         if HAS_Z:
@@ -555,9 +589,9 @@ def _scan_bwd_kernel(
         du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T - 1, -1, -1):
-            bc_mask = n_mask & (t0 + k < length)
-            Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask)
-            Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask)
+            t_bc = tl.minimum(t0 + k, length - 1)
+            Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
+            Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
             dt_k = _col(dt, t_loc, k)
             dtu_k = _col(dtu, t_loc, k)
             g = _col(gyz, t_loc, k)[:, None, None] * Ct[None] + g_next
@@ -746,7 +780,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states, BC_VEC=vec,
         VEC=tv, TIME_UNIT=time_vec > 0,
         BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-        CKPT_T=cfg["CKPT_T"], num_warps=cfg["WARPS_FWD"],
+        CKPT_T=cfg["CKPT_T"], EVEN_N=n == cfg["BLOCK_N"], num_warps=cfg["WARPS_FWD"],
         **({} if cap is None else {"maxnreg": cap}),
     )
     return y, states
@@ -808,6 +842,7 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), LANE_SUMS=lane_sums(cfg),
+        EVEN_N=n == cfg["BLOCK_N"],
         num_warps=cfg["WARPS_BWD"],
         **options,
     )
