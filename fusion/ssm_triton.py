@@ -401,7 +401,10 @@ def _scan_fwd_kernel(
     `_load_bc` and `_f32` (64 registers instead of 96) this forward ran 10 % slower there
     on the H200 (0.51 vs 0.47 ms at L = 256, 2.09 vs 1.90 at 1024), where on channels-last
     views they made it 6 % faster (0.365 vs 0.389 ms at L = 256; scan_fwdvar_*_h200_s16.md).
-    Why is not profiled: more warps an SM is a guess."""
+    Nsight Compute at L = 256 (ncu_fwd_head256_*h200_s16.txt): the leaner kernel runs 48 %
+    occupancy instead of 30 %, its L1 hit rate falls from 45 % to 30 % (each thread reads
+    16 bytes of a 128-byte line of u and Δ a chunk: the rest must stay in L1 for the next
+    chunks) and L2 reads rise 28 %: long-scoreboard stalls."""
     row = tl.program_id(0).to(tl.int64)
     d_offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n_offs = tl.arange(0, BLOCK_N)
