@@ -66,8 +66,8 @@ Why the kernels look the way they do
   instruction counts here: Nsight Compute found both kernels bound by L2 sectors from
   uncoalesced accesses (issue18_status.md, twelfth session), hence the checkpoint and
   partial-sum layouts above, and B, C copied to states-contiguous when they are not. The
-  backward is now the larger part: its per-step sums of dB and dC over channels are 64 of
-  its ~70 shuffles a step (sm_90 SASS, `benchmarks/scan_sass.py`).
+  backward is now the larger part: its per-step sums of dB and dC over channels were 64 of
+  its ~70 shuffles a step (sm_90 SASS, `benchmarks/scan_sass.py`), 16 since they are PTX.
   Nsight Compute on the head's EK100 calls (benchmarks/results/ncu_scan_h200.txt, kernels
   of that time): the backward at 255 registers a thread, 12.5 % occupancy, spilling, 34 %
   of issue slots busy: latency-bound by registers. Since then: B and C's state stride
@@ -282,7 +282,8 @@ def _sum_states(x):
 def _lane_sum_asm() -> str:
     """PTX summing a (16 channels, 2, 8 states) tile over its channels (`_sum_channels`).
     Lane l holds channel l % 16's 8 states of group l // 16 (the backward's layout, checked
-    by tests/fusion/test_ssm_triton.py). Three rounds exchange half of what a lane holds
+    in its sm_90 compile by tests/benchmarks/test_scan_sass.py; the PTX itself is run lane by
+    lane in tests/fusion/test_ssm_triton.py). Three rounds exchange half of what a lane holds
     with the lane whose channel differs in bit 3, 2, 1 (4, 2, 1 shuffles, a select each
     side) and a last one adds lane pairs: 8 shuffles where a butterfly per state takes 32.
     The lane ends with state 4 b3 + 2 b2 + b1 of its group, summed over the 16 channels
@@ -358,8 +359,9 @@ def _f32(x):
 
 @triton.jit
 def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
-    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked (converted
-    as before on TIME_UNIT tiles, like the forward's loads of B and C there)."""
+    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked. TIME_UNIT
+    tiles are converted by `.to` as before, which keeps the forward there the kernel timed
+    (`_scan_fwd_kernel`'s docstring); elsewhere by `_f32`."""
     tile = tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
                    other=0.0)
     if TIME_UNIT:
