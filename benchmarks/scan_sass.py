@@ -73,6 +73,8 @@ class SassConfig:
     maxnreg_bwd: int | None = None
     """Register caps, as `ScanConfig.maxnreg_fwd` / `maxnreg_bwd`: the launches carry them to
     ptxas (None: Triton's choice forward, `backward_maxnreg` backward)."""
+    lane_sums: bool = True
+    """As `ScanConfig.lane_sums`: the backward's sums over channels in PTX where it can."""
     has_d: bool = True
     has_z: bool = True
     has_bias: bool = True

@@ -54,7 +54,9 @@ Why the kernels look the way they do
   warp's 16 channel lanes a step's sums are PTX (`_sum_channels`, `lane_sums`): each
   shuffle round halves what a lane holds, 8 shuffles a sum where Triton's butterfly per
   state takes 32 (sm_90 chunk loop 1758 -> 1442 instructions; H200 fwd+bwd on (b, d, L)
-  tensors at L = 256 2.79 vs 3.23 ms, scan_lanesums_head256_h200_s16.md). A, D
+  tensors at L = 256 2.79 vs 3.23 ms, scan_lanesums_head256_h200_s16.md). The PTX assumes
+  the lanes Triton gave that tile; `check_lane_layout` verifies them in each compiled
+  backward and refuses any other (`ScanConfig(lane_sums=False)` turns the PTX off). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
@@ -89,6 +91,7 @@ Why the kernels look the way they do
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +127,10 @@ class ScanConfig:
     L = `CKPT_LONG_L` (at most the forward's chunk), else `block_t_bwd`. Longer: fewer bytes
     written, read and kept for the backward, whose chunks after the first of an interval
     recompute the states from its start."""
+    lane_sums: bool = True
+    """The backward's dB / dC sums over channels by PTX (`_sum_channels`) where its tile
+    allows (`lane_sums`); False: `tl.sum` (an A/B, or a Triton whose tile layout
+    `check_lane_layout` refuses)."""
 
 
 CKPT_LONG_L = 256
@@ -181,7 +188,8 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
             "BLOCK_D_FWD": block_d(config.block_d_fwd, lanes * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
-            "MAXNREG_BWD": config.maxnreg_bwd, "MAXNREG_FWD": config.maxnreg_fwd}
+            "MAXNREG_BWD": config.maxnreg_bwd, "MAXNREG_FWD": config.maxnreg_fwd,
+            "LANE_SUMS": int(config.lane_sums)}
 
 
 BACKWARD_MAXNREG = 168
@@ -200,9 +208,33 @@ def backward_maxnreg(cfg: dict) -> int:
 def lane_sums(cfg: dict) -> bool:
     """Whether the backward sums dB and dC over channels with `_sum_channels` (PTX shuffles:
     compiled for NVIDIA GPUs, not interpreted) rather than `tl.sum`: for its one-warp tile of
-    16 channels and 16 states, whose lanes it assumes (`_lane_sum_asm`)."""
-    return (not triton_interpreted() and torch.version.hip is None and cfg["BLOCK_N"] == 16
-            and cfg["BLOCK_D_BWD"] == 16 and cfg["WARPS_BWD"] == 1)
+    16 channels and 16 states, whose lanes it assumes (`_lane_sum_asm`), unless the config
+    turns it off (`ScanConfig.lane_sums`)."""
+    return (bool(cfg["LANE_SUMS"]) and not triton_interpreted() and torch.version.hip is None
+            and cfg["BLOCK_N"] == 16 and cfg["BLOCK_D_BWD"] == 16 and cfg["WARPS_BWD"] == 1)
+
+
+LANE_LAYOUT = ("sizePerThread = [1, 1, 1], threadsPerWarp = [16, 2, 1], warpsPerCTA = [1, 1, 1], "
+               "order = [0, 1, 2]")
+"""The TTGIR layout of the (16, 2, 8) tiles `_sum_channels` gets, the one its PTX assumes
+(lane l: channel l % 16, state group l // 16; a thread's 8 states in order)."""
+
+_lanes_checked: set[int] = set()  # compiled backward kernels whose tiles passed
+
+
+def check_lane_layout(ttgir: str) -> None:
+    """Raise unless every tile handed to `_sum_channels` in this compiled backward (its
+    TTGIR) is laid out as `LANE_LAYOUT`: the PTX's lane arithmetic would otherwise sum the
+    wrong values, silently. Triton picks the layout; this pins it per compile."""
+    layouts = dict(re.findall(r"^(#[\w.]+) = (.*)$", ttgir, re.M))
+    tiles = re.findall(r"tt\.elementwise_inline_asm .*: (tensor<[^>]*>) ->", ttgir)
+    found = {tile: layouts.get(tile.rsplit(", ", 1)[-1].rstrip(">"), "?") for tile in tiles}
+    if not found or any(not tile.startswith("tensor<16x2x8xf32,") or LANE_LAYOUT not in layout
+                        for tile, layout in found.items()):
+        raise RuntimeError(
+            f"fusion.ssm_triton: Triton {triton.__version__} laid out the scan backward's "
+            f"channel sums as {found or 'nothing found'}, not the lanes their PTX assumes "
+            f"({LANE_LAYOUT}); pass config=ScanConfig(lane_sums=False) and report it")
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -728,7 +760,7 @@ def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
 # (an older torch without the exact-strides tag: fixed stride order, which may copy a view)
 _LAYOUT_TAGS = (getattr(torch.Tag, "needs_exact_strides", torch.Tag.needs_fixed_stride_order),)
 _CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "CKPT_T", "BLOCK_D_FWD", "BLOCK_D_BWD",
-             "WARPS_FWD", "WARPS_BWD", "MAXNREG_BWD", "MAXNREG_FWD")
+             "WARPS_FWD", "WARPS_BWD", "MAXNREG_BWD", "MAXNREG_FWD", "LANE_SUMS")
 
 
 def _cfg_list(cfg: dict) -> list[int]:
@@ -834,7 +866,8 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     # a register cap is a compile option (the interpreter takes none)
     cap = None if triton_interpreted() else backward_maxnreg(cfg)
     options = {} if cap is None else {"maxnreg": cap}
-    _scan_bwd_kernel[(b, blocks)](
+    lane = lane_sums(cfg)
+    compiled = _scan_bwd_kernel[(b, blocks)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,
@@ -846,11 +879,14 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
-        CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), LANE_SUMS=lane_sums(cfg),
-        EVEN_N=n == cfg["BLOCK_N"],
+        CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), LANE_SUMS=lane, EVEN_N=n == cfg["BLOCK_N"],
         num_warps=cfg["WARPS_BWD"],
         **options,
     )
+    # once a compiled kernel (None: a launch recorded, not run, as benchmarks/scan_sass.py does)
+    if lane and compiled is not None and id(compiled) not in _lanes_checked:
+        check_lane_layout(compiled.asm.get("ttgir", ""))  # none read: refused, loudly
+        _lanes_checked.add(id(compiled))
     gA = torch.empty(A.shape, dtype=A.dtype, device=dev)
     g_per_row = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in per_row]
     sum_middle(rows.view(1, b, rows.shape[1]), gA, *g_per_row)

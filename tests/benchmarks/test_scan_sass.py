@@ -52,21 +52,30 @@ def test_the_backward_loads_a_steps_states_in_one_vector(tmp_path):
 def test_the_backward_sums_over_channels_on_the_lanes_its_ptx_assumes(tmp_path):
     """`fusion.ssm_triton._sum_channels` (a step's dB and dC summed over the 16 channel
     lanes by PTX shuffles) assumes lane l holds channel l % 16 and a thread 8 consecutive
-    states: the layout of every tile it gets in the compiled backward. It takes 8 shuffles
-    a sum where Triton's butterfly per state took 32 (288 in this compile's chunk loop)."""
+    states: `check_lane_layout` (run on every compiled backward) passes the sm_90 compile and
+    refuses any other layout. 8 shuffles a sum where Triton's butterfly per state took 32
+    (288 in this compile's chunk loop)."""
     from benchmarks.sass import compile_launch
+    from fusion.ssm_triton import check_lane_layout
 
     (_, *_), (_, kernel, args, kwargs) = scan_sass.recorded_launches(scan_sass.SassConfig())
     assert kwargs["LANE_SUMS"]
     ttgir = compile_launch(kernel, args, kwargs).asm["ttgir"]
-    layouts = dict(re.findall(r"^(#\w+) = (.*)$", ttgir, re.M))
-    tiles = re.findall(r"tt\.elementwise_inline_asm .*: (tensor<[^>]*>) ->", ttgir)
-    assert len(tiles) == 2 * kwargs["BLOCK_T"], tiles  # dB and dC, every step of a chunk
-    for tile in set(tiles):
-        shape, layout = re.fullmatch(r"tensor<(\w+)xf32, (#\w+)>", tile).groups()
-        assert shape == "16x2x8"
-        assert ("sizePerThread = [1, 1, 1], threadsPerWarp = [16, 2, 1], warpsPerCTA = [1, 1, "
-                "1], order = [0, 1, 2]") in layouts[layout], layouts[layout]
+    assert ttgir.count("tt.elementwise_inline_asm") == 2 * kwargs["BLOCK_T"]  # dB, dC a step
+    check_lane_layout(ttgir)
+    tile = re.search(r"tt\.elementwise_inline_asm .*: (tensor<16x2x8xf32, #\w+>) ->",
+                     ttgir).group(1)
+    for other in (ttgir.replace("threadsPerWarp = [16, 2, 1]", "threadsPerWarp = [2, 16, 1]"),
+                  ttgir.replace("order = [0, 1, 2]", "order = [2, 1, 0]"),
+                  ttgir.replace(f"{tile} ->", "tensor<16x2x8xf32, #other> ->"),
+                  ttgir.replace(f"{tile} ->", "tensor<32x8xf32, #other> ->"),
+                  ttgir.replace("tt.elementwise_inline_asm", "tt.other_op")):
+        assert other != ttgir
+        with pytest.raises(RuntimeError, match="lane_sums=False"):
+            check_lane_layout(other)
     out = scan_sass.main(["--out", str(tmp_path / "sums")])
     loop = json.loads(out.with_suffix(".json").read_text())["rows"][1]["main_loop"]
     assert loop["SHFL"] <= 8 * 2 * kwargs["BLOCK_T"] + 40, loop
+    off = scan_sass.main(["--no-lane-sums", "--out", str(tmp_path / "off")])
+    loop_off = json.loads(off.with_suffix(".json").read_text())["rows"][1]["main_loop"]
+    assert loop_off["SHFL"] > 32 * 2 * kwargs["BLOCK_T"], loop_off  # tl.sum's butterflies

@@ -422,6 +422,7 @@ def test_lane_sums_only_on_the_tile_their_ptx_assumes(monkeypatch):
     assert not lane_sums(scan_config(256, 1536, 8))
     assert not lane_sums(scan_config(256, 1536, 16, ScanConfig(num_warps_bwd=2)))
     assert not lane_sums(scan_config(256, 1536, 16, ScanConfig(block_d_bwd=8)))
+    assert not lane_sums(scan_config(256, 1536, 16, ScanConfig(lane_sums=False)))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not lane_sums(scan_config(256, 1536, 16))
 
