@@ -381,38 +381,37 @@ def _dt_offs(d_offs, t_offs, s_d, s_l, VEC: tl.constexpr, TIME_UNIT: tl.constexp
 
 
 @triton.jit
-def _f32(x):
+def _f32(x, PLAIN: tl.constexpr):
     """x as float32; bf16 by a shift of its bits (one instruction a value, where the
-    conversion took two for the upper half of each loaded 32-bit pair on sm_90)."""
-    if x.dtype == tl.bfloat16:
+    conversion took two for the upper half of each loaded 32-bit pair on sm_90), unless
+    PLAIN: by `.to`, as the forward on time-contiguous tensors was timed (its docstring)."""
+    if x.dtype == tl.bfloat16 and not PLAIN:
         return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return x.to(tl.float32)
 
 
 @triton.jit
 def _load_dt(ptr, d_offs, t_offs, s_d, s_l, mask, VEC: tl.constexpr, TIME_UNIT: tl.constexpr):
-    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked. TIME_UNIT
-    tiles are converted by `.to` as before, which keeps the forward there the kernel timed
-    (`_scan_fwd_kernel`'s docstring); elsewhere by `_f32`."""
-    tile = tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
-                   other=0.0)
-    if TIME_UNIT:
-        return tile.to(tl.float32)
-    return _f32(tile)
+    """A (BLOCK_D, BLOCK_T) tile of a (d, L) slice as float32, 0 where masked (`_f32`; by
+    `.to` on TIME_UNIT tiles, as the forward there was timed)."""
+    return _f32(tl.load(ptr + _dt_offs(d_offs, t_offs, s_d, s_l, VEC, TIME_UNIT), mask=mask,
+                        other=0.0), TIME_UNIT)
 
 
 @triton.jit
-def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, n_mask, EVEN_N: tl.constexpr):
+def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, mask, EVEN_N: tl.constexpr,
+             PLAIN: tl.constexpr = False):
     """B_t or C_t at the states `n_offs` ((BLOCK_N,), or the backward's (BLOCK_N / NL, NL))
     as float32. Step stride in units of VEC elements (16 bytes, `_bc_vec`), so each thread's
     consecutive states are one vector load, not one load a state. t must be a step of the
     row (callers clamp steps past its length to its last: their Δ is 0, so B and C there
-    only need to be finite), and with EVEN_N (n = BLOCK_N) the load has no mask at all:
-    no zeroing of the registers before each load, no predicate a step."""
+    only need to be finite) or masked out by `mask`; with EVEN_N (n = BLOCK_N and no
+    other mask) the load has none at all: no zeroing of the registers before each load, no
+    predicate a step. PLAIN: converted by `.to` (`_f32`)."""
     ptr = row_ptr + t * (s_l * VEC) + n_offs
     if EVEN_N:
-        return _f32(tl.load(ptr))
-    return _f32(tl.load(ptr, mask=n_mask, other=0.0))
+        return _f32(tl.load(ptr), PLAIN)
+    return _f32(tl.load(ptr, mask=mask, other=0.0), PLAIN)
 
 
 @triton.jit(do_not_specialize=_FWD_STRIDES)
@@ -482,10 +481,8 @@ def _scan_fwd_kernel(
                          + ((t0 + k) // CKPT_T) * s_hc + n_offs[None, :] * s_hn, h, mask=at)
             if TIME_UNIT:  # the older loads: faster here (`_scan_fwd_kernel`'s docstring)
                 bc_mask = n_mask & (t0 + k < length)
-                Bt = tl.load(b_row + (t0 + k) * (s_bl * BC_VEC) + n_offs, mask=bc_mask,
-                             other=0.0).to(tl.float32)
-                Ct = tl.load(c_row + (t0 + k) * (s_cl * BC_VEC) + n_offs, mask=bc_mask,
-                             other=0.0).to(tl.float32)
+                Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask, False, True)
+                Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask, False, True)
             else:
                 t_bc = tl.minimum(t0 + k, length - 1)  # past the length: Δ is 0 (`_load_bc`)
                 Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
