@@ -55,8 +55,9 @@ Why the kernels look the way they do
   shuffle round halves what a lane holds, 8 shuffles a sum where Triton's butterfly per
   state takes 32 (sm_90 chunk loop 1758 -> 1442 instructions; H200 fwd+bwd on (b, d, L)
   tensors at L = 256 2.79 vs 3.23 ms, scan_lanesums_head256_h200_s16.md). The PTX assumes
-  the lanes Triton gave that tile; `check_lane_layout` verifies them in each compiled
-  backward and refuses any other (`ScanConfig(lane_sums=False)` turns the PTX off). A, D
+  the lanes Triton gave that tile; `check_lane_layout` verifies them (what each lane and
+  register holds, however the layout is written) in each compiled backward and refuses any
+  other (`ScanConfig(lane_sums=False)` turns the PTX off). A, D
   and delta_bias gradients are summed over time in registers, one partial a row.
   `fusion.partial_sums` adds the partials up, one launch for dB and dC, one for the per-row
   three.
@@ -214,27 +215,60 @@ def lane_sums(cfg: dict) -> bool:
             and cfg["BLOCK_N"] == 16 and cfg["BLOCK_D_BWD"] == 16 and cfg["WARPS_BWD"] == 1)
 
 
-LANE_LAYOUT = ("sizePerThread = [1, 1, 1], threadsPerWarp = [16, 2, 1], warpsPerCTA = [1, 1, 1], "
-               "order = [0, 1, 2]")
-"""The TTGIR layout of the (16, 2, 8) tiles `_sum_channels` gets, the one its PTX assumes
-(lane l: channel l % 16, state group l // 16; a thread's 8 states in order)."""
+LANE_TILE = (16, 2, 8)
+"""The (channels, state groups, states) tile `_sum_channels` gets. Its PTX assumes lane l holds
+channel l % 16 and state group l // 16, its 8 registers states 0..7 in order (`_lane_map`)."""
 
 _lanes_checked: set[int] = set()  # compiled backward kernels whose tiles passed
 
 
+def _lane_map(layout: str, shape: tuple[int, ...]) -> list[list[tuple[int, ...]]] | None:
+    """The element each register of each lane holds in a one-warp `#ttg.blocked` layout of
+    `shape` (None for any other layout): registers run over sizePerThread, then the
+    repetitions of the lane tile, each dimension in `order`, as Triton numbers them."""
+    fields = {key: [int(x) for x in value.split(",")]
+              for key, value in re.findall(r"(\w+) = \[([\d, ]+)\]", layout)}
+    keys = ("sizePerThread", "threadsPerWarp", "warpsPerCTA", "order")
+    if (not layout.startswith("#ttg.blocked") or any(k not in fields for k in keys)
+            or any(len(fields[k]) != len(shape) for k in keys)
+            or set(fields["warpsPerCTA"]) != {1}):
+        return None
+    spt, tpw, order = fields["sizePerThread"], fields["threadsPerWarp"], fields["order"]
+    reps = [max(1, size // (a * b)) for size, a, b in zip(shape, spt, tpw, strict=True)]
+
+    def digits(value: int, radix: list[int]) -> list[int]:  # mixed radix, `order` fastest
+        out = [0] * len(shape)
+        for i in order:
+            value, out[i] = divmod(value, radix[i])
+        return out
+
+    lanes = []
+    for lane in range(32):
+        at = digits(lane, tpw)
+        lanes.append([tuple((rep[i] * tpw[i] + at[i]) * spt[i] % shape[i] + elem[i]
+                            for i in range(len(shape)))
+                      for r in range(math.prod(spt) * math.prod(reps))
+                      for elem, rep in [(digits(r % math.prod(spt), spt),
+                                         digits(r // math.prod(spt), reps))]])
+    return lanes
+
+
 def check_lane_layout(ttgir: str) -> None:
     """Raise unless every tile handed to `_sum_channels` in this compiled backward (its
-    TTGIR) is laid out as `LANE_LAYOUT`: the PTX's lane arithmetic would otherwise sum the
-    wrong values, silently. Triton picks the layout; this pins it per compile."""
+    TTGIR) puts its elements on the lanes and registers `LANE_TILE`'s PTX assumes: it would
+    otherwise sum the wrong values, silently. Triton picks the layout (its text varies with
+    the loads around the tile); this pins what it means, per compile."""
     layouts = dict(re.findall(r"^(#[\w.]+) = (.*)$", ttgir, re.M))
     tiles = re.findall(r"tt\.elementwise_inline_asm .*: (tensor<[^>]*>) ->", ttgir)
     found = {tile: layouts.get(tile.rsplit(", ", 1)[-1].rstrip(">"), "?") for tile in tiles}
-    if not found or any(not tile.startswith("tensor<16x2x8xf32,") or LANE_LAYOUT not in layout
-                        for tile, layout in found.items()):
+    want = [[(lane % 16, lane // 16, j) for j in range(8)] for lane in range(32)]
+    if not found or any(not tile.startswith("tensor<16x2x8xf32,") or _lane_map(layout, LANE_TILE)
+                        != want for tile, layout in found.items()):
         raise RuntimeError(
             f"fusion.ssm_triton: Triton {triton.__version__} laid out the scan backward's "
-            f"channel sums as {found or 'nothing found'}, not the lanes their PTX assumes "
-            f"({LANE_LAYOUT}); pass config=ScanConfig(lane_sums=False) and report it")
+            f"channel sums as {found or 'nothing found'}, not on the lanes their PTX assumes "
+            f"(lane l: channel l % 16, states 8 (l // 16) .. + 7 in order); pass "
+            f"config=ScanConfig(lane_sums=False) and report it")
 
 
 # ---------------------------------------------------------------------------- kernels

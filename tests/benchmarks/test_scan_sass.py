@@ -63,10 +63,24 @@ def test_the_backward_sums_over_channels_on_the_lanes_its_ptx_assumes(tmp_path):
     ttgir = compile_launch(kernel, args, kwargs).asm["ttgir"]
     assert ttgir.count("tt.elementwise_inline_asm") == 2 * kwargs["BLOCK_T"]  # dB, dC a step
     check_lane_layout(ttgir)
-    tile = re.search(r"tt\.elementwise_inline_asm .*: (tensor<16x2x8xf32, #\w+>) ->",
-                     ttgir).group(1)
-    for other in (ttgir.replace("threadsPerWarp = [16, 2, 1]", "threadsPerWarp = [2, 16, 1]"),
-                  ttgir.replace("order = [0, 1, 2]", "order = [2, 1, 0]"),
+    tile = re.search(r"tt\.elementwise_inline_asm .*: (tensor<16x2x8xf32, (#\w+)>) ->", ttgir)
+    tile, alias = tile.group(1), tile.group(2)
+    layout = re.search(rf"^{alias} = (.*)$", ttgir, re.M).group(1)
+
+    def relaid(old: str, new: str) -> str:  # the tile's layout with one field changed
+        assert old in layout, (old, layout)
+        return ttgir.replace(f"{alias} = {layout}", f"{alias} = {layout.replace(old, new)}")
+
+    order = re.search(r"order = \[[\d, ]+\]", layout).group(0)
+    for same in ("sizePerThread = [1, 1, 1], threadsPerWarp = [16, 2, 1], warpsPerCTA = "
+                 "[1, 1, 1], order = [0, 1, 2]", "sizePerThread = [1, 1, 4], threadsPerWarp = "
+                 "[16, 2, 1], warpsPerCTA = [1, 1, 1], order = [2, 0, 1]"):
+        # the same lanes and registers written otherwise (both seen in sm_90 compiles)
+        check_lane_layout(ttgir.replace(f"{alias} = {layout}",
+                                        f"{alias} = #ttg.blocked<{{{same}}}>"))
+    for other in (relaid("threadsPerWarp = [16, 2, 1]", "threadsPerWarp = [2, 16, 1]"),
+                  relaid(order, "order = [1, 0, 2]"),  # lane l: state group l % 2
+                  relaid("warpsPerCTA = [1, 1, 1]", "warpsPerCTA = [2, 1, 1]"),
                   ttgir.replace(f"{tile} ->", "tensor<16x2x8xf32, #other> ->"),
                   ttgir.replace(f"{tile} ->", "tensor<32x8xf32, #other> ->"),
                   ttgir.replace("tt.elementwise_inline_asm", "tt.other_op")):
