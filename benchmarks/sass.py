@@ -96,12 +96,14 @@ def launch_signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dic
 
 def compile_launch(kernel, args: tuple, kwargs: dict):
     """`triton.compile` for sm_90 of one recorded launch (`launch_signature`), with the
-    launch's options (warps, register cap)."""
+    launch's options (warps, register cap); Triton or Gluon kernels."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature, constants, attrs, options = launch_signature(kernel, args, kwargs)
+    if getattr(kernel, "is_gluon", lambda: False)():  # a Gluon kernel (`fusion.ssm_staged`)
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 

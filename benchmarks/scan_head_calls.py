@@ -62,13 +62,15 @@ class HeadCallsConfig:
 
 
 def parse_config(module, text: str):
-    """`block_t=4,maxnreg_bwd=168` -> module.ScanConfig(...); "" -> None (the defaults)."""
+    """`block_t=4,maxnreg_bwd=168,staged_fwd=true` -> module.ScanConfig(...); "" -> None
+    (the defaults)."""
     if not text:
         return None
     fields = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        fields[key.strip()] = int(value)
+        flag = {"true": True, "false": False}.get(value.strip().lower())
+        fields[key.strip()] = int(value) if flag is None else flag
     return module.ScanConfig(**fields)
 
 

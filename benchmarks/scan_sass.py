@@ -33,6 +33,7 @@ Results: a markdown table at `--out` (+ `.json`); default `benchmarks/results/sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, fields
@@ -75,6 +76,9 @@ class SassConfig:
     ptxas (None: Triton's choice forward, `backward_maxnreg` backward)."""
     lane_sums: bool = True
     """As `ScanConfig.lane_sums`: the backward's sums over channels in PTX where it can."""
+    staged_fwd: bool = False
+    """As `ScanConfig.staged_fwd`: the forward from `fusion.ssm_staged` (Gluon) where it
+    applies (`--layout contiguous`)."""
     has_d: bool = True
     has_z: bool = True
     has_bias: bool = True
@@ -116,13 +120,19 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     # every ScanConfig field by name (a field added there and not here fails here, loudly)
     config = st.ScanConfig(**{f.name: getattr(c, f.name) for f in fields(st.ScanConfig)})
     # the backward's partial sums (`fusion.partial_sums`) recorded too, so nothing launches
-    with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")) as recorders, recording(
-            sums, ("_sum_middle_kernel",)):
+    with contextlib.ExitStack() as stack:
+        recorders = stack.enter_context(recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")))
+        stack.enter_context(recording(sums, ("_sum_middle_kernel",)))
+        if c.staged_fwd:
+            from fusion import ssm_staged
+
+            recorders |= stack.enter_context(recording(ssm_staged, ("scan_fwd_staged_kernel",)))
         y = st.selective_scan_triton(u, delta, A, B, C, D, z if c.has_z else None, bias,
                                      c.softplus, lengths=lengths, config=config)
         leaves += [t for t in (A, D, bias) if t is not None]
         torch.autograd.grad(y, leaves, torch.zeros_like(y), allow_unused=True)
-    forward, backward = recorders["_scan_fwd_kernel"], recorders["_scan_bwd_kernel"]
+    forward = next(r for name, r in recorders.items() if "fwd" in name and r.launches)
+    backward = recorders["_scan_bwd_kernel"]
     (fwd,), (bwd,) = forward.launches, backward.launches
     return [("forward", forward.kernel, *fwd), ("backward", backward.kernel, *bwd)]
 
@@ -132,7 +142,10 @@ def measure(c: SassConfig) -> list[dict]:
     rows = []
     for name, kernel, args, kwargs in recorded_launches(c):
         compiled = compile_launch(kernel, args, kwargs)
-        rows.append({"kernel": name, "BLOCK_T": kwargs["BLOCK_T"], "BLOCK_D": kwargs["BLOCK_D"],
+        staged = "STAGE" in kwargs  # `fusion.ssm_staged`: chunks of 8, 16 channels a warp
+        rows.append({"kernel": name + (" (staged)" if staged else ""),
+                     "BLOCK_T": 8 if staged else kwargs["BLOCK_T"],
+                     "BLOCK_D": 16 * kwargs["WARPS"] if staged else kwargs["BLOCK_D"],
                      "warps": kwargs["num_warps"], "maxnreg": kwargs.get("maxnreg"),
                      **resources(compiled.asm["cubin"])})
     return rows

@@ -132,6 +132,11 @@ class ScanConfig:
     """The backward's dB / dC sums over channels by PTX (`_sum_channels`) where its tile
     allows (`lane_sums`); False: `tl.sum` (an A/B, or a Triton whose tile layout
     `check_lane_layout` refuses)."""
+    staged_fwd: bool = False
+    """The forward with u and Δ staged in shared memory (`fusion.ssm_staged`, Gluon) where
+    it applies (`staged_forward`). Off by default until the GPU test suite has run it: it
+    was checked on the H200 against this module's forward (y and every gradient, six
+    cases) and timed, not yet run by tests/fusion on a GPU."""
 
 
 CKPT_LONG_L = 256
@@ -190,7 +195,7 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
             "MAXNREG_BWD": config.maxnreg_bwd, "MAXNREG_FWD": config.maxnreg_fwd,
-            "LANE_SUMS": int(config.lane_sums)}
+            "LANE_SUMS": int(config.lane_sums), "STAGED_FWD": int(config.staged_fwd)}
 
 
 BACKWARD_MAXNREG = 168
@@ -204,6 +209,16 @@ copied)."""
 def backward_maxnreg(cfg: dict) -> int:
     """The register cap a backward launch passes: the config's, else `BACKWARD_MAXNREG`."""
     return cfg["MAXNREG_BWD"] or BACKWARD_MAXNREG
+
+
+def staged_forward(cfg: dict, time_vec: int, n: int) -> bool:
+    """Whether the forward runs `fusion.ssm_staged`'s kernel: asked for
+    (`ScanConfig.staged_fwd`), on time-contiguous tensors whose rows and channels start on
+    16 bytes (`_time_vec` 8), with 16 states, one warp per 16 channels, compiled for NVIDIA
+    GPUs (Gluon has no interpreter). Elsewhere the Triton forward runs, as without it."""
+    return (bool(cfg["STAGED_FWD"]) and time_vec == 8 and n == 16 and cfg["BLOCK_N"] == 16
+            and cfg["BLOCK_D_FWD"] == 16 * cfg["WARPS_FWD"] and not triton_interpreted()
+            and torch.version.hip is None)
 
 
 def lane_sums(cfg: dict) -> bool:
@@ -791,7 +806,8 @@ def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
 # (an older torch without the exact-strides tag: fixed stride order, which may copy a view)
 _LAYOUT_TAGS = (getattr(torch.Tag, "needs_exact_strides", torch.Tag.needs_fixed_stride_order),)
 _CFG_KEYS = ("BLOCK_N", "BLOCK_T", "BLOCK_T_BWD", "CKPT_T", "BLOCK_D_FWD", "BLOCK_D_BWD",
-             "WARPS_FWD", "WARPS_BWD", "MAXNREG_BWD", "MAXNREG_FWD", "LANE_SUMS")
+             "WARPS_FWD", "WARPS_BWD", "MAXNREG_BWD", "MAXNREG_FWD", "LANE_SUMS",
+             "STAGED_FWD")
 
 
 def _cfg_list(cfg: dict) -> list[int]:
@@ -838,7 +854,18 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     tv = max(time_vec, 1)
     grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
     cap = None if triton_interpreted() else cfg["MAXNREG_FWD"]
-    _scan_fwd_kernel[grid](
+    if staged_forward(cfg, time_vec, n):
+        from fusion import ssm_staged  # Gluon: imported only when asked for
+
+        kernel, extra = ssm_staged.scan_fwd_staged_kernel, {
+            "CKPT_T": cfg["CKPT_T"], "WARPS": cfg["WARPS_FWD"],
+            "STAGE": ssm_staged.staging_layout(cfg["WARPS_FWD"])}
+    else:
+        kernel, extra = _scan_fwd_kernel, {
+            "TIME_UNIT": time_vec > 0, "BLOCK_D": cfg["BLOCK_D_FWD"],
+            "BLOCK_N": cfg["BLOCK_N"], "BLOCK_T": cfg["BLOCK_T"], "CKPT_T": cfg["CKPT_T"],
+            "EVEN_N": n == cfg["BLOCK_N"]}
+    kernel[grid](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         y, states, L, d, n,
@@ -846,9 +873,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         *_strides_bc(C, vec), *_strides_vec(z, tv), *_strides_vec(y, tv), *states.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, STORE_STATES=store_states, BC_VEC=vec,
-        VEC=tv, TIME_UNIT=time_vec > 0,
-        BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T"],
-        CKPT_T=cfg["CKPT_T"], EVEN_N=n == cfg["BLOCK_N"], num_warps=cfg["WARPS_FWD"],
+        VEC=tv, **extra, num_warps=cfg["WARPS_FWD"],
         **({} if cap is None else {"maxnreg": cap}),
     )
     return y, states

@@ -57,3 +57,15 @@ def test_times_scan_backends_calls_instead(tmp_path):
         assert row["status"] == "ok" and row["max_rel_err"] < 1e-5
         assert len(row["fwd_ms_calls"]) == 2 and row["fwd_ms"] == sum(row["fwd_ms_calls"])
     assert "`scan_backends.py` calls head:16, head_views:8" in (tmp_path / "calls.md").read_text()
+
+
+def test_configs_take_integers_and_flags():
+    """`--configs` items: integers, and true / false for ScanConfig's flags (`staged_fwd`)."""
+    from types import SimpleNamespace
+
+    from benchmarks.scan_head_calls import parse_config
+
+    module = SimpleNamespace(ScanConfig=dict)
+    assert parse_config(module, "") is None
+    assert parse_config(module, "block_t=4,staged_fwd=true,lane_sums=False") == {
+        "block_t": 4, "staged_fwd": True, "lane_sums": False}

@@ -576,6 +576,8 @@ def test_triton_matches_torch_backend(dtype, b, d, n, L, lengths):
     {"block_t": 16, "block_d_fwd": 16, "block_d_bwd": 8, "num_warps_fwd": 8, "num_warps_bwd": 2},
     {"block_d_fwd": 16}, {"block_d_fwd": 32}, {"block_d_fwd": 64, "num_warps_fwd": 2},
     {"maxnreg_fwd": 72, "maxnreg_bwd": 184},
+    # the staged forward (`fusion.ssm_staged`), two and four warps
+    {"staged_fwd": True}, {"staged_fwd": True, "num_warps_fwd": 4, "block_d_fwd": 64},
 ])
 def test_tile_sizes_do_not_change_results(config):
     needs_triton()
@@ -600,6 +602,7 @@ def test_tile_sizes_do_not_change_results(config):
     # a state every 8 / 16 steps: backward chunks run up from their interval's state
     (3, 50, 16, 200, {"ckpt_t": 8}),
     (2, 40, 16, 37, {"block_t": 4, "ckpt_t": 16}),
+    (3, 50, 16, 200, {"staged_fwd": True, "ckpt_t": 16}),  # a state every other chunk
 ])
 def test_backward_chunks_apart_from_forward_chunks(b, d, n, L, config):
     """The forward storing a state every `block_t_bwd` (or `ckpt_t`) steps of its chunks,

@@ -1,0 +1,123 @@
+"""The staged scan forward (`fusion.ssm_staged`, Gluon): its staging layout, its sm_90
+compile, where `fusion.ssm_triton` takes it, and (GPU) its results against the Triton
+forward's."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from tests.fusion.test_ssm import assert_close, run_and_grads
+from tests.fusion.test_ssm_triton import cuda_inputs, grads_equal
+
+
+def gluon():
+    pytest.importorskip("triton")
+    return pytest.importorskip("triton.experimental.gluon")
+
+
+def element(layout, reg: int, lane: int, warp: int) -> tuple[int, ...]:
+    """The element a register of a lane of a warp holds in a linear layout (its bases
+    combined by XOR over the set bits of each index)."""
+    at = [0] * len(layout.shape)
+    for bases, index in ((layout.reg_bases, reg), (layout.lane_bases, lane),
+                         (layout.warp_bases, warp)):
+        for bit, basis in enumerate(bases):
+            if index >> bit & 1:
+                at = [a ^ b for a, b in zip(at, basis, strict=True)]
+    return tuple(at)
+
+
+@pytest.mark.parametrize("warps", [1, 2, 4])
+def test_the_staging_layout_loads_whole_lines_once(warps):
+    """A staged block, row = chunk * channels + channel, holds each element once, and the 8
+    lanes that share a register and a channel hold its 8 consecutive chunks: one 128-byte
+    line of bf16 (each lane 8 steps, 16 bytes), where a chunk's own tile read 16 bytes a
+    line."""
+    gluon()
+    from fusion.ssm_staged import CHUNK as STEPS
+    from fusion.ssm_staged import staging_layout
+
+    layout = staging_layout(warps)
+    block_d = 16 * warps
+    regs, lanes = 1 << len(layout.reg_bases), 1 << len(layout.lane_bases)
+    held = [element(layout, r, lane, w) for r, lane, w in
+            itertools.product(range(regs), range(lanes), range(warps))]
+    assert sorted(held) == list(itertools.product(range(STEPS * block_d), range(STEPS)))
+    for r, w in itertools.product(range(0, regs, STEPS), range(warps)):
+        for group in range(0, 32, 8):
+            steps = set()
+            for lane in range(group, group + 8):
+                row = element(layout, r, lane, w)[0]
+                steps |= {(row // block_d) * STEPS + element(layout, r + k, lane, w)[1]
+                          for k in range(STEPS)}
+                assert row % block_d == element(layout, r, group, w)[0] % block_d  # a channel
+            assert steps == set(range(STEPS * STEPS))  # its 64 steps: one 128-byte line
+
+
+def test_the_staged_forward_only_where_it_applies(monkeypatch):
+    """Asked for, on 16-byte-aligned time-contiguous tensors with 16 states and a warp per 16
+    channels; not under Triton's interpreter (Gluon has none), not by default."""
+    pytest.importorskip("triton")
+    from fusion import ssm_triton
+    from fusion.ssm_triton import ScanConfig, scan_config, staged_forward
+
+    on = scan_config(256, 1536, 16, ScanConfig(staged_fwd=True), time_unit=True)
+    monkeypatch.setattr(ssm_triton, "triton_interpreted", lambda: False)
+    assert staged_forward(on, 8, 16)
+    assert not staged_forward(scan_config(256, 1536, 16, time_unit=True), 8, 16)
+    assert not staged_forward(on, 4, 16)  # rows not on 16 bytes
+    assert not staged_forward(on, 0, 16)  # channels-last views
+    assert not staged_forward(on, 8, 12)
+    lanes = scan_config(256, 1536, 16, ScanConfig(staged_fwd=True, block_d_fwd=16), True)
+    assert not staged_forward(lanes, 8, 16)  # 16 channels on 2 warps: not its layout
+    monkeypatch.setattr(ssm_triton, "triton_interpreted", lambda: True)
+    assert not staged_forward(on, 8, 16)
+
+
+def test_the_staged_forward_compiles_for_sm90_reading_u_and_delta_from_shared_memory(tmp_path):
+    """sm_90 compile of the head's (b, d, L) call: no spill, u and Δ through shared memory
+    (stores once a block, loads a chunk), no shuffle to pick a step (the Triton forward's
+    (16 channels, 2 lanes) tiles split a chunk's steps over the lane pair: 24 a chunk)."""
+    gluon()
+    from benchmarks import scan_sass
+
+    flags = ["--L", "256", "--d", "1536", "--layout", "contiguous", "--no-has-d",
+             "--no-has-z", "--no-has-bias", "--no-softplus"]
+    rows = {}
+    for name, extra in (("staged", ["--staged-fwd"]), ("triton", [])):
+        out = scan_sass.main([*flags, *extra, "--out", str(tmp_path / name)])
+        rows[name] = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    staged, plain = rows["staged"], rows["triton"]
+    assert staged["kernel"] == "forward (staged)" and plain["kernel"] == "forward"
+    assert staged["stack_bytes"] == 0
+    assert staged["main_loop"]["STS"] > 0 and staged["main_loop"]["LDS"] > 0
+    assert staged["main_loop"]["SHFL"] <= 8 < plain["main_loop"]["SHFL"]  # y's lane pair only
+    assert staged["main_loop"]["instructions"] < plain["main_loop"]["instructions"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("b", "d", "L", "lengths", "options", "dtype"), [
+    (3, 96, 200, [200, 77, 5], True, torch.bfloat16),
+    (2, 64, 64, None, False, torch.bfloat16),
+    (2, 160, 136, [136, 64], False, torch.float16),
+    (2, 32, 256, [256, 1], True, torch.float32),
+    (2, 48, 16, [16, 9], True, torch.bfloat16),
+    (2, 1536, 256, None, False, torch.bfloat16),
+])
+def test_the_staged_forward_matches_the_triton_forward(b, d, L, lengths, options, dtype):
+    """y and every gradient (the backward reads the staged forward's states) against the
+    Triton forward's, ragged rows, partial channel blocks and blocks of 64 steps included."""
+    gluon()
+    from fusion.ssm_triton import ScanConfig, selective_scan_triton
+
+    inputs = cuda_inputs(b, d, 16, L, dtype, seed=L + d, options=options)
+    kwargs = {"delta_softplus": options,
+              "lengths": None if lengths is None else torch.tensor(lengths, device="cuda")}
+    y, grads = run_and_grads(selective_scan_triton, inputs,
+                             config=ScanConfig(staged_fwd=True), **kwargs)
+    y_ref, grads_ref = run_and_grads(selective_scan_triton, inputs, **kwargs)
+    tol = 1e-4 if dtype == torch.float32 else 2e-3
+    assert_close(y.float(), y_ref.float(), tol)
+    grads_equal(grads, grads_ref, tol)
