@@ -59,7 +59,14 @@ def _pick(tile, steps, k: gl.constexpr):
     return gl.sum(gl.where(gl.expand_dims(steps, 0) == k, tile, 0.0), axis=1)
 
 
-@gluon.jit
+# as `fusion.ssm_triton._scan_fwd_kernel`'s: strides stay run-time values
+_STRIDES = tuple("""
+    s_ub s_ud s_ul s_db s_dd s_dl s_ad s_an s_bb s_bl s_cb s_cl s_zb s_zd s_zl
+    s_yb s_yd s_yl s_hb s_hd s_hc s_hn
+""".split())
+
+
+@gluon.jit(do_not_specialize=_STRIDES)
 def scan_fwd_staged_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, y_ptr, state_ptr,
     L, d, n,
@@ -83,16 +90,16 @@ def scan_fwd_staged_kernel(
     d0 = gl.program_id(1) * BLOCK_D
     dv = d0 + gl.arange(0, BLOCK_D, layout=V)
     d_mask = dv < d
-    d2 = gl.expand_dims(dv, 1)
-    d3 = _channel(dv)
     steps = gl.arange(0, STEPS, layout=gl.SliceLayout(0, T))
     n_offs = (gl.expand_dims(gl.arange(0, 2, layout=gl.SliceLayout(1, N2)), 1) * 8
               + gl.expand_dims(gl.arange(0, 8, layout=gl.SliceLayout(0, N2)), 0))
     n3 = gl.expand_dims(n_offs, 0)
+    d3 = _channel(dv)
     dn_mask = _channel(d_mask) & (n3 < n)
-    # padded channels get A = 0 and B = 0 (masked y): their state stays 0
-    A2 = gl.load(A_ptr + d3 * s_ad + n3 * s_an, mask=dn_mask, other=0.0).to(gl.float32)
-    A2 = A2 * 1.4426950408889634  # exp(x) = exp2(x log2 e)
+    # padded channels get A = 0 and B = 0 (y masked): their state stays 0; exp(x) = exp2(x log2 e)
+    A2 = gl.load(A_ptr + d3 * s_ad + n3 * s_an, mask=dn_mask, other=0.0).to(gl.float32) \
+        * 1.4426950408889634
+    bias = gl.zeros([BLOCK_D], gl.float32, layout=V)
     if HAS_BIAS:
         bias = gl.load(bias_ptr + dv, mask=d_mask, other=0.0).to(gl.float32)
     if HAS_D:
@@ -101,8 +108,9 @@ def scan_fwd_staged_kernel(
     if HAS_LEN:
         length = gl.minimum(gl.maximum(gl.load(len_ptr + row).to(gl.int32), 0), L)
     u_row, dt_row = u_ptr + row * (s_ub * VEC), delta_ptr + row * (s_db * VEC)
-    z_row, y_row = z_ptr + row * (s_zb * VEC), y_ptr + row * (s_yb * VEC)
+    z_row = z_ptr + row * (s_zb * VEC)
     b_row, c_row = B_ptr + row * (s_bb * BC_VEC), C_ptr + row * (s_cb * BC_VEC)
+    y_row = y_ptr + row * (s_yb * VEC)
     # a block: (STEPS chunks x channels, STEPS steps), row = chunk * BLOCK_D + channel, read
     # back a chunk at a time through a (STEPS, channels, STEPS) view of the same bytes
     rows = gl.arange(0, STEPS * BLOCK_D, layout=gl.SliceLayout(1, STAGE))
@@ -114,6 +122,7 @@ def scan_fwd_staged_kernel(
     u_chunks = u_smem._reinterpret(u_ptr.dtype.element_ty, [STEPS, BLOCK_D, STEPS], SH)
     dt_chunks = dt_smem._reinterpret(delta_ptr.dtype.element_ty, [STEPS, BLOCK_D, STEPS], SH)
     h = gl.zeros([BLOCK_D, 2, 8], gl.float32, layout=S)
+    d2 = gl.expand_dims(dv, 1)
     n_chunks = gl.cdiv(length, STEPS)
     for block in range(0, gl.cdiv(length, STEPS * STEPS)):
         tb = block * STEPS * STEPS
@@ -149,16 +158,17 @@ def scan_fwd_staged_kernel(
                 t_bc = gl.minimum(t0 + k, length - 1)  # past the length Δ is 0 (ssm_triton)
                 Bt = _f32(gl.load(b_row + t_bc * (s_bl * BC_VEC) + n_offs))
                 Ct = _f32(gl.load(c_row + t_bc * (s_cl * BC_VEC) + n_offs))
-                h = (gl.exp2(_channel(_pick(dt, steps, k)) * A2) * h
-                     + _channel(_pick(dtu, steps, k)) * gl.expand_dims(Bt, 0))
+                dt_k = _channel(_pick(dt, steps, k))
+                dtu_k = _channel(_pick(dtu, steps, k))
+                h = gl.exp2(dt_k * A2) * h + dtu_k * gl.expand_dims(Bt, 0)
                 y_k = gl.sum(gl.sum(h * gl.expand_dims(Ct, 0), axis=2), axis=1)
                 y = gl.where(gl.expand_dims(steps, 0) == k,
                              gl.expand_dims(gl.convert_layout(y_k, V), 1), y)
             if HAS_D:
                 y += gl.expand_dims(Dv, 1) * u
             if HAS_Z:
-                zt = _f32(gl.load(z_row + d2 * (s_zd * VEC) + gl.expand_dims(t_offs, 0),
-                                  mask=mask, other=0.0))
+                zt = gl.load(z_row + d2 * (s_zd * VEC) + gl.expand_dims(t_offs, 0), mask=mask,
+                             other=0.0).to(gl.float32)
                 y = y * zt / (1.0 + gl.exp(-zt))
             gl.store(y_row + d2 * (s_yd * VEC) + gl.expand_dims(t_offs, 0),
                      y.to(y_ptr.dtype.element_ty), mask=mask)
