@@ -80,6 +80,11 @@ Why the kernels look the way they do
   every 4 steps: the head's two scan calls 2.34 ms vs 2.73 ms in one run
   (benchmarks/results/scan_head_calls_h200_gluon_default.md; 2.31 and 2.66 in a repeat,
   scan_head_calls_h200_ab.md).
+* Opt-in (`ScanConfig(staged_fwd=True)`): on (b, d, L) tensors the forward from
+  `fusion.ssm_staged` (Gluon), which stages u and Δ through shared memory as whole lines
+  instead of counting on L1 to keep each line for 8 chunks: 0.40 vs 0.47 ms at L = 256 and
+  1.56 vs 1.92 at 1024 on the H200 (scan_staged3_*_h200_s17.md). Off by default until the
+  GPU test suite has run it (`staged_forward`).
 * The two launches are `torch.library` operators (`fusion::scan_fwd`, `fusion::scan_bwd`)
   with exact-stride layout constraints, so `torch.compile` runs them as they are (below);
   eager calls run the same functions through a plain autograd.Function (`_EagerScan`),
