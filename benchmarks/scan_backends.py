@@ -98,6 +98,9 @@ class BenchConfig:
     """Output stem: writes .json and .md (`--quick` appends _quick)."""
     quick: bool = False
     """Tiny CPU smoke run: batch 2, d 32, n 4, fp32, L in (16, 64), no sweep."""
+    triton_config: str = ""
+    """`fusion.ssm_triton.ScanConfig` fields for the triton backend's default config, as
+    `scan_head_calls.py --configs` takes them (`staged_fwd=true`); "" = its defaults."""
     command: str = field(default_factory=lambda: " ".join(["python", *sys.argv]))
 
 
@@ -499,6 +502,16 @@ def version_of(name: str) -> str:
         return "not installed"
 
 
+def set_triton_config(text: str):
+    """Make `text` (`staged_fwd=true,block_t=4`) the triton backend's default ScanConfig for
+    this process (`fusion.ssm_triton.DEFAULT_CONFIG`, which calls without a config use)."""
+    from benchmarks.scan_head_calls import parse_config
+    from fusion import ssm_triton
+
+    ssm_triton.DEFAULT_CONFIG = parse_config(ssm_triton, text)
+    return ssm_triton.DEFAULT_CONFIG
+
+
 def main(argv: list[str] | None = None) -> dict:
     config = cli(BenchConfig, args=argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -509,6 +522,8 @@ def main(argv: list[str] | None = None) -> dict:
             video_len=16, text_len=64, question_len=32, target_seconds=0.05, warmup=1,
             sweep=False, out=config.out.with_name(config.out.name + "_quick"))
     available = ssm.available_backends(device)
+    if config.triton_config:
+        set_triton_config(config.triton_config)
     meta = {"device": torch.cuda.get_device_name() if device.type == "cuda" else
             platform.processor() or "cpu", "torch": torch.__version__,
             "triton": version_of("triton"), "mamba_ssm": version_of("mamba_ssm"),

@@ -1,5 +1,6 @@
 """benchmarks/scan_backends.py: each call variant passes the inputs its name says."""
 
+import pytest
 import torch
 
 from benchmarks.scan_backends import BenchConfig, make_inputs, scan_args
@@ -30,3 +31,17 @@ def test_head_views_hold_the_same_values_in_the_heads_layout():
 def test_full_variant_has_every_option():
     inputs = make_inputs(SMALL, 2, 16, "full", CPU)
     assert set(inputs) == {"u", "delta", "A", "B", "C", "z", "D", "delta_bias"}
+
+
+def test_the_triton_config_option_sets_the_backends_default(monkeypatch):
+    """`--triton-config staged_fwd=true`: the triton backend's calls without a config (all
+    of this benchmark's) then use it."""
+    pytest.importorskip("triton")
+    from benchmarks.scan_backends import set_triton_config
+    from fusion import ssm_triton
+
+    monkeypatch.setattr(ssm_triton, "DEFAULT_CONFIG", ssm_triton.DEFAULT_CONFIG)
+    config = set_triton_config("staged_fwd=true,block_t=4")
+    assert ssm_triton.DEFAULT_CONFIG is config
+    assert config == ssm_triton.ScanConfig(staged_fwd=True, block_t=4)
+    assert ssm_triton.scan_config(256, 1536, 16, time_unit=True)["STAGED_FWD"] == 1
