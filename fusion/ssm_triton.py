@@ -860,7 +860,13 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
     cap = None if triton_interpreted() else cfg["MAXNREG_FWD"]
     if staged_forward(cfg, time_vec, n):
-        from fusion import ssm_staged  # Gluon: imported only when asked for
+        try:  # Gluon: imported only when asked for
+            from fusion import ssm_staged
+        except ImportError as error:
+            raise ImportError(
+                f"ScanConfig(staged_fwd=True) needs Triton's Gluon (triton.experimental.gluon; "
+                f"written for Triton 3.6, this is {triton.__version__}): {error}; install "
+                "it or leave staged_fwd off") from error
 
         kernel, extra = ssm_staged.scan_fwd_staged_kernel, {
             "CKPT_T": cfg["CKPT_T"], "WARPS": cfg["WARPS_FWD"],

@@ -134,3 +134,25 @@ def test_the_staged_forward_matches_the_triton_forward(b, d, L, lengths, options
     tol = TOL[dtype]  # bf16 / fp16 outputs may differ by a rounding step
     assert_close(y.float(), y_ref.float(), tol)
     grads_equal(grads, grads_ref, tol)
+
+
+def test_asking_for_it_without_gluon_names_the_fix(monkeypatch):
+    """On a Triton without Gluon, `staged_fwd=True` fails at the call with what to do, not
+    with a bare import error (and never falls back unannounced)."""
+    pytest.importorskip("triton")
+    import sys
+
+    from fusion import ssm_triton
+    from fusion.ssm_triton import ScanConfig, selective_scan_triton
+
+    monkeypatch.setattr(ssm_triton, "triton_interpreted", lambda: False)
+    import fusion
+
+    monkeypatch.setitem(sys.modules, "fusion.ssm_staged", None)  # import fails
+    monkeypatch.delattr(fusion, "ssm_staged", raising=False)  # (an earlier import's binding)
+    b, d, n, L = 1, 32, 16, 64
+    u, delta = torch.zeros(b, d, L), torch.zeros(b, d, L)
+    B, C = torch.zeros(b, n, L), torch.zeros(b, n, L)
+    with pytest.raises(ImportError, match="staged_fwd=True.*leave staged_fwd off"):
+        selective_scan_triton(u, delta, torch.zeros(d, n), B, C,
+                              config=ScanConfig(staged_fwd=True))
