@@ -216,14 +216,19 @@ def backward_maxnreg(cfg: dict) -> int:
     return cfg["MAXNREG_BWD"] or BACKWARD_MAXNREG
 
 
+def _compiled_for_nvidia() -> bool:
+    """Kernels compiled for an NVIDIA GPU: what inline PTX (`lane_sums`) and Gluon
+    (`staged_forward`) need; not under Triton's interpreter, not on ROCm."""
+    return not triton_interpreted() and torch.version.hip is None
+
+
 def staged_forward(cfg: dict, time_vec: int, n: int) -> bool:
     """Whether the forward runs `fusion.ssm_staged`'s kernel: asked for
     (`ScanConfig.staged_fwd`), on time-contiguous tensors whose rows and channels start on
     16 bytes (`_time_vec` 8), with 16 states, one warp per 16 channels, compiled for NVIDIA
     GPUs (Gluon has no interpreter). Elsewhere the Triton forward runs, as without it."""
     return (bool(cfg["STAGED_FWD"]) and time_vec == 8 and n == 16 and cfg["BLOCK_N"] == 16
-            and cfg["BLOCK_D_FWD"] == 16 * cfg["WARPS_FWD"] and not triton_interpreted()
-            and torch.version.hip is None)
+            and cfg["BLOCK_D_FWD"] == 16 * cfg["WARPS_FWD"] and _compiled_for_nvidia())
 
 
 def lane_sums(cfg: dict) -> bool:
@@ -231,7 +236,7 @@ def lane_sums(cfg: dict) -> bool:
     compiled for NVIDIA GPUs, not interpreted) rather than `tl.sum`: for its one-warp tile of
     16 channels and 16 states, whose lanes it assumes (`_lane_sum_asm`), unless the config
     turns it off (`ScanConfig.lane_sums`)."""
-    return (bool(cfg["LANE_SUMS"]) and not triton_interpreted() and torch.version.hip is None
+    return (bool(cfg["LANE_SUMS"]) and _compiled_for_nvidia()
             and cfg["BLOCK_N"] == 16 and cfg["BLOCK_D_BWD"] == 16 and cfg["WARPS_BWD"] == 1)
 
 
