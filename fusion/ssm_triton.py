@@ -80,11 +80,12 @@ Why the kernels look the way they do
   every 4 steps: the head's two scan calls 2.34 ms vs 2.73 ms in one run
   (benchmarks/results/scan_head_calls_h200_gluon_default.md; 2.31 and 2.66 in a repeat,
   scan_head_calls_h200_ab.md).
-* Opt-in (`ScanConfig(staged_fwd=True)`): on (b, d, L) tensors the forward from
-  `fusion.ssm_staged` (Gluon), which stages u and Δ through shared memory as whole lines
-  instead of counting on L1 to keep each line for 8 chunks: 0.40 vs 0.47 ms at L = 256 and
-  1.56 vs 1.92 at 1024 on the H200 (scan_staged3_*_h200_s17.md). Off by default until the
-  GPU test suite has run it (`staged_forward`).
+* On (b, d, L) tensors, the forward from `fusion.ssm_staged` (Gluon), which stages u and Δ
+  through shared memory as whole lines instead of counting on L1 to keep each line for 8
+  chunks: 0.40 vs 0.47 ms at L = 256 and 1.56 vs 1.92 at 1024 on the H200
+  (scan_staged3_*_h200_s17.md). By default on the Triton it was written for
+  (`ScanConfig.staged_fwd`, `GLUON_READY`), where it applies (`staged_forward`), except on
+  calls with per-row lengths, where it was slower (`STAGED_DEFAULT`).
 * The two launches are `torch.library` operators (`fusion::scan_fwd`, `fusion::scan_bwd`)
   with exact-stride layout constraints, so `torch.compile` runs them as they are (below);
   eager calls run the same functions through a plain autograd.Function (`_EagerScan`),
@@ -96,6 +97,7 @@ Why the kernels look the way they do
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass
@@ -137,11 +139,12 @@ class ScanConfig:
     """The backward's dB / dC sums over channels by PTX (`_sum_channels`) where its tile
     allows (`lane_sums`); False: `tl.sum` (an A/B, or a Triton whose tile layout
     `check_lane_layout` refuses)."""
-    staged_fwd: bool = False
+    staged_fwd: bool | None = None
     """The forward with u and Δ staged in shared memory (`fusion.ssm_staged`, Gluon) where
-    it applies (`staged_forward`). Off by default until the GPU test suite has run it: it
-    was checked on the H200 against this module's forward (y and every gradient, six
-    cases) and timed, not yet run by tests/fusion on a GPU."""
+    it applies (`staged_forward`). None: so on calls without per-row lengths (with them it
+    was slower) where this Triton is the one it was written and tested for (`GLUON_READY`),
+    else the Triton forward, whose results it matches; True: also with lengths and on another
+    Triton, with a one-line error at the call on one without Gluon; False: never."""
 
 
 CKPT_LONG_L = 256
@@ -195,12 +198,14 @@ def scan_config(L: int, d: int, n: int, config: ScanConfig | None = None,
     def block_d(given: int | None, default: int) -> int:
         return _pow2(given) if given else max(1, min(_pow2(d), default))
 
+    staged = ((STAGED_DEFAULT if GLUON_READY else 0) if config.staged_fwd is None
+              else STAGED_ASKED * config.staged_fwd)
     return {"BLOCK_N": block_n, "BLOCK_T": block_t, "BLOCK_T_BWD": block_t_bwd, "CKPT_T": ckpt_t,
             "BLOCK_D_FWD": block_d(config.block_d_fwd, lanes * warps_fwd),
             "BLOCK_D_BWD": block_d(config.block_d_bwd, 16 * warps_bwd),
             "WARPS_FWD": warps_fwd, "WARPS_BWD": warps_bwd,
             "MAXNREG_BWD": config.maxnreg_bwd, "MAXNREG_FWD": config.maxnreg_fwd,
-            "LANE_SUMS": int(config.lane_sums), "STAGED_FWD": int(config.staged_fwd)}
+            "LANE_SUMS": int(config.lane_sums), "STAGED_FWD": staged}
 
 
 BACKWARD_MAXNREG = 168
@@ -222,12 +227,41 @@ def _compiled_for_nvidia() -> bool:
     return not triton_interpreted() and torch.version.hip is None
 
 
-def staged_forward(cfg: dict, time_vec: int, n: int) -> bool:
-    """Whether the forward runs `fusion.ssm_staged`'s kernel: asked for
-    (`ScanConfig.staged_fwd`), on time-contiguous tensors whose rows and channels start on
-    16 bytes (`_time_vec` 8), with 16 states, one warp per 16 channels, compiled for NVIDIA
-    GPUs (Gluon has no interpreter). Elsewhere the Triton forward runs, as without it."""
-    return (bool(cfg["STAGED_FWD"]) and time_vec == 8 and n == 16 and cfg["BLOCK_N"] == 16
+GLUON_TRITON = "3.6."
+"""The Triton release whose Gluon `fusion.ssm_staged` is written for and was tested with."""
+
+
+def gluon_ready() -> bool:
+    """Whether the default config takes the staged forward (`GLUON_READY`): this Triton is
+    `GLUON_TRITON` and has Gluon. Gluon is experimental and changes between releases, so on
+    another one the forward stays Triton's unless `ScanConfig(staged_fwd=True)` asks for it."""
+    try:
+        found = importlib.util.find_spec("triton.experimental.gluon") is not None
+    except ModuleNotFoundError:  # no triton.experimental either
+        found = False
+    return found and triton.__version__.startswith(GLUON_TRITON)
+
+
+GLUON_READY = gluon_ready()
+"""`gluon_ready()` at import: `scan_config` runs inside `torch.compile`d code, where a module
+lookup would not trace."""
+
+
+STAGED_ASKED, STAGED_DEFAULT = 1, 2
+"""`scan_config`'s "STAGED_FWD": 0 never, 1 asked for (`ScanConfig.staged_fwd=True`), 2 the
+default where Gluon is ready: not with per-row lengths, where it was slower on the H200
+(fwd 0.89 vs 0.58 ms at L = 256, 3.25 vs 2.30 at 1024; scan_len_h200_s18.md)."""
+
+
+def staged_forward(cfg: dict, time_vec: int, n: int, ragged: bool) -> bool:
+    """Whether the forward runs `fusion.ssm_staged`'s kernel: asked for, or by default on
+    calls without per-row lengths (`STAGED_DEFAULT`); on time-contiguous tensors whose rows
+    and channels start on 16 bytes (`_time_vec` 8), with 16 states, one warp per 16
+    channels, compiled for NVIDIA GPUs (Gluon has no interpreter). Elsewhere the Triton
+    forward runs, as without it."""
+    wanted = cfg["STAGED_FWD"] == STAGED_ASKED or (cfg["STAGED_FWD"] == STAGED_DEFAULT
+                                                    and not ragged)
+    return (wanted and time_vec == 8 and n == 16 and cfg["BLOCK_N"] == 16
             and cfg["BLOCK_D_FWD"] == 16 * cfg["WARPS_FWD"] and _compiled_for_nvidia())
 
 
@@ -864,7 +898,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     tv = max(time_vec, 1)
     grid = (b, triton.cdiv(d, cfg["BLOCK_D_FWD"]))
     cap = None if triton_interpreted() else cfg["MAXNREG_FWD"]
-    if staged_forward(cfg, time_vec, n):
+    if staged_forward(cfg, time_vec, n, ragged=lengths is not None):
         try:  # Gluon: imported only when asked for
             from fusion import ssm_staged
         except ImportError as error:

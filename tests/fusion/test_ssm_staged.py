@@ -58,22 +58,28 @@ def test_the_staging_layout_loads_whole_lines_once(warps):
 
 def test_the_staged_forward_only_where_it_applies(monkeypatch):
     """Asked for, on 16-byte-aligned time-contiguous tensors with 16 states and a warp per 16
-    channels; not under Triton's interpreter (Gluon has none), not by default."""
+    channels; by default only without per-row lengths; not under Triton's interpreter
+    (Gluon has none), not when turned off."""
     pytest.importorskip("triton")
     from fusion import ssm_triton
     from fusion.ssm_triton import ScanConfig, scan_config, staged_forward
 
     on = scan_config(256, 1536, 16, ScanConfig(staged_fwd=True), time_unit=True)
     monkeypatch.setattr(ssm_triton, "triton_interpreted", lambda: False)
-    assert staged_forward(on, 8, 16)
-    assert not staged_forward(scan_config(256, 1536, 16, time_unit=True), 8, 16)
-    assert not staged_forward(on, 4, 16)  # rows not on 16 bytes
-    assert not staged_forward(on, 0, 16)  # channels-last views
-    assert not staged_forward(on, 8, 12)
+    assert staged_forward(on, 8, 16, ragged=False) and staged_forward(on, 8, 16, ragged=True)
+    monkeypatch.setattr(ssm_triton, "GLUON_READY", True)
+    default = scan_config(256, 1536, 16, time_unit=True)
+    assert staged_forward(default, 8, 16, ragged=False)
+    assert not staged_forward(default, 8, 16, ragged=True)  # slower with lengths
+    off = scan_config(256, 1536, 16, ScanConfig(staged_fwd=False), time_unit=True)
+    assert not staged_forward(off, 8, 16, ragged=False)
+    assert not staged_forward(on, 4, 16, ragged=False)  # rows not on 16 bytes
+    assert not staged_forward(on, 0, 16, ragged=False)  # channels-last views
+    assert not staged_forward(on, 8, 12, ragged=False)
     lanes = scan_config(256, 1536, 16, ScanConfig(staged_fwd=True, block_d_fwd=16), True)
-    assert not staged_forward(lanes, 8, 16)  # 16 channels on 2 warps: not its layout
+    assert not staged_forward(lanes, 8, 16, ragged=False)  # 16 channels on 2 warps
     monkeypatch.setattr(ssm_triton, "triton_interpreted", lambda: True)
-    assert not staged_forward(on, 8, 16)
+    assert not staged_forward(on, 8, 16, ragged=False)
 
 
 def test_the_staged_forward_compiles_for_sm90_reading_u_and_delta_from_shared_memory(tmp_path):
@@ -129,11 +135,41 @@ def test_the_staged_forward_matches_the_triton_forward(b, d, L, lengths, options
     y, grads = run_and_grads(selective_scan_triton, inputs,
                              config=ScanConfig(staged_fwd=True), **kwargs)
     assert len(launched) == 1
-    y_ref, grads_ref = run_and_grads(selective_scan_triton, inputs, **kwargs)
+    y_ref, grads_ref = run_and_grads(selective_scan_triton, inputs,
+                                     config=ScanConfig(staged_fwd=False), **kwargs)
     assert len(launched) == 1
     tol = TOL[dtype]  # bf16 / fp16 outputs may differ by a rounding step
     assert_close(y.float(), y_ref.float(), tol)
     grads_equal(grads, grads_ref, tol)
+
+
+@pytest.mark.parametrize(("version", "has_gluon", "ready"), [
+    ("3.6.0", True, True), ("3.6.1+git1234", True, True),
+    ("3.5.1", True, False), ("3.7.0", True, False), ("3.6.0", False, False),
+])
+def test_the_default_takes_it_only_on_the_triton_it_was_written_for(monkeypatch, version,
+                                                                     has_gluon, ready):
+    """`staged_fwd=None` (the default) means Triton 3.6 with Gluon (`GLUON_READY`); True and
+    False are kept as asked, whatever the Triton."""
+    triton = pytest.importorskip("triton")
+    import importlib.util
+
+    from fusion import ssm_triton
+    from fusion.ssm_triton import ScanConfig, scan_config
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(triton, "__version__", version)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        find_spec(name, *a) if has_gluon or "gluon" not in name else None))
+    assert ssm_triton.gluon_ready() is ready
+    assert ScanConfig().staged_fwd is None
+    for default in (True, False):
+        monkeypatch.setattr(ssm_triton, "GLUON_READY", default)
+        cfg = scan_config(256, 1536, 16, time_unit=True)
+        assert cfg["STAGED_FWD"] == (ssm_triton.STAGED_DEFAULT if default else 0)
+        for asked in (True, False):
+            cfg = scan_config(256, 1536, 16, ScanConfig(staged_fwd=asked), time_unit=True)
+            assert cfg["STAGED_FWD"] == (ssm_triton.STAGED_ASKED if asked else 0)
 
 
 def test_asking_for_it_without_gluon_names_the_fix(monkeypatch):
