@@ -76,9 +76,9 @@ class SassConfig:
     ptxas (None: Triton's choice forward, `backward_maxnreg` backward)."""
     lane_sums: bool = True
     """As `ScanConfig.lane_sums`: the backward's sums over channels in PTX where it can."""
-    staged_fwd: bool = False
+    staged_fwd: bool | None = None
     """As `ScanConfig.staged_fwd`: the forward from `fusion.ssm_staged` (Gluon) where it
-    applies (`--layout contiguous`)."""
+    applies (`--layout contiguous`; by default where Gluon is ready, `GLUON_READY`)."""
     has_d: bool = True
     has_z: bool = True
     has_bias: bool = True
@@ -123,7 +123,7 @@ def recorded_launches(c: SassConfig) -> list[tuple[str, object, tuple, dict]]:
     with contextlib.ExitStack() as stack:
         recorders = stack.enter_context(recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")))
         stack.enter_context(recording(sums, ("_sum_middle_kernel",)))
-        if c.staged_fwd:
+        if c.staged_fwd or (c.staged_fwd is None and st.GLUON_READY):
             from fusion import ssm_staged
 
             recorders |= stack.enter_context(recording(ssm_staged, ("scan_fwd_staged_kernel",)))

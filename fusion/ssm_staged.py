@@ -75,10 +75,11 @@ def scan_fwd_staged_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_LEN: gl.constexpr, STORE_STATES: gl.constexpr, BC_VEC: gl.constexpr,
     VEC: gl.constexpr, CKPT_T: gl.constexpr, WARPS: gl.constexpr, STAGE: gl.constexpr,
+    BC_STEP: gl.constexpr,
 ):
     """`fusion.ssm_triton._scan_fwd_kernel`'s outputs and arguments (u, Δ, z, y with unit
     time stride, their row and channel strides in VEC elements; 16 states) for 16 x WARPS
-    channels a program, STAGE = `staging_layout(WARPS)`."""
+    channels a program, STAGE = `staging_layout(WARPS)`; BC_STEP as `ssm_triton._bc_step`."""
     BLOCK_D: gl.constexpr = 16 * WARPS
     # (channels, 2 state groups, 8 states): lane l channel l // 2, group l % 2
     S: gl.constexpr = gl.BlockedLayout([1, 1, 8], [16, 2, 1], [WARPS, 1, 1], [2, 1, 0])
@@ -155,9 +156,13 @@ def scan_fwd_staged_kernel(
                         at = at & (t0 % CKPT_T == 0)
                     gl.store(state_ptr + row * s_hb + d3 * s_hd + ((t0 + k) // CKPT_T) * s_hc
                              + n3 * s_hn, h, mask=at)
-                t_bc = gl.minimum(t0 + k, length - 1)  # past the length Δ is 0 (ssm_triton)
-                Bt = _f32(gl.load(b_row + t_bc * (s_bl * BC_VEC) + n_offs))
-                Ct = _f32(gl.load(c_row + t_bc * (s_cl * BC_VEC) + n_offs))
+                if BC_STEP > 0:  # an immediate offset from the chunk's first step
+                    Bt = _f32(gl.load(b_row + (t0 + k) * BC_STEP + n_offs))
+                    Ct = _f32(gl.load(c_row + (t0 + k) * BC_STEP + n_offs))
+                else:
+                    t_bc = gl.minimum(t0 + k, length - 1)  # past the length Δ is 0
+                    Bt = _f32(gl.load(b_row + t_bc * (s_bl * BC_VEC) + n_offs))
+                    Ct = _f32(gl.load(c_row + t_bc * (s_cl * BC_VEC) + n_offs))
                 dt_k = _channel(_pick(dt, steps, k))
                 dtu_k = _channel(_pick(dtu, steps, k))
                 h = gl.exp2(dt_k * A2) * h + dtu_k * gl.expand_dims(Bt, 0)

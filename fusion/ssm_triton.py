@@ -507,6 +507,16 @@ def _load_bc(row_ptr, n_offs, t, s_l, VEC: tl.constexpr, mask, EVEN_N: tl.conste
     return _f32(tl.load(ptr, mask=mask, other=0.0), PLAIN)
 
 
+@triton.jit
+def _bc_at(row_ptr, n_offs, t0, k: tl.constexpr, length, s_l, VEC: tl.constexpr, mask,
+           EVEN_N: tl.constexpr, BC_STEP: tl.constexpr):
+    """B_t or C_t at step t0 + k of a chunk: with BC_STEP (`_bc_step`) the step is an
+    immediate offset from the chunk's first; else clamped to the row's length (`_load_bc`)."""
+    if BC_STEP > 0:
+        return _f32(tl.load(row_ptr + t0 * BC_STEP + n_offs + k * BC_STEP), False)
+    return _load_bc(row_ptr, n_offs, tl.minimum(t0 + k, length - 1), s_l, VEC, mask, EVEN_N)
+
+
 @triton.jit(do_not_specialize=_FWD_STRIDES)
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, y_ptr, state_ptr,
@@ -517,10 +527,10 @@ def _scan_fwd_kernel(
     HAS_LEN: tl.constexpr, STORE_STATES: tl.constexpr, BC_VEC: tl.constexpr,
     VEC: tl.constexpr, TIME_UNIT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
-    EVEN_N: tl.constexpr,
+    EVEN_N: tl.constexpr, BC_STEP: tl.constexpr,
 ):
     """y (b, d, L) and the state entering every CKPT_T steps (b, d, L / CKPT_T, n), a power
-    of two: several a chunk, or one every CKPT_T / BLOCK_T chunks.
+    of two: several a chunk, or one every CKPT_T / BLOCK_T chunks. BC_STEP: `_bc_step`.
 
     On time-contiguous tensors (TIME_UNIT) B, C and the tiles load as before the sixteenth
     session (masked past the length, converted by `.to`): with the leaner loads of
@@ -577,9 +587,8 @@ def _scan_fwd_kernel(
                 Bt = _load_bc(b_row, n_offs, t0 + k, s_bl, BC_VEC, bc_mask, False, True)
                 Ct = _load_bc(c_row, n_offs, t0 + k, s_cl, BC_VEC, bc_mask, False, True)
             else:
-                t_bc = tl.minimum(t0 + k, length - 1)  # past the length: Δ is 0 (`_load_bc`)
-                Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
-                Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
+                Bt = _bc_at(b_row, n_offs, t0, k, length, s_bl, BC_VEC, n_mask, EVEN_N, BC_STEP)
+                Ct = _bc_at(c_row, n_offs, t0, k, length, s_cl, BC_VEC, n_mask, EVEN_N, BC_STEP)
             h = _update(h, dt, dtu, t_loc, k, A2, Bt, False)
             y = _put(y, t_loc, k, tl.sum(h * Ct[None, :], axis=1))
         if HAS_D:
@@ -626,11 +635,12 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LEN: tl.constexpr, BC_VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, CKPT_T: tl.constexpr,
-    NL: tl.constexpr, LANE_SUMS: tl.constexpr, EVEN_N: tl.constexpr,
+    NL: tl.constexpr, LANE_SUMS: tl.constexpr, EVEN_N: tl.constexpr, BC_STEP: tl.constexpr,
+    P_STEP: tl.constexpr,
 ):
     """du, ddelta, dz (b, d, L) with strides s_o*; per-row dA (b, d, n), dD and dbias (b, d)
     (rows s_rb apart); dB, dC partial sums over this program's channels (b, d-blocks, n, L),
-    strides s_p*."""
+    strides s_p*, the step stride compiled in (P_STEP = s_pl). BC_STEP: `_bc_step`."""
     row = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     d_offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -696,15 +706,15 @@ def _scan_bwd_kernel(
         hs = ()
         y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T):
-            t_bc = tl.minimum(t0 + k, length - 1)  # past the length: Δ is 0 (`_load_bc`)
-            Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
+            Bt = _bc_at(b_row, n_offs, t0, k, length, s_bl, BC_VEC, n_mask, EVEN_N, BC_STEP)
             ah = tl.exp2(_col(dt, t_loc, k)[:, None, None] * A2) * h  # a_t h_{t-1}
             h = ah + _col(dtu, t_loc, k)[:, None, None] * Bt[None]
             hs = hs + (ah,)  # what the adjoint needs, rather than h_t
-            _store_sum(dC_ptr + p_row + (t0 + k) * s_pl, h * _col(gyz, t_loc, k)[:, None, None],
-                       s_pn, n_offs, n, t0 + k < length, LANE_SUMS, NL)
+            _store_sum(dC_ptr + p_row + t0 * P_STEP + k * P_STEP,
+                       h * _col(gyz, t_loc, k)[:, None, None], s_pn, n_offs, n, t0 + k < length,
+                       LANE_SUMS, NL)
             if HAS_Z:
-                Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
+                Ct = _bc_at(c_row, n_offs, t0, k, length, s_cl, BC_VEC, n_mask, EVEN_N, BC_STEP)
                 y = _put(y, t_loc, k, _sum_states(h * Ct[None]))
         out_offs = o_row + _dt_offs(d_offs, t_offs, s_od, s_ol, 1, False)
         if HAS_Z:
@@ -716,9 +726,8 @@ def _scan_bwd_kernel(
         du = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         ddt = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(BLOCK_T - 1, -1, -1):
-            t_bc = tl.minimum(t0 + k, length - 1)
-            Bt = _load_bc(b_row, n_offs, t_bc, s_bl, BC_VEC, n_mask, EVEN_N)
-            Ct = _load_bc(c_row, n_offs, t_bc, s_cl, BC_VEC, n_mask, EVEN_N)
+            Bt = _bc_at(b_row, n_offs, t0, k, length, s_bl, BC_VEC, n_mask, EVEN_N, BC_STEP)
+            Ct = _bc_at(c_row, n_offs, t0, k, length, s_cl, BC_VEC, n_mask, EVEN_N, BC_STEP)
             dt_k = _col(dt, t_loc, k)
             dtu_k = _col(dtu, t_loc, k)
             g = _col(gyz, t_loc, k)[:, None, None] * Ct[None] + g_next
@@ -728,8 +737,8 @@ def _scan_bwd_kernel(
             g_ah = g * hs[k]
             ddt = _put(ddt, t_loc, k, gB * _col(u, t_loc, k) + _sum_states(g_ah * A))
             dA_acc += g_ah * dt_k[:, None, None]
-            _store_sum(dB_ptr + p_row + (t0 + k) * s_pl, g * dtu_k[:, None, None], s_pn, n_offs,
-                       n, t0 + k < length, LANE_SUMS, NL)
+            _store_sum(dB_ptr + p_row + t0 * P_STEP + k * P_STEP, g * dtu_k[:, None, None], s_pn,
+                       n_offs, n, t0 + k < length, LANE_SUMS, NL)
             g_next = tl.exp2(dt_k[:, None, None] * A2) * g
         if HAS_D:
             du += gyz * Dv[:, None]
@@ -836,6 +845,19 @@ def _strides_vec(t: Tensor | None, vec: int) -> tuple[int, int, int]:
     return t.stride(0) // vec, t.stride(1) // vec, t.stride(2)
 
 
+def _bc_step(B: Tensor, C: Tensor, lengths: Tensor | None, L: int, chunk: int,
+             even_n: bool) -> int:
+    """B and C's step stride in elements, compiled into a launch so that a chunk's steps load
+    at immediate offsets from its first, without a clamp and a 64-bit address a step (sm_90
+    chunk loops: the staged forward 664 -> 599 instructions, the backward 1334 -> 1283 with
+    P_STEP; `scan_sass.py`), where that is safe: no per-row lengths (past a row's length the
+    clamp reads its last step, the padding after it may not be finite and would reach the
+    gradients through Δ = 0), every chunk inside L, B and C with one step stride and no
+    padded states (`EVEN_N`). 0: the clamped loads (`_load_bc`)."""
+    safe = lengths is None and L % chunk == 0 and B.stride(2) == C.stride(2) and even_n
+    return B.stride(2) if safe else 0
+
+
 def _strides_bc(t: Tensor, vec: int) -> tuple[int, int]:
     """Row and step strides of B or C in units of `vec` elements (`_bc_vec`; their state
     stride is 1: `_check_states_unit`)."""
@@ -909,12 +931,14 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
         kernel, extra = ssm_staged.scan_fwd_staged_kernel, {
             "CKPT_T": cfg["CKPT_T"], "WARPS": cfg["WARPS_FWD"],
-            "STAGE": ssm_staged.staging_layout(cfg["WARPS_FWD"])}
+            "STAGE": ssm_staged.staging_layout(cfg["WARPS_FWD"]),
+            "BC_STEP": _bc_step(B, C, lengths, L, ssm_staged.CHUNK, n == cfg["BLOCK_N"])}
     else:
         kernel, extra = _scan_fwd_kernel, {
             "TIME_UNIT": time_vec > 0, "BLOCK_D": cfg["BLOCK_D_FWD"],
             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_T": cfg["BLOCK_T"], "CKPT_T": cfg["CKPT_T"],
-            "EVEN_N": n == cfg["BLOCK_N"]}
+            "EVEN_N": n == cfg["BLOCK_N"],
+            "BC_STEP": _bc_step(B, C, lengths, L, cfg["BLOCK_T"], n == cfg["BLOCK_N"])}
     kernel[grid](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
@@ -986,7 +1010,8 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         SOFTPLUS=softplus, HAS_LEN=lengths is not None, BC_VEC=vec,
         BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=cfg["BLOCK_T_BWD"],
         CKPT_T=cfg["CKPT_T"], NL=min(cfg["BLOCK_N"], 8), LANE_SUMS=lane, EVEN_N=n == cfg["BLOCK_N"],
-        num_warps=cfg["WARPS_BWD"],
+        BC_STEP=_bc_step(B, C, lengths, L, cfg["BLOCK_T_BWD"], n == cfg["BLOCK_N"]),
+        P_STEP=dB.stride(3), num_warps=cfg["WARPS_BWD"],
         **options,
     )
     # once a compiled kernel (None: a launch recorded, not run, as benchmarks/scan_sass.py does)

@@ -7,7 +7,13 @@ import pytest
 
 def test_times_the_eager_path_and_the_operators(tmp_path):
     pytest.importorskip("triton")
+    import torch
+
     from benchmarks import scan_host
+    from fusion.backends import triton_interpreted
+
+    if not (torch.cuda.is_available() or triton_interpreted()):
+        pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 
     out = scan_host.main(["--repeats", "2", "--warmup", "1", "--out", str(tmp_path / "host")])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]

@@ -487,6 +487,21 @@ def run_ptx_on_a_warp(asm: str, inputs):
     return np.array([[r[f"${j}"] for j in range(k)] for r in regs])
 
 
+def test_b_and_c_steps_compiled_in_only_where_no_clamp_is_needed():
+    """`_bc_step`: B and C's step stride when every chunk lies inside L, no row has a length
+    (past one, the clamp keeps the padding out), both share it and no state is padded."""
+    needs_triton()
+    from fusion.ssm_triton import _bc_step
+
+    bc = torch.zeros(2, 256, 48, dtype=torch.bfloat16)  # (b, L, 16 + 2n), n = 16
+    B, C = bc[..., 16:32].transpose(1, 2), bc[..., 32:].transpose(1, 2)
+    assert _bc_step(B, C, None, 256, 8, even_n=True) == 48
+    assert _bc_step(B, C, torch.tensor([256, 100]), 256, 8, even_n=True) == 0
+    assert _bc_step(B[..., :250], C[..., :250], None, 250, 8, even_n=True) == 0
+    assert _bc_step(B, C.contiguous(), None, 256, 8, even_n=True) == 0  # step strides 48, 1
+    assert _bc_step(B, C, None, 256, 8, even_n=False) == 0
+
+
 def test_the_lane_sums_ptx_sums_each_state_over_the_16_channel_lanes():
     """`_lane_sum_asm` run lane by lane: lane l (channel l % 16, states 8 (l // 16) ..
     +7) ends with the sum over its 16 channel lanes of state 4 b3 + 2 b2 + b1 of its group
@@ -644,6 +659,40 @@ def test_strided_inputs_and_gradients():
     with torch.no_grad():
         y = selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, backend="triton")
     assert_close(y, results["torch"][0], 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["contiguous", "views"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_steps_compiled_in_equal_the_clamped_loads(layout, dtype, monkeypatch):
+    """A call without lengths (B and C's step stride compiled in, `_bc_step`) against the
+    same call with every row's length L (the clamped loads): y and every gradient, forward
+    (staged on (b, d, L) tensors, Triton's on views) and backward."""
+    needs_triton()
+    from fusion import ssm_triton
+    from fusion.ssm_triton import selective_scan_triton
+
+    steps = []
+    bc_step = ssm_triton._bc_step
+    monkeypatch.setattr(ssm_triton, "_bc_step", lambda *a, **k: steps.append(
+        bc_step(*a, **k)) or steps[-1])
+    b, d, n, L = 3, 96, 16, 136
+    inputs = cuda_inputs(b, d, n, L, dtype, seed=7, options=False)
+    if layout == "views":  # u, Δ channels-last; B and C slices of one (b, L, 2n) tensor
+        for name in ("u", "delta"):
+            inputs[name] = inputs[name].detach().transpose(1, 2).contiguous().transpose(1, 2)
+        bc = torch.cat([inputs["B"], inputs["C"]], 1).detach().transpose(1, 2).contiguous()
+        inputs["B"], inputs["C"] = bc[..., :n].transpose(1, 2), bc[..., n:].transpose(1, 2)
+        inputs = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+    inputs = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
+    y, grads = run_and_grads(selective_scan_triton, inputs)
+    assert steps and all(steps), steps
+    steps.clear()
+    full = torch.full((b,), L, device="cuda", dtype=torch.int32)
+    y_ref, grads_ref = run_and_grads(selective_scan_triton, inputs, lengths=full)
+    assert steps and not any(steps), steps
+    assert_close(y.float(), y_ref.float(), TOL[dtype])
+    grads_equal(grads, grads_ref, TOL[dtype])
 
 
 @pytest.mark.gpu
