@@ -53,7 +53,8 @@ class HeadCallsConfig:
     configs: tuple[str, ...] = ("",)
     calls: tuple[str, ...] = ()
     """Instead of the head's calls, `scan_backends.py` calls as `variant:L` (`head:1024`,
-    `head_views:256`; batch 128, d 1536, n 16, bf16): its table's rows, A/B'd in one run."""
+    `head_views:256`; batch 128, d 1536, n 16, bf16): its table's rows, A/B'd in one run;
+    `variant:L:ragged` adds per-row lengths uniform in [L/2, L] (seed 0)."""
     warmup_ms: float = 25.0
     rep_ms: float = 150.0
     """`triton.testing.do_bench` warm-up and repeat budgets per point."""
@@ -104,8 +105,10 @@ def record_calls(c: ProfileConfig, quick: bool) -> list[dict]:
 
 
 def backends_calls(specs: tuple[str, ...], quick: bool) -> list[dict]:
-    """`scan_backends.py`'s calls (`variant:L`), arguments by name (`--quick`: its CPU
-    sizes)."""
+    """`scan_backends.py`'s calls (`variant:L[:ragged]`), arguments by name (`--quick`: its
+    CPU sizes)."""
+    import torch
+
     from benchmarks.scan_backends import BenchConfig, make_inputs, scan_args
     from fusion.train import resolve_device
 
@@ -113,11 +116,19 @@ def backends_calls(specs: tuple[str, ...], quick: bool) -> list[dict]:
     config = BenchConfig(d_inner=32, d_state=4, dtype="fp32") if quick else BenchConfig()
     calls = []
     for spec in specs:
-        variant, _, length = spec.partition(":")
-        args = scan_args(make_inputs(config, 2 if quick else config.batch, int(length),
-                                     variant, device), variant)
+        variant, _, rest = spec.partition(":")
+        length, _, ragged = rest.partition(":")
+        if ragged not in ("", "ragged"):
+            raise SystemExit(f"--calls {spec}: expected variant:L or variant:L:ragged")
+        rows = 2 if quick else config.batch
+        args = scan_args(make_inputs(config, rows, int(length), variant, device), variant)
+        lengths = None
+        if ragged:  # rows of padded sequences, as the head's stacked branches have
+            lengths = torch.randint(int(length) // 2, int(length) + 1, (rows,),
+                                    generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.int32).to(device)
         calls.append({**{k: args.get(k) for k in ARGS[:8]},
-                      "delta_softplus": variant == "full", "lengths": None})
+                      "delta_softplus": variant == "full", "lengths": lengths})
     return calls
 
 
@@ -188,7 +199,10 @@ def measure(c: HeadCallsConfig) -> dict:
             rows.append(row)
             print(json.dumps(row), flush=True)
     shapes = [{k: [list(v.shape), list(v.stride()), str(v.dtype)] for k, v in call.items()
-               if hasattr(v, "stride") and k in ("u", "B", "z")} for call in calls]
+               if hasattr(v, "stride") and k in ("u", "B", "z")}
+              | ({} if call.get("lengths") is None else  # ragged rows: their length range
+                 {"lengths": [int(call["lengths"].min()), int(call["lengths"].max())]})
+              for call in calls]
     return {"device": device_name(), "calls": shapes, "rows": rows}
 
 

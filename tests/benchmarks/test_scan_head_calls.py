@@ -3,6 +3,8 @@ under Triton's interpreter (timings meaningless there; the recording and compari
 
 import json
 
+import pytest
+
 from tests.fusion.triton_interpreter import run_interpreted
 
 SCRIPT = """
@@ -38,7 +40,8 @@ from tests.fusion.triton_interpreter import patch_numpy_index
 patch_numpy_index()
 from benchmarks import scan_head_calls
 
-out = scan_head_calls.main(["--quick", "--calls", "head:16", "head_views:8", "--configs", "",
+out = scan_head_calls.main(["--quick", "--calls", "head:16", "head_views:8", "head:16:ragged",
+                            "--configs", "",
                             "block_d_fwd=16", "--out", {out!r}])
 print("RESULT", out.with_suffix(".json").read_text().replace(chr(10), " "), "RESULT")
 print("all cases match")
@@ -50,13 +53,23 @@ def test_times_scan_backends_calls_instead(tmp_path):
     channels-last for `head_views`), each call's time kept."""
     output = run_interpreted(BACKENDS_SCRIPT.format(out=str(tmp_path / "calls")))
     data = json.loads(output.split("RESULT")[1])
-    (head, views) = data["calls"]
-    assert head["u"][0] == [2, 32, 16] and head["u"][1][2] == 1
+    (head, views, ragged) = data["calls"]
+    assert head["u"][0] == [2, 32, 16] and head["u"][1][2] == 1 and "lengths" not in head
     assert views["u"][0] == [2, 32, 8] and views["u"][1][1] == 1
+    low, high = ragged["lengths"]  # per-row lengths in [L/2, L]
+    assert 8 <= low <= high <= 16
     for row in data["rows"]:
         assert row["status"] == "ok" and row["max_rel_err"] < 1e-5
-        assert len(row["fwd_ms_calls"]) == 2 and row["fwd_ms"] == sum(row["fwd_ms_calls"])
-    assert "`scan_backends.py` calls head:16, head_views:8" in (tmp_path / "calls.md").read_text()
+        assert len(row["fwd_ms_calls"]) == 3 and row["fwd_ms"] == sum(row["fwd_ms_calls"])
+    text = (tmp_path / "calls.md").read_text()
+    assert "`scan_backends.py` calls head:16, head_views:8, head:16:ragged" in text
+
+
+def test_a_call_spec_other_than_ragged_is_refused():
+    from benchmarks.scan_head_calls import backends_calls
+
+    with pytest.raises(SystemExit, match="head:16:padded: expected variant:L or variant:L:ragged"):
+        backends_calls(("head:16:padded",), quick=True)
 
 
 def test_configs_take_integers_and_flags():
