@@ -849,7 +849,7 @@ def _bc_step(B: Tensor, C: Tensor, lengths: Tensor | None, L: int, chunk: int,
              even_n: bool) -> int:
     """B and C's step stride in elements, compiled into a launch so that a chunk's steps load
     at immediate offsets from its first, without a clamp and a 64-bit address a step (sm_90
-    chunk loops: the staged forward 664 -> 599 instructions, the backward 1334 -> 1283 with
+    chunk loops: the staged forward 664 -> 593 instructions, the backward 1334 -> 1283 with
     P_STEP; `scan_sass.py`), where that is safe: no per-row lengths (past a row's length the
     clamp reads its last step, the padding after it may not be finite and would reach the
     gradients through Δ = 0), every chunk inside L, B and C with one step stride and no
