@@ -237,7 +237,7 @@ def gluon_ready() -> bool:
     another one the forward stays Triton's unless `ScanConfig(staged_fwd=True)` asks for it."""
     try:
         found = importlib.util.find_spec("triton.experimental.gluon") is not None
-    except ModuleNotFoundError:  # no triton.experimental either
+    except ImportError:  # no triton.experimental either, or one that fails to import
         found = False
     return found and triton.__version__.startswith(GLUON_TRITON)
 
