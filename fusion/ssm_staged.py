@@ -9,14 +9,21 @@ another without its own choice of conversions; Gluon (Triton's explicit-layout d
 can. Here every 64 steps the program loads its channels' u and Δ as whole lines (8 lanes a
 channel's 128 bytes, `staging_layout`) into shared memory, and each 8-step chunk reads its
 steps from there, a lane pair a channel, all 8 steps in each lane (a step is a register
-pick). B and C, the states stored for the backward and y are as in `ssm_triton`'s kernel.
+pick). The block's B and C go to shared memory too, widened to float32 once for all the
+program's channels (a step clamped to the row's length as it is staged); each step then
+reads its 16 states from there (two 16-byte reads a lane, the same for every channel),
+where each lane had loaded and widened them itself. The states stored for the backward and y
+are as in `ssm_triton`'s kernel.
 
 Measured on the H200 against that kernel, same process (`python benchmarks/scan_head_calls.py
 --calls head:256 --modules <5ac9a7c copy> <staged copy>`, scan_staged3_*_h200_s17.md): forward
 0.40 vs 0.47 ms at L = 256 and 1.56 vs 1.92 at L = 1024; fwd+bwd 2.61 vs 2.68 and 10.32 vs
-10.64. Taken only where it applies (`fusion.ssm_triton.staged_forward`): 16 states, unit time
-stride and 16-byte aligned rows. Not under Triton's interpreter (Gluon has none): the CPU
-tests compile it for sm_90 instead.
+10.64. B and C in shared memory (nineteenth session, `--calls head:256 head:1024 head:4096
+--modules <1af9772 copy> fusion.ssm_triton`, scan_bcsmem_h200_s19b.md): forward 7.06 vs 8.65
+ms summed over the three calls, 1.35 vs 1.56 at L = 1024 (scan_bcsmem_h200_s19.md); sm_90
+chunk loop 593 -> 476 instructions. Taken only where it applies
+(`fusion.ssm_triton.staged_forward`): 16 states, unit time stride and 16-byte aligned rows.
+Not under Triton's interpreter (Gluon has none): the CPU tests compile it for sm_90 instead.
 """
 
 from __future__ import annotations
@@ -75,11 +82,10 @@ def scan_fwd_staged_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     HAS_LEN: gl.constexpr, STORE_STATES: gl.constexpr, BC_VEC: gl.constexpr,
     VEC: gl.constexpr, CKPT_T: gl.constexpr, WARPS: gl.constexpr, STAGE: gl.constexpr,
-    BC_STEP: gl.constexpr,
 ):
     """`fusion.ssm_triton._scan_fwd_kernel`'s outputs and arguments (u, Δ, z, y with unit
     time stride, their row and channel strides in VEC elements; 16 states) for 16 x WARPS
-    channels a program, STAGE = `staging_layout(WARPS)`; BC_STEP as `ssm_triton._bc_step`."""
+    channels a program, STAGE = `staging_layout(WARPS)`."""
     BLOCK_D: gl.constexpr = 16 * WARPS
     # (channels, 2 state groups, 8 states): lane l channel l // 2, group l % 2
     S: gl.constexpr = gl.BlockedLayout([1, 1, 8], [16, 2, 1], [WARPS, 1, 1], [2, 1, 0])
@@ -122,6 +128,15 @@ def scan_fwd_staged_kernel(
     dt_smem = gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [STEPS * BLOCK_D, STEPS], SH)
     u_chunks = u_smem._reinterpret(u_ptr.dtype.element_ty, [STEPS, BLOCK_D, STEPS], SH)
     dt_chunks = dt_smem._reinterpret(delta_ptr.dtype.element_ty, [STEPS, BLOCK_D, STEPS], SH)
+    # B and C of a block's steps, widened to float32 once for all channels: (steps, 2, 8)
+    BCL: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [WARPS, 1], [1, 0])
+    bc_t = gl.expand_dims(gl.arange(0, STEPS * STEPS, layout=gl.SliceLayout(1, BCL)), 1)
+    bc_n = gl.expand_dims(gl.arange(0, 16, layout=gl.SliceLayout(0, BCL)), 0)
+    SH2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    b_smem = gl.allocate_shared_memory(gl.float32, [STEPS * STEPS, 16], SH2)
+    c_smem = gl.allocate_shared_memory(gl.float32, [STEPS * STEPS, 16], SH2)
+    b_steps = b_smem._reinterpret(gl.float32, [STEPS * STEPS, 2, 8], SH2)
+    c_steps = c_smem._reinterpret(gl.float32, [STEPS * STEPS, 2, 8], SH2)
     h = gl.zeros([BLOCK_D, 2, 8], gl.float32, layout=S)
     d2 = gl.expand_dims(dv, 1)
     n_chunks = gl.cdiv(length, STEPS)
@@ -132,9 +147,14 @@ def scan_fwd_staged_kernel(
                           other=0.0)
         dt_block = gl.load(dt_row + stage_d * (s_dd * VEC) + tb + stage_t, mask=stage_mask,
                            other=0.0)
+        bt = gl.minimum(tb + bc_t, length - 1)  # past the length Δ is 0 (ssm_triton)
+        b_block = _f32(gl.load(b_row + bt * (s_bl * BC_VEC) + bc_n))
+        c_block = _f32(gl.load(c_row + bt * (s_cl * BC_VEC) + bc_n))
         gl.thread_barrier()  # the last block's chunks have read theirs
         u_smem.store(u_block)
         dt_smem.store(dt_block)
+        b_smem.store(b_block)
+        c_smem.store(c_block)
         gl.thread_barrier()
         for c in range(0, gl.minimum(STEPS, n_chunks - block * STEPS)):
             t0 = tb + c * STEPS
@@ -156,13 +176,8 @@ def scan_fwd_staged_kernel(
                         at = at & (t0 % CKPT_T == 0)
                     gl.store(state_ptr + row * s_hb + d3 * s_hd + ((t0 + k) // CKPT_T) * s_hc
                              + n3 * s_hn, h, mask=at)
-                if BC_STEP > 0:  # an immediate offset from the chunk's first step
-                    Bt = _f32(gl.load(b_row + (t0 + k) * BC_STEP + n_offs))
-                    Ct = _f32(gl.load(c_row + (t0 + k) * BC_STEP + n_offs))
-                else:
-                    t_bc = gl.minimum(t0 + k, length - 1)  # past the length Δ is 0
-                    Bt = _f32(gl.load(b_row + t_bc * (s_bl * BC_VEC) + n_offs))
-                    Ct = _f32(gl.load(c_row + t_bc * (s_cl * BC_VEC) + n_offs))
+                Bt = b_steps.index(c * STEPS + k).load(N2)
+                Ct = c_steps.index(c * STEPS + k).load(N2)
                 dt_k = _channel(_pick(dt, steps, k))
                 dtu_k = _channel(_pick(dtu, steps, k))
                 h = gl.exp2(dt_k * A2) * h + dtu_k * gl.expand_dims(Bt, 0)

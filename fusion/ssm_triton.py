@@ -849,11 +849,12 @@ def _bc_step(B: Tensor, C: Tensor, lengths: Tensor | None, L: int, chunk: int,
              even_n: bool) -> int:
     """B and C's step stride in elements, compiled into a launch so that a chunk's steps load
     at immediate offsets from its first, without a clamp and a 64-bit address a step (sm_90
-    chunk loops: the staged forward 664 -> 593 instructions, the backward 1334 -> 1283 with
-    P_STEP; `scan_sass.py`), where that is safe: no per-row lengths (past a row's length the
-    clamp reads its last step, the padding after it may not be finite and would reach the
-    gradients through Δ = 0), every chunk inside L, B and C with one step stride and no
-    padded states (`EVEN_N`). 0: the clamped loads (`_load_bc`)."""
+    chunk loops: the backward 1334 -> 1283 instructions with P_STEP, the forward 1251 -> 1188
+    on views; `scan_sass.py`; the staged forward stages B and C instead), where that is safe:
+    no per-row lengths (past a row's length the clamp reads its last step, the padding after
+    it may not be finite and would reach the gradients through Δ = 0), every chunk inside L,
+    B and C with one step stride and no padded states (`EVEN_N`). 0: the clamped loads
+    (`_load_bc`)."""
     safe = lengths is None and L % chunk == 0 and B.stride(2) == C.stride(2) and even_n
     return B.stride(2) if safe else 0
 
@@ -931,8 +932,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
         kernel, extra = ssm_staged.scan_fwd_staged_kernel, {
             "CKPT_T": cfg["CKPT_T"], "WARPS": cfg["WARPS_FWD"],
-            "STAGE": ssm_staged.staging_layout(cfg["WARPS_FWD"]),
-            "BC_STEP": _bc_step(B, C, lengths, L, ssm_staged.CHUNK, n == cfg["BLOCK_N"])}
+            "STAGE": ssm_staged.staging_layout(cfg["WARPS_FWD"])}
     else:
         kernel, extra = _scan_fwd_kernel, {
             "TIME_UNIT": time_vec > 0, "BLOCK_D": cfg["BLOCK_D_FWD"],

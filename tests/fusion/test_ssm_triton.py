@@ -667,7 +667,8 @@ def test_strided_inputs_and_gradients():
 def test_steps_compiled_in_equal_the_clamped_loads(layout, dtype, monkeypatch):
     """A call without lengths (B and C's step stride compiled in, `_bc_step`) against the
     same call with every row's length L (the clamped loads): y and every gradient, forward
-    (staged on (b, d, L) tensors, Triton's on views) and backward."""
+    (on (b, d, L) tensors the staged one without lengths, which stages B and C clamped
+    instead; Triton's on views) and backward."""
     needs_triton()
     from fusion import ssm_triton
     from fusion.ssm_triton import selective_scan_triton
