@@ -208,14 +208,33 @@ def timed(step: Callable[[], None], device: torch.device, config: BenchConfig,
             end.record()
         torch.cuda.synchronize(device)
         times = [begin.elapsed_time(end) for begin, end in events]
+        gpu = {"gpu_ms": gpu_ms(step, device, min(reps, 10))}
     else:
+        gpu = {}
         times = []
         for _ in range(reps):
             start = time.perf_counter()
             step()
             times.append(1e3 * (time.perf_counter() - start))
     return {"ms": statistics.median(times), "ms_min": min(times), "steps": reps,
-            "first_ms": 1e3 * first}
+            "first_ms": 1e3 * first, **gpu}
+
+
+def gpu_ms(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    """The GPU's own time a step: the durations of every kernel, copy and memset it runs
+    (torch.profiler), summed. Where a step is host-bound (short sequences: the Python around
+    the launches takes longer than the kernels), the events' time is the host's, and moved
+    by up to 40 % between runs of the same kernels on the H200's hosts (issue18_status.md,
+    nineteenth session); this one is the kernels'."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    busy = sum(e.device_time for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return busy / steps / 1e3
 
 
 def sync(device: torch.device) -> None:
@@ -416,7 +435,10 @@ def markdown(data: dict) -> str:
              f"{', '.join(meta['available'])}. Median ms per step (CUDA events on the GPU, "
              "after warm-up). "
              "`fwd`: forward with inputs that require grad; `fwd_bwd`: forward + backward. "
-             "Goal: triton <= 0.5x mamba_ssm at L <= 256, <= 1x at every L.", ""]
+             "Goal: triton <= 0.5x mamba_ssm at L <= 256, <= 1x at every L. `GPU ms`: the "
+             "GPU's own time a step, its kernels' durations summed (torch.profiler; `gpu_ms`); "
+             "`host-bound`: a triton step whose events' time is over 1.5x that, so the host's "
+             "Python between launches, not the kernels, set it.", ""]
     if meta.get("stage", "complete") != "complete":
         lines += [f"**Partial results**: the run stopped at stage `{meta['stage']}` after "
                   f"{meta.get('elapsed_s')} s.", ""]
@@ -429,6 +451,11 @@ def markdown(data: dict) -> str:
         return (r["ms"], fmt(r["ms"])) if r["status"] == "ok" else (None,
                                                                     r["status"].split(":")[0])
 
+    def gpu(variant, backend, length, mode):
+        return next((r.get("gpu_ms") for r in results if r["status"] == "ok" and (
+            r["variant"], r["backend"], r["seq_len"], r["mode"]) == (variant, backend, length,
+                                                                     mode)), None)
+
     backends = list(dict.fromkeys(r["backend"] for r in results))
     for variant in dict.fromkeys(r["variant"] for r in results):
         what = {"head": "the Mamba head's call: u, Δ (softplus'd), A, B, C; (b, d, L) tensors",
@@ -438,20 +465,24 @@ def markdown(data: dict) -> str:
                 }.get(variant, "all options: D, z gate, delta_bias, softplus")
         lines += [f"## `{variant}` variant ({what})", "",
                   "| L | mode | " + " | ".join(backends) +
-                  " | triton / mamba_ssm | triton / torch | goal met |",
-                  "|---" * (len(backends) + 5) + "|"]
+                  " | triton / mamba_ssm | triton / torch | goal met | GPU ms triton | "
+                  "GPU ms mamba_ssm | GPU triton / mamba_ssm | goal met, GPU time |",
+                  "|---" * (len(backends) + 9) + "|"]
         for length in dict.fromkeys(r["seq_len"] for r in results if r["variant"] == variant):
             for mode in ("fwd", "fwd_bwd"):
                 cells = {b: ms(variant, b, length, mode) for b in backends}
                 t = cells.get("triton", (None, ""))[0]
                 m = cells.get("mamba_ssm", (None, ""))[0]
-                goal = ""
-                if t is not None and m is not None:
-                    limit = 0.5 if length <= 256 else 1.0
-                    goal = "" if limit is None else ("yes" if t <= limit * m else "NO")
+                limit = 0.5 if length <= 256 else 1.0
+                goal = "" if t is None or m is None else "yes" if t <= limit * m else "NO"
+                tg, mg = gpu(variant, "triton", length, mode), gpu(variant, "mamba_ssm",
+                                                                   length, mode)
+                goal_gpu = "" if tg is None or mg is None else "yes" if tg <= limit * mg else "NO"
+                if t is not None and tg and t > 1.5 * tg:
+                    goal += " (host-bound)"
                 lines.append(f"| {length} | {mode} | " + " | ".join(c[1] for c in cells.values())
                              + f" | {ratio(t, m)} | {ratio(t, cells.get('torch', (None,))[0])}"
-                             f" | {goal} |")
+                             f" | {goal} | {fmt(tg)} | {fmt(mg)} | {ratio(tg, mg)} | {goal_gpu} |")
         lines.append("")
     two = data.get("two_modality") or []
     if two:

@@ -5,12 +5,12 @@ the autograd and the operator dispatch alone, on any machine.
 
 Why (issue 18): at L <= 64 the scan table's rows are host-bound (the kernels take ~0.15 ms of a
 ~1.2 ms step), so the Python around the launches is what those rows measure. This replaces the
-Triton kernels (`fusion.ssm_triton`'s two, `fusion.partial_sums`') by recorders
-(`benchmarks.sass.recording`: a launch costs nothing) and times calls on small CPU tensors (b 2,
-d 16, n 16, L 16, bf16: their torch ops cost little), forward and forward + backward, in the
-head's channels-last views and on (b, d, L) tensors, through both paths the wrapper has: eager
-(`_EagerScan`, a plain autograd.Function) and the `torch.library` operators (what
-`torch.compile` runs; forced here by reporting `torch.compiler.is_compiling()` as true).
+Triton kernels (`fusion.ssm_triton`'s two, `fusion.ssm_staged`'s, `fusion.partial_sums`') by
+recorders (`benchmarks.sass.recording`: a launch costs nothing) and times calls on small CPU
+tensors (b 2, d 16, n 16, L 16, bf16: their torch ops cost little), forward and forward +
+backward, in the head's channels-last views and on (b, d, L) tensors, through both paths the
+wrapper has: eager (`_EagerScan`, a plain autograd.Function) and the `torch.library` operators
+(what `torch.compile` runs; forced here by reporting `torch.compiler.is_compiling()` as true).
 Median microseconds of `--repeats` calls after `--warmup`. A CPU's figures, not a GPU host's:
 compare the paths within one run. Results: `--out` .md/.json.
 """
@@ -90,8 +90,13 @@ def measure(c: ScanHostConfig) -> list[dict]:
     import fusion.partial_sums as sums
     import fusion.ssm_triton as st
 
+    staged = contextlib.nullcontext()
+    if st.GLUON_READY:  # the default forward on (b, d, L) tensors here: the staged one
+        from fusion import ssm_staged
+
+        staged = recording(ssm_staged, ("scan_fwd_staged_kernel",))
     with recording(st, ("_scan_fwd_kernel", "_scan_bwd_kernel")), recording(
-            sums, ("_sum_middle_kernel",)):
+            sums, ("_sum_middle_kernel",)), staged:
         return [time_path(path, layout, backward, c) for layout in ("views", "contiguous")
                 for backward in (False, True) for path in ("eager", "operators")]
 

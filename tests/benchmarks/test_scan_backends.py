@@ -45,3 +45,22 @@ def test_the_triton_config_option_sets_the_backends_default(monkeypatch):
     assert ssm_triton.DEFAULT_CONFIG is config
     assert config == ssm_triton.ScanConfig(staged_fwd=True, block_t=4)
     assert ssm_triton.scan_config(256, 1536, 16, time_unit=True)["STAGED_FWD"] == 1
+
+
+def test_the_table_judges_gpu_time_apart_and_flags_host_bound_rows():
+    """A triton step whose events' time is over 1.5x its kernels' is marked host-bound; the
+    goal is judged on the events' time and, in its own column, on the GPU's."""
+    from benchmarks.scan_backends import markdown
+
+    meta = {"device": "test", "command": "c", "batch": 2, "d_inner": 8, "d_state": 4,
+            "dtype": "bf16", "torch": "t", "triton": "t", "mamba_ssm": "m",
+            "available": ["triton", "mamba_ssm"]}
+    row = {"variant": "head", "seq_len": 16, "status": "ok"}
+    results = [{**row, "backend": "triton", "mode": "fwd_bwd", "ms": 1.5, "gpu_ms": 0.2},
+               {**row, "backend": "mamba_ssm", "mode": "fwd_bwd", "ms": 2.8, "gpu_ms": 2.8},
+               {**row, "backend": "triton", "mode": "fwd", "ms": 0.3, "gpu_ms": 0.25},
+               {**row, "backend": "mamba_ssm", "mode": "fwd", "ms": 0.8, "gpu_ms": 0.8}]
+    text = markdown({"meta": meta, "results": results})
+    assert ("| 16 | fwd_bwd | 1.500 | 2.800 | 0.54x |  | NO (host-bound) | 0.200 | 2.800 | "
+            "0.07x | yes |") in text
+    assert "| 16 | fwd | 0.300 | 0.800 | 0.37x |  | yes | 0.250 | 0.800 | 0.31x | yes |" in text
