@@ -28,6 +28,8 @@ Not under Triton's interpreter (Gluon has none): the CPU tests compile it for sm
 
 from __future__ import annotations
 
+import functools
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
@@ -200,6 +202,7 @@ def scan_fwd_staged_kernel(
             gl.store(y_row + d2 * (s_yd * VEC) + gl.expand_dims(t_offs, 0), zeros, mask=tail)
 
 
+@functools.cache  # built once: a launch's key hashes it, its construction cost 15 us
 def staging_layout(warps: int) -> gl.DistributedLinearLayout:
     """The layout of a staged block, (STEPS chunks x 16 warps channels, STEPS steps) with
     row = chunk * channels + channel: a lane's STEPS steps in registers (16 bytes in bf16);
