@@ -1,4 +1,4 @@
-"""Host microseconds of each Triton launch an eager scan forward + backward makes, three ways.
+"""Host microseconds of each Triton launch an eager scan forward + backward makes.
 
     python benchmarks/scan_launches.py             # writes benchmarks/results/scan_launches.*
 
@@ -6,9 +6,13 @@ Why (issue 18): at short lengths eager scan steps are host-bound, and each of th
 costs host time. This records the launches of one `scan_backends.py` call (`--call`, the
 `head` variant at L = 16 by default: its staged forward, backward and two partial sums), then
 times each, its recorded arguments replayed with the GPU kept busy (so the host never waits):
-`kernel[grid](...)` (Triton's `JITFunction.run`), `fusion.launch.launch` (its cache of
-compiled kernels, `fusion/launch.py`) and the compiled kernel's own launcher (the floor both
-call). Median over `--repeats` rounds of `--launches` launches each. GPU only.
+`kernel[grid](...)` (Triton's `JITFunction.run`: binding, specialisation, cache lookup) and
+the compiled kernel's own launcher (the floor it ends with). Median over `--repeats` rounds of
+`--launches` launches each. GPU only.
+
+A cache of compiled kernels keyed in Python on what Triton specialises on (`fusion/launch.py`
+in commit 6b4aad7) took 48 us for the backward's 57 (floor 13) and was taken out again:
+its key cost most of what it saved (scan_launches_h200_s19.md).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from features.config import cli  # noqa: E402
 
 @dataclass
 class LaunchesConfig:
-    """Host microseconds of the scan's Triton launches: Triton's path, ours, the floor."""
+    """Host microseconds of the scan's Triton launches: Triton's path and the floor."""
 
     call: str = "head:16"
     """A `scan_backends.py` call, `variant:L`."""
@@ -88,11 +92,9 @@ def measure(c: LaunchesConfig) -> list[dict]:
 
 def time_launch(name: str, kernel, args: tuple, grid: tuple, kwargs: dict,
                 c: LaunchesConfig) -> dict:
-    """One recorded launch timed three ways."""
+    """One recorded launch timed both ways."""
     from triton import knobs
     from triton.runtime.driver import driver
-
-    from fusion.launch import launch
 
     compiled = kernel[grid](*args, **kwargs)
     device = driver.active.get_current_device()
@@ -107,7 +109,6 @@ def time_launch(name: str, kernel, args: tuple, grid: tuple, kwargs: dict,
 
     return {"kernel": name, "arguments": len(bound),
             "triton_us": host_us(lambda: kernel[grid](*args, **kwargs), c),
-            "fusion_launch_us": host_us(lambda: launch(kernel, grid, *args, **kwargs), c),
             "compiled_launcher_us": host_us(floor, c)}
 
 
@@ -127,10 +128,10 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [f"# Host time of the scan's launches ({data['device']})", "",
              f"`{data['command']}`: the launches of one `{c.call}` forward + backward, "
              f"median host microseconds a launch over {c.repeats} rounds of {c.launches}.", "",
-             "| kernel | arguments | kernel[grid](...) | fusion.launch.launch | "
-             "compiled launcher |", "|---|---|---|---|---|"]
+             "| kernel | arguments | kernel[grid](...) | compiled launcher |",
+             "|---|---|---|---|"]
     lines += [f"| {r['kernel']} | {r['arguments']} | {r['triton_us']:.1f} | "
-              f"{r['fusion_launch_us']:.1f} | {r['compiled_launcher_us']:.1f} |" for r in rows]
+              f"{r['compiled_launcher_us']:.1f} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out

@@ -58,8 +58,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fusion.launch import launch
-
 
 @dataclass(frozen=True)
 class ConvConfig:
@@ -261,8 +259,7 @@ class _TritonTokenConv(torch.autograd.Function):
         y = torch.empty((b, L, d), dtype=out_dtype, device=x.device)
         block_l, block_d = _tiles(L, d, cfg.block_l_fwd, cfg.block_d)
         n_dblocks, n_lblocks = triton.cdiv(d, block_d), triton.cdiv(L, block_l)
-        launch(
-            _conv_fwd_kernel, (b * n_lblocks * n_dblocks,),
+        _conv_fwd_kernel[(b * n_lblocks * n_dblocks,)](
             x, weight, x if bias is None else bias, y,
             L, d, n_dblocks, n_lblocks,
             *x.stride(), weight.stride(0), weight.stride(2), *y.stride(),
@@ -292,8 +289,7 @@ class _TritonTokenConv(torch.autograd.Function):
         dw = torch.empty((b * n_chunks, k, d), dtype=torch.float32, device=dev)
         db = (torch.empty((b * n_chunks, d), dtype=torch.float32, device=dev)
               if bias is not None else dw)
-        launch(
-            _conv_grad_kernel, (b * n_chunks * n_dblocks,),
+        _conv_grad_kernel[(b * n_chunks * n_dblocks,)](
             x, weight, x if bias is None else bias, gy, g, dw, db,
             L, d, n_dblocks, n_chunks, n_lblocks, per_chunk,
             *x.stride(), weight.stride(0), weight.stride(2), *gy.stride(), *g.stride(),
@@ -307,8 +303,7 @@ class _TritonTokenConv(torch.autograd.Function):
         dx = torch.empty((b, L, d), dtype=x.dtype, device=dev)
         block_l, block_d = _tiles(L, d, cfg.block_l_fwd, cfg.block_d)
         n_dblocks, n_lblocks = triton.cdiv(d, block_d), triton.cdiv(L, block_l)
-        launch(
-            _conv_fwd_kernel, (b * n_lblocks * n_dblocks,),
+        _conv_fwd_kernel[(b * n_lblocks * n_dblocks,)](
             g, weight, g, dx,
             L, d, n_dblocks, n_lblocks,
             *g.stride(), weight.stride(0), weight.stride(2), *dx.stride(),

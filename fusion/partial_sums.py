@@ -21,8 +21,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fusion.launch import launch
-
 
 @triton.jit
 def _sum_middle_kernel(x_ptr, y_ptr, y2_ptr, y3_ptr, K, Q, N1, N2,
@@ -66,7 +64,6 @@ def sum_middle(x: Tensor, *outs: Tensor, tiles: tuple[int, int, int] | None = No
                          f"{tuple(x.shape)} sum")
     block_k, block_q, warps = tiles or ((64, 32, 4) if P < 64 else (16, 64, 2))
     y2, y3 = (outs + (outs[0],) * 2)[1:3]
-    launch(
-        _sum_middle_kernel, (P, triton.cdiv(Q, block_q)),
+    _sum_middle_kernel[(P, triton.cdiv(Q, block_q))](
         x, outs[0], y2, y3, K, Q, sizes[0], sizes[1] if len(sizes) > 1 else 0,
         NUM_OUT=len(outs), BLOCK_K=block_k, BLOCK_Q=block_q, num_warps=warps)

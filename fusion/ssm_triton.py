@@ -108,7 +108,6 @@ import triton.language as tl
 from torch import Tensor
 
 from fusion.backends import triton_interpreted
-from fusion.launch import launch
 from fusion.partial_sums import sum_middle
 
 LOG2E = math.log2(math.e)
@@ -940,8 +939,7 @@ def _scan_fwd_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
             "BLOCK_N": cfg["BLOCK_N"], "BLOCK_T": cfg["BLOCK_T"], "CKPT_T": cfg["CKPT_T"],
             "EVEN_N": n == cfg["BLOCK_N"],
             "BC_STEP": _bc_step(B, C, lengths, L, cfg["BLOCK_T"], n == cfg["BLOCK_N"])}
-    launch(
-        kernel, grid,
+    kernel[grid](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         y, states, L, d, n,
@@ -999,8 +997,7 @@ def _scan_bwd_impl(gy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
     cap = None if triton_interpreted() else backward_maxnreg(cfg)
     options = {} if cap is None else {"maxnreg": cap}
     lane = lane_sums(cfg)
-    compiled = launch(
-        _scan_bwd_kernel, (b, blocks),
+    compiled = _scan_bwd_kernel[(b, blocks)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, dummy if lengths is None else lengths,
         states, gy, du, ddelta, dummy if dz is None else dz, dA, dB, dC,

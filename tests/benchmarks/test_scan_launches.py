@@ -1,4 +1,4 @@
-"""benchmarks/scan_launches.py: the scan's launches, timed three ways (GPU only)."""
+"""benchmarks/scan_launches.py: the scan's launches, timed (GPU only)."""
 
 import pytest
 import torch
