@@ -443,18 +443,20 @@ def markdown(data: dict) -> str:
         lines += [f"**Partial results**: the run stopped at stage `{meta['stage']}` after "
                   f"{meta.get('elapsed_s')} s.", ""]
 
-    def ms(variant, backend, length, mode):
-        r = next((r for r in results if (r["variant"], r["backend"], r["seq_len"], r["mode"])
-                  == (variant, backend, length, mode)), None)
+    def record(variant, backend, length, mode):
+        return next((r for r in results if (r["variant"], r["backend"], r["seq_len"], r["mode"])
+                     == (variant, backend, length, mode)), None)
+
+    def ms(*key):
+        r = record(*key)
         if r is None:
             return None, ""
         return (r["ms"], fmt(r["ms"])) if r["status"] == "ok" else (None,
                                                                     r["status"].split(":")[0])
 
-    def gpu(variant, backend, length, mode):
-        return next((r.get("gpu_ms") for r in results if r["status"] == "ok" and (
-            r["variant"], r["backend"], r["seq_len"], r["mode"]) == (variant, backend, length,
-                                                                     mode)), None)
+    def gpu(*key):
+        r = record(*key)
+        return r.get("gpu_ms") if r is not None and r["status"] == "ok" else None
 
     backends = list(dict.fromkeys(r["backend"] for r in results))
     for variant in dict.fromkeys(r["variant"] for r in results):
