@@ -4,11 +4,12 @@
 
 Why (issue 18): at short lengths eager scan steps are host-bound, and each of their launches
 costs host time. This records the launches of one `scan_backends.py` call (`--call`, the
-`head` variant at L = 16 by default: its staged forward, backward and two partial sums), then
-times each, its recorded arguments replayed with the GPU kept busy (so the host never waits):
-`kernel[grid](...)` (Triton's `JITFunction.run`: binding, specialisation, cache lookup) and
-the compiled kernel's own launcher (the floor it ends with). Median over `--repeats` rounds of
-`--launches` launches each. GPU only.
+`head` variant at L = 16 by default), the first of each kernel's (the staged forward, the
+backward and the partial sums of dA), then times each, its recorded arguments replayed
+with the GPU kept busy (so the host never waits): `kernel[grid](...)` (Triton's
+`JITFunction.run`: binding, specialisation, cache lookup) and the compiled kernel's own
+launcher (the floor it ends with). Median over `--repeats` rounds of `--launches` launches
+each. GPU only.
 
 A cache of compiled kernels keyed in Python on what Triton specialises on (`fusion/launch.py`
 in commit 6b4aad7) took 48 us for the backward's 57 (floor 13) and was taken out again:
@@ -44,13 +45,15 @@ class LaunchesConfig:
 
 def record_launches(call: str) -> dict:
     """{kernel name: (kernel, args, grid, kwargs)} of one forward + backward of `call`."""
+    variant, _, length = call.partition(":")
+    if not length.isdigit():
+        raise SystemExit(f"--call {call}: expected variant:L, e.g. head:16")
     import torch
     import triton.runtime.jit as jit
 
     from benchmarks.scan_backends import BenchConfig, make_inputs, scan_args, steps_for
     from fusion import ssm
 
-    variant, _, length = call.partition(":")
     config = BenchConfig()
     inputs = make_inputs(config, config.batch, int(length), variant, torch.device("cuda"))
     gy = torch.randn(config.batch, config.d_inner, int(length), device="cuda",

@@ -20,3 +20,8 @@ def test_times_each_launch_of_a_scan_step(tmp_path):
                                                              .read_text())["rows"]}
     assert {"_scan_bwd_kernel", "_sum_middle_kernel"} <= set(rows)
     assert all(r["triton_us"] > 0 and r["compiled_launcher_us"] > 0 for r in rows.values())
+
+
+def test_a_call_without_a_length_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="expected variant:L"):
+        scan_launches.record_launches("head")
